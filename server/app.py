@@ -1,0 +1,148 @@
+"""The composition root: settings -> engine -> the MCP server and its transports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+from server.config import Settings
+from server.engine import Engine
+
+log = logging.getLogger("effectd")
+
+INSTRUCTIONS = """\
+effectd runs effects (allow-listed commands and coding-agent harness runs) as supervised
+subprocesses, side by side, journaled in SQLite. Dispatch with dispatch_effect (foreground waits
+up to wait_s; background returns at once), watch with poll_effect / stream_effect, collect a
+group with await_group (mode "any" + cursor takes results as they complete), stop with
+cancel_effect / cancel_group (kills the whole process tree). No call blocks longer than 55 s.
+"""
+
+
+def build_server(engine: Engine) -> MCPServer[Engine]:
+    """The MCP server over an engine that is already open (the engine outlives every connection)."""
+    from tools import all_tools
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
+        yield engine
+
+    return MCPServer(
+        name="effectd",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        tools=all_tools(),
+        lifespan=lifespan,
+        log_level="WARNING",
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("effectd")
+    except Exception:
+        return "0"
+
+
+class _Stdin:
+    """Lines from fd 0 read without a thread, so a signal can stop the server while it waits for input."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        os.set_blocking(fd, False)
+
+    def __aiter__(self) -> _Stdin:
+        return self
+
+    async def __anext__(self) -> str:
+        while b"\n" not in self._buffer:
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._fd)
+                continue
+            if not chunk:
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return line.decode("utf-8", "replace")
+                raise StopAsyncIteration
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+
+class _Stdout:
+    """Writes protocol lines to a private copy of fd 1 without blocking the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+
+    async def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+                continue
+            data = data[written:]
+
+    async def flush(self) -> None:
+        return None
+
+
+async def serve_stdio(server: MCPServer[Engine]) -> None:
+    """Serves MCP on stdin/stdout until stdin closes. fd 1 is pointed at stderr meanwhile, so nothing
+    but protocol messages reaches the client."""
+    from mcp.server.stdio import stdio_server
+
+    wire_out = os.dup(1)
+    os.dup2(2, 1)
+    wire_in = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    lowlevel = server._lowlevel_server
+    try:
+        async with stdio_server(_Stdin(wire_in), _Stdout(wire_out)) as (read_stream, write_stream):  # type: ignore[arg-type]
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+    finally:
+        os.close(wire_in)
+        os.close(wire_out)
+
+
+async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> None:
+    """Runs `effectd serve`: the engine, the transport, and a graceful stop on SIGTERM, SIGINT or EOF."""
+    async with Engine.open(settings) as engine:
+        server = build_server(engine)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        log.warning("effectd: %s, stopping", signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def run_transport() -> None:
+                if transport == "http":
+                    from server.http import serve_http
+
+                    await serve_http(server, engine, **http)
+                else:
+                    await serve_stdio(server)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_signal)
+            tg.start_soon(run_transport)

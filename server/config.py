@@ -1,0 +1,158 @@
+"""Settings: defaults, then the TOML file, then command-line flags, into one object."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError
+from server.harness import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_GRACE_S = 600.0
+MAX_WAIT_S = 55.0
+MAX_ARGV_BYTES = 256 * 1024
+
+_KNOWN_KEYS = {
+    "max_concurrency",
+    "default_grace_s",
+    "output_limit_bytes",
+    "stall_after_s",
+    "result_grace_s",
+    "db",
+    "commands",
+    "harness",
+    "groups",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine needs to know about its environment, resolved once at start."""
+
+    db: Path = Path(".effectd/journal.db")
+    max_concurrency: int = 16
+    default_grace_s: float = 5.0
+    output_limit_bytes: int = 64 * 1024 * 1024
+    stall_after_s: float = 60.0
+    result_grace_s: float = 2.0
+    allow_commands: tuple[str, ...] = ()
+    allow_any_command: bool = False
+    keep_queued: bool = False
+    harnesses: Mapping[str, HarnessProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
+    poll_control_s: float = 0.2
+
+    @property
+    def output_dir(self) -> Path:
+        return self.db.parent / f"{self.db.stem}.output"
+
+    def with_db(self, db: Path) -> Settings:
+        return replace(self, db=db)
+
+
+def command_allowed(argv0: str, allowed: Sequence[str]) -> bool:
+    """True when `argv0` is one of the allowed programs, by name or by the file it resolves to."""
+    if argv0 in allowed:
+        return True
+    resolved = shutil.which(argv0)
+    if resolved is None:
+        return False
+    real = os.path.realpath(resolved)
+    for program in allowed:
+        target = shutil.which(program)
+        if target is not None and (
+            os.path.abspath(target) == os.path.abspath(resolved) or os.path.realpath(target) == real
+        ):
+            return True
+    return False
+
+
+def _number(table: Mapping[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"config `{key}` must be a {kind.__name__}, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"config `{key}` must be {bound}, not {value!r}")
+    return kind(value)
+
+
+def load_file(path: Path | None) -> dict[str, Any]:
+    """The TOML configuration: `path`, else $EFFECTD_CONFIG, else ./effectd.toml if present, else empty."""
+    if path is None and os.environ.get("EFFECTD_CONFIG"):
+        path = Path(os.environ["EFFECTD_CONFIG"])
+    if path is None:
+        default = Path("effectd.toml")
+        if not default.is_file():
+            return {}
+        path = default
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def build_settings(
+    file: Mapping[str, Any],
+    *,
+    db: Path | None = None,
+    max_concurrency: int | None = None,
+    allow_commands: Sequence[str] = (),
+    allow_any_command: bool = False,
+    keep_queued: bool = False,
+) -> Settings:
+    """Settings from the file's table with the command-line flags laid over it."""
+    unknown = set(file) - _KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
+    values: dict[str, Any] = {}
+    if "max_concurrency" in file:
+        values["max_concurrency"] = _number(file, "max_concurrency", int, 1, 10_000)
+    if "default_grace_s" in file:
+        values["default_grace_s"] = _number(file, "default_grace_s", float, 0, MAX_GRACE_S)
+    if "output_limit_bytes" in file:
+        values["output_limit_bytes"] = _number(file, "output_limit_bytes", int, 0)
+    if "stall_after_s" in file:
+        values["stall_after_s"] = _number(file, "stall_after_s", float, 0)
+    if "result_grace_s" in file:
+        values["result_grace_s"] = _number(file, "result_grace_s", float, 0, MAX_GRACE_S)
+    commands = file.get("commands", {})
+    if not isinstance(commands, Mapping) or not set(commands) <= {"allow", "allow_any"}:
+        raise ConfigError("config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)")
+    allow = commands.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
+        raise ConfigError("config [commands] allow must be a list of program names or paths")
+    harnesses = dict(BUILTIN_PROFILES)
+    tables = file.get("harness", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError("config [harness.NAME] must be tables")
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config [harness.{name}] must be a table")
+        try:
+            harnesses[name] = profile_from_config(name, table)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    path = db or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
+    if path is None and isinstance(file.get("db"), str):
+        path = Path(file["db"])
+    if max_concurrency is not None:
+        if max_concurrency < 1:
+            raise ConfigError(f"--max-concurrency must be at least 1, not {max_concurrency}")
+        values["max_concurrency"] = max_concurrency
+    return Settings(
+        db=(path or Path(".effectd/journal.db")).expanduser().absolute(),
+        allow_commands=(*allow, *allow_commands),
+        allow_any_command=allow_any_command or bool(commands.get("allow_any", False)),
+        keep_queued=keep_queued,
+        harnesses=harnesses,
+        **values,
+    )

@@ -1,0 +1,23 @@
+"""Harness profiles (how to launch a coding-agent CLI) and parsers (how to read its streaming output)."""
+
+from server.harness.parsers import (
+    MISSING_FINAL_EVENT,
+    PARSERS,
+    HarnessOutcome,
+    HarnessProgress,
+    Parser,
+    make_parser,
+)
+from server.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+
+__all__ = [
+    "BUILTIN_PROFILES",
+    "MISSING_FINAL_EVENT",
+    "PARSERS",
+    "HarnessOutcome",
+    "HarnessProfile",
+    "HarnessProgress",
+    "Parser",
+    "make_parser",
+    "profile_from_config",
+]

@@ -1,0 +1,268 @@
+"""Harness profiles: how to launch a coding-agent CLI with a prompt, and which parser reads its output."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from server.harness.parsers import PARSERS
+
+PROMPT = "{prompt}"
+"""Placeholder replaced by the prompt inside any argv element (plain text replacement)."""
+
+ARGS = "{args}"
+"""An argv element exactly equal to this is replaced by the dispatch's extra args."""
+
+PROMPT_VIA = ("arg", "stdin")
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+PromptVia = Literal["arg", "stdin"]
+
+
+def _frozen_env() -> Mapping[str, str]:
+    """An empty read-only environment."""
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class HarnessProfile:
+    """A named way to run one coding-agent CLI: argv template, parser, environment and limits."""
+
+    name: str
+    command: tuple[str, ...]
+    parser: str
+    env: Mapping[str, str] = field(default_factory=_frozen_env, hash=False)
+    timeout_s: float | None = None
+    cwd: str | None = None
+    prompt_via: PromptVia = "arg"
+    max_concurrency: int | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if not self.command:
+            raise ValueError(f"harness profile {self.name!r}: command is empty")
+        if self.parser not in PARSERS:
+            raise ValueError(f"harness profile {self.name!r}: parser {self.parser!r}; allowed: {', '.join(PARSERS)}")
+        if self.prompt_via not in PROMPT_VIA:
+            raise ValueError(f"harness profile {self.name!r}: prompt_via {self.prompt_via!r}; allowed: arg, stdin")
+
+    @property
+    def executable(self) -> str:
+        """The program the profile runs: the first element of its command."""
+        return self.command[0]
+
+    def resolve_executable(self) -> str | None:
+        """The absolute path the executable resolves to on the profile's PATH, or None when it is not found."""
+        found = shutil.which(self.executable, path=self.env.get("PATH"))
+        return os.path.abspath(found) if found else None
+
+    def build_argv(self, prompt: str, args: Sequence[str]) -> list[str]:
+        """The argv for one run: ``{prompt}`` replaced inside elements, ``args`` at ``{args}`` (else at the end)."""
+        argv: list[str] = []
+        spliced = False
+        for element in self.command:
+            if element == ARGS:
+                argv.extend(args)
+                spliced = True
+            elif self.prompt_via == "arg":
+                argv.append(element.replace(PROMPT, prompt))
+            else:
+                argv.append(element)
+        if not spliced:
+            argv.extend(args)
+        return argv
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile as shown by ``list_harnesses``: template, parser, env names (not values), availability."""
+        path = self.resolve_executable()
+        return {
+            "name": self.name,
+            "command": list(self.command),
+            "parser": self.parser,
+            "prompt_via": self.prompt_via,
+            "env": sorted(self.env),
+            "timeout_s": self.timeout_s,
+            "cwd": self.cwd,
+            "max_concurrency": self.max_concurrency,
+            "description": self.description,
+            "executable": self.executable,
+            "available": path is not None,
+            "path": path,
+        }
+
+
+_NODE_NOTE = "writes each JSON event with its own write, so events arrive line by line over a pipe"
+
+BUILTIN_PROFILES: dict[str, HarnessProfile] = {
+    profile.name: profile
+    for profile in (
+        HarnessProfile(
+            name="claude",
+            command=("claude", "-p", PROMPT, "--output-format", "stream-json", "--verbose", ARGS),
+            parser="claude",
+            description=f"Claude Code, print mode with stream-json. Node CLI; {_NODE_NOTE}. "
+            "The run ends at its `result` line (the process may linger after it).",
+        ),
+        HarnessProfile(
+            name="codex",
+            command=("codex", "exec", "--json", "--skip-git-repo-check", ARGS, "--", PROMPT),
+            parser="codex",
+            description="OpenAI Codex, `exec --json`. Rust CLI; stdout is line-buffered even on a pipe, "
+            "so each event arrives as it is printed.",
+        ),
+        HarnessProfile(
+            name="gemini",
+            command=("gemini", "-p", PROMPT, "-o", "stream-json", ARGS),
+            parser="gemini",
+            description=f"Gemini CLI, stream-json output. Node CLI; {_NODE_NOTE}. "
+            "Answer text arrives as delta messages; the run ends at its `result` line.",
+        ),
+        HarnessProfile(
+            name="pi",
+            command=("pi", "--mode", "json", "-p", ARGS, PROMPT),
+            parser="pi",
+            description=f"pi coding agent, JSON mode. Node CLI; {_NODE_NOTE}. "
+            "Lines can be very large (whole messages are repeated); the run ends at `agent_end`.",
+        ),
+        HarnessProfile(
+            name="opencode",
+            command=("opencode", "run", "--format", "json", ARGS, PROMPT),
+            parser="opencode",
+            description="opencode, `run --format json`. Bun CLI; writes each JSON event with its own write, "
+            "so events arrive line by line over a pipe. Needs stdin at /dev/null; the run ends at `done`.",
+        ),
+    )
+}
+"""The profiles that exist without configuration, one per supported CLI."""
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def _error(name: str, key: str, problem: str) -> ValueError:
+    return ValueError(f"harness profile {name!r}: {key} {problem}")
+
+
+def _command(name: str, key: str, value: object) -> tuple[str, ...]:
+    """The argv template from a list of strings or a shell-like string."""
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(value)
+        except ValueError as exc:
+            raise _error(name, key, f"cannot be split into words ({exc}); give a list of strings") from exc
+    elif isinstance(value, list | tuple) and all(isinstance(part, str) for part in value):
+        parts = list(value)
+    else:
+        raise _error(name, key, "must be a list of strings or a string")
+    if not parts or not parts[0]:
+        raise _error(name, key, "must start with the program to run")
+    if any("\0" in part for part in parts):
+        raise _error(name, key, "must not contain NUL characters")
+    return tuple(parts)
+
+
+def _env(name: str, key: str, value: object) -> dict[str, str]:
+    """Environment variables from a table of strings."""
+    if not isinstance(value, Mapping):
+        raise _error(name, key, 'must be a table of strings (NAME = "value")')
+    env: dict[str, str] = {}
+    for var, item in value.items():
+        if not isinstance(var, str) or not var or "=" in var or "\0" in var:
+            raise _error(name, key, f"has an invalid variable name {var!r}: names are non-empty, without = or NUL")
+        if not isinstance(item, str) or "\0" in item:
+            raise _error(name, key, f"value of {var} must be a string without NUL")
+        env[var] = item
+    return env
+
+
+def _duration(name: str, key: str, value: object) -> float:
+    """A positive number of seconds, at most 7 days."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _error(name, key, "must be a number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise _error(name, key, f"must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds (7 days)")
+    return float(value)
+
+
+def _positive_int(name: str, key: str, value: object) -> int:
+    """An integer of at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _error(name, key, "must be an integer of at least 1")
+    return value
+
+
+def _directory(name: str, key: str, value: object) -> str:
+    """A non-empty path (whether it exists is checked when a run starts)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _error(name, key, "must be a non-empty directory path")
+    return value
+
+
+def _text(name: str, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _error(name, key, "must be a string")
+    return value
+
+
+def _parser_name(name: str, key: str, value: object) -> str:
+    if not isinstance(value, str) or value not in PARSERS:
+        raise _error(name, key, f"is {value!r}; allowed: {', '.join(sorted(PARSERS))}")
+    return value
+
+
+def _prompt_via(name: str, key: str, value: object) -> str:
+    if value not in PROMPT_VIA:
+        raise _error(name, key, f"is {value!r}; allowed: {', '.join(PROMPT_VIA)}")
+    return value
+
+
+_SETTINGS: dict[str, Callable[[str, str, object], object]] = {
+    "command": _command,
+    "parser": _parser_name,
+    "env": _env,
+    "timeout_s": _duration,
+    "cwd": _directory,
+    "prompt_via": _prompt_via,
+    "max_concurrency": _positive_int,
+    "description": _text,
+}
+"""Each key a ``[harness.NAME]`` table may hold, with the function that checks and converts its value."""
+
+
+def _check_prompt_placement(profile: HarnessProfile) -> None:
+    """The prompt goes in the argv (``{prompt}`` present) or on stdin (``{prompt}`` absent)."""
+    has_prompt = any(PROMPT in part for part in profile.command)
+    if profile.prompt_via == "arg" and not has_prompt:
+        raise _error(profile.name, "command", f'has no {PROMPT} element; add one, or set prompt_via = "stdin"')
+    if profile.prompt_via == "stdin" and has_prompt:
+        raise _error(profile.name, "command", f'contains {PROMPT} but prompt_via is "stdin"; remove it')
+
+
+def profile_from_config(name: str, table: Mapping[str, Any]) -> HarnessProfile:
+    """The profile described by the TOML table ``[harness.NAME]``; ValueError naming the key when it is wrong.
+
+    For a built-in name, keys left out keep the built-in profile's values; otherwise ``command`` is required
+    and ``parser`` defaults to ``lines``.
+    """
+    allowed = ", ".join(_SETTINGS)
+    if not isinstance(table, Mapping):
+        raise ValueError(f"harness profile {name!r}: must be a table of settings; allowed keys: {allowed}")
+    for key in table:
+        if key not in _SETTINGS:
+            raise ValueError(f"harness profile {name!r}: unknown key {key!r}; allowed keys: {allowed}")
+    settings: dict[str, Any] = {key: _SETTINGS[key](name, key, value) for key, value in table.items()}
+    base = BUILTIN_PROFILES.get(name)
+    if base is None:
+        if "command" not in settings:
+            raise _error(name, "command", f"is required: the argv template, with {PROMPT} where the prompt goes")
+        base = HarnessProfile(name=name, command=settings["command"], parser="lines")
+    profile = replace(base, **settings)
+    _check_prompt_placement(profile)
+    return profile

@@ -1,0 +1,297 @@
+"""The journal database: one batching writer (group commit), a read connection, and the queries."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from server.journal.migrations import migrate
+from server.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_effect, fold_flow
+from server.models import now_iso
+
+_INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
+_UPSERT_EFFECT = (
+    f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * len(EFFECT_COLUMNS))})"
+)
+_UPSERT_FLOW = f"INSERT OR REPLACE INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
+_BATCH_LIMIT = 2000
+
+
+@dataclass
+class _Pending:
+    events: list[Event]
+    done: anyio.Event
+    error: BaseException | None = None
+
+
+async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else str(path)
+    db = await aiosqlite.connect(uri, uri=readonly)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+class Journal:
+    """Appends events in order and keeps the projection tables in step, one transaction per batch.
+
+    `append` assigns each event its `seq` at once (so callers can order by it) and returns once the
+    batch that holds it is committed. Several appends that arrive while a commit is under way are
+    written together in the next transaction (group commit).
+    """
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, next_seq: int) -> None:
+        self.path = path
+        self._db = writer
+        self._read = reader
+        self._next_seq = next_seq
+        self._send: MemoryObjectSendStream[_Pending]
+        self._recv: MemoryObjectReceiveStream[_Pending]
+        self._send, self._recv = anyio.create_memory_object_stream[_Pending](math.inf)
+        self._effect_rows: dict[str, dict[str, Any]] = {}
+        self._flow_rows: dict[str, dict[str, Any]] = {}
+        self.batches = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Journal]:
+        """Opens (creating and migrating) the database and runs the writer until the context ends."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await migrate(writer)
+            reader = await _connect(path)
+            try:
+                rows = await writer.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
+                journal = cls(path, writer, reader, next(iter(rows))[0] + 1)
+                async with anyio.create_task_group() as tg:
+                    await journal._start(tg)
+                    try:
+                        yield journal
+                    finally:
+                        journal._send.close()
+            finally:
+                await reader.close()
+        finally:
+            await writer.close()
+
+    async def _start(self, tg: TaskGroup) -> None:
+        tg.start_soon(self._write_batches)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def stamp(self, events: Iterable[Event]) -> list[Event]:
+        """Gives events their `seq` and timestamp now, in order; `commit` then writes them."""
+        stamped = []
+        for event in events:
+            stamped.append(replace(event, seq=self._next_seq, ts=event.ts or now_iso()))
+            self._next_seq += 1
+        return stamped
+
+    async def commit(self, events: Sequence[Event]) -> None:
+        """Writes stamped events and returns once they are durable."""
+        pending = _Pending(list(events), anyio.Event())
+        self._send.send_nowait(pending)
+        with anyio.CancelScope(shield=True):
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def append(self, *events: Event) -> list[Event]:
+        """Stamps and commits events; returns them with their `seq`."""
+        stamped = self.stamp(events)
+        await self.commit(stamped)
+        return stamped
+
+    async def _write_batches(self) -> None:
+        async with self._recv:
+            async for first in self._recv:
+                batch = [first]
+                while len(batch) < _BATCH_LIMIT:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                error: BaseException | None = None
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._write([event for pending in batch for event in pending.events])
+                    except Exception as exc:  # reported to every caller of the batch
+                        error = exc
+                        await self._db.rollback()
+                for pending in batch:
+                    pending.error = error
+                    pending.done.set()
+
+    async def _write(self, events: list[Event]) -> None:
+        effects: dict[str, dict[str, Any]] = {}
+        flows: dict[str, dict[str, Any]] = {}
+        runs: list[tuple[str, str]] = []
+        for event in events:
+            if event.type == "RUN_CREATED" and event.run_id:
+                runs.append((event.run_id, event.data["created_at"]))
+            elif event.effect_id:
+                row = effects.get(event.effect_id) or await self._effect_row(event.effect_id)
+                folded = fold_effect(row, event)
+                if folded is not None:
+                    effects[event.effect_id] = folded
+            elif event.type.startswith("FLOW_"):
+                flow_id = event.data["flow_id"]
+                flow = flows.get(flow_id) or await self._flow_row(flow_id)
+                folded = fold_flow(flow, event)
+                if folded is not None:
+                    flows[flow_id] = folded
+        await self._db.executemany(
+            _INSERT_EVENT,
+            [(e.seq, e.ts, e.run_id, e.effect_id, e.type, json.dumps(e.data, separators=(",", ":"))) for e in events],
+        )
+        if runs:
+            await self._db.executemany("INSERT OR IGNORE INTO runs (run_id, created_at) VALUES (?, ?)", runs)
+        if effects:
+            await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in effects.values()])
+        if flows:
+            await self._db.executemany(_UPSERT_FLOW, [tuple(r[c] for c in FLOW_COLUMNS) for r in flows.values()])
+        await self._db.commit()
+        self.batches += 1
+        for effect_id, row in effects.items():
+            if row["terminal_seq"] is None:
+                self._effect_rows[effect_id] = row
+            else:
+                self._effect_rows.pop(effect_id, None)
+        for flow_id, row in flows.items():
+            if row["finished_at"] is None:
+                self._flow_rows[flow_id] = row
+            else:
+                self._flow_rows.pop(flow_id, None)
+
+    async def _effect_row(self, effect_id: str) -> dict[str, Any] | None:
+        if effect_id in self._effect_rows:
+            return self._effect_rows[effect_id]
+        rows = await self._db.execute_fetchall("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
+        return dict(next(iter(rows))) if rows else None
+
+    async def _flow_row(self, flow_id: str) -> dict[str, Any] | None:
+        if flow_id in self._flow_rows:
+            return self._flow_rows[flow_id]
+        rows = await self._db.execute_fetchall("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+        return dict(next(iter(rows))) if rows else None
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows = await self._read.execute_fetchall(sql, tuple(params))
+        return [dict(row) for row in rows]
+
+    async def effect(self, effect_id: str) -> dict[str, Any] | None:
+        rows = await self.fetch("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
+        return rows[0] if rows else None
+
+    async def flow(self, flow_id: str) -> dict[str, Any] | None:
+        rows = await self.fetch("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+        return rows[0] if rows else None
+
+    async def run_exists(self, run_id: str) -> bool:
+        return bool(await self.fetch("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)))
+
+    async def by_key(self, run_id: str, key: str) -> dict[str, Any] | None:
+        rows = await self.fetch("SELECT * FROM effects WHERE run_id = ? AND key = ?", (run_id, key))
+        return rows[0] if rows else None
+
+    async def existing_ids(self, effect_ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(effect_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self.fetch(
+                f"SELECT effect_id FROM effects WHERE effect_id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            found.update(row["effect_id"] for row in rows)
+        return found
+
+    async def group_ids(self, group: str) -> list[str]:
+        rows = await self.fetch("SELECT effect_id FROM effects WHERE group_name = ? ORDER BY effect_id", (group,))
+        return [row["effect_id"] for row in rows]
+
+    async def list_effects(
+        self, run_id: str | None, group: str | None, statuses: Sequence[str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if group is not None:
+            where.append("group_name = ?")
+            params.append(group)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return await self.fetch(f"SELECT * FROM effects {clause} ORDER BY effect_id DESC LIMIT ?", [*params, limit])
+
+    async def active_effects(self) -> list[dict[str, Any]]:
+        return await self.fetch(
+            "SELECT * FROM effects WHERE status IN ('pending', 'queued', 'running') ORDER BY effect_id"
+        )
+
+    async def active_flows(self) -> list[dict[str, Any]]:
+        return await self.fetch("SELECT * FROM flows WHERE finished_at IS NULL ORDER BY flow_id")
+
+    async def events(self, *, run_id: str | None = None, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        if run_id is None:
+            return await self.fetch("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return await self.fetch(
+            "SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (run_id, after, limit)
+        )
+
+    # --- control requests from other processes ---------------------------------------------------
+
+    async def open_requests(self) -> list[dict[str, Any]]:
+        return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
+
+    async def answer_request(self, request_id: int, answer: str) -> None:
+        await self._db.execute(
+            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
+        )
+        await self._db.commit()
+
+
+async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Folds every event of the database at `path` anew; returns the projection it gives, table by table."""
+    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as db:
+        db.row_factory = aiosqlite.Row
+        effects: dict[str, dict[str, Any]] = {}
+        flows: dict[str, dict[str, Any]] = {}
+        runs: dict[str, dict[str, Any]] = {}
+        async with db.execute("SELECT * FROM events ORDER BY seq") as cursor:
+            async for row in cursor:
+                event = Event(
+                    row["type"], row["run_id"], row["effect_id"], json.loads(row["data"]), row["ts"], row["seq"]
+                )
+                if event.type == "RUN_CREATED" and event.run_id:
+                    runs.setdefault(event.run_id, {"run_id": event.run_id, "created_at": event.data["created_at"]})
+                elif event.effect_id:
+                    folded = fold_effect(effects.get(event.effect_id), event)
+                    if folded is not None:
+                        effects[event.effect_id] = folded
+                elif event.type.startswith("FLOW_"):
+                    flow = fold_flow(flows.get(event.data["flow_id"]), event)
+                    if flow is not None:
+                        flows[event.data["flow_id"]] = flow
+    return {
+        "effects": sorted(effects.values(), key=lambda r: r["effect_id"]),
+        "flows": sorted(flows.values(), key=lambda r: r["flow_id"]),
+        "runs": sorted(runs.values(), key=lambda r: r["run_id"]),
+    }

@@ -1,0 +1,147 @@
+"""Effect specs, records, statuses and the few helpers every layer shares (ids, timestamps)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped"]
+CancelReason = Literal["user", "timeout", "idle_timeout", "fail_fast", "client_cancelled", "shutdown"]
+Kind = Literal["command", "harness"]
+
+ACTIVE: frozenset[str] = frozenset({"pending", "queued", "running"})
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+STATUSES: tuple[str, ...] = ("pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped")
+
+# The transitions the supervisor may make; anything else is a bug (see Effect.transition).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"queued", "cancelled", "skipped"}),
+    "queued": frozenset({"running", "failed", "cancelled", "skipped"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),  # queued again: a retry
+    "succeeded": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+    "skipped": frozenset(),
+}
+
+TAIL_BYTES = 4096
+
+
+class EffectSpec(BaseModel):
+    """What to run and under which limits: validated once, journaled in EFFECT_REQUESTED, never changed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Kind
+    command: list[str]
+    harness: str | None = None
+    prompt: str | None = None
+    args: list[str] = Field(default_factory=list)
+    parser: str | None = None
+    prompt_via: Literal["arg", "stdin"] = "arg"
+    group: str | None = None
+    label: str | None = None
+    key: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    grace_s: float = 5.0
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    stdin: str | None = None
+    max_attempts: int = 1
+    retry_backoff_s: float = 0.0
+    flow_id: str | None = None
+    step_id: str | None = None
+    templated: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """The arguments that make two dispatches with the same key the same request."""
+        return self.model_dump(exclude={"key"})
+
+
+class EffectRecord(BaseModel):
+    """The effect as every tool reports it (CONTRACT.md, "Effect record")."""
+
+    effect_id: str
+    run_id: str
+    group: str | None = None
+    label: str | None = None
+    key: str | None = None
+    kind: Kind
+    harness: str | None = None
+    command: list[str]
+    status: Status
+    cancel_reason: CancelReason | None = None
+    cancel_message: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    result: Any = None
+    output_tail: str = ""
+    output_bytes: int = 0
+    output_truncated: bool = False
+    depends_on: list[str] = Field(default_factory=list)
+    pid: int | None = None
+    attempt: int = 0
+    max_attempts: int = 1
+    progress: dict[str, Any] | None = None
+    last_output_at: str | None = None
+    stalled: bool = False
+    flow_id: str | None = None
+    step_id: str | None = None
+
+
+# --- ids and timestamps -------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_id_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def new_id(prefix: str) -> str:
+    """A unique, time-sortable id (a monotonic ULID in lowercase Crockford base32) with a prefix."""
+    global _last_ms, _last_rand
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand += 1
+        else:
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_ms = ms
+        value = (ms << 80) | (_last_rand & ((1 << 80) - 1))
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601, UTC, microseconds, `Z`."""
+    return format_iso(datetime.now(UTC))
+
+
+def format_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.removesuffix("Z") + "+00:00")
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((parse_iso(end) - parse_iso(start)).total_seconds(), 6)

@@ -1,0 +1,164 @@
+"""Captured output: one append-only file per effect, a small tail in memory, and waiters woken on growth.
+
+Memory per effect is bounded (the tail and the last line); everything else is on disk, so output
+stays readable after the effect ends and after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+
+from server.models import TAIL_BYTES
+
+_LAST_LINE_CHARS = 300
+_PARTIAL_LINE_LIMIT = 8192
+
+
+def _utf8_cut(data: bytes) -> int:
+    """The length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    end = len(data)
+    for back in range(1, min(4, end) + 1):
+        byte = data[end - back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        if byte < 0x80:
+            return end
+        need = 2 if byte >= 0xC0 and byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return end if back >= need else end - back
+    return end
+
+
+def _skip_continuations(data: bytes) -> bytes:
+    """`data` without the continuation bytes at its start (the tail of a character cut off in front)."""
+    start = 0
+    while start < min(len(data), 3) and data[start] & 0xC0 == 0x80:
+        start += 1
+    return data[start:]
+
+
+class OutputLog:
+    """The combined stdout and stderr of one effect: written by the supervisor, read by any number of readers."""
+
+    def __init__(self, path: Path, limit: int, *, size: int = 0, closed: bool = False) -> None:
+        self.path = path
+        self.limit = limit
+        self.size = size
+        self.truncated = False
+        self.closed = closed
+        self.last_line: str | None = None
+        self.last_output = time.monotonic()
+        self.lines_seen = 0
+        self._partial = b""
+        self._tail = b""
+        self._fd: int | None = None
+        self._grew = anyio.Event()
+
+    @classmethod
+    def existing(cls, path: Path, limit: int) -> OutputLog:
+        """The log of an effect from an earlier server: whatever reached the file, closed."""
+        size = path.stat().st_size if path.exists() else 0
+        return cls(path, limit, size=size, closed=True)
+
+    def ensure_open(self) -> None:
+        """Opens the file for appending (kept open across retries until `close`)."""
+        if self._fd is not None:
+            return
+        self.closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes) -> None:
+        """Appends captured bytes (up to the limit) and wakes the readers."""
+        if not data:
+            return
+        self.last_output = time.monotonic()
+        room = self.limit - self.size
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        if self._fd is not None:
+            os.write(self._fd, data)
+        self.size += len(data)
+        self._tail = (self._tail + data)[-TAIL_BYTES:]
+        self._track_lines(data)
+        self._wake()
+
+    def _track_lines(self, data: bytes) -> None:
+        text = self._partial + data
+        *lines, rest = text.split(b"\n")
+        self._partial = rest[-_PARTIAL_LINE_LIMIT:]
+        self.lines_seen += len(lines)
+        for line in reversed(lines):
+            stripped = line.strip()
+            if stripped:
+                self.last_line = stripped[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")[:_LAST_LINE_CHARS]
+                break
+
+    def close(self) -> None:
+        """No more output will come: readers see the end."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._partial.strip():
+            self.last_line = self._partial.strip()[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._grew.set()
+        self._grew = anyio.Event()
+
+    async def wait_beyond(self, cursor: int, within_s: float) -> None:
+        """Waits up to `within_s` until there is output past `cursor` or the log is closed."""
+        with anyio.move_on_after(within_s):
+            while self.size <= cursor and not self.closed:
+                await self._grew.wait()
+
+    def tail(self) -> str:
+        """The last 4 KiB (at most) of the captured output, as text."""
+        if self._tail or self.size == 0:
+            data = self._tail
+        else:
+            data = self._read_at(max(0, self.size - TAIL_BYTES), TAIL_BYTES)
+            self._tail = data
+        if self.size > len(data):
+            data = _skip_continuations(data)
+        return data.decode("utf-8", "replace")
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(offset)
+                return file.read(length)
+        except FileNotFoundError:
+            return b""
+
+    def read(self, cursor: int, max_bytes: int) -> tuple[str, int]:
+        """Output from byte `cursor`, at most `max_bytes` (a whole character more when one would not fit).
+
+        Never ends inside a UTF-8 character unless the output itself ends there for good; bytes
+        that are not valid UTF-8 come back as replacement characters. Returns the text and the
+        cursor after it.
+        """
+        available = self.size - cursor
+        if available <= 0:
+            return "", cursor
+        data = self._read_at(cursor, min(available, max_bytes + 3))
+        chunk = data[:max_bytes]
+        cut = _utf8_cut(chunk)
+        if cut == 0 and chunk:
+            # Not even one character fits in max_bytes: give the whole character rather than nothing.
+            cut = _utf8_cut(data) or len(data)
+        at_end = cursor + len(chunk) >= self.size
+        if cut < len(chunk) and at_end and self.closed:
+            cut = len(chunk)  # a character cut off for good: replace it rather than never reach eof
+        chunk = data[:cut]
+        return chunk.decode("utf-8", "replace"), cursor + len(chunk)

@@ -1,0 +1,282 @@
+"""Starting, watching, signalling and reaping one effect's process group.
+
+The supervisor talks to a `Runner` and the `ProcessHandle` it returns; nothing above this module
+knows the process is local. `LocalRunner` starts every child in its own session (so its process
+group can be signalled as a whole), with a parent-death signal so it dies with the server, and
+watches the leader's exit through a pidfd, separately from its output pipe (a grandchild that keeps
+the pipe open must not hide the exit).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+_PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+_READ_SIZE = 256 * 1024
+
+_prctl: Any
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: no parent-death signal; start-up recovery still kills leftovers
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL this process when the server's thread dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one process."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    stdin: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the leader process ended: an exit code, or the signal that killed it."""
+
+    exit_code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), None)
+
+
+class SpawnError(Exception):
+    """Raised when the process could not be started (missing executable, bad cwd, no permission)."""
+
+
+class ProcessHandle(ABC):
+    """One started process group, as the supervisor sees it."""
+
+    pid: int
+    start_marker: int | None
+
+    @abstractmethod
+    async def read(self) -> bytes:
+        """The next chunk of combined stdout and stderr; b"" once every writer has closed the pipe."""
+
+    @abstractmethod
+    async def wait(self) -> ExitStatus:
+        """Waits for the leader process to exit (not for its output to end)."""
+
+    @abstractmethod
+    def signal_group(self, signum: int) -> None:
+        """Sends `signum` to every process of the group; a group already gone is not an error."""
+
+    @abstractmethod
+    async def wait_group_gone(self, within_s: float) -> bool:
+        """Waits until no live process is left in the group; False if some still are after `within_s`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Releases descriptors; the process group must already be gone."""
+
+
+class Runner(ABC):
+    @abstractmethod
+    async def start(self, launch: Launch) -> ProcessHandle:
+        """Starts the process and returns once it exists; raises SpawnError when it cannot."""
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (from /proc), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[19])
+
+
+def _stat_fields(pid: str) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the processes of group `pgid` that are alive (zombies are dead and not listed)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(entry)
+        if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of live processes whose environment holds NAME=VALUE (how effect processes are found after a crash)."""
+    needle = f"{name}={value}".encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes() + b"\0"
+        except OSError:
+            continue
+        if (b"\0" + needle) in (b"\0" + environ):
+            fields = _stat_fields(entry)
+            if fields and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
+
+
+class LocalProcess(ProcessHandle):
+    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.start_marker = process_start_time(popen.pid)
+        self._output_fd: int | None = output_fd
+        self._exit: ExitStatus | None = None
+        self._watching = False
+        self._watch_ended = anyio.Event()
+        try:
+            self._pidfd: int | None = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    async def read(self) -> bytes:
+        while self._output_fd is not None:
+            try:
+                return os.read(self._output_fd, _READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(self._output_fd)
+        return b""
+
+    def _reap(self) -> ExitStatus | None:
+        if self._exit is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the exit status is lost, only the fact is known
+                self._exit = ExitStatus(None, None)
+            else:
+                if pid == 0:
+                    return None
+                self._exit = ExitStatus.from_wait_status(status)
+            self._popen.returncode = self._exit.exit_code if self._exit.exit_code is not None else -1
+        return self._exit
+
+    async def wait(self) -> ExitStatus:
+        # Any number of tasks may wait: one watches the pidfd, the others wait for it to report.
+        while (status := self._reap()) is None:
+            if self._watching:
+                await self._watch_ended.wait()
+                continue
+            self._watching = True
+            try:
+                if self._pidfd is not None:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.sleep(0.01)
+            finally:
+                self._watching = False
+                ended, self._watch_ended = self._watch_ended, anyio.Event()
+                ended.set()
+        return status
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def wait_group_gone(self, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        delay = 0.002
+        while True:
+            self._reap()
+            if self._exit is not None and not live_members(self.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def close(self) -> None:
+        for fd in (self._output_fd, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+        self._output_fd = self._pidfd = None
+
+
+class LocalRunner(Runner):
+    """Runs processes on this machine."""
+
+    async def start(self, launch: Launch) -> ProcessHandle:
+        # Forked from the event loop's thread on purpose: the parent-death signal fires when the
+        # thread that forked the child ends, so a worker thread would kill the child with it.
+        return _spawn(launch)
+
+
+def _spawn(launch: Launch) -> LocalProcess:
+    """Starts the process in its own session with the parent-death signal; its output into one pipe."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    stdin_fd: int | None = None
+    try:
+        try:
+            fcntl.fcntl(read_fd, _F_SETPIPE_SZ, 1024 * 1024)
+        except OSError:
+            pass
+        if launch.stdin is not None:
+            stdin_fd = os.memfd_create("effectd-stdin", os.MFD_CLOEXEC)
+            os.write(stdin_fd, launch.stdin)
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+        try:
+            popen = subprocess.Popen(
+                list(launch.argv),
+                stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=launch.cwd,
+                env=dict(launch.env),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.ENOENT and launch.cwd and not Path(launch.cwd).is_dir():
+                raise SpawnError(f"cwd {launch.cwd!r} does not exist") from exc
+            raise SpawnError(f"could not start {launch.argv[0]!r}: {reason}") from exc
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+        if stdin_fd is not None:
+            os.close(stdin_fd)
+    os.set_blocking(read_fd, False)
+    return LocalProcess(popen, read_fd)

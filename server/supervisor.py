@@ -1,0 +1,875 @@
+"""The supervisor: every effect's life from request to its one terminal event.
+
+Every change of state goes through here: it is committed to the journal first, then applied in
+memory, then whoever waits on the effect (a foreground dispatch, `await_group`, `stream_effect`,
+`cancel_effect`) is woken. One task per effect, all in the supervisor's task group, drives the
+effect through pending -> queued -> running -> terminal; only that task ends the effect, so an
+effect gets exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from server.errors import InvalidRequestError, UnknownEffectError
+from server.harness import Parser, make_parser
+from server.journal import TERMINAL_EVENTS, Event, Journal
+from server.models import (
+    TERMINAL,
+    TRANSITIONS,
+    EffectRecord,
+    EffectSpec,
+    new_id,
+    now_iso,
+    seconds_between,
+)
+from server.output import OutputLog
+from server.runner import (
+    ExitStatus,
+    Launch,
+    LocalRunner,
+    ProcessHandle,
+    Runner,
+    SpawnError,
+    process_start_time,
+    processes_with_env,
+)
+
+log = logging.getLogger("effectd")
+
+_PROGRESS_EVENT_EVERY_S = 1.0
+_DRAIN_AFTER_EXIT_S = 1.0
+_GROUP_GONE_BOUND_S = 3.0
+_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    reason: str
+    message: str | None
+    grace_s: float | None
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended, before it is written as a terminal event."""
+
+    status: str
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    result: Any = None
+    cancel: CancelRequest | None = None
+
+
+class Effect:
+    """One effect's live state, owned by the supervisor; read by the tools through `record()`."""
+
+    def __init__(self, effect_id: str, run_id: str, spec: EffectSpec, created_at: str, output: OutputLog) -> None:
+        self.effect_id = effect_id
+        self.run_id = run_id
+        self.spec = spec
+        self.created_at = created_at
+        self.output = output
+        self.status = "pending" if spec.depends_on else "queued"
+        self.command: list[str] = list(spec.command)
+        self.started_at: str | None = None
+        self.finished_at: str | None = None
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.error: str | None = None
+        self.result: Any = None
+        self.cancel_reason: str | None = None
+        self.cancel_message: str | None = None
+        self.pid: int | None = None
+        self.attempt = 0
+        self.progress: dict[str, Any] | None = None
+        self.terminal_seq: int | None = None
+        self.cancel: CancelRequest | None = None
+        self.cancel_event = anyio.Event()
+        self.done = anyio.Event()
+        self.changed = anyio.Event()
+        self.waiting: anyio.CancelScope | None = None
+        self.stall_after_s: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], output: OutputLog) -> Effect:
+        spec = EffectSpec.model_validate_json(row["spec"])
+        effect = cls(row["effect_id"], row["run_id"], spec, row["created_at"], output)
+        effect.status = row["status"]
+        effect.command = json.loads(row["command"])
+        for name in ("started_at", "finished_at", "exit_code", "signal", "error", "cancel_reason", "cancel_message"):
+            setattr(effect, name, row[name])
+        effect.result = json.loads(row["result"]) if row["result"] is not None else None
+        effect.progress = json.loads(row["progress"]) if row["progress"] is not None else None
+        effect.attempt = row["attempt"]
+        effect.terminal_seq = row["terminal_seq"]
+        effect.pid = row["pid"]
+        output.truncated = bool(row["output_truncated"])
+        if effect.status in TERMINAL:
+            effect.done.set()
+        return effect
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def record(self) -> EffectRecord:
+        stalled = False
+        if self.status == "running" and self.stall_after_s is not None:
+            stalled = time.monotonic() - self.output.last_output > self.stall_after_s
+        return EffectRecord(
+            effect_id=self.effect_id,
+            run_id=self.run_id,
+            group=self.spec.group,
+            label=self.spec.label,
+            key=self.spec.key,
+            kind=self.spec.kind,
+            harness=self.spec.harness,
+            command=self.command,
+            status=self.status,  # type: ignore[arg-type]
+            cancel_reason=self.cancel_reason,  # type: ignore[arg-type]
+            cancel_message=self.cancel_message,
+            error=self.error,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_s=seconds_between(self.started_at, self.finished_at),
+            result=self.result,
+            output_tail=self.output.tail(),
+            output_bytes=self.output.size,
+            output_truncated=self.output.truncated,
+            depends_on=list(self.spec.depends_on),
+            pid=self.pid if self.status == "running" else None,
+            attempt=self.attempt,
+            max_attempts=self.spec.max_attempts,
+            progress=self.progress,
+            stalled=stalled,
+            flow_id=self.spec.flow_id,
+            step_id=self.spec.step_id,
+        )
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status and status not in TRANSITIONS[self.status]:
+            raise RuntimeError(f"effect {self.effect_id}: {self.status} -> {status} is not a valid transition")
+        self.status = status
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class Supervisor:
+    """Schedules, runs, cancels and recovers effects; the engine every tool talks to."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        output_dir: Path,
+        max_concurrency: int = 16,
+        default_grace_s: float = 5.0,
+        output_limit_bytes: int = 64 * 1024 * 1024,
+        stall_after_s: float | None = 60.0,
+        result_grace_s: float = 2.0,
+        harness_limits: dict[str, int] | None = None,
+        runner: Runner | None = None,
+        keep_queued: bool = False,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.output_dir = output_dir
+        self.default_grace_s = default_grace_s
+        self.output_limit_bytes = output_limit_bytes
+        self.stall_after_s = stall_after_s
+        self.result_grace_s = result_grace_s
+        self.keep_queued = keep_queued
+        self.runner = runner or LocalRunner()
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.default_run_id = new_id("run_")
+        self._slots = anyio.CapacityLimiter(max_concurrency)
+        self._harness_limits = {name: anyio.CapacityLimiter(n) for name, n in (harness_limits or {}).items()}
+        self._group_limits: dict[str, anyio.CapacityLimiter] = {}
+        self._effects: dict[str, Effect] = {}
+        self._known_runs: set[str] = set()
+        self._run_lock = anyio.Lock()
+        self._key_locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._completed = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._closing = False
+        self._active_tasks = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.render: Callable[[Effect], Awaitable[tuple[list[str], str | None]]] | None = None
+        self.on_terminal: list[Callable[[Effect], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Supervisor]:
+        """Recovers what the last server left, runs effects until the context ends, then shuts down."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await self._recover()
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.shutdown()
+                tg.cancel_scope.cancel()
+
+    async def shutdown(self) -> None:
+        """Cancels running effects (reason `shutdown`) and, unless keep_queued, the waiting ones; waits for them."""
+        self._closing = True
+        graces = [0.0]
+        for effect in list(self._effects.values()):
+            if effect.terminal:
+                continue
+            if effect.status == "running" or not self.keep_queued:
+                grace = effect.spec.grace_s
+                graces.append(grace)
+                self.request_cancel(effect, "shutdown", None, grace)
+            elif effect.waiting is not None:
+                effect.waiting.cancel()  # left pending or queued in the journal: the next start runs it
+        with anyio.move_on_after(max(graces) + 1.5):
+            await self._idle.wait()
+
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Runs a helper task in the supervisor's task group (it ends with the supervisor)."""
+        assert self._tg is not None, "the supervisor is not running"
+        self._tg.start_soon(fn)
+
+    def _spawn_driver(self, effect: Effect) -> None:
+        assert self._tg is not None, "the supervisor is not running"
+        self._active_tasks += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._tg.start_soon(self._drive, effect, name=f"effect {effect.effect_id}")
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def _log_path(self, effect_id: str) -> Path:
+        return self.output_dir / f"{effect_id}.log"
+
+    def result_path(self, effect_id: str) -> Path:
+        return self.output_dir / f"{effect_id}.result.json"
+
+    async def get(self, effect_id: str) -> Effect:
+        """The effect with this id, from memory or the journal; UnknownEffectError names an unknown id."""
+        effect = self._effects.get(effect_id)
+        if effect is not None:
+            return effect
+        row = await self.journal.effect(effect_id)
+        if row is None:
+            raise UnknownEffectError(f"unknown effect id {effect_id!r}: no effect with this id in the journal")
+        effect = self._effects.get(effect_id)  # loaded by someone else meanwhile
+        if effect is None:
+            effect = Effect.from_row(row, OutputLog.existing(self._log_path(effect_id), self.output_limit_bytes))
+            effect.stall_after_s = self.stall_after_s
+            self._effects[effect_id] = effect
+        return effect
+
+    async def get_many(self, effect_ids: Sequence[str]) -> list[Effect]:
+        missing = [i for i in effect_ids if i not in self._effects]
+        if missing:
+            found = await self.journal.existing_ids(missing)
+            unknown = [i for i in missing if i not in found]
+            if unknown:
+                raise UnknownEffectError(f"unknown effect ids: {', '.join(unknown)}")
+        return [await self.get(i) for i in effect_ids]
+
+    async def records(self, rows: Iterable[dict[str, Any]]) -> list[EffectRecord]:
+        """Records for projection rows, live state taking precedence over the stored row."""
+        records = []
+        for row in rows:
+            effect = self._effects.get(row["effect_id"])
+            if effect is None:
+                log_ = OutputLog.existing(self._log_path(row["effect_id"]), self.output_limit_bytes)
+                effect = Effect.from_row(row, log_)
+            records.append(effect.record())
+        return records
+
+    # --- dispatch --------------------------------------------------------------------------------
+
+    async def dispatch(self, spec: EffectSpec, run_id: str | None = None) -> tuple[Effect, bool]:
+        """Journals a new effect and schedules it; returns it and whether it is new (False: same key)."""
+        run_id = run_id or self.default_run_id
+        if self._closing:
+            raise InvalidRequestError("the server is shutting down and takes no new effects")
+        if spec.key is None:
+            return await self._dispatch(spec, run_id), True
+        lock = self._key_locks.setdefault((run_id, spec.key), anyio.Lock())
+        async with lock:
+            row = await self.journal.by_key(run_id, spec.key)
+            if row is not None:
+                existing = await self.get(row["effect_id"])
+                if existing.spec.identity() != spec.identity():
+                    raise InvalidRequestError(
+                        f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with other "
+                        "arguments; use a new key, or the same arguments to get that effect back"
+                    )
+                return existing, False
+            return await self._dispatch(spec, run_id), True
+
+    async def dispatch_many(
+        self, specs: Sequence[EffectSpec], run_id: str | None, extra: Sequence[Event] = ()
+    ) -> list[Effect]:
+        """Journals several effects (and `extra` events) in one commit, then schedules them (flows)."""
+        run_id = run_id or self.default_run_id
+        effects = [self._new_effect(spec, run_id) for spec in specs]
+        events = await self._run_events(run_id)
+        events.extend(extra)
+        events.extend(self._requested(e) for e in effects)
+        await self.journal.append(*events)
+        self._known_runs.add(run_id)
+        for effect in effects:
+            self._effects[effect.effect_id] = effect
+            self._spawn_driver(effect)
+        return effects
+
+    def _new_effect(self, spec: EffectSpec, run_id: str) -> Effect:
+        effect_id = new_id("eff_")
+        output = OutputLog(self._log_path(effect_id), self.output_limit_bytes)
+        effect = Effect(effect_id, run_id, spec, now_iso(), output)
+        effect.stall_after_s = self.stall_after_s
+        return effect
+
+    def _requested(self, effect: Effect) -> Event:
+        return Event(
+            "EFFECT_REQUESTED",
+            effect.run_id,
+            effect.effect_id,
+            {"spec": effect.spec.model_dump(mode="json"), "created_at": effect.created_at},
+        )
+
+    async def _run_events(self, run_id: str) -> list[Event]:
+        if run_id in self._known_runs:
+            return []
+        async with self._run_lock:
+            if run_id in self._known_runs or await self.journal.run_exists(run_id):
+                self._known_runs.add(run_id)
+                return []
+            self._known_runs.add(run_id)  # claimed now, written with the first effect's events
+            return [Event("RUN_CREATED", run_id, None, {"created_at": now_iso()})]
+
+    async def _dispatch(self, spec: EffectSpec, run_id: str) -> Effect:
+        dependencies = await self.get_many(spec.depends_on) if spec.depends_on else []
+        effect = self._new_effect(spec, run_id)
+        events = await self._run_events(run_id)
+        events.append(self._requested(effect))
+        blocked = next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
+        if blocked is not None:
+            events.append(self._skip_event(effect, blocked))
+        try:
+            stamped = await self.journal.append(*events)
+        except BaseException:
+            if events[0].type == "RUN_CREATED":
+                self._known_runs.discard(run_id)
+            raise
+        self._effects[effect.effect_id] = effect
+        if blocked is not None:
+            self._apply_terminal(effect, stamped[-1])
+        else:
+            self._spawn_driver(effect)
+        return effect
+
+    # --- cancellation ----------------------------------------------------------------------------
+
+    def request_cancel(
+        self, effect: Effect, reason: str, message: str | None = None, grace_s: float | None = None
+    ) -> bool:
+        """Asks the effect's task to stop it; returns False when it is already terminal or being cancelled.
+
+        Synchronous, so it can run while a cancelled caller unwinds.
+        """
+        if effect.terminal or effect.cancel is not None:
+            return False
+        effect.cancel = CancelRequest(reason, message, grace_s)
+        effect.cancel_event.set()
+        if effect.waiting is not None:
+            effect.waiting.cancel()
+        return True
+
+    async def cancel(
+        self, effect: Effect, reason: str = "user", message: str | None = None, grace_s: float | None = None
+    ) -> Effect:
+        """Cancels the effect and returns once it is terminal (its process group gone)."""
+        self.request_cancel(effect, reason, message, grace_s)
+        grace = effect.cancel.grace_s if effect.cancel and effect.cancel.grace_s is not None else effect.spec.grace_s
+        with anyio.move_on_after(grace + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5):
+            await effect.done.wait()
+        return effect
+
+    # --- waiting ---------------------------------------------------------------------------------
+
+    async def wait_done(self, effect: Effect, within_s: float) -> bool:
+        with anyio.move_on_after(within_s):
+            await effect.done.wait()
+        return effect.terminal
+
+    async def wait_completions(
+        self, effects: Sequence[Effect], mode: str, cursor: int, within_s: float
+    ) -> tuple[list[Effect], bool]:
+        """Waits until all `effects` are terminal (`all`) or one finished after `cursor` (`any`).
+
+        Returns the effects that finished after `cursor`, in finishing order, and whether it timed out.
+        """
+
+        def finished_after() -> list[Effect]:
+            done = [e for e in effects if e.terminal and (e.terminal_seq or 0) > cursor]
+            return sorted(done, key=lambda e: e.terminal_seq or 0)
+
+        def satisfied() -> bool:
+            if mode == "all":
+                return all(e.terminal for e in effects)
+            return bool(finished_after()) or all(e.terminal for e in effects)
+
+        timed_out = False
+        with anyio.move_on_after(within_s) as scope:
+            while not satisfied():
+                await self._completed.wait()
+        if scope.cancelled_caught and not satisfied():
+            timed_out = True
+        return finished_after(), timed_out
+
+    # --- one effect's life -----------------------------------------------------------------------
+
+    async def _drive(self, effect: Effect) -> None:
+        try:
+            await self._drive_inner(effect)
+        except Exception:
+            log.exception("effect %s: the supervisor failed", effect.effect_id)
+            if not effect.terminal:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
+        finally:
+            self._active_tasks -= 1
+            if self._active_tasks == 0:
+                self._idle.set()
+
+    async def _drive_inner(self, effect: Effect) -> None:
+        if effect.spec.depends_on and effect.status == "pending":
+            blocked = await self._wait_dependencies(effect)
+            if effect.cancel is not None:
+                return await self._finish_cancelled_waiting(effect)
+            if self._detached(effect):
+                return
+            if blocked is not None:
+                stamped = await self.journal.append(self._skip_event(effect, blocked))
+                return self._apply_terminal(effect, stamped[0])
+            effect._set_status("queued")
+            effect.notify()
+        while True:
+            outcome = await self._attempt(effect)
+            if outcome is None:  # detached at shutdown with --keep-queued
+                return
+            retry = (
+                outcome.status == "failed"
+                and effect.attempt < effect.spec.max_attempts
+                and effect.cancel is None
+                and not self._closing
+            )
+            if not retry:
+                return await self._finish(effect, outcome)
+            await self._journal_retry(effect, outcome)
+            if effect.spec.retry_backoff_s > 0:
+                with anyio.CancelScope() as effect.waiting:
+                    await anyio.sleep(effect.spec.retry_backoff_s * 2 ** (effect.attempt - 1))
+                effect.waiting = None
+                if effect.cancel is not None:
+                    return await self._finish_cancelled_waiting(effect)
+
+    def _detached(self, effect: Effect) -> bool:
+        return self._closing and self.keep_queued and effect.cancel is None
+
+    async def _wait_dependencies(self, effect: Effect) -> Effect | None:
+        """Waits for every dependency to end; returns the first that did not succeed, if any."""
+        dependencies = await self.get_many(effect.spec.depends_on)
+        with anyio.CancelScope() as effect.waiting:
+            for dependency in dependencies:
+                await dependency.done.wait()
+                if dependency.status != "succeeded":
+                    break
+        effect.waiting = None
+        return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
+
+    def _limiters(self, effect: Effect) -> list[anyio.CapacityLimiter]:
+        limiters = []
+        if effect.spec.group and effect.spec.group in self._group_limits:
+            limiters.append(self._group_limits[effect.spec.group])
+        if effect.spec.harness and effect.spec.harness in self._harness_limits:
+            limiters.append(self._harness_limits[effect.spec.harness])
+        limiters.append(self._slots)
+        return limiters
+
+    def limit_group(self, group: str, max_concurrency: int) -> None:
+        """Caps how many effects of `group` run at once (set by the first dispatch that names it)."""
+        self._group_limits.setdefault(group, anyio.CapacityLimiter(max_concurrency))
+
+    async def _attempt(self, effect: Effect) -> Outcome | None:
+        held: list[anyio.CapacityLimiter] = []
+        try:
+            with anyio.CancelScope() as effect.waiting:
+                for limiter in self._limiters(effect):
+                    await limiter.acquire_on_behalf_of(effect)
+                    held.append(limiter)
+            effect.waiting = None
+            if effect.cancel is not None:
+                return self._cancelled_outcome(effect)
+            if self._closing:
+                if self.keep_queued:
+                    return None
+                self.request_cancel(effect, "shutdown")
+                return self._cancelled_outcome(effect)
+            return await self._run_process(effect)
+        finally:
+            for limiter in reversed(held):
+                limiter.release_on_behalf_of(effect)
+
+    def _cancelled_outcome(self, effect: Effect) -> Outcome:
+        return Outcome("cancelled", cancel=effect.cancel)
+
+    async def _finish_cancelled_waiting(self, effect: Effect) -> None:
+        await self._finish(effect, self._cancelled_outcome(effect))
+
+    async def _launch(self, effect: Effect) -> Launch:
+        argv, stdin = list(effect.spec.command), effect.spec.stdin
+        if effect.spec.templated and self.render is not None:
+            argv, stdin = await self.render(effect)
+        if effect.spec.kind == "harness" and effect.spec.prompt_via == "stdin":
+            stdin = effect.spec.prompt if stdin is None else stdin
+        env = {**self.base_env, **effect.spec.env}
+        env.update(
+            EFFECTD_EFFECT_ID=effect.effect_id,
+            EFFECTD_RUN_ID=effect.run_id,
+            EFFECTD_RESULT_FILE=str(self.result_path(effect.effect_id)),
+        )
+        return Launch(argv, env, effect.spec.cwd, stdin.encode() if stdin is not None else None)
+
+    async def _run_process(self, effect: Effect) -> Outcome:
+        with suppress(FileNotFoundError):
+            self.result_path(effect.effect_id).unlink()
+        try:
+            launch = await self._launch(effect)
+        except Exception as exc:  # a template that cannot be filled
+            return Outcome("failed", error=str(exc))
+        effect.command = list(launch.argv)
+        effect.output.ensure_open()
+        try:
+            handle = await self.runner.start(launch)
+        except SpawnError as exc:
+            return Outcome("failed", error=str(exc))
+        try:
+            attempt = effect.attempt + 1
+            started_at = now_iso()
+            await self.journal.append(
+                Event(
+                    "EFFECT_STARTED",
+                    effect.run_id,
+                    effect.effect_id,
+                    {
+                        "started_at": started_at,
+                        "pid": handle.pid,
+                        "pid_start": handle.start_marker,
+                        "command": effect.command,
+                        "attempt": attempt,
+                    },
+                )
+            )
+            effect._set_status("running")
+            effect.started_at, effect.pid, effect.attempt = started_at, handle.pid, attempt
+            effect.finished_at = effect.exit_code = effect.signal = effect.error = None
+            effect.output.last_output = time.monotonic()
+            effect.notify()
+            return await self._watch(effect, handle)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap(effect, handle)
+                handle.close()
+
+    async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
+        spec = effect.spec
+        parser = make_parser(spec.parser) if spec.parser else None
+        exited: ExitStatus | None = None
+        stop = anyio.Event()
+        parser_done = anyio.Event()
+        output_done = anyio.Event()
+
+        async def on_exit() -> None:
+            nonlocal exited
+            exited = await handle.wait()
+            stop.set()
+
+        async def on_cancel() -> None:
+            await effect.cancel_event.wait()
+            stop.set()
+
+        async def on_timeout(seconds: float) -> None:
+            await anyio.sleep(seconds)
+            self.request_cancel(effect, "timeout")
+
+        async def on_idle(seconds: float) -> None:
+            while True:
+                quiet = time.monotonic() - effect.output.last_output
+                if quiet >= seconds:
+                    self.request_cancel(effect, "idle_timeout")
+                    return
+                await anyio.sleep(seconds - quiet)
+
+        async def on_result() -> None:
+            await parser_done.wait()
+            await anyio.sleep(self.result_grace_s)
+            stop.set()  # the harness printed its final event but did not exit: reap it, keep its result
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._pump, effect, handle, parser, parser_done, output_done)
+            tg.start_soon(on_exit)
+            tg.start_soon(on_cancel)
+            if spec.timeout_s is not None:
+                tg.start_soon(on_timeout, spec.timeout_s)
+            if spec.idle_timeout_s is not None:
+                tg.start_soon(on_idle, spec.idle_timeout_s)
+            if parser is not None:
+                tg.start_soon(on_result)
+            await stop.wait()
+            cancelled = False
+            status = exited
+            if status is None:
+                grace = effect.spec.grace_s
+                if effect.cancel is not None and effect.cancel.grace_s is not None:
+                    grace = effect.cancel.grace_s
+                status = await self._terminate(handle, grace)
+                cancelled = effect.cancel is not None
+            # Leftovers of the group (a daemonised grandchild) do not outlive the effect.
+            if not await handle.wait_group_gone(0):
+                await self._terminate_group(handle, effect.spec.grace_s)
+            with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
+                await output_done.wait()
+            tg.cancel_scope.cancel()
+        return self._outcome(effect, status, cancelled, parser)
+
+    async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
+        """SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status."""
+        handle.signal_group(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            return await handle.wait()
+        handle.signal_group(signal.SIGKILL)
+        with anyio.move_on_after(_GROUP_GONE_BOUND_S):
+            return await handle.wait()
+        return ExitStatus(None, signal.SIGKILL)
+
+    async def _terminate_group(self, handle: ProcessHandle, grace: float) -> bool:
+        """SIGTERM to what is left of the group, SIGKILL after `grace`; True once it is gone."""
+        handle.signal_group(signal.SIGTERM)
+        if await handle.wait_group_gone(grace):
+            return True
+        handle.signal_group(signal.SIGKILL)
+        return await handle.wait_group_gone(_GROUP_GONE_BOUND_S)
+
+    async def _reap(self, effect: Effect, handle: ProcessHandle) -> None:
+        """Makes sure nothing of the effect's process group is left, whatever happened above."""
+        if not await handle.wait_group_gone(0):
+            handle.signal_group(signal.SIGKILL)
+            if not await handle.wait_group_gone(_GROUP_GONE_BOUND_S):
+                log.warning("effect %s: processes of group %s still alive after SIGKILL", effect.effect_id, handle.pid)
+
+    async def _pump(
+        self,
+        effect: Effect,
+        handle: ProcessHandle,
+        parser: Parser | None,
+        parser_done: anyio.Event,
+        output_done: anyio.Event,
+    ) -> None:
+        partial = b""
+        last_event = 0.0
+        try:
+            while chunk := await handle.read():
+                effect.output.write(chunk)
+                if parser is None:
+                    effect.notify()
+                    continue
+                *lines, partial = (partial + chunk).split(b"\n")
+                if len(partial) > _MAX_LINE_BYTES:
+                    partial = b""  # a line too long to parse is kept as output only
+                changed = False
+                for line in lines:
+                    changed = parser.feed(line.decode("utf-8", "replace")) or changed
+                if changed:
+                    effect.progress = parser.progress.to_json()
+                    now = time.monotonic()
+                    if now - last_event >= _PROGRESS_EVENT_EVERY_S:
+                        last_event = now
+                        await self.journal.append(
+                            Event("EFFECT_PROGRESS", effect.run_id, effect.effect_id, {"progress": effect.progress})
+                        )
+                if parser.finished:
+                    parser_done.set()
+                effect.notify()
+            if parser is not None and partial:
+                parser.feed(partial.decode("utf-8", "replace"))
+                effect.progress = parser.progress.to_json()
+        finally:
+            output_done.set()
+
+    def _outcome(self, effect: Effect, exited: ExitStatus, cancelled: bool, parser: Parser | None) -> Outcome:
+        if cancelled:
+            return Outcome("cancelled", exited.exit_code, exited.signal, cancel=effect.cancel)
+        result = self._read_result(effect)
+        if parser is not None:
+            harness = parser.outcome(exited.exit_code)
+            if harness.result is not None:
+                result = harness.result if result is None else {**harness.result, "file": result}
+            if harness.error is not None:
+                return Outcome("failed", exited.exit_code, exited.signal, error=harness.error, result=result)
+            if parser.finished:
+                return Outcome("succeeded", exited.exit_code, exited.signal, result=result)
+        if exited.signal is not None:
+            error = f"killed by signal {exited.signal}"
+            with suppress(ValueError):
+                error += f" ({signal.Signals(exited.signal).name})"
+            return Outcome("failed", None, exited.signal, error=error, result=result)
+        if exited.exit_code == 0:
+            return Outcome("succeeded", 0, result=result)
+        return Outcome("failed", exited.exit_code, error=f"exited with code {exited.exit_code}", result=result)
+
+    def _read_result(self, effect: Effect) -> Any:
+        path = self.result_path(effect.effect_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        try:
+            return json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            log.warning("effect %s: result file is not valid JSON; ignored", effect.effect_id)
+            return None
+
+    # --- terminal events -------------------------------------------------------------------------
+
+    def _skip_event(self, effect: Effect, blocked: Effect) -> Event:
+        return Event(
+            "EFFECT_SKIPPED",
+            effect.run_id,
+            effect.effect_id,
+            {"finished_at": now_iso(), "error": f"dependency {blocked.effect_id} {blocked.status}"},
+        )
+
+    async def _journal_retry(self, effect: Effect, outcome: Outcome) -> None:
+        retry = {"attempt": effect.attempt, "exit_code": outcome.exit_code, "error": outcome.error}
+        await self.journal.append(Event("EFFECT_PROGRESS", effect.run_id, effect.effect_id, {"retry": retry}))
+        effect._set_status("queued")
+        effect.pid = None
+        effect.error, effect.exit_code = outcome.error, outcome.exit_code
+        effect.notify()
+
+    async def _finish(self, effect: Effect, outcome: Outcome) -> None:
+        if effect.terminal:
+            return
+        data: dict[str, Any] = {
+            "finished_at": now_iso(),
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "error": outcome.error,
+            "result": outcome.result,
+            "output_bytes": effect.output.size,
+            "output_truncated": effect.output.truncated,
+        }
+        if effect.progress is not None:
+            data["progress"] = effect.progress
+        kind = {"succeeded": "EFFECT_RESOLVED", "failed": "EFFECT_FAILED", "cancelled": "EFFECT_CANCELLED"}
+        if outcome.status == "cancelled":
+            cancel = outcome.cancel or CancelRequest("user", None, None)
+            data.update(cancel_reason=cancel.reason, cancel_message=cancel.message)
+        with anyio.CancelScope(shield=True):
+            stamped = await self.journal.append(Event(kind[outcome.status], effect.run_id, effect.effect_id, data))
+        self._apply_terminal(effect, stamped[0])
+
+    def _apply_terminal(self, effect: Effect, event: Event) -> None:
+        data = event.data
+        effect._set_status(TERMINAL_EVENTS[event.type])
+        effect.finished_at = data["finished_at"]
+        effect.exit_code = data.get("exit_code")
+        effect.signal = data.get("signal")
+        effect.error = data.get("error")
+        effect.result = data.get("result")
+        effect.cancel_reason = data.get("cancel_reason")
+        effect.cancel_message = data.get("cancel_message")
+        effect.terminal_seq = event.seq
+        effect.pid = None
+        if not effect.output.closed:
+            effect.output.close()
+        effect.done.set()
+        effect.notify()
+        self._completed.set()
+        self._completed = anyio.Event()
+        for hook in self.on_terminal:
+            hook(effect)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Ends effects the last server left running (`interrupted`) and schedules pending and queued ones."""
+        rows = await self.journal.active_effects()
+        interrupted = [row for row in rows if row["status"] == "running"]
+        for row in interrupted:
+            pids = set(processes_with_env("EFFECTD_EFFECT_ID", row["effect_id"]))
+            if row["pid"] and row["pid_start"] and process_start_time(row["pid"]) == row["pid_start"]:
+                pids.add(row["pid"])
+            for pid in pids:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        events = []
+        for row in interrupted:
+            log_path = self._log_path(row["effect_id"])
+            size = log_path.stat().st_size if log_path.exists() else 0
+            truncated = size >= self.output_limit_bytes
+            events.append(
+                Event(
+                    "EFFECT_FAILED",
+                    row["run_id"],
+                    row["effect_id"],
+                    {
+                        "finished_at": now_iso(),
+                        "exit_code": None,
+                        "signal": None,
+                        "error": "interrupted",
+                        "result": None,
+                        "output_bytes": size,
+                        "output_truncated": truncated,
+                    },
+                )
+            )
+        if events:
+            await self.journal.append(*events)
+        for row in rows:
+            if row["status"] == "running":
+                continue
+            effect = Effect.from_row(row, OutputLog(self._log_path(row["effect_id"]), self.output_limit_bytes))
+            effect.stall_after_s = self.stall_after_s
+            if effect.status == "pending" and not effect.spec.depends_on:
+                effect.status = "queued"
+            self._effects[effect.effect_id] = effect
+        for row in rows:
+            if row["status"] != "running":
+                self._spawn_driver(self._effects[row["effect_id"]])
+
+    def live_effects(self) -> list[Effect]:
+        return [e for e in self._effects.values() if not e.terminal]
+
+    def all_loaded(self) -> list[Effect]:
+        return list(self._effects.values())

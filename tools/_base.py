@@ -1,0 +1,57 @@
+"""What every tool module shares: strict argument models, engine access, error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from pydantic import ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+from server.engine import Engine
+from server.errors import EffectdError
+
+
+def engine_of(ctx: Context[Any, Any]) -> Engine:
+    return cast(Engine, ctx.request_context.lifespan_context)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Turns effectd's own errors into MCP tool errors (is_error with the message)."""
+    try:
+        yield
+    except EffectdError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def strict_tool(fn: Callable[..., Any]) -> Tool:
+    """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped."""
+    tool = Tool.from_function(fn)
+    base = tool.fn_metadata.arg_model
+    allowed = sorted(field.alias or name for name, field in base.model_fields.items())
+
+    class StrictArguments(base):  # type: ignore[valid-type,misc]
+        model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _only_known_names(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                unknown = sorted(set(data) - set(allowed))
+                if unknown:
+                    raise PydanticCustomError(
+                        "unknown_argument",
+                        "unknown argument {unknown}; {tool} takes: {allowed}",
+                        {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
+                    )
+            return data
+
+    StrictArguments.__name__ = base.__name__
+    tool.fn_metadata.arg_model = StrictArguments
+    tool.parameters = StrictArguments.model_json_schema(by_alias=True)
+    return tool
