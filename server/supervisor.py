@@ -60,6 +60,7 @@ class CancelRequest:
     reason: str
     message: str | None
     grace_s: float | None
+    skip: str | None = None  # set: an effect that has not started ends `skipped` with this error instead
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Effect:
         self.changed = anyio.Event()
         self.waiting: anyio.CancelScope | None = None
         self.stall_after_s: float | None = None
+        self.on_change: Callable[[Effect], None] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], output: OutputLog) -> Effect:
@@ -169,8 +171,11 @@ class Effect:
         self.status = status
 
     def notify(self) -> None:
+        """Wakes whoever waits on this effect (status, output or progress changed)."""
         self.changed.set()
         self.changed = anyio.Event()
+        if self.on_change is not None:
+            self.on_change(self)
 
 
 class Supervisor:
@@ -216,6 +221,11 @@ class Supervisor:
         self._idle.set()
         self.render: Callable[[Effect], Awaitable[tuple[list[str], str | None]]] | None = None
         self.on_terminal: list[Callable[[Effect], None]] = []
+        # Observers of every change of any effect (dashboard, resource subscriptions): called
+        # synchronously, so they must only record the change and wake their own tasks.
+        self.on_change: list[Callable[[Effect], None]] = []
+        self.version = 0
+        self.any_change = anyio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -279,8 +289,7 @@ class Supervisor:
         effect = self._effects.get(effect_id)  # loaded by someone else meanwhile
         if effect is None:
             effect = Effect.from_row(row, OutputLog.existing(self._log_path(effect_id), self.output_limit_bytes))
-            effect.stall_after_s = self.stall_after_s
-            self._effects[effect_id] = effect
+            self._effects[effect_id] = self._adopt(effect)
         return effect
 
     async def get_many(self, effect_ids: Sequence[str]) -> list[Effect]:
@@ -326,11 +335,12 @@ class Supervisor:
             return await self._dispatch(spec, run_id), True
 
     async def dispatch_many(
-        self, specs: Sequence[EffectSpec], run_id: str | None, extra: Sequence[Event] = ()
+        self, specs: Sequence[tuple[str, EffectSpec]], run_id: str | None, extra: Sequence[Event] = ()
     ) -> list[Effect]:
-        """Journals several effects (and `extra` events) in one commit, then schedules them (flows)."""
+        """Journals several effects with ids chosen by the caller (and `extra` events) in one commit,
+        then schedules them. Used by flows, whose steps name each other's ids in `depends_on`."""
         run_id = run_id or self.default_run_id
-        effects = [self._new_effect(spec, run_id) for spec in specs]
+        effects = [self._new_effect(spec, run_id, effect_id) for effect_id, spec in specs]
         events = await self._run_events(run_id)
         events.extend(extra)
         events.extend(self._requested(e) for e in effects)
@@ -341,12 +351,22 @@ class Supervisor:
             self._spawn_driver(effect)
         return effects
 
-    def _new_effect(self, spec: EffectSpec, run_id: str) -> Effect:
-        effect_id = new_id("eff_")
+    def _new_effect(self, spec: EffectSpec, run_id: str, effect_id: str | None = None) -> Effect:
+        effect_id = effect_id or new_id("eff_")
         output = OutputLog(self._log_path(effect_id), self.output_limit_bytes)
-        effect = Effect(effect_id, run_id, spec, now_iso(), output)
+        return self._adopt(Effect(effect_id, run_id, spec, now_iso(), output))
+
+    def _adopt(self, effect: Effect) -> Effect:
         effect.stall_after_s = self.stall_after_s
+        effect.on_change = self._changed
         return effect
+
+    def _changed(self, effect: Effect) -> None:
+        self.version += 1
+        self.any_change.set()
+        self.any_change = anyio.Event()
+        for observer in self.on_change:
+            observer(effect)
 
     def _requested(self, effect: Effect) -> Event:
         return Event(
@@ -413,6 +433,16 @@ class Supervisor:
         with anyio.move_on_after(grace + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5):
             await effect.done.wait()
         return effect
+
+    def request_skip(self, effect: Effect, why: str, reason: str) -> bool:
+        """Ends an effect as `skipped` (error `why`) if it has not started, else cancels it with `reason`."""
+        if effect.terminal or effect.cancel is not None:
+            return False
+        effect.cancel = CancelRequest(reason, None, None, skip=why)
+        effect.cancel_event.set()
+        if effect.waiting is not None:
+            effect.waiting.cancel()
+        return True
 
     # --- waiting ---------------------------------------------------------------------------------
 
@@ -541,6 +571,8 @@ class Supervisor:
                 limiter.release_on_behalf_of(effect)
 
     def _cancelled_outcome(self, effect: Effect) -> Outcome:
+        if effect.cancel is not None and effect.cancel.skip is not None:
+            return Outcome("skipped", error=effect.cancel.skip)
         return Outcome("cancelled", cancel=effect.cancel)
 
     async def _finish_cancelled_waiting(self, effect: Effect) -> None:
@@ -791,7 +823,12 @@ class Supervisor:
         }
         if effect.progress is not None:
             data["progress"] = effect.progress
-        kind = {"succeeded": "EFFECT_RESOLVED", "failed": "EFFECT_FAILED", "cancelled": "EFFECT_CANCELLED"}
+        kind = {
+            "succeeded": "EFFECT_RESOLVED",
+            "failed": "EFFECT_FAILED",
+            "cancelled": "EFFECT_CANCELLED",
+            "skipped": "EFFECT_SKIPPED",
+        }
         if outcome.status == "cancelled":
             cancel = outcome.cancel or CancelRequest("user", None, None)
             data.update(cancel_reason=cancel.reason, cancel_message=cancel.message)
@@ -859,8 +896,9 @@ class Supervisor:
         for row in rows:
             if row["status"] == "running":
                 continue
-            effect = Effect.from_row(row, OutputLog(self._log_path(row["effect_id"]), self.output_limit_bytes))
-            effect.stall_after_s = self.stall_after_s
+            effect = self._adopt(
+                Effect.from_row(row, OutputLog(self._log_path(row["effect_id"]), self.output_limit_bytes))
+            )
             if effect.status == "pending" and not effect.spec.depends_on:
                 effect.status = "queued"
             self._effects[effect.effect_id] = effect

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", nargs="?", help='the prompt; "-" or absent reads it from stdin')
     parser.add_argument("--steps", type=_non_negative_int, default=_env("steps", "3"), help="assistant turns (3)")
-    parser.add_argument("--delay", type=_non_negative_float, default=_env("delay", "0.2"), help="seconds between lines")
+    parser.add_argument("--delay", type=_non_negative_float, default=_env("delay", "0.2"), help="line gap, s (0.2)")
     parser.add_argument("--answer", default=_env("answer"), help='final answer (default "Done: PROMPT")')
     parser.add_argument("--cost", type=_non_negative_float, default=_env("cost", "0"), help="total_cost_usd reported")
     parser.add_argument("--exit-code", type=int, default=_env("exit_code"), help="exit status (default 0, 1 on --fail)")
@@ -87,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, help_text in flags.items():
         parser.add_argument(flag, action="store_true", default=_env_flag(flag.lstrip("-")), help=help_text)
     claude = parser.add_argument_group("claude flags, accepted and ignored")
-    claude.add_argument("-p", "--print", action="store_true", help=argparse.SUPPRESS)
-    claude.add_argument("--output-format", help=argparse.SUPPRESS)
-    claude.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
-    claude.add_argument("--model", help=argparse.SUPPRESS)
+    claude.add_argument("-p", "--print", action="store_true")
+    claude.add_argument("--output-format", metavar="FORMAT")
+    claude.add_argument("--verbose", action="store_true")
+    claude.add_argument("--model", metavar="MODEL")
     return parser
 
 
