@@ -503,19 +503,7 @@ class Supervisor:
                 return self._apply_terminal(effect, stamped[0])
             effect._set_status("queued")
             effect.notify()
-        while True:
-            outcome = await self._attempt(effect)
-            if outcome is None:  # detached at shutdown with --keep-queued
-                return
-            retry = (
-                outcome.status == "failed"
-                and effect.attempt < effect.spec.max_attempts
-                and effect.cancel is None
-                and not self._closing
-            )
-            if not retry:
-                return await self._finish(effect, outcome)
-            await self._journal_retry(effect, outcome)
+        while not await self._attempt(effect):
             if effect.spec.retry_backoff_s > 0:
                 with anyio.CancelScope() as effect.waiting:
                     await anyio.sleep(effect.spec.retry_backoff_s * 2 ** (effect.attempt - 1))
@@ -550,7 +538,13 @@ class Supervisor:
         """Caps how many effects of `group` run at once (set by the first dispatch that names it)."""
         self._group_limits.setdefault(group, anyio.CapacityLimiter(max_concurrency))
 
-    async def _attempt(self, effect: Effect) -> Outcome | None:
+    async def _attempt(self, effect: Effect) -> bool:
+        """Waits for a slot and runs the process once; True when the effect is done with (terminal or
+        left for the next server), False when it failed and will be tried again.
+
+        The terminal event is written while the slot is still held, so the journal never shows
+        more effects running at once than the limits allow.
+        """
         held: list[anyio.CapacityLimiter] = []
         try:
             with anyio.CancelScope() as effect.waiting:
@@ -558,14 +552,25 @@ class Supervisor:
                     await limiter.acquire_on_behalf_of(effect)
                     held.append(limiter)
             effect.waiting = None
-            if effect.cancel is not None:
-                return self._cancelled_outcome(effect)
-            if self._closing:
+            if self._closing and effect.cancel is None:
                 if self.keep_queued:
-                    return None
+                    return True
                 self.request_cancel(effect, "shutdown")
-                return self._cancelled_outcome(effect)
-            return await self._run_process(effect)
+            if effect.cancel is not None:
+                await self._finish(effect, self._cancelled_outcome(effect))
+                return True
+            outcome = await self._run_process(effect)
+            retry = (
+                outcome.status == "failed"
+                and effect.attempt < effect.spec.max_attempts
+                and effect.cancel is None
+                and not self._closing
+            )
+            if retry:
+                await self._journal_retry(effect, outcome)
+                return False
+            await self._finish(effect, outcome)
+            return True
         finally:
             for limiter in reversed(held):
                 limiter.release_on_behalf_of(effect)
@@ -593,6 +598,7 @@ class Supervisor:
         return Launch(argv, env, effect.spec.cwd, stdin.encode() if stdin is not None else None)
 
     async def _run_process(self, effect: Effect) -> Outcome:
+        effect.attempt += 1
         with suppress(FileNotFoundError):
             self.result_path(effect.effect_id).unlink()
         try:
@@ -606,7 +612,6 @@ class Supervisor:
         except SpawnError as exc:
             return Outcome("failed", error=str(exc))
         try:
-            attempt = effect.attempt + 1
             started_at = now_iso()
             await self.journal.append(
                 Event(
@@ -618,12 +623,12 @@ class Supervisor:
                         "pid": handle.pid,
                         "pid_start": handle.start_marker,
                         "command": effect.command,
-                        "attempt": attempt,
+                        "attempt": effect.attempt,
                     },
                 )
             )
             effect._set_status("running")
-            effect.started_at, effect.pid, effect.attempt = started_at, handle.pid, attempt
+            effect.started_at, effect.pid = started_at, handle.pid
             effect.finished_at = effect.exit_code = effect.signal = effect.error = None
             effect.output.last_output = time.monotonic()
             effect.notify()
@@ -820,6 +825,7 @@ class Supervisor:
             "result": outcome.result,
             "output_bytes": effect.output.size,
             "output_truncated": effect.output.truncated,
+            "attempt": effect.attempt,
         }
         if effect.progress is not None:
             data["progress"] = effect.progress

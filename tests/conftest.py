@@ -138,3 +138,35 @@ def no_process_left_behind() -> Iterator[None]:
     while (left := effect_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"processes of effects left alive: {sorted(left)}"
+
+
+@asynccontextmanager
+async def connected(settings: Settings, **overrides: Any) -> AsyncIterator[tuple[Engine, Client]]:
+    """An engine with `overrides` on the settings and an in-memory client on it."""
+    async with Engine.open(replace(settings, **overrides)) as engine:
+        async with Client(build_server(engine), read_timeout_seconds=70) as client:
+            yield engine, client
+
+
+def event_count(db: Path, run_id: str | None = None) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        if run_id is None:
+            return int(conn.execute("select count(*) from events").fetchone()[0])
+        return int(conn.execute("select count(*) from events where run_id = ?", (run_id,)).fetchone()[0])
+
+
+async def read_until(client: Client, effect_id: str, needle: str, within_s: float = 20) -> str:
+    """Streams the effect's output until `needle` appears; returns all of it so far."""
+    import anyio
+
+    text, cursor = "", 0
+    with anyio.fail_after(within_s):
+        while needle not in text:
+            chunk = await call(client, "stream_effect", effect_id=effect_id, cursor=cursor, wait_s=5)
+            text += chunk["data"]
+            cursor = chunk["cursor"]
+            if chunk["eof"] and needle not in text:
+                raise AssertionError(f"{needle!r} never appeared; output was {text!r}")
+    return text

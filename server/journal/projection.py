@@ -112,7 +112,13 @@ def fold_effect(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | No
         if "retry" in data:
             # A failed attempt that will be tried again: back to the queue, its outcome kept in `error`.
             retry = data["retry"]
-            row.update(status="queued", pid=None, error=retry.get("error"), exit_code=retry.get("exit_code"))
+            row.update(
+                status="queued",
+                pid=None,
+                error=retry.get("error"),
+                exit_code=retry.get("exit_code"),
+                attempt=retry.get("attempt", row["attempt"]),
+            )
     elif event.type in TERMINAL_EVENTS:
         row.update(
             status=TERMINAL_EVENTS[event.type],
@@ -127,6 +133,7 @@ def fold_effect(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | No
             output_truncated=int(bool(data.get("output_truncated", row["output_truncated"]))),
             pid=None,
             terminal_seq=event.seq,
+            attempt=data.get("attempt", row["attempt"]),
         )
         if data.get("started_at"):
             row["started_at"] = data["started_at"]
