@@ -92,7 +92,8 @@ async def test_cancelling_a_dependency_skips_its_dependents(client):
 CHILD_WITH_GRANDCHILD = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-grandchild = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+grandchild = subprocess.Popen([sys.executable, "-c", stubborn])
 print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
 time.sleep(120)
 """
@@ -248,7 +249,8 @@ async def test_json_in_the_result_file_becomes_the_result_and_bad_json_is_ignore
 async def test_an_effect_sees_its_ids_env_cwd_and_stdin(client, tmp_path):
     code = (
         "import json, os, sys; print(json.dumps({'id': os.environ['EFFECTD_EFFECT_ID'], "
-        "'run': os.environ['EFFECTD_RUN_ID'], 'mine': os.environ['MINE'], 'cwd': os.getcwd(), 'stdin': sys.stdin.read()}))"
+        "'run': os.environ['EFFECTD_RUN_ID'], 'mine': os.environ['MINE'], 'cwd': os.getcwd(), "
+        "'stdin': sys.stdin.read()}))"
     )
     record = await call(
         client, "dispatch_effect", command=py(code), env={"MINE": "yes"}, cwd=str(tmp_path), stdin="fed", run_id="r-env"
