@@ -28,6 +28,8 @@ cancel_effect / cancel_group (kills the whole process tree). No call blocks long
 
 def build_server(engine: Engine) -> MCPServer[Engine]:
     """The MCP server over an engine that is already open (the engine outlives every connection)."""
+    # Argument errors reach an agent as text: keep pydantic's message, drop its documentation links.
+    os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
     from tools import all_tools
 
     @asynccontextmanager
