@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from contextlib import suppress
 
@@ -28,7 +27,7 @@ def rows(db, sql, *params):
 
 async def wait_gone(pids, within_s=5.0):
     with anyio.fail_after(within_s):
-        while any(pid_alive(p) for p in pids):
+        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - no event tells when another process dies
             await anyio.sleep(0.02)
 
 
@@ -128,9 +127,8 @@ async def test_a_second_server_on_the_same_database_refuses_to_start(tmp_path):
     db = tmp_path / "j.db"
     async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
         await call(client, "list_harnesses")
-        done = subprocess.run(
-            [effectd_bin(), "serve", "--db", str(db)], stdin=subprocess.DEVNULL, capture_output=True, timeout=30
-        )
+        with anyio.fail_after(30):
+            done = await anyio.run_process([effectd_bin(), "serve", "--db", str(db)], check=False)
     assert done.returncode == 2
     assert b"already owns" in done.stderr
 
@@ -145,18 +143,20 @@ async def test_the_command_line_reads_the_journal(tmp_path):
         )
     assert cancelled.returncode == 0, cancelled.stderr
 
-    def run(*args: str) -> str:
-        done = subprocess.run([effectd_bin(), *args, "--db", str(db)], capture_output=True, text=True, timeout=30)
+    async def run(*args: str) -> str:
+        with anyio.fail_after(30):
+            done = await anyio.run_process([effectd_bin(), *args, "--db", str(db)], check=False)
         assert done.returncode == 0, done.stderr
-        return done.stdout
+        return done.stdout.decode()
 
-    assert "greeting" in run("ls") and "cancelled" in run("ls")
-    assert '"status": "succeeded"' in run("show", record["effect_id"])
-    assert run("logs", record["effect_id"]) == "from the effect\n"
-    journal = run("journal")
+    listing = await run("ls")
+    assert "greeting" in listing and "cancelled" in listing
+    assert '"status": "succeeded"' in await run("show", record["effect_id"])
+    assert await run("logs", record["effect_id"]) == "from the effect\n"
+    journal = await run("journal")
     for event in ("RUN_CREATED", "EFFECT_REQUESTED", "EFFECT_STARTED", "EFFECT_RESOLVED", "EFFECT_CANCELLED"):
         assert event in journal
-    unknown = subprocess.run([effectd_bin(), "show", "eff_nosuch", "--db", str(db)], capture_output=True, timeout=30)
+    unknown = await anyio.run_process([effectd_bin(), "show", "eff_nosuch", "--db", str(db)], check=False)
     assert unknown.returncode == 1
 
 
@@ -171,8 +171,7 @@ async def test_the_cancel_command_without_a_live_server_cancels_a_waiting_effect
             text = await read_until(c, running["effect_id"], "parent")
             os.kill(int(text.split()[1]), signal.SIGTERM)
             await wait_gone([int(text.split()[1])])
-    done = subprocess.run(
-        [effectd_bin(), "cancel", queued["effect_id"], "--db", str(db)], capture_output=True, text=True, timeout=30
-    )
+    with anyio.fail_after(30):
+        done = await anyio.run_process([effectd_bin(), "cancel", queued["effect_id"], "--db", str(db)], check=False)
     assert done.returncode == 2
     assert rows(db, "select status from effects where effect_id = ?", queued["effect_id"]) == [{"status": "cancelled"}]
