@@ -51,6 +51,7 @@ class OutputLog:
         self.closed = closed
         self.last_line: str | None = None
         self.last_output = time.monotonic()
+        self.last_output_at: float | None = None  # wall clock (time.time) of the last output
         self.lines_seen = 0
         self._partial = b""
         self._tail = b""
@@ -77,6 +78,7 @@ class OutputLog:
         if not data:
             return
         self.last_output = time.monotonic()
+        self.last_output_at = time.time()
         room = self.limit - self.size
         if room <= 0:
             self.truncated = True

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from server.models import (
     TRANSITIONS,
     EffectRecord,
     EffectSpec,
+    format_iso,
     new_id,
     now_iso,
     seconds_between,
@@ -161,6 +163,9 @@ class Effect:
             max_attempts=self.spec.max_attempts,
             progress=self.progress,
             stalled=stalled,
+            last_output_at=format_iso(datetime.fromtimestamp(self.output.last_output_at, UTC))
+            if self.output.last_output_at is not None
+            else None,
             flow_id=self.spec.flow_id,
             step_id=self.spec.step_id,
         )

@@ -128,7 +128,7 @@ async def test_a_second_server_on_the_same_database_refuses_to_start(tmp_path):
     async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
         await call(client, "list_harnesses")
         with anyio.fail_after(30):
-            done = await anyio.run_process([effectd_bin(), "serve", "--db", str(db)], check=False)
+            done = await anyio.run_process([effectd_bin(), "serve", "--db", str(db)], check=False, input=b"")
     assert done.returncode == 2
     assert b"already owns" in done.stderr
 
