@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -31,7 +32,7 @@ def refusals() -> Iterator[None]:
 
 def strict_tool(fn: Callable[..., Any]) -> Tool:
     """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped."""
-    tool = Tool.from_function(fn)
+    tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
     base = tool.fn_metadata.arg_model
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
 
