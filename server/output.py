@@ -111,6 +111,7 @@ class OutputLog:
             self._fd = None
         if self._partial.strip():
             self.last_line = self._partial.strip()[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")
+        self._partial = b""
         self.closed = True
         self._wake()
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ _PROGRESS_EVENT_EVERY_S = 1.0
 _DRAIN_AFTER_EXIT_S = 1.0
 _GROUP_GONE_BOUND_S = 3.0
 _MAX_LINE_BYTES = 16 * 1024 * 1024
+_KEEP_FINISHED = 4096  # finished effects kept in memory; older ones are read back from the journal
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ class Supervisor:
         self._harness_limits = {name: anyio.CapacityLimiter(n) for name, n in (harness_limits or {}).items()}
         self._group_limits: dict[str, anyio.CapacityLimiter] = {}
         self._effects: dict[str, Effect] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._known_runs: set[str] = set()
         self._run_lock = anyio.Lock()
         self._key_locks: dict[tuple[str, str], anyio.Lock] = {}
@@ -295,6 +298,8 @@ class Supervisor:
         if effect is None:
             effect = Effect.from_row(row, OutputLog.existing(self._log_path(effect_id), self.output_limit_bytes))
             self._effects[effect_id] = self._adopt(effect)
+            if effect.terminal:
+                self._remember_finished(effect)
         return effect
 
     async def get_many(self, effect_ids: Sequence[str]) -> list[Effect]:
@@ -863,10 +868,20 @@ class Supervisor:
             effect.output.close()
         effect.done.set()
         effect.notify()
+        self._remember_finished(effect)
         self._completed.set()
         self._completed = anyio.Event()
         for hook in self.on_terminal:
             hook(effect)
+
+    def _remember_finished(self, effect: Effect) -> None:
+        """Keeps memory bounded: past `_KEEP_FINISHED` finished effects, the oldest are dropped (the
+        journal and the output file still answer for them; whoever holds one keeps a valid object)."""
+        self._finished[effect.effect_id] = None
+        while len(self._finished) > _KEEP_FINISHED:
+            old, _ = self._finished.popitem(last=False)
+            if (dropped := self._effects.get(old)) is not None and dropped.terminal:
+                del self._effects[old]
 
     # --- recovery --------------------------------------------------------------------------------
 

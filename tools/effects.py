@@ -50,7 +50,8 @@ async def follow_in_foreground(ctx: Context[Any, Any], effect: Effect, wait_s: f
                 if (effect.output.size, line) != sent and line is not None:
                     sent = (effect.output.size, line)
                     await ctx.report_progress(effect.output.size, None, line)
-                    await anyio.sleep(_PROGRESS_EVERY_S)
+                    with anyio.move_on_after(_PROGRESS_EVERY_S):  # at most ten notices a second
+                        await effect.done.wait()
                     continue
                 await changed.wait()
     except anyio.get_cancelled_exc_class():
