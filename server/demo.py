@@ -25,6 +25,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import IO, Any, TextIO
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.shared.dispatcher import ProgressFnT
 
 HARNESS = "fake-claude"
 GROUP = "demo"
@@ -52,11 +54,26 @@ class Pace:
     agent_delay_s: tuple[float, float]
     agent_steps: tuple[int, int]
     flow_s: tuple[float, float, float, float]  # fetch, lint, test, report
+    runaway_watch_s: float  # how long the runaway is watched before it is cancelled
     runaway_grace_s: float = 0.5
 
 
-NORMAL = Pace(lint_s=2.0, tests_s=2.5, agent_delay_s=(0.2, 0.3), agent_steps=(4, 3), flow_s=(0.5, 1.5, 1.5, 0.2))
-FAST = Pace(lint_s=0.6, tests_s=0.8, agent_delay_s=(0.1, 0.12), agent_steps=(2, 2), flow_s=(0.2, 0.5, 0.5, 0.0))
+NORMAL = Pace(
+    lint_s=3.0,
+    tests_s=4.0,
+    agent_delay_s=(0.3, 0.4),
+    agent_steps=(4, 3),
+    flow_s=(0.5, 1.5, 1.5, 0.2),
+    runaway_watch_s=1.2,
+)
+FAST = Pace(
+    lint_s=0.6,
+    tests_s=0.8,
+    agent_delay_s=(0.1, 0.12),
+    agent_steps=(2, 2),
+    flow_s=(0.2, 0.5, 0.5, 0.0),
+    runaway_watch_s=0.0,
+)
 
 # A pretend tool: prints progress lines over `seconds`, then leaves a JSON result for effectd.
 WORKER = """\
@@ -126,9 +143,9 @@ class Screen:
 # --- talking to the server -----------------------------------------------------------------------
 
 
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+async def call(client: Client, tool: str, progress: ProgressFnT | None = None, **arguments: Any) -> dict[str, Any]:
     """Calls a tool; its structured result, or DemoFailed with the server's error text."""
-    result = await client.call_tool(tool, arguments)
+    result = await client.call_tool(tool, arguments, progress_callback=progress)
     if result.is_error:
         text = " ".join(getattr(block, "text", "") for block in result.content or [])
         raise DemoFailed(f"{tool} was refused: {text}")
@@ -193,12 +210,12 @@ async def side_by_side(client: Client, screen: Screen, pace: Pace) -> list[str]:
     jobs: list[tuple[str, dict[str, Any], str]] = [
         (
             "lint",
-            {"command": py(WORKER, "checked {step}/{steps} modules", "4", str(pace.lint_s), '{"warnings": 0}')},
+            {"command": py(WORKER, "checked {step}/{steps} modules", "5", str(pace.lint_s), '{"warnings": 0}')},
             "command: python (pretend linter)",
         ),
         (
             "unit-tests",
-            {"command": py(WORKER, "passed {step}0 of {steps}0 tests", "5", str(pace.tests_s), '{"passed": 50}')},
+            {"command": py(WORKER, "passed {step}0 of {steps}0 tests", "7", str(pace.tests_s), '{"passed": 70}')},
             "command: python (pretend test run)",
         ),
         (
@@ -225,11 +242,21 @@ async def side_by_side(client: Client, screen: Screen, pace: Pace) -> list[str]:
         ),
     ]
     labels: dict[str, str] = {}
+    agents: set[str] = set()
     for label, what, description in jobs:
         record = await call(client, "dispatch_effect", background=True, group=GROUP, label=label, **what)
         labels[record["effect_id"]] = label
+        if "harness" in what:
+            agents.add(record["effect_id"])
         screen.say(f"   {screen.label(label)} {record['effect_id']}  {record['status']:<8} {description}")
     screen.note(f'dispatch_effect(background=true, group="{GROUP}") returned at once for each')
+    for _ in range(40):  # up to 2 s for all four to have started (they start within milliseconds)
+        records = (await call(client, "list_effects", group=GROUP))["effects"]
+        if all(r["status"] not in ("pending", "queued") for r in records):
+            break
+        await anyio.sleep(0.05)
+    running = [f"{labels[r['effect_id']]} (pid {r['pid']})" for r in reversed(records) if r["status"] == "running"]
+    screen.say(f"   running at once: {', '.join(running)}")
 
     screen.section("2. Output streamed while they run (stream_effect)  3. results as they complete (await_group)")
     screen.note("sub-agents print Claude Code's stream-json; shown condensed. `done` lines come from await_group")
@@ -241,7 +268,6 @@ async def side_by_side(client: Client, screen: Screen, pace: Pace) -> list[str]:
         """Long-polls the effect's output from a byte cursor until eof, printing each line with its label."""
         nonlocal streamed
         label, cursor, partial = labels[effect_id], 0, ""
-        harness = label.startswith("agent")
         try:
             while True:
                 chunk = await call(client, "stream_effect", effect_id=effect_id, cursor=cursor, wait_s=10)
@@ -250,7 +276,7 @@ async def side_by_side(client: Client, screen: Screen, pace: Pace) -> list[str]:
                 if chunk["eof"] and partial:
                     lines, partial = [*lines, partial], ""
                 for line in lines:
-                    shown = agent_line(line) if harness else line
+                    shown = agent_line(line) if effect_id in agents else line
                     if shown:
                         streamed += 1
                         screen.say(f"   {screen.label(label)} | {shown}")
@@ -330,17 +356,22 @@ async def runaway(client: Client, screen: Screen, pace: Pace) -> str:
     effect_id = str(record["effect_id"])
     cursor, text = 0, ""
     with anyio.fail_after(15):
-        while (found := re.search(r"pid (\d+) ignores SIGTERM; grandchild pid (\d+)", text)) is None:
+        while (found := re.search(r"pid (\d+) ignores SIGTERM; grandchild pid (\d+) ignores it too", text)) is None:
             chunk = await call(client, "stream_effect", effect_id=effect_id, cursor=cursor, wait_s=5)
             cursor, text = chunk["cursor"], text + chunk["data"]
             if chunk["eof"]:
                 raise DemoFailed(f"the runaway ended by itself ({chunk['status']}): {text!r}")
     pids = {"child": int(found.group(1)), "grandchild": int(found.group(2))}
-    screen.say(f"   {screen.label('runaway')} | {found.group(0)} ignores it too")
-    alive = {name: pid_alive(pid) for name, pid in pids.items()}
-    screen.note(
-        f"running: pid {pids['child']} alive={alive['child']}, pid {pids['grandchild']} alive={alive['grandchild']}"
-    )
+    screen.say(f"   {screen.label('runaway')} | {found.group(0)}")
+    with anyio.move_on_after(pace.runaway_watch_s):  # watch it a moment: it keeps going
+        while True:
+            chunk = await call(client, "stream_effect", effect_id=effect_id, cursor=cursor, wait_s=5)
+            cursor = chunk["cursor"]
+            for line in chunk["data"].splitlines():
+                if line.strip():  # a print() under `python -u` writes its text and its newline separately
+                    screen.say(f"   {screen.label('runaway')} | {line}")
+    alive = ", ".join(f"{name} {pid} {'alive' if pid_alive(pid) else 'dead'}" for name, pid in pids.items())
+    screen.note(f"before the cancel (/proc): {alive}")
 
     started = time.monotonic()
     record = await call(client, "cancel_effect", effect_id=effect_id, grace_s=grace, reason="demo: stop the runaway")
@@ -365,7 +396,8 @@ async def runaway(client: Client, screen: Screen, pace: Pace) -> str:
         screen.say(f"   pid {pid:<8} ({name:<10}) {verdict}")
     if survivors:
         for pid in survivors.values():  # the demo leaves nothing behind, even when effectd did
-            os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         raise DemoFailed(f"processes of the cancelled runaway survived: {survivors}")
     return effect_id
 
@@ -373,7 +405,7 @@ async def runaway(client: Client, screen: Screen, pace: Pace) -> str:
 # --- 5: a flow -----------------------------------------------------------------------------------
 
 
-async def diamond_flow(client: Client, screen: Screen, pace: Pace) -> None:
+async def diamond_flow(client: Client, screen: Screen, pace: Pace) -> str:
     """Section 5: fetch -> (lint, test) -> report, each step starting as soon as its needs are met."""
     fetch_s, lint_s, test_s, report_s = pace.flow_s
     step = "import sys, time; time.sleep(float(sys.argv[1])); print(sys.argv[2])"
@@ -388,7 +420,11 @@ async def diamond_flow(client: Client, screen: Screen, pace: Pace) -> None:
         },
     ]
     screen.section("5. A diamond flow: fetch -> (lint, test) -> report (dispatch_flow)")
-    flow = await call(client, "dispatch_flow", steps=steps, wait_s=30)
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        screen.say(f"   progress notification: {message}")
+
+    flow = await call(client, "dispatch_flow", on_progress, steps=steps, wait_s=30)
     with anyio.fail_after(30):
         while flow.get("status") == "running":
             await anyio.sleep(0.1)
@@ -414,6 +450,7 @@ async def diamond_flow(client: Client, screen: Screen, pace: Pace) -> None:
             + screen.good(f"flow {flow['flow_id']}: wall {wall:.2f} s")
             + f" for {work:.2f} s of steps: speedup {flow.get('speedup') or work / wall:.1f}x (lint and test overlap)"
         )
+    return str(flow["flow_id"])
 
 
 # --- the whole demo ------------------------------------------------------------------------------
@@ -458,8 +495,10 @@ def write_config(work: Path) -> Path:
     return config
 
 
-async def run(screen: Screen, work: Path, config: Path, db: Path, pace: Pace, server_log: TextIO) -> list[str]:
-    """Starts the server over stdio, shows sections 1 to 5, stops it; returns the ids of the effects shown."""
+async def run(
+    screen: Screen, work: Path, config: Path, db: Path, pace: Pace, server_log: TextIO
+) -> tuple[list[str], str | None]:
+    """Starts the server over stdio, shows sections 1 to 5, stops it; returns the effect ids shown, and the flow id."""
     command = effectd_command()
     params = StdioServerParameters(
         command=command[0],
@@ -470,12 +509,12 @@ async def run(screen: Screen, work: Path, config: Path, db: Path, pace: Pace, se
     )
     screen.note(f"starting: {shown_command()} serve --config {config} --db {db}  (stdio)")
     ids: list[str] = []
+    flow_id: str | None = None
     async with Client(stdio_client(params, errlog=server_log), read_timeout_seconds=70) as client:
         tools = sorted(tool.name for tool in (await client.list_tools()).tools)
         info = client.server_info
-        screen.note(
-            f"connected to {info.name if info else 'effectd'} {info.version if info else ''}: {len(tools)} tools"
-        )
+        name, version = (info.name, info.version) if info else ("effectd", "")
+        screen.note(f"connected to {name} {version}; its tools: {', '.join(tools)}")
         harnesses = (await call(client, "list_harnesses"))["harnesses"]
         fake = next((h for h in harnesses if h["name"] == HARNESS), None)
         if fake is None or not fake["available"]:
@@ -484,8 +523,8 @@ async def run(screen: Screen, work: Path, config: Path, db: Path, pace: Pace, se
         ids += await side_by_side(client, screen, pace)
         ids.append(await runaway(client, screen, pace))
         if "dispatch_flow" in tools:
-            await diamond_flow(client, screen, pace)
-    return ids
+            flow_id = await diamond_flow(client, screen, pace)
+    return ids, flow_id
 
 
 def journal_facts(db: Path) -> tuple[int, int, list[str]]:
@@ -516,7 +555,7 @@ def main(fast: bool = False) -> int:
     screen.note(f"work dir {work} (config effectd.toml, journal.db, server.log)")
     with open(log_path, "w") as server_log:
         try:
-            ids = anyio.run(run, screen, work, config, db, pace, server_log)
+            ids, flow_id = anyio.run(run, screen, work, config, db, pace, server_log)
             events, effects, unfinished = journal_facts(db)
             if unfinished:
                 raise DemoFailed(f"effects left unfinished in the journal: {unfinished}")
@@ -544,6 +583,8 @@ def main(fast: bool = False) -> int:
     screen.say(f"     {effectd} ls --db {db}")
     screen.say(f"     {effectd} logs {ids[0]} --db {db}")
     screen.say(f"     {effectd} show {ids[2]} --db {db}")
+    if flow_id:
+        screen.say(f"     {effectd} show {flow_id} --db {db}")
     screen.say(f"     {effectd} journal --db {db}")
     screen.say(f"   remove it when done: rm -r {work}")
     screen.say()

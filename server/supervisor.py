@@ -707,7 +707,8 @@ class Supervisor:
             with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
                 await output_done.wait()
             tg.cancel_scope.cancel()
-        return self._outcome(effect, status, cancelled, parser)
+            outcome = self._outcome(effect, status, cancelled, parser)
+        return outcome
 
     async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
         """SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status."""

@@ -282,8 +282,8 @@ def test_grandchild_runs_in_the_fake_process_group_and_its_pid_is_printed(
     try:
         assert os.getpgid(pid) == proc.pid
         assert "time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_text()
+    finally:
         os.killpg(proc.pid, signal.SIGKILL)
         ready, _, _ = select.select([pidfd], [], [], TIMEOUT_S)
-        assert ready, "the grandchild outlived SIGKILL to its group"
-    finally:
         os.close(pidfd)
+    assert ready, "the grandchild outlived SIGKILL to its group"

@@ -10,7 +10,8 @@ from typing import Any, cast
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from pydantic import BaseModel, ConfigDict, model_validator
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from pydantic import ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from server.engine import Engine
@@ -36,25 +37,24 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
     base = tool.fn_metadata.arg_model
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
 
-    def only_known_names(cls: type[BaseModel], data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(allowed))
-            if unknown:
-                raise PydanticCustomError(
-                    "unknown_argument",
-                    "unknown argument {unknown}; {tool} takes: {allowed}",
-                    {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
-                )
-        return data
+    class StrictArguments(base):  # type: ignore[misc,valid-type]
+        model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
 
-    StrictArguments = type(
-        f"{tool.name}_arguments",
-        (base,),
-        {
-            "model_config": ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True),
-            "_only_known_names": model_validator(mode="before")(classmethod(only_known_names)),
-        },
-    )
-    tool.fn_metadata.arg_model = StrictArguments
-    tool.parameters = StrictArguments.model_json_schema(by_alias=True)
+        @model_validator(mode="before")
+        @classmethod
+        def _only_known_names(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                unknown = sorted(set(data) - set(allowed))
+                if unknown:
+                    raise PydanticCustomError(
+                        "unknown_argument",
+                        "unknown argument {unknown}; {tool} takes: {allowed}",
+                        {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
+                    )
+            return data
+
+    # Named after the tool, so a validation error says which tool's arguments were wrong.
+    named = cast(type[ArgModelBase], create_model(f"{tool.name}_arguments", __base__=StrictArguments))
+    tool.fn_metadata.arg_model = named
+    tool.parameters = named.model_json_schema(by_alias=True)
     return tool

@@ -43,12 +43,12 @@ async def follow_in_foreground(ctx: Context[Any, Any], effect: Effect, wait_s: f
     """
     try:
         with anyio.move_on_after(wait_s):
-            sent: tuple[int, str | None] | None = None
+            sent: tuple[int, str] | None = None
             while not effect.terminal:
                 changed = effect.changed
                 line = (effect.progress or {}).get("last_text") or effect.output.last_line
-                if (effect.output.size, line) != sent and line is not None:
-                    sent = (effect.output.size, line)
+                if line is not None and (effect.output.lines_seen, line) != sent:
+                    sent = (effect.output.lines_seen, line)
                     await ctx.report_progress(effect.output.size, None, line)
                     with anyio.move_on_after(_PROGRESS_EVERY_S):  # at most ten notices a second
                         await effect.done.wait()

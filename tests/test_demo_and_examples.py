@@ -1,0 +1,193 @@
+"""`effectd demo` and the client examples, run as a user runs them: as programs, judged by what they print."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from server import demo
+from server.config import build_settings, load_file
+from tests.conftest import REPO, effectd_bin, pid_alive
+
+
+def run_program(argv: list[str], cwd: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Runs a program in its own process group with temporary files under `cwd`; kills the group on timeout."""
+    env = {**os.environ, "TMPDIR": str(cwd), "NO_COLOR": "1"}
+    started = time.monotonic()
+    with subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            pytest.fail(f"{argv} ran over {timeout} s\n--- stdout\n{out}\n--- stderr\n{err}")
+    elapsed = time.monotonic() - started
+    return subprocess.CompletedProcess(argv, process.returncode, out, err), elapsed
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    return result.stdout
+
+
+# --- effectd demo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_fast_demo_shows_effects_side_by_side_streamed_collected_and_a_runaway_killed(tmp_path: Path) -> None:
+    result, elapsed = run_program([effectd_bin(), "demo", "--fast"], tmp_path, timeout=60)
+    out = succeeded(result)
+    assert elapsed < 20, f"the fast demo took {elapsed:.1f} s"
+    assert "\033[" not in out, "no colour when stdout is not a terminal"
+
+    # 1. side by side: all four run at once, and the wall time is well under the sum of the durations
+    assert re.search(r"running at once: lint \(pid \d+\), unit-tests \(pid \d+\), agent-docs", out), out
+    speed = re.search(
+        r"side by side: 4 effects took ([\d.]+) s of wall time for ([\d.]+) s of work.*speedup ([\d.]+)x", out
+    )
+    assert speed, out
+    wall, work, speedup = map(float, speed.groups())
+    assert wall < work and speedup > 1.5, speed.group(0)
+
+    # 2. output streamed with each effect's label, commands and condensed sub-agent events
+    assert re.search(r"^\s+lint\s+\| checked 1/5 modules$", out, re.M), out
+    assert re.search(r"^\s+unit-tests\s+\| passed 10 of 70 tests$", out, re.M), out
+    assert re.search(r"^\s+agent-docs\s+\| says: Step 1/2: working on ", out, re.M), out
+    assert re.search(r"^\s+agent-review\s+\| final `result` event \(success\)$", out, re.M), out
+
+    # 3. each completion once, after its own output, with results, answers and costs
+    for label in ("lint", "unit-tests", "agent-docs", "agent-review"):
+        done = re.findall(rf"^\s+{label}\s+done: succeeded in [\d.]+ s(.*)$", out, re.M)
+        assert len(done) == 1, (label, out)
+        last_line = out.rindex(f"{label:<12} | ")
+        assert last_line < out.index(f"{label:<12} done:"), f"{label}: output after its completion\n{out}"
+    assert re.search(r'agent-docs\s+done: .*answer "effectd runs commands.*", cost \$0\.0123', out), out
+    assert re.search(r'lint\s+done: .*result \{"warnings": 0\}', out), out
+    assert "sub-agent cost $0.0210" in out
+
+    # 4. the runaway is cancelled by the user and both its processes are gone
+    pids = re.search(r"runaway\s+\| pid (\d+) ignores SIGTERM; grandchild pid (\d+)", out)
+    assert pids, out
+    assert re.search(r"status cancelled, cancel_reason user, signal 9 \(SIGKILL\)", out), out
+    for pid in pids.groups():
+        assert f"pid {pid:<8} " in out and f"gone (no live /proc/{pid})" in out, out
+        assert not pid_alive(int(pid))
+
+    # 5. the diamond flow, when the server has flows: lint and test side by side, report after both
+    flow = "== 5. A diamond flow" in out
+    if flow:
+        steps = {
+            m[0]: (float(m[1]), float(m[2]))
+            for m in re.findall(
+                r"^\s+(fetch|lint|test|report)\s+\S+(?:, \S+)?\s+\+([\d.]+) s\s+([\d.]+) s\s+succeeded", out, re.M
+            )
+        }
+        assert set(steps) == {"fetch", "lint", "test", "report"}, out
+        end = {name: start + took for name, (start, took) in steps.items()}
+        assert steps["lint"][0] >= end["fetch"] - 0.05 and steps["test"][0] >= end["fetch"] - 0.05, out
+        assert steps["test"][0] < end["lint"] and steps["lint"][0] < end["test"], "lint and test overlap"
+        assert steps["report"][0] >= max(end["lint"], end["test"]) - 0.05, out
+        assert "report step printed: 'report: lint clean (3 files changed); tests pass (3 files changed)'" in out
+        assert "progress notification: 4/4 steps ended" in out
+
+    # 6. the journal is kept and the printed commands work
+    assert "effectd demo OK" in out
+    commands: dict[str, str] = {}
+    for subcommand, rest in re.findall(r"^\s+\S*effectd (ls|logs|journal|show) (.*)$", out, re.M):
+        commands.setdefault(subcommand, rest)  # the first `show` is of an effect, a second one of the flow
+    assert set(commands) == {"ls", "logs", "show", "journal"}, out
+    found = re.search(r"^\s+(\S*effectd) ls ", out, re.M)
+    assert found, out
+    effectd = found.group(1)
+
+    def printed(subcommand: str, *extra: str) -> str:
+        argv = [effectd, subcommand, *shlex.split(commands[subcommand]), *extra]
+        return succeeded(subprocess.run(argv, capture_output=True, text=True, timeout=30))
+
+    db = Path(commands["ls"].split()[-1])
+    assert db.is_file() and db.is_relative_to(tmp_path)
+    listing = printed("ls")
+    assert len(listing.splitlines()) == 1 + (9 if flow else 5) and "runaway" in listing, listing
+    assert printed("logs").splitlines() == [f"checked {n}/5 modules" for n in range(1, 6)]
+    assert '"kind": "harness"' in printed("show")
+    assert "EFFECT_CANCELLED" in printed("journal")
+    if flow:
+        flow_id = re.search(r"effectd show (flw_\w+) --db", out)
+        assert flow_id, out
+        shown = succeeded(
+            subprocess.run(
+                [effectd, "show", flow_id.group(1), "--db", str(db)], capture_output=True, text=True, timeout=30
+            )
+        )
+        assert '"status": "succeeded"' in shown
+
+
+def test_the_demo_configuration_allows_python_and_runs_the_fake_harness_from_any_directory(tmp_path: Path) -> None:
+    settings = build_settings(load_file(demo.write_config(tmp_path)), db=tmp_path / "journal.db")
+    assert sys.executable in settings.allow_commands
+    profile = settings.harnesses[demo.HARNESS]
+    assert profile.parser == "claude" and profile.resolve_executable() is not None
+    argv = profile.build_argv("hello", ["--delay", "0", "--steps", "1"])
+    ran = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30, env={"PATH": os.defpath})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[-1].startswith('{"type":"result","subtype":"success"')
+
+
+def test_the_demo_condenses_stream_json_for_the_terminal() -> None:
+    assert demo.agent_line('{"type":"system","subtype":"init","model":"m"}') == "session started (model m)"
+    text = '{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}'
+    assert demo.agent_line(text) == "says: hi"
+    tool = '{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"ls"}}]}}'
+    assert demo.agent_line(tool) == "calls Bash: ls"
+    assert demo.agent_line('{"type":"user","message":{}}') is None
+    assert demo.agent_line("not json") == "not json"
+
+
+def test_the_demo_fails_with_a_clear_message_when_the_server_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(demo, "effectd_command", lambda: [str(tmp_path / "no-such-effectd")])
+    assert demo.main(fast=True) == 1
+    err = capsys.readouterr().err
+    assert "effectd demo FAILED" in err and "no-such-effectd" in err
+    assert "journal and output kept in" in err
+
+
+# --- client examples -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_quickstart_example_runs_foreground_background_poll_and_cancel(tmp_path: Path) -> None:
+    result, _ = run_program([sys.executable, str(REPO / "client_examples" / "quickstart.py")], tmp_path, timeout=60)
+    out = succeeded(result)
+    assert re.search(r"progress \(\d+ bytes so far\): counting \d/5", out), out
+    assert "-> succeeded, exit code 0" in out
+    assert "[etl] fetching" in out and "[etl] writing" in out
+    assert 'poll_effect: succeeded, result {"rows": 42}' in out
+    assert "-> cancelled (cancel_reason user, message 'not needed')" in out
+    assert "is_error=True" in out and "--allow-command rm" in out
+    assert not list(tmp_path.glob("effectd-quickstart-*")), "the example removes its temporary journal"
+
+
+@pytest.mark.slow
+def test_the_parallel_subagents_example_takes_five_results_as_they_complete(tmp_path: Path) -> None:
+    script = REPO / "client_examples" / "parallel_subagents.py"
+    result, _ = run_program([sys.executable, str(script)], tmp_path, timeout=60)
+    out = succeeded(result)
+    order = re.findall(r"^\s+\[(\d)/5\] \+\s*[\d.]+ s\s+(\S+)\s+succeeded", out, re.M)
+    assert [n for n, _ in order] == ["1", "2", "3", "4", "5"], out
+    assert sorted(label for _, label in order) == ["docs", "review-cli", "review-journal", "triage", "write-tests"]
+    assert order[0][1] == "docs" and order[-1][1] == "write-tests", "the quickest first, the slowest last"
+    assert "{'succeeded': 5}, total cost $0.0562" in out
