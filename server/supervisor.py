@@ -527,13 +527,16 @@ class Supervisor:
     async def _wait_dependencies(self, effect: Effect) -> Effect | None:
         """Waits for every dependency to end; returns the first that did not succeed, if any."""
         dependencies = await self.get_many(effect.spec.depends_on)
+
+        def blocked() -> Effect | None:
+            return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
+
         with anyio.CancelScope() as effect.waiting:
-            for dependency in dependencies:
-                await dependency.done.wait()
-                if dependency.status != "succeeded":
-                    break
+            # Any dependency that fails ends the wait at once, even while others still run.
+            while blocked() is None and not all(d.terminal for d in dependencies):
+                await self._completed.wait()
         effect.waiting = None
-        return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
+        return blocked()
 
     def _limiters(self, effect: Effect) -> list[anyio.CapacityLimiter]:
         limiters = []

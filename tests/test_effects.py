@@ -452,3 +452,19 @@ async def test_an_effect_started_by_a_process_group_leader_that_exits_leaves_no_
 async def test_the_python_running_the_tests_is_what_effects_run(client):
     record = await call(client, "dispatch_effect", command=py("import sys; print(sys.executable)"))
     assert record["output_tail"].strip() == sys.executable
+
+
+async def test_a_dependent_is_skipped_as_soon_as_one_dependency_fails_while_another_still_runs(client):
+    slow = await call(client, "dispatch_effect", command=py(SLEEP, "30"), background=True)
+    broken = await call(client, "dispatch_effect", command=py("raise SystemExit(2)"), background=True)
+    child = await call(
+        client,
+        "dispatch_effect",
+        command=py("pass"),
+        background=True,
+        depends_on=[slow["effect_id"], broken["effect_id"]],
+    )
+    outcome = await call(client, "await_group", effect_ids=[child["effect_id"]], timeout_s=10)
+    assert outcome["done"][0]["status"] == "skipped"
+    assert (await call(client, "poll_effect", effect_id=slow["effect_id"]))["status"] == "running"
+    await call(client, "cancel_effect", effect_id=slow["effect_id"], grace_s=0.1)
