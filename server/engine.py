@@ -17,6 +17,7 @@ import anyio
 
 from server.config import Settings
 from server.errors import DatabaseBusyError, EffectdError
+from server.flows import FlowManager
 from server.journal import Journal
 from server.supervisor import Supervisor
 
@@ -70,6 +71,7 @@ class Engine:
     journal: Journal
     supervisor: Supervisor
     _answering: set[int] = field(default_factory=set)
+    flows: FlowManager = field(init=False, repr=False)
 
     @classmethod
     @asynccontextmanager
@@ -92,11 +94,15 @@ class Engine:
                 keep_queued=settings.keep_queued,
             )
             engine = cls(settings, journal, supervisor)
+            engine.flows = FlowManager(settings, journal, supervisor)
+            await engine.flows.load()
             async with supervisor.running(), anyio.create_task_group() as tg:
+                await engine.flows.recover()
                 tg.start_soon(engine._answer_control_requests)
                 try:
                     yield engine
                 finally:
+                    engine.flows.closing = True
                     tg.cancel_scope.cancel()
 
     async def _answer_control_requests(self) -> None:

@@ -56,6 +56,7 @@ class EffectSpec(BaseModel):
     stdin: str | None = None
     max_attempts: int = 1
     retry_backoff_s: float = 0.0
+    group_max_concurrency: int | None = None
     flow_id: str | None = None
     step_id: str | None = None
     templated: bool = False

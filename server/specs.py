@@ -40,7 +40,8 @@ def check_cwd(cwd: str | None) -> str | None:
     return path
 
 
-def _check_argv(argv: Sequence[str], what: str) -> None:
+def check_argv(argv: Sequence[str], what: str) -> None:
+    """Refuses NUL in any element and an argv over 256 KiB in all."""
     size = 0
     for index, arg in enumerate(argv):
         _no_nul(arg, f"{what}[{index}]")
@@ -72,7 +73,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
             raise InvalidRequestError("`prompt` and `args` go with `harness`; a `command` effect takes neither")
         if not command:
             raise InvalidRequestError("`command` is empty: give the program and its arguments, e.g. ['make', 'test']")
-        _check_argv(command, "command")
+        check_argv(command, "command")
         if not settings.allow_any_command and not command_allowed(command[0], settings.allow_commands):
             raise NotAllowedError(
                 f"command {command[0]!r} is not allowed on this server. Allow it with `--allow-command "
@@ -98,7 +99,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
                 "(install it, or point the profile's command at it in effectd.toml)"
             )
         argv = profile.build_argv(prompt, args)
-        _check_argv(argv, f"the {harness} command line")
+        check_argv(argv, f"the {harness} command line")
         env = {**profile.env, **check_env(request.get("env") or {})}
         fields.update(
             kind="harness",
@@ -128,6 +129,10 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         fields["cwd"] = check_cwd(request["cwd"])
     fields["env"] = env
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))
+    if request.get("group_max_concurrency") is not None:
+        if request.get("group") is None:
+            raise InvalidRequestError("`group_max_concurrency` caps a group: give `group` too")
+        fields["group_max_concurrency"] = request["group_max_concurrency"]
     for name in ("max_attempts", "retry_backoff_s", "flow_id", "step_id", "templated"):
         if request.get(name) is not None:
             fields[name] = request[name]

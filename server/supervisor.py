@@ -327,36 +327,62 @@ class Supervisor:
     async def dispatch(self, spec: EffectSpec, run_id: str | None = None) -> tuple[Effect, bool]:
         """Journals a new effect and schedules it; returns it and whether it is new (False: same key)."""
         run_id = run_id or self.default_run_id
-        if self._closing:
-            raise InvalidRequestError("the server is shutting down and takes no new effects")
+        self._refuse_when_closing()
         if spec.key is None:
             return await self._dispatch(spec, run_id), True
         lock = self._key_locks.setdefault((run_id, spec.key), anyio.Lock())
-        async with lock:
-            row = await self.journal.by_key(run_id, spec.key)
-            if row is not None:
-                existing = await self.get(row["effect_id"])
-                if existing.spec.identity() != spec.identity():
-                    raise InvalidRequestError(
-                        f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with other "
-                        "arguments; use a new key, or the same arguments to get that effect back"
-                    )
-                return existing, False
-            return await self._dispatch(spec, run_id), True
+        try:
+            async with lock:
+                row = await self.journal.by_key(run_id, spec.key)
+                if row is not None:
+                    existing = await self.get(row["effect_id"])
+                    if existing.spec.identity() != spec.identity():
+                        raise InvalidRequestError(
+                            f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with "
+                            "other arguments; use a new key, or the same arguments to get that effect back"
+                        )
+                    return existing, False
+                return await self._dispatch(spec, run_id), True
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._key_locks.pop((run_id, spec.key), None)
+
+    async def _append_claiming_run(self, run_id: str, events: list[Event]) -> list[Event]:
+        """Appends events; a RUN_CREATED among them that fails to commit is unclaimed again."""
+        try:
+            return await self.journal.append(*events)
+        except BaseException:
+            if events and events[0].type == "RUN_CREATED":
+                self._known_runs.discard(run_id)
+            raise
+
+    def _apply_group_limit(self, spec: EffectSpec) -> None:
+        if spec.group is not None and spec.group_max_concurrency is not None:
+            self.limit_group(spec.group, spec.group_max_concurrency)
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: no new effects are taken."""
+        return self._closing
+
+    def _refuse_when_closing(self) -> None:
+        if self._closing:
+            raise InvalidRequestError("the server is shutting down and takes no new effects")
 
     async def dispatch_many(
         self, specs: Sequence[tuple[str, EffectSpec]], run_id: str | None, extra: Sequence[Event] = ()
     ) -> list[Effect]:
         """Journals several effects with ids chosen by the caller (and `extra` events) in one commit,
         then schedules them. Used by flows, whose steps name each other's ids in `depends_on`."""
+        self._refuse_when_closing()
         run_id = run_id or self.default_run_id
         effects = [self._new_effect(spec, run_id, effect_id) for effect_id, spec in specs]
         events = await self._run_events(run_id)
         events.extend(extra)
         events.extend(self._requested(e) for e in effects)
-        await self.journal.append(*events)
-        self._known_runs.add(run_id)
+        await self._append_claiming_run(run_id, events)
         for effect in effects:
+            self._apply_group_limit(effect.spec)
             self._effects[effect.effect_id] = effect
             self._spawn_driver(effect)
         return effects
@@ -404,12 +430,8 @@ class Supervisor:
         blocked = next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
         if blocked is not None:
             events.append(self._skip_event(effect, blocked))
-        try:
-            stamped = await self.journal.append(*events)
-        except BaseException:
-            if events[0].type == "RUN_CREATED":
-                self._known_runs.discard(run_id)
-            raise
+        stamped = await self._append_claiming_run(run_id, events)
+        self._apply_group_limit(spec)
         self._effects[effect.effect_id] = effect
         if blocked is not None:
             self._apply_terminal(effect, stamped[-1])
@@ -876,7 +898,10 @@ class Supervisor:
         self._completed.set()
         self._completed = anyio.Event()
         for hook in self.on_terminal:
-            hook(effect)
+            try:
+                hook(effect)
+            except Exception:  # an observer's failure must not undo an effect's end
+                log.exception("effect %s: an on_terminal hook failed", effect.effect_id)
 
     def _remember_finished(self, effect: Effect) -> None:
         """Keeps memory bounded: past `_KEEP_FINISHED` finished effects, the oldest are dropped (the
@@ -931,6 +956,7 @@ class Supervisor:
             )
             if effect.status == "pending" and not effect.spec.depends_on:
                 effect.status = "queued"
+            self._apply_group_limit(effect.spec)
             self._effects[effect.effect_id] = effect
         for row in rows:
             if row["status"] != "running":

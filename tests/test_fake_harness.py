@@ -281,6 +281,9 @@ def test_grandchild_runs_in_the_fake_process_group_and_its_pid_is_printed(
     pidfd = os.pidfd_open(pid)
     try:
         assert os.getpgid(pid) == proc.pid
+        deadline = time.monotonic() + TIMEOUT_S  # the grandchild may not have exec'd python yet
+        while "time.sleep(600)" not in Path(f"/proc/{pid}/cmdline").read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert "time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -94,8 +94,6 @@ async def dispatch_effect(
     engine = engine_of(ctx)
     with refusals():
         spec = build_spec(engine.settings, locals() | {"depends_on": depends_on})
-        if group_max_concurrency is not None and group is not None:
-            engine.supervisor.limit_group(group, group_max_concurrency)
         effect, new = await engine.supervisor.dispatch(spec, run_id)
     if not background:
         await follow_in_foreground(ctx, effect, wait_s, owned=new)
