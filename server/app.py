@@ -31,19 +31,24 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     # Argument errors reach an agent as text: keep pydantic's message, drop its documentation links.
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
     from tools import all_tools
+    from tools.resources import ResourceFeed
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
         yield engine
 
-    return MCPServer(
+    feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
+    server = MCPServer(
         name="effectd",
         instructions=INSTRUCTIONS,
         version=_version(),
         tools=all_tools(),
         lifespan=lifespan,
         log_level="WARNING",
+        subscriptions=feed.bus,
     )
+    feed.install(server)
+    return server
 
 
 def _version() -> str:
@@ -126,6 +131,10 @@ async def serve_stdio(server: MCPServer[Engine]) -> None:
 
 async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> None:
     """Runs `effectd serve`: the engine, the transport, and a graceful stop on SIGTERM, SIGINT or EOF."""
+    if transport == "http":
+        from server.http import prepare_http
+
+        http = prepare_http(**http)  # refuses a bad bind (ConfigError: exit 2) before the database is opened
     async with Engine.open(settings) as engine:
         server = build_server(engine)
         async with anyio.create_task_group() as tg:

@@ -112,7 +112,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             if answer[0]["answer"] == "unknown":
                 print(f"effectd: the server does not know effect {args.effect_id}", file=sys.stderr)
                 return 1
-            record = _record(db, args.effect_id)
+            record = _follow_until_terminal(db, args.effect_id)
             _print_json(record)
             return 0 if record and record["status"] in TERMINAL else 2
         if not shown and sys.stderr.isatty():
@@ -123,11 +123,23 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 2
 
 
+def _follow_until_terminal(db: Path, effect_id: str, within_s: float = 660.0) -> dict[str, Any] | None:
+    """The effect's record once it is terminal (the server is killing it: up to its grace), polled."""
+    deadline = time.monotonic() + within_s
+    record = _record(db, effect_id)
+    while record is not None and record["status"] not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
+        record = _record(db, effect_id)
+    return record
+
+
 def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
     """No server owns the database: a pending or queued effect is cancelled in the journal directly."""
     import anyio
 
+    from server.engine import owning
     from server.journal import Event, Journal
+    from server.models import now_iso
 
     async def write() -> bool:
         async with Journal.open(db) as journal:
@@ -140,7 +152,7 @@ def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
                     row["run_id"],
                     effect_id,
                     {
-                        "finished_at": __import__("server.models", fromlist=["now_iso"]).now_iso(),
+                        "finished_at": now_iso(),
                         "cancel_reason": "user",
                         "cancel_message": reason,
                         "output_bytes": 0,
@@ -150,10 +162,8 @@ def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
             )
             return True
 
-    from server.engine import _owning
-
     async def guarded() -> bool:
-        async with _owning(db):
+        async with owning(db):
             return await write()
 
     try:

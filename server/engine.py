@@ -45,7 +45,7 @@ def owner_pid(db: Path) -> int | None:
 
 
 @asynccontextmanager
-async def _owning(db: Path) -> AsyncIterator[None]:
+async def owning(db: Path) -> AsyncIterator[None]:
     """Holds the database's lock file for as long as the server runs: one live server per journal."""
     db.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path(db), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -70,14 +70,13 @@ class Engine:
     settings: Settings
     journal: Journal
     supervisor: Supervisor
-    _answering: set[int] = field(default_factory=set)
     flows: FlowManager = field(init=False, repr=False)
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Engine]:
         """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
-        async with _owning(settings.db), Journal.open(settings.db) as journal:
+        async with owning(settings.db), Journal.open(settings.db) as journal:
             supervisor = Supervisor(
                 journal,
                 output_dir=settings.output_dir,
@@ -115,8 +114,7 @@ class Engine:
                 log.exception("reading control requests failed")
                 continue
             for request in requests:
-                if int(str(request["id"])) not in self._answering:
-                    await self._answer(request)
+                await self._answer(request)
 
     async def _answer(self, request: dict[str, object]) -> None:
         request_id = int(str(request["id"]))
@@ -128,12 +126,5 @@ class Engine:
         reason = request["reason"]
         self.supervisor.request_cancel(effect, "user", str(reason) if reason is not None else None)
 
-        async def answer_when_done() -> None:
-            try:
-                await self.supervisor.wait_done(effect, effect.spec.grace_s + 10)
-                await self.journal.answer_request(request_id, "done" if effect.terminal else "pending")
-            finally:
-                self._answering.discard(request_id)
-
-        self._answering.add(request_id)
-        self.supervisor.start_soon(answer_when_done)
+        # Answered at once; the command then follows the effect in the journal until it is terminal.
+        await self.journal.answer_request(request_id, "accepted")

@@ -13,11 +13,12 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,23 @@ def _die_with_parent() -> None:
     """Runs in the child between fork and exec: SIGKILL this process when the server's thread dies."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+# util-linux's `setpriv --pdeathsig KILL -- argv...` sets the parent-death signal and execs argv in
+# the same process. It lets CPython start the child with vfork (no preexec_fn), which costs about
+# 0.2 ms of the event loop instead of ~3 ms for a full fork of the server; without it, preexec_fn.
+_SETPRIV = shutil.which("setpriv") if _prctl is not None else None
+
+
+def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> None:
+    """Refuses a program that cannot be found, as exec itself would (setpriv would only exit 127)."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) or cwd is None else os.path.join(cwd, argv0)
+        found = os.access(path, os.X_OK) and not os.path.isdir(path)
+    else:
+        found = shutil.which(argv0, path=env.get("PATH", os.defpath)) is not None
+    if not found:
+        raise SpawnError(f"could not start {argv0!r}: no such executable file (PATH {env.get('PATH', os.defpath)!r})")
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,7 @@ class LocalProcess(ProcessHandle):
         self._exit: ExitStatus | None = None
         self._watching = False
         self._watch_ended = anyio.Event()
+        self._group_gone = False
         try:
             self._pidfd: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -218,7 +237,10 @@ class LocalProcess(ProcessHandle):
         delay = 0.002
         while True:
             self._reap()
-            if self._exit is not None and not live_members(self.pid):
+            if self._group_gone or (self._exit is not None and not live_members(self.pid)):
+                # Once empty, a group stays empty: its id cannot be given to a new process while
+                # any member (even a zombie) holds it, and nothing joins a group from outside.
+                self._group_gone = True
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -243,6 +265,14 @@ class LocalRunner(Runner):
 
 def _spawn(launch: Launch) -> LocalProcess:
     """Starts the process in its own session with the parent-death signal; its output into one pipe."""
+    if launch.cwd is not None and not os.path.isdir(launch.cwd):
+        raise SpawnError(f"cwd {launch.cwd!r} does not exist")
+    argv = list(launch.argv)
+    preexec: Callable[[], None] | None = _die_with_parent
+    if _SETPRIV is not None:
+        _check_executable(argv[0], launch.env, launch.cwd)
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        preexec = None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     stdin_fd: int | None = None
     try:
@@ -256,14 +286,14 @@ def _spawn(launch: Launch) -> LocalProcess:
             os.lseek(stdin_fd, 0, os.SEEK_SET)
         try:
             popen = subprocess.Popen(
-                list(launch.argv),
+                argv,
                 stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
                 cwd=launch.cwd,
                 env=dict(launch.env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=preexec,
                 close_fds=True,
             )
         except OSError as exc:

@@ -457,12 +457,19 @@ class Supervisor:
         return True
 
     async def cancel(
-        self, effect: Effect, reason: str = "user", message: str | None = None, grace_s: float | None = None
+        self,
+        effect: Effect,
+        reason: str = "user",
+        message: str | None = None,
+        grace_s: float | None = None,
+        within_s: float | None = None,
     ) -> Effect:
-        """Cancels the effect and returns once it is terminal (its process group gone)."""
+        """Cancels the effect and returns once it is terminal (its process group gone), or after
+        `within_s` with the kill still under way (a grace longer than a tool call may last)."""
         self.request_cancel(effect, reason, message, grace_s)
         grace = effect.cancel.grace_s if effect.cancel and effect.cancel.grace_s is not None else effect.spec.grace_s
-        with anyio.move_on_after(grace + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5):
+        bound = grace + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5
+        with anyio.move_on_after(bound if within_s is None else min(bound, within_s)):
             await effect.done.wait()
         return effect
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -20,6 +21,9 @@ Duration = Annotated[float, Field(gt=0, le=MAX_DURATION_S, description="seconds,
 Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from SIGTERM to SIGKILL, at most 600")]
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="seconds, at most 55")]
 _PROGRESS_EVERY_S = 0.1
+# A cancel waits this long for the process group to go; past it (a long grace_s) the record comes
+# back still `running` with the kill under way, so the call stays within a client's 60 s timeout.
+CANCEL_WAIT_S = 50.0
 
 
 class EffectList(BaseModel):
@@ -154,7 +158,7 @@ async def cancel_effect(
     with refusals():
         effect = await supervisor.get(effect_id)
     with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
-        await supervisor.cancel(effect, "user", reason, grace_s)
+        await supervisor.cancel(effect, "user", reason, grace_s, within_s=CANCEL_WAIT_S)
     return effect.record()
 
 
@@ -178,7 +182,7 @@ async def cancel_group(
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
             for effect in targets:
-                tg.start_soon(engine.supervisor.cancel, effect, "user", reason)
+                tg.start_soon(partial(engine.supervisor.cancel, effect, "user", reason, within_s=CANCEL_WAIT_S))
     return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
 
 

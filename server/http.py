@@ -1,0 +1,689 @@
+"""`effectd serve --http`: MCP over streamable HTTP at `/mcp`, the live dashboard at `/`, its JSON API
+under `/api/`, all in the server's own event loop over the one open engine.
+
+Every request passes one gate first (`_Gate`): the `Host` and `Origin` headers are checked against
+DNS rebinding (a bad `Host` is 421, a bad `Origin` 403), then, when the server has a token, `/mcp`
+and `/api/*` need `Authorization: Bearer <token>` (401 otherwise). The dashboard's static files
+carry no data and are served without the token; the page asks for it (or takes `#token=...` once)
+and sends it as a header on every API call, its live streams included (they are read with
+`fetch`, not `EventSource`, so they can carry the header).
+
+Live updates are server-sent events. `/api/events` registers a `supervisor.on_change` observer
+that only records which effects changed; the stream sends their rows at most ten times a second,
+a comment every 15 s to keep proxies from closing it, and ends when the server stops.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.engine import Engine
+from server.errors import ConfigError, EffectdError, UnknownEffectError
+from server.models import STATUSES, EffectRecord, now_iso
+from server.supervisor import Effect
+
+log = logging.getLogger("effectd")
+
+MESSAGES_PER_S = 10  # live streams send at most this many messages a second (bursts are coalesced)
+KEEPALIVE_S = 15.0  # a comment line on an idle stream this often
+STOP_BOUND_S = 3.0  # how long a stop waits for open HTTP connections before cutting them
+SNAPSHOT_LIMIT = 500  # effects in the first message of /api/events
+CANCEL_MESSAGE = "from the dashboard"
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+}
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# --- binding ---------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_options(host: str, token: str | None) -> None:
+    """Refuses a bind that would expose the server without a token (ConfigError: exit 2)."""
+    if token is not None and not token.strip():
+        raise ConfigError("--token (or EFFECTD_TOKEN) is empty; give a non-empty secret or leave it unset")
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve HTTP on {host} without a token: anyone who can reach it could run and cancel "
+            "effects. Give --token SECRET (or set EFFECTD_TOKEN), or bind a loopback address (--host 127.0.0.1)"
+        )
+
+
+def open_listener(host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> socket.socket:
+    """Checks the options and binds the listening socket (port 0: any free port); ConfigError when it cannot."""
+    check_http_options(host, token)
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot serve HTTP on {host!r}: {exc.strerror}; give --host an address or name") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+        sock.set_inheritable(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port (0 takes any free one)"
+        ) from exc
+    return sock
+
+
+def prepare_http(*, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of `serve_http`, with the socket already bound: called before the database is
+    opened, so a bad bind is refused (ConfigError) before anything else happens."""
+    return {"host": host, "port": port, "token": token or None, "sock": open_listener(host, port, token or None)}
+
+
+# --- the gate: DNS rebinding and the token -------------------------------------------------------
+
+
+def _host_and_port(netloc: str, default_port: int) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "", parts.port or default_port)
+    except ValueError:
+        return None
+
+
+class _Gate:
+    """ASGI middleware in front of everything: Host and Origin checks, then the bearer token."""
+
+    def __init__(self, app: ASGIApp, *, loopback: bool, port: int, token: str | None) -> None:
+        self.app = app
+        self.loopback = loopback
+        self.port = port
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        refusal = self.refusal(scope["path"], host, headers.get("origin"), headers.get("authorization"))
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def refusal(self, path: str, host: str, origin: str | None, authorization: str | None) -> Response | None:
+        if not self.host_allowed(host):
+            return _error(
+                421, f"Host {host!r} is not served here (DNS rebinding protection); use 127.0.0.1 or localhost"
+            )
+        if origin is not None and not self.origin_allowed(origin, host):
+            return _error(403, f"Origin {origin!r} may not call this server")
+        if self.token is not None and (path == "/mcp" or path.startswith("/mcp/") or path.startswith("/api/")):
+            scheme, _, given = (authorization or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                response = _error(401, "missing or wrong bearer token: send Authorization: Bearer <token>")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="effectd"'
+                return response
+        return None
+
+    def host_allowed(self, host: str) -> bool:
+        """On a loopback bind the Host must name a loopback address; a wider bind has the token instead."""
+        if not self.loopback:
+            return True
+        parsed = _host_and_port(host, 80)
+        return parsed is not None and is_loopback(parsed[0])
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """A loopback origin on the bound port, or the same origin as the page (`Origin` = the request's host)."""
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False
+        try:
+            origin_port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return False
+        if is_loopback(parts.hostname or "") and origin_port == self.port:
+            return True
+        return parts.netloc.lower() == host.lower() and self.host_allowed(host)
+
+
+# --- records as the dashboard shows them ---------------------------------------------------------
+
+
+def cost_of(record: EffectRecord) -> float | None:
+    result = record.result
+    if isinstance(result, dict) and isinstance(result.get("cost_usd"), int | float):
+        return float(result["cost_usd"])
+    return None
+
+
+def row_of(record: EffectRecord) -> dict[str, Any]:
+    """An effect as a table row: the record without its output tail, result and progress (the detail
+    endpoint has them), plus `cost_usd` from the result and the latest assistant text."""
+    row = record.model_dump(mode="json", exclude={"output_tail", "result", "progress"})
+    row["cost_usd"] = cost_of(record)
+    progress = record.progress or {}
+    row["last_text"] = progress.get("last_text") if isinstance(progress.get("last_text"), str) else None
+    return row
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class BadRequest(Exception):
+    """Raised when a query parameter cannot be used; answered with 400 and the message."""
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"`{name}` must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"`{name}` must be between {low} and {high}, not {value}")
+    return value
+
+
+def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"`{name}` must be a number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"`{name}` must be between {low:g} and {high:g}, not {value:g}")
+    return value
+
+
+def _statuses(request: Request) -> list[str] | None:
+    values = [part for raw in request.query_params.getlist("status") for part in raw.split(",") if part]
+    unknown = sorted(set(values) - set(STATUSES))
+    if unknown:
+        raise BadRequest(f"unknown status {', '.join(unknown)}; allowed: {', '.join(STATUSES)}")
+    return values or None
+
+
+# --- the application -----------------------------------------------------------------------------
+
+
+class HttpSurface:
+    """The ASGI application: `/mcp` (the SDK's session manager over our MCP server), the dashboard and
+    its API. `run_sessions` must be running while it serves; `stop` ends the live streams."""
+
+    def __init__(self, server: MCPServer[Engine], engine: Engine, *, port: int, loopback: bool, token: str | None):
+        self.server = server
+        self.engine = engine
+        self.stopping = anyio.Event()
+        self._stream_wakers: set[Callable[[], None]] = set()
+        lowlevel = server._lowlevel_server
+        # One session manager for the process: sessions share the already open engine (the MCP
+        # server's lifespan, entered once by the manager, only yields it). Host and Origin are
+        # checked by the gate for every path, so the SDK's own check is off here.
+        self.sessions = StreamableHTTPSessionManager(
+            app=lowlevel,
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+        self._static = {path: self._asset(name) for path, (name, _) in _STATIC.items()}
+        routes = [
+            Route("/mcp", StreamableHTTPASGIApp(self.sessions)),
+            *(Route(path, self.static, methods=["GET", "HEAD"]) for path in _STATIC),
+            Route("/api/info", self.info),
+            Route("/api/runs", self.runs),
+            Route("/api/groups", self.groups),
+            Route("/api/groups/{group:path}/cancel", self.cancel_group, methods=["POST"]),
+            Route("/api/flows", self.flows),
+            Route("/api/flows/{flow_id}", self.flow),
+            Route("/api/flows/{flow_id}/cancel", self.cancel_flow, methods=["POST"]),
+            Route("/api/effects", self.effects),
+            Route("/api/effects/{effect_id}", self.effect),
+            Route("/api/effects/{effect_id}/output", self.output),
+            Route("/api/effects/{effect_id}/output/stream", self.output_stream),
+            Route("/api/effects/{effect_id}/cancel", self.cancel_effect, methods=["POST"]),
+            Route("/api/events", self.events),
+        ]
+        handlers: dict[Any, Any] = {
+            UnknownEffectError: _not_found,
+            BadRequest: _bad_request,
+            EffectdError: _bad_request,
+        }
+        self.app = _Gate(
+            Starlette(routes=routes, exception_handlers=handlers), loopback=loopback, port=port, token=token
+        )
+
+    @staticmethod
+    def _asset(name: str) -> bytes:
+        return resources.files("server.dashboard").joinpath(name).read_bytes()
+
+    async def run_sessions(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs the MCP session manager until `stop`; its exit ends every MCP session."""
+        async with self.sessions.run():
+            task_status.started()
+            await self.stopping.wait()
+
+    def stop(self) -> None:
+        """Ends the live streams and the MCP sessions (their connections then close)."""
+        self.stopping.set()
+        for wake in list(self._stream_wakers):
+            wake()
+
+    # --- static files -----------------------------------------------------------------------------
+
+    async def static(self, request: Request) -> Response:
+        _, media_type = _STATIC[request.url.path]
+        return Response(self._static[request.url.path], media_type=media_type, headers=_PAGE_HEADERS)
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    async def info(self, request: Request) -> Response:
+        settings = self.engine.settings
+        return JSONResponse(
+            {
+                "server": "effectd",
+                "version": self.server.version,
+                "db": str(settings.db),
+                "default_run_id": self.engine.supervisor.default_run_id,
+                "max_concurrency": settings.max_concurrency,
+                "version_counter": self.engine.supervisor.version,
+            }
+        )
+
+    async def runs(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        rows = await self.engine.journal.fetch(
+            "SELECT r.run_id, r.created_at, COUNT(e.effect_id) AS effects, "
+            "SUM(e.status IN ('pending', 'queued', 'running')) AS active "
+            "FROM runs r LEFT JOIN effects e ON e.run_id = r.run_id "
+            "GROUP BY r.run_id ORDER BY r.run_id DESC LIMIT ?",
+            (limit,),
+        )
+        return JSONResponse({"runs": rows})
+
+    async def groups(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        run_id = request.query_params.get("run_id")
+        where, params = (
+            ("WHERE group_name IS NOT NULL AND run_id = ?", [run_id])
+            if run_id
+            else ("WHERE group_name IS NOT NULL", [])
+        )
+        rows = await self.engine.journal.fetch(
+            "SELECT group_name, MAX(run_id) AS run_id, MAX(flow_id) AS flow_id, COUNT(*) AS effects, "
+            "MIN(created_at) AS created_at, MAX(effect_id) AS latest, "
+            "SUM(status IN ('pending', 'queued', 'running')) AS active, SUM(status = 'failed') AS failed "
+            f"FROM effects {where} GROUP BY group_name ORDER BY latest DESC LIMIT ?",
+            [*params, limit],
+        )
+        groups = [
+            {
+                "group": row["group_name"],
+                "run_id": row["run_id"],
+                "flow_id": row["flow_id"],
+                "effects": row["effects"],
+                "active": row["active"],
+                "failed": row["failed"],
+                "created_at": row["created_at"],
+            }
+            for row in rows
+        ]
+        return JSONResponse({"groups": groups})
+
+    async def flows(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        run_id = request.query_params.get("run_id")
+        if run_id:
+            rows = await self.engine.journal.fetch(
+                "SELECT * FROM flows WHERE run_id = ? ORDER BY flow_id DESC LIMIT ?", (run_id, limit)
+            )
+        else:
+            rows = await self.engine.journal.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
+        flows = []
+        for row in rows:
+            live = await self.engine.flows.get(row["flow_id"])
+            flows.append(
+                {
+                    "flow_id": row["flow_id"],
+                    "run_id": row["run_id"],
+                    "policy": row["policy"],
+                    "status": live.status,
+                    "started_at": row["started_at"],
+                    "finished_at": live.finished_at,
+                    "steps": json.loads(row["steps"]),
+                }
+            )
+        return JSONResponse({"flows": flows})
+
+    async def flow(self, request: Request) -> Response:
+        flows = self.engine.flows
+        flow = await flows.get(request.path_params["flow_id"])
+        return JSONResponse((await flows.record(flow)).model_dump(mode="json"))
+
+    async def effects(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 200, 1, 5000)
+        group = request.query_params.get("group") or request.query_params.get("flow_id")
+        rows = await self.engine.journal.list_effects(
+            request.query_params.get("run_id") or None, group or None, _statuses(request), limit
+        )
+        records = await self.engine.supervisor.records(rows)
+        return JSONResponse({"effects": [row_of(r) for r in records], "version": self.engine.supervisor.version})
+
+    async def effect(self, request: Request) -> Response:
+        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
+        record = effect.record()
+        return JSONResponse({**record.model_dump(mode="json"), "cost_usd": cost_of(record)})
+
+    async def output(self, request: Request) -> Response:
+        """Like the `stream_effect` tool: output from byte `cursor`, waiting up to `wait_s` for some."""
+        cursor = _int_param(request, "cursor", 0, 0, 1 << 62)
+        max_bytes = _int_param(request, "max_bytes", 65536, 1, 1 << 20)
+        wait_s = _float_param(request, "wait_s", 0.0, 0.0, 55.0)
+        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
+        if wait_s > 0 and cursor >= effect.output.size and not effect.terminal:
+            with anyio.move_on_after(wait_s):
+                await self._first(lambda: effect.output.wait_beyond(cursor, wait_s))
+        data, after = effect.output.read(cursor, max_bytes)
+        eof = effect.terminal and after >= effect.output.size
+        return JSONResponse(
+            {"effect_id": effect.effect_id, "data": data, "cursor": after, "eof": eof, "status": effect.status}
+        )
+
+    # --- cancelling -------------------------------------------------------------------------------
+
+    async def cancel_effect(self, request: Request) -> Response:
+        """The same engine path as the `cancel_effect` tool; answers once the effect's process group is gone."""
+        supervisor = self.engine.supervisor
+        effect = await supervisor.get(request.path_params["effect_id"])
+        with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
+            await supervisor.cancel(effect, "user", CANCEL_MESSAGE)
+        return JSONResponse({**effect.record().model_dump(mode="json"), "cost_usd": cost_of(effect.record())})
+
+    async def cancel_group(self, request: Request) -> Response:
+        group = request.path_params["group"]
+        ids = await self.engine.journal.group_ids(group)
+        if not ids:
+            raise UnknownEffectError(f"unknown group {group!r}: no effect was ever dispatched to it")
+        return await self._cancel_all(await self.engine.supervisor.get_many(ids))
+
+    async def cancel_flow(self, request: Request) -> Response:
+        flows = self.engine.flows
+        flow = await flows.get(request.path_params["flow_id"])
+        targets = flows.cancel(flow, "user", CANCEL_MESSAGE)
+        steps = await self.engine.supervisor.get_many(flow.effect_ids)
+        return await self._cancel_all([*targets, *steps])
+
+    async def _cancel_all(self, effects: list[Effect]) -> Response:
+        effects = list({e.effect_id: e for e in effects}.values())
+        targets = [e for e in effects if not e.terminal]
+        supervisor = self.engine.supervisor
+        for effect in targets:
+            supervisor.request_cancel(effect, "user", CANCEL_MESSAGE)
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for effect in targets:
+                    tg.start_soon(supervisor.cancel, effect, "user", CANCEL_MESSAGE)
+        return JSONResponse(
+            {"cancelled": [e.effect_id for e in targets], "effects": [row_of(e.record()) for e in effects]}
+        )
+
+    # --- live streams -----------------------------------------------------------------------------
+
+    async def _first(self, wait: Callable[[], Any]) -> None:
+        """Awaits `wait()` or the server's stop, whichever comes first."""
+        async with anyio.create_task_group() as tg:
+
+            async def waiter() -> None:
+                await wait()
+                tg.cancel_scope.cancel()
+
+            async def stopper() -> None:
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(waiter)
+            tg.start_soon(stopper)
+
+    async def events(self, request: Request) -> Response:
+        """Server-sent events: `snapshot` (the newest effects) once, then `effects` with the rows that changed."""
+        limit = _int_param(request, "limit", SNAPSHOT_LIMIT, 1, 5000)
+        supervisor = self.engine.supervisor
+        changed: dict[str, Effect] = {}
+        wake = anyio.Event()
+
+        def observe(effect: Effect) -> None:
+            changed[effect.effect_id] = effect
+            wake.set()
+
+        def stop_waiting() -> None:
+            wake.set()
+
+        # Registered before the snapshot is read, so no change between the two is lost.
+        supervisor.on_change.append(observe)
+        self._stream_wakers.add(stop_waiting)
+        try:
+            rows = await self.engine.journal.list_effects(None, None, None, limit)
+            snapshot = [row_of(r) for r in await supervisor.records(rows)]
+        except BaseException:
+            supervisor.on_change.remove(observe)
+            self._stream_wakers.discard(stop_waiting)
+            raise
+
+        async def stream() -> AsyncIterator[bytes]:
+            nonlocal wake, changed
+            try:
+                yield _sse("snapshot", {"version": supervisor.version, "now": now_iso(), "effects": snapshot})
+                last_sent = time.monotonic()
+                while not self.stopping.is_set():
+                    with anyio.move_on_after(KEEPALIVE_S):
+                        await wake.wait()
+                    if self.stopping.is_set():
+                        return
+                    if not changed:
+                        yield b": keep-alive\n\n"
+                        wake = anyio.Event()
+                        continue
+                    # Coalesce a burst: at most MESSAGES_PER_S messages a second, each with every row changed.
+                    await anyio.sleep(max(0.0, last_sent + 1 / MESSAGES_PER_S - time.monotonic()))
+                    batch, changed = changed, {}
+                    wake = anyio.Event()
+                    rows = [row_of(effect.record()) for effect in batch.values()]
+                    yield _sse("effects", {"version": supervisor.version, "now": now_iso(), "effects": rows})
+                    last_sent = time.monotonic()
+            finally:
+                if observe in supervisor.on_change:
+                    supervisor.on_change.remove(observe)
+                self._stream_wakers.discard(stop_waiting)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=_STREAM_HEADERS)
+
+    async def output_stream(self, request: Request) -> Response:
+        """Server-sent events of an effect's output from byte `cursor`: `output` chunks, then `end`."""
+        cursor = _int_param(request, "cursor", 0, 0, 1 << 62)
+        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
+        output = effect.output
+        wake = anyio.Event()
+
+        def stop_waiting() -> None:
+            wake.set()
+
+        self._stream_wakers.add(stop_waiting)
+
+        async def wait_for_output(at: int) -> None:
+            async with anyio.create_task_group() as tg:
+
+                async def grow() -> None:
+                    await output.wait_beyond(at, KEEPALIVE_S)
+                    tg.cancel_scope.cancel()
+
+                async def status() -> None:
+                    while not effect.terminal:
+                        await effect.changed.wait()
+                    tg.cancel_scope.cancel()
+
+                async def stop() -> None:
+                    await wake.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(grow)
+                tg.start_soon(status)
+                tg.start_soon(stop)
+
+        async def stream() -> AsyncIterator[bytes]:
+            at = cursor
+            try:
+                while not self.stopping.is_set():
+                    data, after = output.read(at, 256 * 1024)
+                    if data or after != at:
+                        at = after
+                        yield _sse("output", {"data": data, "cursor": at})
+                        await anyio.sleep(1 / MESSAGES_PER_S)  # coalesce: what arrives meanwhile goes in one message
+                        continue
+                    if effect.terminal and at >= output.size:
+                        yield _sse("end", {"cursor": at, "status": effect.status})
+                        return
+                    waited_from = time.monotonic()
+                    await wait_for_output(at)
+                    if output.size <= at and not effect.terminal and time.monotonic() - waited_from >= KEEPALIVE_S:
+                        yield b": keep-alive\n\n"
+            finally:
+                self._stream_wakers.discard(stop_waiting)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=_STREAM_HEADERS)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, str(exc))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return _error(400, str(exc))
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside our event loop: the process's signals stay with `server.app.serve`, which cancels
+    the transport; uvicorn must not replace those handlers with its own."""
+
+    def capture_signals(self) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+async def serve_http(
+    server: MCPServer[Engine],
+    engine: Engine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serves MCP at /mcp and the dashboard at / until cancelled, then stops in order: live streams and MCP
+    sessions end, uvicorn closes its connections (bounded by STOP_BOUND_S), and the caller's engine
+    then stops the effects."""
+    if sock is None:
+        sock = open_listener(host, port, token)
+    bound_port = int(sock.getsockname()[1])
+    surface = HttpSurface(server, engine, port=bound_port, loopback=is_loopback(host), token=token)
+    config = uvicorn.Config(
+        surface.app,
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        ws="none",
+        server_header=False,
+        timeout_graceful_shutdown=1,
+    )
+    web = _Uvicorn(config)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound_port}"
+    log.warning("serving MCP at %s/mcp and the dashboard at %s/%s", url, url, " (token required)" if token else "")
+    stopped = anyio.Event()
+    web_scope = anyio.CancelScope(shield=True)
+
+    async def run_web() -> None:
+        try:
+            with web_scope:
+                await web.serve(sockets=[sock])
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        sessions_scope = anyio.CancelScope(shield=True)
+
+        async def run_sessions(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with sessions_scope:
+                await surface.run_sessions(task_status=task_status)
+
+        await tg.start(run_sessions)
+        tg.start_soon(run_web)
+        try:
+            await stopped.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                surface.stop()
+                web.should_exit = True
+                with anyio.move_on_after(STOP_BOUND_S):
+                    await stopped.wait()
+                web_scope.cancel()
+                sessions_scope.cancel()
+        if not web.started:
+            raise ConfigError(f"the HTTP server on {url} did not start (see the log above)")
