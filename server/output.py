@@ -59,19 +59,20 @@ class OutputLog:
         self._grew = anyio.Event()
 
     @classmethod
-    def existing(cls, path: Path, limit: int) -> OutputLog:
-        """The log of an effect from an earlier server: whatever reached the file, closed."""
+    def existing(cls, path: Path, limit: int, *, closed: bool = True) -> OutputLog:
+        """The log of an effect from an earlier server: whatever reached the file."""
         size = path.stat().st_size if path.exists() else 0
-        return cls(path, limit, size=size, closed=True)
+        return cls(path, limit, size=size, closed=closed)
 
-    def ensure_open(self) -> None:
-        """Opens the file for appending (kept open across retries until `close`)."""
-        if self._fd is not None:
-            return
+    def reopen(self) -> None:
+        """More output will come (an attempt starts); the file is created with the first byte."""
         self.closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self.size = os.fstat(self._fd).st_size
+
+    def _append(self, data: bytes) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.write(self._fd, data)
 
     def write(self, data: bytes) -> None:
         """Appends captured bytes (up to the limit) and wakes the readers."""
@@ -86,8 +87,7 @@ class OutputLog:
         if len(data) > room:
             data = data[:room]
             self.truncated = True
-        if self._fd is not None:
-            os.write(self._fd, data)
+        self._append(data)
         self.size += len(data)
         self._tail = (self._tail + data)[-TAIL_BYTES:]
         self._track_lines(data)

@@ -48,6 +48,17 @@ def _die_with_parent() -> None:
 _SETPRIV = shutil.which("setpriv") if _prctl is not None else None
 
 
+_devnull_fd: int | None = None
+
+
+def _devnull() -> int:
+    """One read-only /dev/null descriptor for every child's stdin (Popen would open one per child)."""
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull_fd
+
+
 def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> None:
     """Refuses a program that cannot be found, as exec itself would (setpriv would only exit 127)."""
     if "/" in argv0:
@@ -176,7 +187,7 @@ class LocalProcess(ProcessHandle):
     def __init__(self, popen: subprocess.Popen[bytes], output_fd: int) -> None:
         self._popen = popen
         self.pid = popen.pid
-        self.start_marker = process_start_time(popen.pid)
+        self.start_marker: int | None = None
         self._output_fd: int | None = output_fd
         self._exit: ExitStatus | None = None
         self._watching = False
@@ -260,7 +271,10 @@ class LocalRunner(Runner):
     async def start(self, launch: Launch) -> ProcessHandle:
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
         # thread that forked the child ends, so a worker thread would kill the child with it.
-        return _spawn(launch)
+        process = _spawn(launch)
+        # Reading /proc/PID/stat waits while the child is still inside exec: off the event loop.
+        process.start_marker = await anyio.to_thread.run_sync(process_start_time, process.pid)
+        return process
 
 
 def _spawn(launch: Launch) -> LocalProcess:
@@ -287,7 +301,7 @@ def _spawn(launch: Launch) -> LocalProcess:
         try:
             popen = subprocess.Popen(
                 argv,
-                stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+                stdin=stdin_fd if stdin_fd is not None else _devnull(),
                 stdout=write_fd,
                 stderr=write_fd,
                 cwd=launch.cwd,

@@ -648,7 +648,7 @@ class Supervisor:
         except Exception as exc:  # a template that cannot be filled
             return Outcome("failed", error=str(exc))
         effect.command = list(launch.argv)
-        effect.output.ensure_open()
+        effect.output.reopen()
         try:
             handle = await self.runner.start(launch)
         except SpawnError as exc:
@@ -958,9 +958,8 @@ class Supervisor:
         for row in rows:
             if row["status"] == "running":
                 continue
-            effect = self._adopt(
-                Effect.from_row(row, OutputLog(self._log_path(row["effect_id"]), self.output_limit_bytes))
-            )
+            log_ = OutputLog.existing(self._log_path(row["effect_id"]), self.output_limit_bytes, closed=False)
+            effect = self._adopt(Effect.from_row(row, log_))
             if effect.status == "pending" and not effect.spec.depends_on:
                 effect.status = "queued"
             self._apply_group_limit(effect.spec)
