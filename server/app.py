@@ -142,7 +142,9 @@ async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> No
             async def stop_on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     async for signum in signals:
-                        log.warning("effectd: %s, stopping", signal.Signals(signum).name)
+                        log.warning("%s: stopping effects, then exiting", signal.Signals(signum).name)
+                        if transport != "http":  # the HTTP transport stops its effects itself, in order
+                            await engine.stop_effects()
                         tg.cancel_scope.cancel()
                         return
 

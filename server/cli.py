@@ -73,12 +73,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.http:
             http = {"host": args.host, "port": args.port, "token": args.token or os.environ.get("EFFECTD_TOKEN")}
         anyio.run(lambda: serve(settings, "http" if args.http else "stdio", **http))
-    except EffectdError as exc:
-        print(f"effectd: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:  # errors raised in the server's task group arrive grouped
+        refusals = _effectd_errors(exc)
+        if refusals:
+            for refusal in refusals:
+                print(f"effectd: {refusal}", file=sys.stderr)
+            return 2
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
     return 0
+
+
+def _effectd_errors(exc: BaseException) -> list[EffectdError]:
+    if isinstance(exc, EffectdError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for inner in exc.exceptions for e in _effectd_errors(inner)]
+    return []
 
 
 # --- cancel --------------------------------------------------------------------------------------

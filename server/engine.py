@@ -104,6 +104,13 @@ class Engine:
                     engine.flows.closing = True
                     tg.cancel_scope.cancel()
 
+    async def stop_effects(self) -> None:
+        """Cancels the effects (reason `shutdown`, each within its grace) as the engine's close would,
+        but while the transport still serves, so a call waiting on an effect returns its record
+        instead of being cut (and its effect marked `client_cancelled`). Closing later finds nothing left."""
+        self.flows.closing = True
+        await self.supervisor.shutdown()
+
     async def _answer_control_requests(self) -> None:
         """Serves `effectd cancel` from other processes: they write a request row, the server acts on it."""
         while True:

@@ -8,9 +8,21 @@ carry no data and are served without the token; the page asks for it (or takes `
 and sends it as a header on every API call, its live streams included (they are read with
 `fetch`, not `EventSource`, so they can carry the header).
 
+MCP is the SDK's `StreamableHTTPSessionManager` over the same low-level server as stdio: stateful
+sessions for 2025-protocol clients, one exchange per request for 2026-07-28 ones. The manager enters
+the MCP server's lifespan once for its whole run, not per session (mcp 2.3), and that lifespan only
+yields the engine that is already open, so every client shares it and an effect outlives the client
+that started it.
+
 Live updates are server-sent events. `/api/events` registers a `supervisor.on_change` observer
 that only records which effects changed; the stream sends their rows at most ten times a second,
 a comment every 15 s to keep proxies from closing it, and ends when the server stops.
+
+A stop (the caller cancels `serve_http`: SIGTERM, SIGINT) goes in order: uvicorn takes no new
+connection, the live streams end, the effects are cancelled (`shutdown`) while clients are still
+connected (so a call waiting on one returns its record), the MCP sessions end, requests still
+waiting are ended cleanly, and uvicorn closes what is left within STOP_BOUND_S. uvicorn runs in the
+server's event loop with its own signal handlers disabled: the signals stay with `server.app.serve`.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext, suppress
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +49,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.engine import Engine
 from server.errors import ConfigError, EffectdError, UnknownEffectError
@@ -47,7 +60,8 @@ log = logging.getLogger("effectd")
 
 MESSAGES_PER_S = 10  # live streams send at most this many messages a second (bursts are coalesced)
 KEEPALIVE_S = 15.0  # a comment line on an idle stream this often
-STOP_BOUND_S = 3.0  # how long a stop waits for open HTTP connections before cutting them
+STOP_BOUND_S = 2.0  # how long a stop waits for open HTTP connections before cutting them
+_SETTLE_S = 0.3  # on a stop, requests answering after the effects ended get this long before they are ended
 SNAPSHOT_LIMIT = 500  # effects in the first message of /api/events
 CANCEL_MESSAGE = "from the dashboard"
 _STATIC = {
@@ -258,17 +272,68 @@ def _statuses(request: Request) -> list[str] | None:
     return values or None
 
 
+class _Asgi:
+    """Marks a coroutine method as an ASGI app for Starlette's `Route` (which treats functions as handlers)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class _InFlight:
+    """Runs every request in a cancel scope of its own, so a stop can end the requests still waiting (long
+    polls, listen streams) cleanly: the response is ended (or answered 503) instead of cut mid-way."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = finished = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        with anyio.CancelScope() as request_scope:
+            self._scopes.add(request_scope)
+            try:
+                await self.app(scope, receive, tracked)
+            finally:
+                self._scopes.discard(request_scope)
+        if request_scope.cancelled_caught and not finished:
+            with anyio.CancelScope(shield=True), suppress(Exception):  # the client may be gone already
+                if started:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    await _error(503, "effectd is stopping")(scope, receive, send)
+
+    def cancel_all(self) -> None:
+        for request_scope in list(self._scopes):
+            request_scope.cancel()
+
+
 # --- the application -----------------------------------------------------------------------------
 
 
 class HttpSurface:
     """The ASGI application: `/mcp` (the SDK's session manager over our MCP server), the dashboard and
-    its API. `run_sessions` must be running while it serves; `stop` ends the live streams."""
+    its API. `run_sessions` must be running while it serves."""
 
     def __init__(self, server: MCPServer[Engine], engine: Engine, *, port: int, loopback: bool, token: str | None):
         self.server = server
         self.engine = engine
         self.stopping = anyio.Event()
+        self._sessions_end = anyio.Event()
         self._stream_wakers: set[Callable[[], None]] = set()
         lowlevel = server._lowlevel_server
         # One session manager for the process: sessions share the already open engine (the MCP
@@ -278,9 +343,10 @@ class HttpSurface:
             app=lowlevel,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
+        self._mcp_app = StreamableHTTPASGIApp(self.sessions)
         self._static = {path: self._asset(name) for path, (name, _) in _STATIC.items()}
         routes = [
-            Route("/mcp", StreamableHTTPASGIApp(self.sessions)),
+            Route("/mcp", _Asgi(self._mcp)),  # an ASGI app, not a request handler
             *(Route(path, self.static, methods=["GET", "HEAD"]) for path in _STATIC),
             Route("/api/info", self.info),
             Route("/api/runs", self.runs),
@@ -301,25 +367,33 @@ class HttpSurface:
             BadRequest: _bad_request,
             EffectdError: _bad_request,
         }
-        self.app = _Gate(
-            Starlette(routes=routes, exception_handlers=handlers), loopback=loopback, port=port, token=token
-        )
+        self.requests = _InFlight(Starlette(routes=routes, exception_handlers=handlers))
+        self.app = _Gate(self.requests, loopback=loopback, port=port, token=token)
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._sessions_end.is_set():  # stopping: the session manager is gone or going
+            await _error(503, "effectd is stopping")(scope, receive, send)
+            return
+        await self._mcp_app(scope, receive, send)
 
     @staticmethod
     def _asset(name: str) -> bytes:
         return resources.files("server.dashboard").joinpath(name).read_bytes()
 
     async def run_sessions(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Runs the MCP session manager until `stop`; its exit ends every MCP session."""
+        """Runs the MCP session manager until `end_sessions`; its exit ends every stateful MCP session."""
         async with self.sessions.run():
             task_status.started()
-            await self.stopping.wait()
+            await self._sessions_end.wait()
 
-    def stop(self) -> None:
-        """Ends the live streams and the MCP sessions (their connections then close)."""
+    def end_streams(self) -> None:
+        """Ends the dashboard's live streams (each sends nothing more and closes)."""
         self.stopping.set()
         for wake in list(self._stream_wakers):
             wake()
+
+    def end_sessions(self) -> None:
+        self._sessions_end.set()
 
     # --- static files -----------------------------------------------------------------------------
 
@@ -338,7 +412,6 @@ class HttpSurface:
                 "db": str(settings.db),
                 "default_run_id": self.engine.supervisor.default_run_id,
                 "max_concurrency": settings.max_concurrency,
-                "version_counter": self.engine.supervisor.version,
             }
         )
 
@@ -393,15 +466,18 @@ class HttpSurface:
             rows = await self.engine.journal.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
         flows = []
         for row in rows:
-            live = await self.engine.flows.get(row["flow_id"])
+            status, finished_at = row["status"], row["finished_at"]
+            if finished_at is None:  # still running: the live flow may be a step ahead of the journal
+                live = await self.engine.flows.get(row["flow_id"])
+                status, finished_at = live.status, live.finished_at
             flows.append(
                 {
                     "flow_id": row["flow_id"],
                     "run_id": row["run_id"],
                     "policy": row["policy"],
-                    "status": live.status,
+                    "status": status,
                     "started_at": row["started_at"],
-                    "finished_at": live.finished_at,
+                    "finished_at": finished_at,
                     "steps": json.loads(row["steps"]),
                 }
             )
@@ -500,30 +576,25 @@ class HttpSurface:
         """Server-sent events: `snapshot` (the newest effects) once, then `effects` with the rows that changed."""
         limit = _int_param(request, "limit", SNAPSHOT_LIMIT, 1, 5000)
         supervisor = self.engine.supervisor
-        changed: dict[str, Effect] = {}
-        wake = anyio.Event()
-
-        def observe(effect: Effect) -> None:
-            changed[effect.effect_id] = effect
-            wake.set()
-
-        def stop_waiting() -> None:
-            wake.set()
-
-        # Registered before the snapshot is read, so no change between the two is lost.
-        supervisor.on_change.append(observe)
-        self._stream_wakers.add(stop_waiting)
-        try:
-            rows = await self.engine.journal.list_effects(None, None, None, limit)
-            snapshot = [row_of(r) for r in await supervisor.records(rows)]
-        except BaseException:
-            supervisor.on_change.remove(observe)
-            self._stream_wakers.discard(stop_waiting)
-            raise
 
         async def stream() -> AsyncIterator[bytes]:
-            nonlocal wake, changed
+            # Everything is set up inside the generator, so a client gone before it starts leaves nothing behind.
+            changed: dict[str, Effect] = {}
+            wake = anyio.Event()
+
+            def observe(effect: Effect) -> None:
+                changed[effect.effect_id] = effect
+                wake.set()
+
+            def stop_waiting() -> None:
+                wake.set()
+
+            # Observed before the snapshot is read, so no change between the two is lost.
+            supervisor.on_change.append(observe)
+            self._stream_wakers.add(stop_waiting)
             try:
+                rows = await self.engine.journal.list_effects(None, None, None, limit)
+                snapshot = [row_of(r) for r in await supervisor.records(rows)]
                 yield _sse("snapshot", {"version": supervisor.version, "now": now_iso(), "effects": snapshot})
                 last_sent = time.monotonic()
                 while not self.stopping.is_set():
@@ -531,15 +602,15 @@ class HttpSurface:
                         await wake.wait()
                     if self.stopping.is_set():
                         return
+                    wake = anyio.Event()
                     if not changed:
                         yield b": keep-alive\n\n"
-                        wake = anyio.Event()
                         continue
                     # Coalesce a burst: at most MESSAGES_PER_S messages a second, each with every row changed.
                     await anyio.sleep(max(0.0, last_sent + 1 / MESSAGES_PER_S - time.monotonic()))
-                    batch, changed = changed, {}
-                    wake = anyio.Event()
-                    rows = [row_of(effect.record()) for effect in batch.values()]
+                    batch = list(changed.values())
+                    changed.clear()
+                    rows = [row_of(effect.record()) for effect in batch]
                     yield _sse("effects", {"version": supervisor.version, "now": now_iso(), "effects": rows})
                     last_sent = time.monotonic()
             finally:
@@ -558,8 +629,6 @@ class HttpSurface:
 
         def stop_waiting() -> None:
             wake.set()
-
-        self._stream_wakers.add(stop_waiting)
 
         async def wait_for_output(at: int) -> None:
             async with anyio.create_task_group() as tg:
@@ -583,6 +652,7 @@ class HttpSurface:
 
         async def stream() -> AsyncIterator[bytes]:
             at = cursor
+            self._stream_wakers.add(stop_waiting)
             try:
                 while not self.stopping.is_set():
                     data, after = output.read(at, 256 * 1024)
@@ -620,8 +690,6 @@ class _Uvicorn(uvicorn.Server):
     the transport; uvicorn must not replace those handlers with its own."""
 
     def capture_signals(self) -> Any:
-        from contextlib import nullcontext
-
         return nullcontext()
 
 
@@ -634,9 +702,9 @@ async def serve_http(
     token: str | None = None,
     sock: socket.socket | None = None,
 ) -> None:
-    """Serves MCP at /mcp and the dashboard at / until cancelled, then stops in order: live streams and MCP
-    sessions end, uvicorn closes its connections (bounded by STOP_BOUND_S), and the caller's engine
-    then stops the effects."""
+    """Serves MCP at /mcp and the dashboard at / until cancelled; then stops in order: no new connections,
+    the dashboard's streams end, effects are cancelled (`shutdown`) so waiting calls return, MCP sessions
+    end, requests still waiting are ended, and uvicorn closes its connections (within STOP_BOUND_S)."""
     if sock is None:
         sock = open_listener(host, port, token)
     bound_port = int(sock.getsockname()[1])
@@ -650,14 +718,16 @@ async def serve_http(
         http="h11",
         ws="none",
         server_header=False,
-        timeout_graceful_shutdown=1,
+        timeout_graceful_shutdown=None,  # the stop below bounds it, ending requests cleanly first
     )
     web = _Uvicorn(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}"
     log.warning("serving MCP at %s/mcp and the dashboard at %s/%s", url, url, " (token required)" if token else "")
     stopped = anyio.Event()
+    # Both run shielded: the caller's cancellation starts the ordered stop below instead of cutting them.
     web_scope = anyio.CancelScope(shield=True)
+    sessions_scope = anyio.CancelScope(shield=True)
 
     async def run_web() -> None:
         try:
@@ -666,21 +736,24 @@ async def serve_http(
         finally:
             stopped.set()
 
+    async def run_sessions(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with sessions_scope:
+            await surface.run_sessions(task_status=task_status)
+
     async with anyio.create_task_group() as tg:
-        sessions_scope = anyio.CancelScope(shield=True)
-
-        async def run_sessions(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            with sessions_scope:
-                await surface.run_sessions(task_status=task_status)
-
         await tg.start(run_sessions)
         tg.start_soon(run_web)
         try:
             await stopped.wait()
         finally:
             with anyio.CancelScope(shield=True):
-                surface.stop()
                 web.should_exit = True
+                surface.end_streams()
+                await engine.stop_effects()
+                surface.end_sessions()
+                with anyio.move_on_after(_SETTLE_S):
+                    await stopped.wait()
+                surface.requests.cancel_all()
                 with anyio.move_on_after(STOP_BOUND_S):
                     await stopped.wait()
                 web_scope.cancel()

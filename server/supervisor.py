@@ -402,7 +402,10 @@ class Supervisor:
         self.any_change.set()
         self.any_change = anyio.Event()
         for observer in self.on_change:
-            observer(effect)
+            try:
+                observer(effect)
+            except Exception:  # an observer's failure must not break the effect it watches
+                log.exception("effect %s: an on_change observer failed", effect.effect_id)
 
     def _requested(self, effect: Effect) -> Event:
         return Event(

@@ -196,6 +196,7 @@ class ResourceFeed:
                 await anyio.sleep(max(0.0, started + 1 / UPDATES_PER_S - time.monotonic()))
         finally:
             self._pumping = False
+            self._observe_while_needed()  # a connection that closed without unsubscribing has dropped out
 
     def _uris(self, effects: Any) -> list[str]:
         uris = []

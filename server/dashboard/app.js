@@ -240,7 +240,7 @@ async function liveLoop(generation) {
   let delay = 500;
   while (generation === liveGeneration) {
     try {
-      await readEvents('/api/events', (name, data) => {
+      await readEvents('api/events', (name, data) => {
         if (generation !== liveGeneration) return;
         noteServerTime(data.now);
         setLive(true);
@@ -282,7 +282,7 @@ function refreshSidebarSoon() {
 
 async function refreshSidebar() {
   try {
-    const [runs, groups, flows] = await Promise.all([api('/api/runs'), api('/api/groups'), api('/api/flows')]);
+    const [runs, groups, flows] = await Promise.all([api('api/runs'), api('api/groups'), api('api/flows')]);
     state.runs = runs.runs;
     state.groups = groups.groups;
     state.flows = flows.flows;
@@ -375,7 +375,7 @@ async function loadScope() {
   const { kind, id } = state.scope;
   const key = kind === 'run' ? 'run_id' : 'group';
   try {
-    const data = await api(`/api/effects?${key}=${encodeURIComponent(id)}&limit=2000`);
+    const data = await api(`api/effects?${key}=${encodeURIComponent(id)}&limit=2000`);
     mergeRows(data.effects);
     scheduleRender();
   } catch (_) {
@@ -473,7 +473,7 @@ async function cancelEffect(id, button) {
     button.textContent = 'Cancelling…';
   }
   try {
-    const record = await api(`/api/effects/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
+    const record = await api(`api/effects/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
     mergeRows([record]);
     if (state.selected === id) state.detail = record;
     scheduleRender();
@@ -626,7 +626,7 @@ $('#scope-cancel').addEventListener('click', async (event) => {
   button.disabled = true;
   button.textContent = 'Cancelling…';
   try {
-    const path = kind === 'flow' ? `/api/flows/${encodeURIComponent(id)}/cancel` : `/api/groups/${encodeURIComponent(id)}/cancel`;
+    const path = kind === 'flow' ? `api/flows/${encodeURIComponent(id)}/cancel` : `api/groups/${encodeURIComponent(id)}/cancel`;
     const answer = await api(path, { method: 'POST' });
     mergeRows(answer.effects);
   } catch (_) {
@@ -810,7 +810,7 @@ async function loadDetail() {
   const id = state.selected;
   if (!id) return;
   try {
-    const record = await api(`/api/effects/${encodeURIComponent(id)}`);
+    const record = await api(`api/effects/${encodeURIComponent(id)}`);
     if (state.selected !== id) return;
     state.detail = record;
     mergeRows([Object.assign({}, state.effects.get(id) || {}, record)]);
@@ -830,7 +830,7 @@ async function followOutput(id) {
   for (let attempt = 0; attempt < 50 && !controller.signal.aborted; attempt++) {
     try {
       let ended = false;
-      await readEvents(`/api/effects/${encodeURIComponent(id)}/output/stream?cursor=${cursor}`, (name, data) => {
+      await readEvents(`api/effects/${encodeURIComponent(id)}/output/stream?cursor=${cursor}`, (name, data) => {
         if (controller.signal.aborted) return;
         if (name === 'output') {
           const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
@@ -921,7 +921,7 @@ setInterval(() => {
 async function start() {
   liveGeneration += 1;
   try {
-    state.info = await api('/api/info');
+    state.info = await api('api/info');
     const db = state.info.db;
     $('#db').textContent = db.length > 60 ? `…${db.slice(-59)}` : db;
     $('#db').title = `journal: ${db}`;

@@ -1,0 +1,312 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Playwright): effects dispatched
+through MCP appear, change without a reload, stream their output, can be cancelled, and a group's timeline
+shows what ran side by side.
+
+Skipped when Playwright is not installed or no chromium is found (`$EFFECTD_CHROMIUM`, else
+/usr/bin/chromium). `EFFECTD_SCREENSHOT=PATH` makes the screenshot test also write its picture to PATH
+(docs/dashboard.png was made that way).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from server.config import Settings
+from server.engine import Engine
+from server.harness import profile_from_config
+from tests.conftest import call, pid_alive, py, read_until
+from tests.test_http import TOKEN, WAIT_FOR_FILE, http_client, serving
+
+CHROMIUM = os.environ.get("EFFECTD_CHROMIUM", "/usr/bin/chromium")
+_missing = (
+    "playwright is not installed (pip install playwright)"
+    if importlib.util.find_spec("playwright") is None
+    else f"no chromium at {CHROMIUM} (apt-get install chromium, or set EFFECTD_CHROMIUM)"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK))
+    else None
+)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.skipif(_missing is not None, reason=f"browser tests need a browser: {_missing}"),
+]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 20_000  # every wait in the page is bounded by this
+# Prints `[NAME] step i/N` every DELAY seconds (argv: N DELAY NAME): output that keeps coming.
+WORK = (
+    "import sys, time\n"
+    "for i in range(int(sys.argv[1])):\n"
+    "    print(f'[{sys.argv[3]}] step {i + 1}/{sys.argv[1]}', flush=True)\n"
+    "    time.sleep(float(sys.argv[2]))\n"
+)
+
+
+@asynccontextmanager
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh headless chromium page; fails the test if the page raised a JavaScript error."""
+    from playwright.async_api import async_playwright
+
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
+        finally:
+            await context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+@asynccontextmanager
+async def dashboard(engine: Engine, tmp_path: Path, token: str | None = None) -> AsyncIterator[tuple[str, Client, Any]]:
+    """The engine served over HTTP, an MCP client on it and a browser page: (base URL, client, page)."""
+    async with serving(engine, token=token) as url, http_client(url, token) as client, browser(tmp_path) as page:
+        yield url, client, page
+
+
+async def status_in_page(page: Any, effect_id: str) -> str:
+    return str(await page.locator(f'#effects tr[data-effect-id="{effect_id}"] td.status').inner_text()).strip()
+
+
+async def wait_for_status(page: Any, effect_id: str, status: str) -> None:
+    await page.wait_for_function(
+        "([id, status]) => { const td = document.querySelector(`#effects tr[data-effect-id='${id}'] td.status`);"
+        " return td !== null && td.textContent.trim().startsWith(status); }",
+        arg=[effect_id, status],
+    )
+
+
+async def test_the_page_lists_effects_dispatched_through_mcp(engine: Engine, tmp_path: Path) -> None:
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        first = await call(client, "dispatch_effect", command=py("print('one')"), label="first effect", group="pair")
+        second = await call(client, "dispatch_effect", command=py("print('two')"), label="second effect")
+        await page.goto(url)
+        for record in (first, second):
+            row = page.locator(f'#effects tr[data-effect-id="{record["effect_id"]}"]')
+            await row.wait_for()
+            assert record["label"] in await row.locator("td.what").inner_text()
+            await wait_for_status(page, record["effect_id"], "succeeded")
+        # The newest first, and the group in the sidebar.
+        ids = await page.eval_on_selector_all("#effects tbody tr", "rows => rows.map(r => r.dataset.effectId)")
+        assert ids[:2] == [second["effect_id"], first["effect_id"]]
+        await page.locator('#groups li[data-id="pair"]').wait_for()
+
+
+async def test_a_status_change_appears_without_a_reload(engine: Engine, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        await page.goto(url)
+        await page.evaluate("window.__same_page = true")
+        record = await call(client, "dispatch_effect", command=py(WAIT_FOR_FILE, str(gate)), background=True)
+        await read_until(client, record["effect_id"], "started")
+        await wait_for_status(page, record["effect_id"], "running")
+        gate.touch()
+        await wait_for_status(page, record["effect_id"], "succeeded")
+        assert await page.evaluate("window.__same_page === true"), "the page was reloaded"
+        assert await page.locator("#live.on").count() == 1
+
+
+async def test_output_streams_into_the_detail_panel(engine: Engine, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    two_lines = WAIT_FOR_FILE.replace("'started'", "'first line'").replace("'released'", "'second line'")
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        record = await call(client, "dispatch_effect", command=py(two_lines, str(gate)), background=True)
+        await page.goto(url)
+        await page.locator(f'#effects tr[data-effect-id="{record["effect_id"]}"]').click()
+        await page.wait_for_function("() => document.querySelector('#output').textContent.includes('first line')")
+        assert "second line" not in await page.locator("#output").inner_text()
+        assert await page.locator("#detail-id").inner_text() == record["effect_id"]
+        gate.touch()
+        await page.wait_for_function("() => document.querySelector('#output').textContent.includes('second line')")
+        await page.wait_for_function("() => document.querySelector('#output-state').textContent.includes('ended')")
+        assert await page.locator("#output").text_content() == "first line\nsecond line\n"
+        # The view is in the URL: opening it again shows the same effect.
+        assert f"effect={record['effect_id']}" in page.url
+
+
+async def test_the_cancel_button_kills_a_running_effect(engine: Engine, tmp_path: Path) -> None:
+    sleeper = "import time; print('started', flush=True); time.sleep(60)"
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        record = await call(client, "dispatch_effect", command=py(sleeper), background=True, grace_s=5)
+        await read_until(client, record["effect_id"], "started")
+        pid = (await call(client, "poll_effect", effect_id=record["effect_id"]))["pid"]
+        assert pid is not None and pid_alive(pid)
+        await page.goto(url)
+        await wait_for_status(page, record["effect_id"], "running")
+        await page.locator(f'#effects tr[data-effect-id="{record["effect_id"]}"] button.cancel').click()
+        await wait_for_status(page, record["effect_id"], "cancelled")
+        after = await call(client, "poll_effect", effect_id=record["effect_id"])
+        assert after["status"] == "cancelled" and after["cancel_reason"] == "user"
+        assert after["cancel_message"] == "from the dashboard"
+        assert not pid_alive(pid), f"process {pid} of the cancelled effect is still alive"
+        assert await page.locator(f'#effects tr[data-effect-id="{record["effect_id"]}"] button.cancel').is_hidden()
+
+
+async def test_cancelling_a_group_from_its_panel_cancels_every_running_effect(engine: Engine, tmp_path: Path) -> None:
+    sleeper = "import time; print('started', flush=True); time.sleep(60)"
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        ids = []
+        for _ in range(2):
+            record = await call(client, "dispatch_effect", command=py(sleeper), background=True, group="sleepers")
+            await read_until(client, record["effect_id"], "started")
+            ids.append(record["effect_id"])
+        await page.goto(f"{url}/#group=sleepers")
+        await page.locator("#scope-cancel").click()
+        for effect_id in ids:
+            await wait_for_status(page, effect_id, "cancelled")
+            assert (await call(client, "poll_effect", effect_id=effect_id))["cancel_reason"] == "user"
+
+
+async def test_the_timeline_shows_overlapping_bars_for_effects_that_ran_side_by_side(
+    engine: Engine, tmp_path: Path
+) -> None:
+    both = tmp_path / "both"
+    # a and b each wait until both have started (so they surely overlap); c runs after a.
+    meet = (
+        "import os, sys, time\n"
+        "open(sys.argv[1] + '.' + sys.argv[2], 'w').close()\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not all(os.path.exists(sys.argv[1] + '.' + n) for n in 'ab') and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "time.sleep(0.3)\n"
+    )
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        a = await call(
+            client, "dispatch_effect", command=py(meet, str(both), "a"), label="a", group="g", background=True
+        )
+        b = await call(
+            client, "dispatch_effect", command=py(meet, str(both), "b"), label="b", group="g", background=True
+        )
+        c = await call(
+            client, "dispatch_effect", command=py("print('c')"), label="c", group="g", depends_on=[a["effect_id"]]
+        )
+        done = await call(client, "await_group", group="g", timeout_s=30)
+        assert done["complete"] and c["status"] == "succeeded"
+        await page.goto(f"{url}/#group=g")
+        await page.wait_for_function("() => document.querySelectorAll('#timeline rect.bar-run').length === 3")
+        bars = await page.eval_on_selector_all(
+            "#timeline rect.bar-run",
+            "rects => Object.fromEntries(rects.map(r => [r.dataset.effectId,"
+            " [parseFloat(r.getAttribute('x')), parseFloat(r.getAttribute('x')) + parseFloat(r.getAttribute('width')),"
+            " r.dataset.status]]))",
+        )
+    (a0, a1, a_status), (b0, b1, _), (c0, _, _) = (bars[e["effect_id"]] for e in (a, b, c))
+    assert a_status == "succeeded"
+    assert a0 < b1 and b0 < a1, f"a {a0:.0f}-{a1:.0f} and b {b0:.0f}-{b1:.0f} should overlap"
+    assert c0 >= a1 - 1, f"c starts at {c0:.0f}, before a ended at {a1:.0f}"
+
+
+async def test_a_flow_shows_its_steps_layered_by_dependency(engine: Engine, tmp_path: Path) -> None:
+    steps = [
+        {"id": "fetch", "command": py("print('f')")},
+        {"id": "left", "needs": ["fetch"], "command": py("print('l')")},
+        {"id": "right", "needs": ["fetch"], "command": py("print('r')")},
+        {"id": "join", "needs": ["left", "right"], "command": py("print('j')")},
+    ]
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        flow = await call(client, "dispatch_flow", steps=steps, flow_id="flw_diamond")
+        assert flow["status"] == "succeeded"
+        await page.goto(f"{url}/#flow=flw_diamond")
+        await page.wait_for_function("() => document.querySelectorAll('#dag g.node.st-succeeded').length === 4")
+        x = await page.eval_on_selector_all(
+            "#dag g.node",
+            "nodes => Object.fromEntries(nodes.map(n => [n.dataset.stepId, n.transform.baseVal[0].matrix.e]))",
+        )
+        edges = await page.eval_on_selector_all(
+            "#dag path.edge", "paths => paths.map(p => p.dataset.from + '>' + p.dataset.to)"
+        )
+        assert x["fetch"] < x["left"] == x["right"] < x["join"]
+        assert sorted(edges) == ["fetch>left", "fetch>right", "left>join", "right>join"]
+        assert await page.locator("#flows li.current").count() == 1
+
+
+async def test_with_a_token_the_page_asks_for_it_and_then_works(engine: Engine, tmp_path: Path) -> None:
+    async with dashboard(engine, tmp_path, token=TOKEN) as (url, client, page):
+        record = await call(client, "dispatch_effect", command=py("print('secret')"), label="behind a token")
+        await page.goto(url)
+        await page.locator("#token-dialog").wait_for()
+        await page.fill("#token-input", TOKEN)
+        await page.click("#token-form button")
+        await wait_for_status(page, record["effect_id"], "succeeded")
+        # Given once in the fragment (here to a new tab, whose session storage is empty), the token is
+        # kept for the tab and taken out of the URL.
+        tab = await page.context.new_page()
+        await tab.goto(f"{url}/#token={TOKEN}")
+        await wait_for_status(tab, record["effect_id"], "succeeded")
+        assert TOKEN not in tab.url
+        assert await tab.locator("#token-dialog").is_hidden()
+        assert await tab.evaluate("sessionStorage.getItem('effectd-token')") == TOKEN
+
+
+def _fake_harness(settings: Settings) -> Settings:
+    fake = profile_from_config(
+        "fake", {"command": [sys.executable, "-m", "server.harness.fake", "{args}", "{prompt}"], "parser": "claude"}
+    )
+    return replace(settings, harnesses={**settings.harnesses, "fake": fake})
+
+
+async def test_a_screenshot_of_a_running_flow(settings: Settings, tmp_path: Path) -> None:
+    """A running flow with its DAG, timeline, steps and one step's live output (docs/dashboard.png)."""
+    steps = [
+        {"id": "checkout", "command": py(WORK, "2", "0.2", "checkout")},
+        {"id": "lint", "needs": ["checkout"], "command": py(WORK, "4", "0.3", "lint")},
+        {"id": "unit-tests", "needs": ["checkout"], "command": py(WORK, "200", "0.25", "unit")},
+        {"id": "review", "needs": ["checkout"], "harness": "fake", "prompt": "review the diff",
+         "args": ["--steps", "200", "--delay", "0.25", "--cost", "0.42"]},
+        {"id": "integration", "needs": ["checkout"], "command": py(WORK, "200", "0.4", "integration")},
+        {"id": "package", "needs": ["lint", "unit-tests"], "command": py(WORK, "3", "0.3", "package")},
+        {"id": "report", "needs": ["package", "integration", "review"], "harness": "fake", "prompt": "summarise",
+         "args": ["--steps", "3"]},
+    ]  # fmt: skip
+    async with Engine.open(_fake_harness(settings)) as engine, dashboard(engine, tmp_path) as (url, client, page):
+        await page.set_viewport_size({"width": 1600, "height": 1000})
+        warmup = await call(client, "dispatch_effect", command=py("print('ok')"), label="smoke test", group="checks")
+        flaky = await call(client, "dispatch_effect", command=py("import sys; print('boom'); sys.exit(3)"),
+                           label="flaky probe", group="checks")  # fmt: skip
+        assert warmup["status"] == "succeeded" and flaky["status"] == "failed"
+        flow = await call(client, "dispatch_flow", steps=steps, flow_id="flw_release_check", background=True)
+        unit = next(s["effect_id"] for s in flow["steps"] if s["step_id"] == "unit-tests")
+        lint = next(s["effect_id"] for s in flow["steps"] if s["step_id"] == "lint")
+        await call(client, "await_group", effect_ids=[lint], timeout_s=30)
+        await read_until(client, unit, "step 12/")
+        await page.goto(f"{url}/#flow=flw_release_check&effect={unit}")
+        await page.wait_for_function("() => document.querySelectorAll('#dag g.node').length === 7")
+        await page.wait_for_function("() => document.querySelector('#output').textContent.includes('step 12/')")
+        shot = tmp_path / "dashboard.png"
+        await page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000
+        if os.environ.get("EFFECTD_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["EFFECTD_SCREENSHOT"])
+        await call(client, "cancel_group", group="flw_release_check")
+        with anyio.fail_after(30):
+            assert (await call(client, "poll_flow", flow_id="flw_release_check", wait_s=20))["status"] == "cancelled"
