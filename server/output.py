@@ -32,6 +32,16 @@ def _utf8_cut(data: bytes) -> int:
     return end
 
 
+def _first_character_length(data: bytes) -> int | None:
+    """Bytes of the UTF-8 character `data` starts with: 1 for a byte that cannot start one, None when
+    `data` holds only the beginning of a valid one."""
+    lead = data[0]
+    need = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF8 else 1
+    if any(byte & 0xC0 != 0x80 for byte in data[1:need]):
+        return 1
+    return need if need <= len(data) else None
+
+
 def _skip_continuations(data: bytes) -> bytes:
     """`data` without the continuation bytes at its start (the tail of a character cut off in front)."""
     start = 0
@@ -158,8 +168,12 @@ class OutputLog:
         chunk = data[:max_bytes]
         cut = _utf8_cut(chunk)
         if cut == 0 and chunk:
-            # Not even one character fits in max_bytes: give the whole character rather than nothing.
-            cut = _utf8_cut(data) or len(data)
+            # Not even one character fits in max_bytes: give that one whole character rather than nothing;
+            # the beginning of one that may still be completed waits, the end of the output is let go.
+            length = _first_character_length(data)
+            if length is None:
+                length = len(data) if self.closed and cursor + len(data) >= self.size else 0
+            return data[:length].decode("utf-8", "replace"), cursor + length
         at_end = cursor + len(chunk) >= self.size
         if cut < len(chunk) and at_end and self.closed:
             cut = len(chunk)  # a character cut off for good: replace it rather than never reach eof

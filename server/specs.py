@@ -14,6 +14,8 @@ from server.config import MAX_ARGV_BYTES, Settings, command_allowed
 from server.errors import InvalidRequestError, NotAllowedError
 from server.models import EffectSpec
 
+MAX_ARG_BYTES = 128 * 1024  # MAX_ARG_STRLEN: the longest single argument execve accepts
+
 
 def _no_nul(value: str, what: str) -> None:
     if "\0" in value:
@@ -41,11 +43,18 @@ def check_cwd(cwd: str | None) -> str | None:
 
 
 def check_argv(argv: Sequence[str], what: str) -> None:
-    """Refuses NUL in any element and an argv over 256 KiB in all."""
+    """Refuses NUL in any element, an element over 128 KiB (Linux refuses to exec it) and an argv
+    over 256 KiB in all."""
     size = 0
     for index, arg in enumerate(argv):
         _no_nul(arg, f"{what}[{index}]")
-        size += len(arg.encode("utf-8", "surrogatepass")) + 1
+        length = len(arg.encode("utf-8", "surrogatepass")) + 1
+        if length > MAX_ARG_BYTES:
+            raise InvalidRequestError(
+                f"{what}[{index}] is {length} bytes; one argument may hold at most {MAX_ARG_BYTES} bytes "
+                "(128 KiB, the kernel's limit): pass large input through `stdin` or a file instead"
+            )
+        size += length
     if size > MAX_ARGV_BYTES:
         raise InvalidRequestError(
             f"{what} is {size} bytes in all; at most {MAX_ARGV_BYTES} bytes (256 KiB) are allowed: "

@@ -79,6 +79,11 @@ class Outcome:
     cancel: CancelRequest | None = None
 
 
+def _check_run_id(run_id: str) -> None:
+    if not run_id or "\0" in run_id or len(run_id) > 256:
+        raise InvalidRequestError("a run_id is 1 to 256 characters without NUL")
+
+
 class Effect:
     """One effect's live state, owned by the supervisor; read by the tools through `record()`."""
 
@@ -328,6 +333,7 @@ class Supervisor:
         """Journals a new effect and schedules it; returns it and whether it is new (False: same key)."""
         run_id = run_id or self.default_run_id
         self._refuse_when_closing()
+        _check_run_id(run_id)
         if spec.key is None:
             return await self._dispatch(spec, run_id), True
         lock = self._key_locks.setdefault((run_id, spec.key), anyio.Lock())
@@ -376,6 +382,7 @@ class Supervisor:
         then schedules them. Used by flows, whose steps name each other's ids in `depends_on`."""
         self._refuse_when_closing()
         run_id = run_id or self.default_run_id
+        _check_run_id(run_id)
         effects = [self._new_effect(spec, run_id, effect_id) for effect_id, spec in specs]
         events = await self._run_events(run_id)
         events.extend(extra)

@@ -16,7 +16,7 @@ from tests.conftest import SLEEP, call, effectd_bin, pid_alive, py, read_until, 
 
 pytestmark = pytest.mark.anyio
 ANY = "--allow-any-command"
-PARENT = "import os, time; print('parent', os.getppid(), os.getpid(), flush=True); time.sleep(120)"
+PARENT = "import os, time; print(f'parent {os.getppid()} {os.getpid()} ready', flush=True); time.sleep(120)"
 
 
 def rows(db, sql, *params):
@@ -50,7 +50,7 @@ async def test_closing_stdin_cancels_running_effects_with_reason_shutdown_and_ex
     db = tmp_path / "j.db"
     async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
         record = await call(client, "dispatch_effect", command=py(PARENT), background=True)
-        text = await read_until(client, record["effect_id"], "parent")
+        text = await read_until(client, record["effect_id"], "ready")
         server_pid, child = (int(p) for p in text.split()[1:3])
         began = time.monotonic()
     took = time.monotonic() - began
@@ -67,7 +67,7 @@ async def test_sigterm_stops_the_server_gracefully_and_keep_queued_keeps_waiting
         async with Client(params, read_timeout_seconds=70) as client:
             record = await call(client, "dispatch_effect", command=py(PARENT), background=True)
             queued = await call(client, "dispatch_effect", command=py("print('later')"), background=True)
-            text = await read_until(client, record["effect_id"], "parent")
+            text = await read_until(client, record["effect_id"], "ready")
             server_pid, child = (int(p) for p in text.split()[1:3])
             os.kill(server_pid, signal.SIGTERM)
             await wait_gone([server_pid, child])
@@ -168,7 +168,7 @@ async def test_the_cancel_command_without_a_live_server_cancels_a_waiting_effect
         ) as c:
             running = await call(c, "dispatch_effect", command=py(PARENT), background=True)
             queued = await call(c, "dispatch_effect", command=py("pass"), background=True)
-            text = await read_until(c, running["effect_id"], "parent")
+            text = await read_until(c, running["effect_id"], "ready")
             os.kill(int(text.split()[1]), signal.SIGTERM)
             await wait_gone([int(text.split()[1])])
     with anyio.fail_after(30):

@@ -31,6 +31,24 @@ def refusals() -> Iterator[None]:
         raise ToolError(str(exc)) from exc
 
 
+def _not_unicode(value: Any, path: tuple[str, ...]) -> str | None:
+    """The path of the first string in `value` that cannot be encoded as UTF-8, if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ".".join(path) or "(value)"
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _not_unicode(key, path) is not None:
+            return ".".join((*path, "(a key)"))
+        found = _not_unicode(item, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
+
+
 def strict_tool(fn: Callable[..., Any]) -> Tool:
     """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped."""
     tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
@@ -50,6 +68,13 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
                         "unknown_argument",
                         "unknown argument {unknown}; {tool} takes: {allowed}",
                         {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
+                    )
+                where = _not_unicode(data, ())
+                if where is not None:
+                    raise PydanticCustomError(
+                        "invalid_unicode",
+                        "argument {where} holds text that is not valid Unicode (a lone surrogate); send UTF-8 text",
+                        {"where": where},
                     )
             return data
 

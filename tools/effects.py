@@ -16,7 +16,7 @@ from server.specs import build_spec
 from server.supervisor import Effect
 from tools._base import engine_of, refusals, strict_tool
 
-Name = Annotated[str, Field(min_length=1, max_length=256)]
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]*$", description="no NUL")]
 Duration = Annotated[float, Field(gt=0, le=MAX_DURATION_S, description="seconds, at most 7 days")]
 Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from SIGTERM to SIGKILL, at most 600")]
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="seconds, at most 55")]
