@@ -12,10 +12,8 @@ from typing import Any
 
 from server.errors import ConfigError
 from server.harness import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from server.models import MAX_GRACE_S
 
-MAX_DURATION_S = 7 * 24 * 3600.0
-MAX_GRACE_S = 600.0
-MAX_WAIT_S = 55.0
 MAX_ARGV_BYTES = 256 * 1024
 
 _KNOWN_KEYS = {

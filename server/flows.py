@@ -29,10 +29,10 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from server.config import MAX_DURATION_S, MAX_GRACE_S, Settings
+from server.config import Settings
 from server.errors import ConflictError, InvalidRequestError, UnknownEffectError
 from server.journal import Event, Journal
-from server.models import CancelReason, EffectSpec, Status, new_id, now_iso, seconds_between
+from server.models import CancelReason, Duration, EffectSpec, Grace, Name, Status, new_id, now_iso, seconds_between
 from server.specs import build_spec, check_argv
 from server.supervisor import Effect, Supervisor
 
@@ -49,9 +49,6 @@ _STEP_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 StepId = Annotated[
     str, Field(min_length=1, max_length=64, pattern=_STEP_ID_PATTERN, description="letters, digits, _ and -")
 ]
-_Name = Annotated[str, Field(min_length=1, max_length=256)]
-_Duration = Annotated[float, Field(gt=0, le=MAX_DURATION_S, description="seconds, at most 7 days")]
-_Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from SIGTERM to SIGKILL, at most 600")]
 
 _NOT_HERE = {
     "background": "a flow-level argument of dispatch_flow",
@@ -69,14 +66,14 @@ class EffectArguments(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     command: Annotated[list[str] | None, Field(description="argv list, never a shell string")] = None
-    harness: Annotated[_Name | None, Field(description="harness profile name (see list_harnesses)")] = None
+    harness: Annotated[Name | None, Field(description="harness profile name (see list_harnesses)")] = None
     prompt: Annotated[str | None, Field(description="the prompt for the harness")] = None
     args: Annotated[list[str] | None, Field(description="extra arguments for the harness CLI")] = None
     label: Annotated[str | None, Field(max_length=1000)] = None
-    key: Annotated[_Name | None, Field(description="idempotency key within the run")] = None
-    timeout_s: Annotated[_Duration | None, Field(description="cancel after this long running")] = None
-    idle_timeout_s: Annotated[_Duration | None, Field(description="cancel after this long with no output")] = None
-    grace_s: Annotated[_Grace | None, Field(description="SIGTERM to SIGKILL, default 5")] = None
+    key: Annotated[Name | None, Field(description="idempotency key within the run")] = None
+    timeout_s: Annotated[Duration | None, Field(description="cancel after this long running")] = None
+    idle_timeout_s: Annotated[Duration | None, Field(description="cancel after this long with no output")] = None
+    grace_s: Annotated[Grace | None, Field(description="SIGTERM to SIGKILL, default 5")] = None
     cwd: str | None = None
     env: Annotated[dict[str, str] | None, Field(description="merged over the server's environment")] = None
     stdin: str | None = None

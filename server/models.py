@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 TAIL_BYTES = 4096
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_GRACE_S = 600.0
+MAX_WAIT_S = 55.0
+
+# Argument types shared by every tool and by flow steps, so a limit is written once.
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]*$", description="no NUL")]
+Duration = Annotated[float, Field(gt=0, le=MAX_DURATION_S, description="seconds, at most 7 days")]
+Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from SIGTERM to SIGKILL, at most 600")]
+Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="seconds, at most 55")]
 
 
 class EffectSpec(BaseModel):

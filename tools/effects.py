@@ -10,16 +10,11 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field
 
-from server.config import MAX_DURATION_S, MAX_GRACE_S, MAX_WAIT_S
-from server.models import EffectRecord
+from server.models import Duration, EffectRecord, Grace, Name, Wait
 from server.specs import build_spec
 from server.supervisor import Effect
 from tools._base import engine_of, refusals, strict_tool
 
-Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]*$", description="no NUL")]
-Duration = Annotated[float, Field(gt=0, le=MAX_DURATION_S, description="seconds, at most 7 days")]
-Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from SIGTERM to SIGKILL, at most 600")]
-Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="seconds, at most 55")]
 _PROGRESS_EVERY_S = 0.1
 # A cancel waits this long for the process group to go; past it (a long grace_s) the record comes
 # back still `running` with the kill under way, so the call stays within a client's 60 s timeout.

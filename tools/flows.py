@@ -10,8 +10,8 @@ from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
 from server.flows import MAX_STEPS, Flow, FlowManager, FlowRecord, Policy, Step
+from server.models import Name, Wait
 from tools._base import engine_of, refusals, strict_tool
-from tools.effects import Name, Wait
 
 
 async def follow_flow(ctx: Context[Any, Any], flows: FlowManager, flow: Flow, wait_s: float, *, owned: bool) -> None:

@@ -9,9 +9,8 @@ from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field
 
 from server.errors import InvalidRequestError, UnknownEffectError
-from server.models import EffectRecord
+from server.models import EffectRecord, Name, Wait
 from tools._base import engine_of, refusals, strict_tool
-from tools.effects import Name, Wait
 
 
 class AwaitResult(BaseModel):
