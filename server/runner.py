@@ -272,8 +272,10 @@ class LocalRunner(Runner):
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
         # thread that forked the child ends, so a worker thread would kill the child with it.
         process = _spawn(launch)
-        # Reading /proc/PID/stat waits while the child is still inside exec: off the event loop.
-        process.start_marker = await anyio.to_thread.run_sync(process_start_time, process.pid)
+        # Reading /proc/PID/stat waits while the child is still inside exec: off the event loop, and
+        # shielded, so a cancellation cannot lose the handle of a process that already exists.
+        with anyio.CancelScope(shield=True):
+            process.start_marker = await anyio.to_thread.run_sync(process_start_time, process.pid)
         return process
 
 
