@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,9 +63,10 @@ def _version() -> str:
 class _Stdin:
     """Lines from fd 0 read without a thread, so a signal can stop the server while it waits for input."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_end: Callable[[], Awaitable[None]] | None = None) -> None:
         self._fd = fd
         self._buffer = b""
+        self._on_end = on_end
         os.set_blocking(fd, False)
 
     def __aiter__(self) -> _Stdin:
@@ -82,6 +83,11 @@ class _Stdin:
                 if self._buffer:
                     line, self._buffer = self._buffer, b""
                     return line.decode("utf-8", "replace")
+                if self._on_end is not None:
+                    # The client is leaving: effects end as `shutdown` while calls in flight can still
+                    # answer, rather than as `client_cancelled` when the session tears them down.
+                    on_end, self._on_end = self._on_end, None
+                    await on_end()
                 raise StopAsyncIteration
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
@@ -109,9 +115,9 @@ class _Stdout:
         return None
 
 
-async def serve_stdio(server: MCPServer[Engine]) -> None:
-    """Serves MCP on stdin/stdout until stdin closes. fd 1 is pointed at stderr meanwhile, so nothing
-    but protocol messages reaches the client."""
+async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serves MCP on stdin/stdout until stdin closes (then `on_end` runs before the session ends).
+    fd 1 is pointed at stderr meanwhile, so nothing but protocol messages reaches the client."""
     from mcp.server.stdio import stdio_server
 
     wire_out = os.dup(1)
@@ -122,7 +128,8 @@ async def serve_stdio(server: MCPServer[Engine]) -> None:
     os.close(devnull)
     lowlevel = server._lowlevel_server
     try:
-        async with stdio_server(_Stdin(wire_in), _Stdout(wire_out)) as (read_stream, write_stream):  # type: ignore[arg-type]
+        stdin = _Stdin(wire_in, on_end)
+        async with stdio_server(stdin, _Stdout(wire_out)) as (read_stream, write_stream):  # type: ignore[arg-type]
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
     finally:
         os.close(wire_in)
@@ -154,7 +161,7 @@ async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> No
 
                     await serve_http(server, engine, **http)
                 else:
-                    await serve_stdio(server)
+                    await serve_stdio(server, on_end=engine.stop_effects)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_on_signal)

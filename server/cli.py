@@ -150,7 +150,7 @@ def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
     import anyio
 
     from server.engine import owning
-    from server.journal import Event, Journal
+    from server.journal import Journal, terminal_event
     from server.models import now_iso
 
     async def write() -> bool:
@@ -158,20 +158,8 @@ def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
             row = await journal.effect(effect_id)
             if row is None or row["status"] not in ("pending", "queued"):
                 return False
-            await journal.append(
-                Event(
-                    "EFFECT_CANCELLED",
-                    row["run_id"],
-                    effect_id,
-                    {
-                        "finished_at": now_iso(),
-                        "cancel_reason": "user",
-                        "cancel_message": reason,
-                        "output_bytes": 0,
-                        "output_truncated": False,
-                    },
-                )
-            )
+            event = terminal_event("cancelled", row["run_id"], effect_id, now_iso(), cancel_message=reason)
+            await journal.append(event)
             return True
 
     async def guarded() -> bool:

@@ -121,7 +121,10 @@ class Engine:
                 log.exception("reading control requests failed")
                 continue
             for request in requests:
-                await self._answer(request)
+                try:
+                    await self._answer(request)
+                except Exception:  # one bad request must not stop the server
+                    log.exception("answering control request %s failed", request.get("id"))
 
     async def _answer(self, request: dict[str, object]) -> None:
         request_id = int(str(request["id"]))

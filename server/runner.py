@@ -165,21 +165,27 @@ def live_members(pgid: int) -> list[int]:
     return members
 
 
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Pids of live processes whose environment holds NAME=VALUE (how effect processes are found after a crash)."""
-    needle = f"{name}={value}".encode() + b"\0"
-    found = []
+def effect_processes(effect_ids: set[str]) -> dict[str, list[int]]:
+    """Live processes whose environment names one of `effect_ids` (EFFECTD_EFFECT_ID=...), by effect:
+    how what an effect left behind is found after a crash, whatever its pid or process group.
+    One pass over /proc for all of them."""
+    found: dict[str, list[int]] = {}
+    if not effect_ids:
+        return found
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes() + b"\0"
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue
-        if (b"\0" + needle) in (b"\0" + environ):
-            fields = _stat_fields(entry)
-            if fields and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry))
+        for variable in environ.split(b"\0"):
+            if variable.startswith(b"EFFECTD_EFFECT_ID="):
+                effect_id = variable.partition(b"=")[2].decode(errors="replace")
+                fields = _stat_fields(entry)
+                if effect_id in effect_ids and fields and fields[0] not in (b"Z", b"X"):
+                    found.setdefault(effect_id, []).append(int(entry))
+                break
     return found
 
 

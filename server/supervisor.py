@@ -15,10 +15,11 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from anyio.abc import TaskGroup
 
 from server.errors import InvalidRequestError, UnknownEffectError
 from server.harness import Parser, make_parser
-from server.journal import TERMINAL_EVENTS, Event, Journal
+from server.journal import TERMINAL_EVENTS, Event, Journal, terminal_event
 from server.models import (
     TERMINAL,
     TRANSITIONS,
@@ -46,8 +47,8 @@ from server.runner import (
     ProcessHandle,
     Runner,
     SpawnError,
+    effect_processes,
     process_start_time,
-    processes_with_env,
 )
 
 log = logging.getLogger("effectd")
@@ -136,6 +137,13 @@ class Effect:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def grace_s(self) -> float:
+        """SIGTERM to SIGKILL for this effect: the cancel's own grace if it gave one, else the spec's."""
+        if self.cancel is not None and self.cancel.grace_s is not None:
+            return self.cancel.grace_s
+        return self.spec.grace_s
 
     def record(self) -> EffectRecord:
         stalled = False
@@ -238,7 +246,6 @@ class Supervisor:
         # synchronously, so they must only record the change and wake their own tasks.
         self.on_change: list[Callable[[Effect], None]] = []
         self.version = 0
-        self.any_change = anyio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -264,9 +271,8 @@ class Supervisor:
             if effect.terminal:
                 continue
             if effect.status == "running" or not self.keep_queued:
-                grace = effect.spec.grace_s
-                graces.append(grace)
-                self.request_cancel(effect, "shutdown", None, grace)
+                self.request_cancel(effect, "shutdown")
+                graces.append(effect.grace_s)  # an earlier cancel's own grace, if one is under way
             elif effect.waiting is not None:
                 effect.waiting.cancel()  # left pending or queued in the journal: the next start runs it
         with anyio.move_on_after(max(graces) + 1.5):
@@ -406,8 +412,6 @@ class Supervisor:
 
     def _changed(self, effect: Effect) -> None:
         self.version += 1
-        self.any_change.set()
-        self.any_change = anyio.Event()
         for observer in self.on_change:
             try:
                 observer(effect)
@@ -452,15 +456,22 @@ class Supervisor:
     # --- cancellation ----------------------------------------------------------------------------
 
     def request_cancel(
-        self, effect: Effect, reason: str, message: str | None = None, grace_s: float | None = None
+        self,
+        effect: Effect,
+        reason: str,
+        message: str | None = None,
+        grace_s: float | None = None,
+        *,
+        skip: str | None = None,
     ) -> bool:
         """Asks the effect's task to stop it; returns False when it is already terminal or being cancelled.
+        With `skip`, an effect that has not started ends `skipped` with that error instead.
 
         Synchronous, so it can run while a cancelled caller unwinds.
         """
         if effect.terminal or effect.cancel is not None:
             return False
-        effect.cancel = CancelRequest(reason, message, grace_s)
+        effect.cancel = CancelRequest(reason, message, grace_s, skip)
         effect.cancel_event.set()
         if effect.waiting is not None:
             effect.waiting.cancel()
@@ -477,21 +488,37 @@ class Supervisor:
         """Cancels the effect and returns once it is terminal (its process group gone), or after
         `within_s` with the kill still under way (a grace longer than a tool call may last)."""
         self.request_cancel(effect, reason, message, grace_s)
-        grace = effect.cancel.grace_s if effect.cancel and effect.cancel.grace_s is not None else effect.spec.grace_s
-        bound = grace + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5
+        bound = effect.grace_s + _GROUP_GONE_BOUND_S + _DRAIN_AFTER_EXIT_S + 5
         with anyio.move_on_after(bound if within_s is None else min(bound, within_s)):
             await effect.done.wait()
         return effect
 
+    async def cancel_many(
+        self, effects: Sequence[Effect], reason: str, message: str | None, within_s: float | None = None
+    ) -> list[Effect]:
+        """Cancels every effect of `effects` not yet finished, all at once; returns those it asked to stop."""
+        targets = [e for e in effects if self.request_cancel(e, reason, message)]
+        async with anyio.create_task_group() as tg:
+            for effect in targets:
+                tg.start_soon(partial(self.cancel, effect, reason, message, within_s=within_s))
+        return targets
+
     def request_skip(self, effect: Effect, why: str, reason: str) -> bool:
         """Ends an effect as `skipped` (error `why`) if it has not started, else cancels it with `reason`."""
-        if effect.terminal or effect.cancel is not None:
-            return False
-        effect.cancel = CancelRequest(reason, None, None, skip=why)
-        effect.cancel_event.set()
-        if effect.waiting is not None:
-            effect.waiting.cancel()
-        return True
+        return self.request_cancel(effect, reason, skip=why)
+
+    @contextmanager
+    def _interruptible(self, effect: Effect) -> Iterator[anyio.CancelScope]:
+        """A scope for an effect's waits (dependencies, slots, backoff) that a cancel request or a
+        shutdown ends, including one that came before the wait began."""
+        with anyio.CancelScope() as scope:
+            effect.waiting = scope
+            if effect.cancel is not None or self._closing:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                effect.waiting = None
 
     # --- waiting ---------------------------------------------------------------------------------
 
@@ -554,9 +581,8 @@ class Supervisor:
             effect.notify()
         while not await self._attempt(effect):
             if effect.spec.retry_backoff_s > 0:
-                with anyio.CancelScope() as effect.waiting:
+                with self._interruptible(effect):
                     await anyio.sleep(effect.spec.retry_backoff_s * 2 ** (effect.attempt - 1))
-                effect.waiting = None
                 if effect.cancel is not None:
                     return await self._finish_cancelled_waiting(effect)
 
@@ -570,11 +596,18 @@ class Supervisor:
         def blocked() -> Effect | None:
             return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
 
-        with anyio.CancelScope() as effect.waiting:
-            # Any dependency that fails ends the wait at once, even while others still run.
-            while blocked() is None and not all(d.terminal for d in dependencies):
-                await self._completed.wait()
-        effect.waiting = None
+        async def until_done(dependency: Effect, scope: anyio.CancelScope) -> None:
+            await dependency.done.wait()
+            if dependency.status != "succeeded":
+                scope.cancel()  # any dependency that fails ends the wait at once, even while others run
+
+        with self._interruptible(effect):
+            async with anyio.create_task_group() as tg:
+                for dependency in dependencies:
+                    if not dependency.terminal:
+                        tg.start_soon(until_done, dependency, tg.cancel_scope)
+                if blocked() is not None:
+                    tg.cancel_scope.cancel()
         return blocked()
 
     def _limiters(self, effect: Effect) -> list[anyio.CapacityLimiter]:
@@ -599,11 +632,10 @@ class Supervisor:
         """
         held: list[anyio.CapacityLimiter] = []
         try:
-            with anyio.CancelScope() as effect.waiting:
+            with self._interruptible(effect):
                 for limiter in self._limiters(effect):
                     await limiter.acquire_on_behalf_of(effect)
                     held.append(limiter)
-            effect.waiting = None
             if self._closing and effect.cancel is None:
                 if self.keep_queued:
                     return True
@@ -706,6 +738,10 @@ class Supervisor:
         async def on_cancel() -> None:
             await effect.cancel_event.wait()
             stop.set()
+            cancel = effect.cancel
+            if cancel is not None and exited is None:  # journaled, so a crash during the grace keeps the why
+                data = {"reason": cancel.reason, "message": cancel.message, "grace_s": effect.grace_s}
+                await self.journal.append(Event("EFFECT_CANCEL_REQUESTED", effect.run_id, effect.effect_id, data))
 
         async def on_timeout(seconds: float) -> None:
             await anyio.sleep(seconds)
@@ -738,14 +774,11 @@ class Supervisor:
             cancelled = False
             status = exited
             if status is None:
-                grace = effect.spec.grace_s
-                if effect.cancel is not None and effect.cancel.grace_s is not None:
-                    grace = effect.cancel.grace_s
-                status = await self._terminate(handle, grace)
+                status = await self._terminate(handle, effect.grace_s)
                 cancelled = effect.cancel is not None
-            # Leftovers of the group (a daemonised grandchild) do not outlive the effect.
-            if not await handle.wait_group_gone(0):
-                await self._terminate_group(handle, effect.spec.grace_s)
+            elif not await handle.wait_group_gone(0):
+                # Leftovers of the group (a daemonised grandchild) do not outlive the effect.
+                await self._terminate(handle, effect.grace_s)
             with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
                 await output_done.wait()
             tg.cancel_scope.cancel()
@@ -753,22 +786,16 @@ class Supervisor:
         return outcome
 
     async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
-        """SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status."""
+        """SIGTERM to the whole group, SIGKILL to what is left of it after `grace`; returns the leader's
+        exit status. The grace is for the group, not only the leader: a grandchild that ignores
+        SIGTERM is killed when the grace ends, not a second grace later."""
         handle.signal_group(signal.SIGTERM)
-        with anyio.move_on_after(grace):
-            return await handle.wait()
-        handle.signal_group(signal.SIGKILL)
+        if not await handle.wait_group_gone(grace):
+            handle.signal_group(signal.SIGKILL)
+            await handle.wait_group_gone(_GROUP_GONE_BOUND_S)
         with anyio.move_on_after(_GROUP_GONE_BOUND_S):
             return await handle.wait()
         return ExitStatus(None, signal.SIGKILL)
-
-    async def _terminate_group(self, handle: ProcessHandle, grace: float) -> bool:
-        """SIGTERM to what is left of the group, SIGKILL after `grace`; True once it is gone."""
-        handle.signal_group(signal.SIGTERM)
-        if await handle.wait_group_gone(grace):
-            return True
-        handle.signal_group(signal.SIGKILL)
-        return await handle.wait_group_gone(_GROUP_GONE_BOUND_S)
 
     async def _reap(self, effect: Effect, handle: ProcessHandle) -> None:
         """Makes sure nothing of the effect's process group is left, whatever happened above."""
@@ -870,29 +897,25 @@ class Supervisor:
     async def _finish(self, effect: Effect, outcome: Outcome) -> None:
         if effect.terminal:
             return
-        data: dict[str, Any] = {
-            "finished_at": now_iso(),
-            "exit_code": outcome.exit_code,
-            "signal": outcome.signal,
-            "error": outcome.error,
-            "result": outcome.result,
-            "output_bytes": effect.output.size,
-            "output_truncated": effect.output.truncated,
-            "attempt": effect.attempt,
-        }
-        if effect.progress is not None:
-            data["progress"] = effect.progress
-        kind = {
-            "succeeded": "EFFECT_RESOLVED",
-            "failed": "EFFECT_FAILED",
-            "cancelled": "EFFECT_CANCELLED",
-            "skipped": "EFFECT_SKIPPED",
-        }
-        if outcome.status == "cancelled":
-            cancel = outcome.cancel or CancelRequest("user", None, None)
-            data.update(cancel_reason=cancel.reason, cancel_message=cancel.message)
+        cancel = outcome.cancel or CancelRequest("user", None, None)
+        event = terminal_event(
+            outcome.status,
+            effect.run_id,
+            effect.effect_id,
+            now_iso(),
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            error=outcome.error,
+            result=outcome.result,
+            output_bytes=effect.output.size,
+            output_truncated=effect.output.truncated,
+            attempt=effect.attempt,
+            cancel_reason=cancel.reason,
+            cancel_message=cancel.message,
+            progress=effect.progress,
+        )
         with anyio.CancelScope(shield=True):
-            stamped = await self.journal.append(Event(kind[outcome.status], effect.run_id, effect.effect_id, data))
+            stamped = await self.journal.append(event)
         self._apply_terminal(effect, stamped[0])
 
     def _apply_terminal(self, effect: Effect, event: Event) -> None:
@@ -935,8 +958,9 @@ class Supervisor:
         """Ends effects the last server left running (`interrupted`) and schedules pending and queued ones."""
         rows = await self.journal.active_effects()
         interrupted = [row for row in rows if row["status"] == "running"]
+        left = await anyio.to_thread.run_sync(effect_processes, {row["effect_id"] for row in interrupted})
         for row in interrupted:
-            pids = set(processes_with_env("EFFECTD_EFFECT_ID", row["effect_id"]))
+            pids = set(left.get(row["effect_id"], ()))
             if row["pid"] and row["pid_start"] and process_start_time(row["pid"]) == row["pid_start"]:
                 pids.add(row["pid"])
             for pid in pids:
@@ -946,21 +970,20 @@ class Supervisor:
         for row in interrupted:
             log_path = self._log_path(row["effect_id"])
             size = log_path.stat().st_size if log_path.exists() else 0
-            truncated = size >= self.output_limit_bytes
+            # A cancel asked for before the crash stands; anything else running was interrupted.
+            cancelled = row["cancel_reason"] is not None
             events.append(
-                Event(
-                    "EFFECT_FAILED",
+                terminal_event(
+                    "cancelled" if cancelled else "failed",
                     row["run_id"],
                     row["effect_id"],
-                    {
-                        "finished_at": now_iso(),
-                        "exit_code": None,
-                        "signal": None,
-                        "error": "interrupted",
-                        "result": None,
-                        "output_bytes": size,
-                        "output_truncated": truncated,
-                    },
+                    now_iso(),
+                    error=None if cancelled else "interrupted",
+                    output_bytes=size,
+                    output_truncated=size >= self.output_limit_bytes,
+                    attempt=row["attempt"],
+                    cancel_reason=row["cancel_reason"],
+                    cancel_message=row["cancel_message"],
                 )
             )
         if events:
@@ -981,5 +1004,3 @@ class Supervisor:
     def live_effects(self) -> list[Effect]:
         return [e for e in self._effects.values() if not e.terminal]
 
-    def all_loaded(self) -> list[Effect]:
-        return list(self._effects.values())

@@ -175,3 +175,46 @@ async def test_the_cancel_command_without_a_live_server_cancels_a_waiting_effect
         done = await anyio.run_process([effectd_bin(), "cancel", queued["effect_id"], "--db", str(db)], check=False)
     assert done.returncode == 2
     assert rows(db, "select status from effects where effect_id = ?", queued["effect_id"]) == [{"status": "cancelled"}]
+
+
+async def test_stdin_closing_under_a_foreground_call_ends_its_effect_as_shutdown_not_client_cancelled(tmp_path):
+    import json
+
+    db = tmp_path / "j.db"
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "dispatch_effect", "arguments": {"command": py(PARENT), "wait_s": 50}},
+        },
+    ]
+    async with await anyio.open_process(
+        [effectd_bin(), "serve", "--db", str(db), ANY], stdin=-1, stdout=-1, stderr=-1
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None
+        await server.stdin.send("".join(json.dumps(m) + "\n" for m in messages).encode())
+        with anyio.fail_after(20):
+            # Another process's database has no event to wait on: poll it, within the bound.
+            while not (db.exists() and rows(db, "select 1 from effects where status = 'running'")):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        await server.stdin.aclose()
+        with anyio.fail_after(10):
+            answers = (await server.stdout.receive(1 << 20)).decode()
+            while '"id":2' not in answers.replace(" ", ""):
+                answers += (await server.stdout.receive(1 << 20)).decode()
+            await server.wait()
+    final = rows(db, "select status, cancel_reason from effects")[0]
+    assert final == {"status": "cancelled", "cancel_reason": "shutdown"}
+    assert '"shutdown"' in answers, "the call in flight did not answer with its record"

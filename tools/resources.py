@@ -18,6 +18,7 @@ output arrived or the effect ended. The supervisor observer is attached only whi
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import weakref
@@ -36,6 +37,8 @@ from server.engine import Engine
 from server.errors import UnknownEffectError
 from server.supervisor import Effect
 from tools._base import engine_of
+
+log = logging.getLogger("effectd")
 
 RECORD_URI = "effectd://effects/{effect_id}"
 OUTPUT_URI = "effectd://effects/{effect_id}/output"
@@ -189,10 +192,13 @@ class ResourceFeed:
                 started = time.monotonic()
                 batch, self._changed = self._changed, {}
                 for uri in self._uris(batch.values()):
-                    await self.bus.publish(ResourceUpdated(uri=uri))
-                    for connection, uris in list(self._legacy.items()):
-                        if uri in uris:
-                            await connection.send_resource_updated(uri)
+                    try:
+                        await self.bus.publish(ResourceUpdated(uri=uri))
+                        for connection, uris in list(self._legacy.items()):
+                            if uri in uris:
+                                await connection.send_resource_updated(uri)
+                    except Exception:  # a subscriber that went away must not stop the server
+                        log.exception("resource update for %s could not be sent", uri)
                 await anyio.sleep(max(0.0, started + 1 / UPDATES_PER_S - time.monotonic()))
         finally:
             self._pumping = False

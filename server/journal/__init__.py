@@ -1,6 +1,22 @@
 """The SQLite journal: append-only events, a projection kept in step with them, and replay."""
 
-from server.journal.projection import EVENT_TYPES, TERMINAL_EVENTS, Event, fold_effect, fold_flow
+from server.journal.projection import (
+    EVENT_TYPES,
+    TERMINAL_EVENTS,
+    Event,
+    fold_effect,
+    fold_flow,
+    terminal_event,
+)
 from server.journal.store import Journal, replay_projection
 
-__all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Event", "Journal", "fold_effect", "fold_flow", "replay_projection"]
+__all__ = [
+    "EVENT_TYPES",
+    "TERMINAL_EVENTS",
+    "Event",
+    "Journal",
+    "fold_effect",
+    "fold_flow",
+    "replay_projection",
+    "terminal_event",
+]

@@ -50,6 +50,45 @@ class Event:
     seq: int = 0
 
 
+TERMINAL_EVENT_OF = {status: event for event, status in TERMINAL_EVENTS.items()}
+
+
+def terminal_event(
+    status: str,
+    run_id: str,
+    effect_id: str,
+    finished_at: str,
+    *,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    error: str | None = None,
+    result: Any = None,
+    output_bytes: int = 0,
+    output_truncated: bool = False,
+    attempt: int | None = None,
+    cancel_reason: str | None = None,
+    cancel_message: str | None = None,
+    progress: dict[str, Any] | None = None,
+) -> Event:
+    """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
+    data: dict[str, Any] = {
+        "finished_at": finished_at,
+        "exit_code": exit_code,
+        "signal": signal,
+        "error": error,
+        "result": result,
+        "output_bytes": output_bytes,
+        "output_truncated": output_truncated,
+    }
+    if attempt is not None:
+        data["attempt"] = attempt
+    if status == "cancelled":
+        data.update(cancel_reason=cancel_reason or "user", cancel_message=cancel_message)
+    if progress is not None:
+        data["progress"] = progress
+    return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -106,6 +145,9 @@ def fold_effect(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | No
             signal=None,
             error=None,
         )
+    elif event.type == "EFFECT_CANCEL_REQUESTED":
+        # Kept on the running row, so a server that dies during the grace still knows who asked.
+        row.update(cancel_reason=data.get("reason"), cancel_message=data.get("message"))
     elif event.type == "EFFECT_PROGRESS":
         if "progress" in data:
             row["progress"] = _dumps(data["progress"])

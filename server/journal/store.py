@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,11 @@ from server.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_
 from server.models import now_iso
 
 _INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
+# An upsert on the primary key only: a clash on another unique index (a reused idempotency key) fails
+# loudly instead of silently deleting the other effect's row, as INSERT OR REPLACE would.
 _UPSERT_EFFECT = (
-    f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * len(EFFECT_COLUMNS))})"
+    f"INSERT INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * len(EFFECT_COLUMNS))}) "
+    f"ON CONFLICT (effect_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in EFFECT_COLUMNS[1:])}"
 )
 _UPSERT_FLOW = f"INSERT OR REPLACE INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
 _BATCH_LIMIT = 2000
@@ -126,15 +129,18 @@ class Journal:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 error: BaseException | None = None
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._write([event for pending in batch for event in pending.events])
-                    except Exception as exc:  # reported to every caller of the batch
-                        error = exc
-                        await self._db.rollback()
-                for pending in batch:
-                    pending.error = error
-                    pending.done.set()
+                try:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await self._write([event for pending in batch for event in pending.events])
+                        except Exception as exc:  # reported to every caller of the batch
+                            error = exc
+                            with suppress(Exception):
+                                await self._db.rollback()
+                finally:
+                    for pending in batch:  # nobody waits forever on a batch, whatever happened to it
+                        pending.error = error
+                        pending.done.set()
 
     async def _write(self, events: list[Event]) -> None:
         effects: dict[str, dict[str, Any]] = {}
@@ -144,7 +150,9 @@ class Journal:
             if event.type == "RUN_CREATED" and event.run_id:
                 runs.append((event.run_id, event.data["created_at"]))
             elif event.effect_id:
-                row = effects.get(event.effect_id) or await self._effect_row(event.effect_id)
+                row = effects.get(event.effect_id)
+                if row is None and event.type != "EFFECT_REQUESTED":  # a new effect has no row to read
+                    row = await self._effect_row(event.effect_id)
                 folded = fold_effect(row, event)
                 if folded is not None:
                     effects[event.effect_id] = folded
@@ -262,10 +270,11 @@ class Journal:
         return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
 
     async def answer_request(self, request_id: int, answer: str) -> None:
-        await self._db.execute(
+        # On the second connection: the writer's connection may be inside a batch's transaction.
+        await self._read.execute(
             "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
         )
-        await self._db.commit()
+        await self._read.commit()
 
 
 async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
