@@ -53,21 +53,35 @@ class Settings:
         return replace(self, db=db)
 
 
-def command_allowed(argv0: str, allowed: Sequence[str]) -> bool:
-    """True when `argv0` is one of the allowed programs, by name or by the file it resolves to."""
-    if argv0 in allowed:
-        return True
-    resolved = shutil.which(argv0)
+def resolve_program(argv0: str, path: str | None = None, cwd: str | None = None) -> str | None:
+    """The file exec would run for `argv0`: a path (relative to `cwd`), or a name looked up in `path`
+    (default: the server's PATH). None when there is no such executable file."""
+    if "/" in argv0:
+        candidate = os.path.join(cwd or os.getcwd(), argv0)
+        return os.path.abspath(candidate) if os.access(candidate, os.X_OK) and not os.path.isdir(candidate) else None
+    found = shutil.which(argv0, path=path)
+    return os.path.abspath(found) if found else None
+
+
+def allowed_program(
+    argv0: str, allowed: Sequence[str], *, path: str | None = None, cwd: str | None = None
+) -> str | None:
+    """What to run for `argv0` if it is one of the allowed programs, else None.
+
+    The program is resolved the way the effect's own exec would resolve it (its PATH and cwd) and
+    compared, as a file, with what the allowed names resolve to for the server: an effect cannot
+    reach another `make` by bringing its own PATH. A listed name that resolves to nothing is let
+    through as it is (its spawn then fails, and the effect with it).
+    """
+    resolved = resolve_program(argv0, path, cwd)
     if resolved is None:
-        return False
+        return argv0 if argv0 in allowed else None
     real = os.path.realpath(resolved)
     for program in allowed:
-        target = shutil.which(program)
-        if target is not None and (
-            os.path.abspath(target) == os.path.abspath(resolved) or os.path.realpath(target) == real
-        ):
-            return True
-    return False
+        target = resolve_program(program)
+        if target is not None and (target == resolved or os.path.realpath(target) == real):
+            return resolved
+    return None
 
 
 def _number(table: Mapping[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:

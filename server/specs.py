@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.config import MAX_ARGV_BYTES, Settings, command_allowed
+from server.config import MAX_ARGV_BYTES, Settings, allowed_program
 from server.errors import InvalidRequestError, NotAllowedError
 from server.models import EffectSpec
 
@@ -83,14 +83,20 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         if not command:
             raise InvalidRequestError("`command` is empty: give the program and its arguments, e.g. ['make', 'test']")
         check_argv(command, "command")
-        if not settings.allow_any_command and not command_allowed(command[0], settings.allow_commands):
-            raise NotAllowedError(
-                f"command {command[0]!r} is not allowed on this server. Allow it with `--allow-command "
-                f"{command[0]}` (repeatable) or `--allow-any-command` on `effectd serve`, or list it under "
-                "[commands] allow in effectd.toml. Harness profiles run without this."
-            )
-        fields.update(kind="command", command=list(command))
         env = check_env(request.get("env") or {})
+        command = list(command)
+        if not settings.allow_any_command:
+            program = allowed_program(
+                command[0], settings.allow_commands, path=env.get("PATH"), cwd=check_cwd(request.get("cwd"))
+            )
+            if program is None:
+                raise NotAllowedError(
+                    f"command {command[0]!r} is not allowed on this server. Allow it with `--allow-command "
+                    f"{command[0]}` (repeatable) or `--allow-any-command` on `effectd serve`, or list it under "
+                    "[commands] allow in effectd.toml. Harness profiles run without this."
+                )
+            command[0] = program  # run exactly the file that was checked
+        fields.update(kind="command", command=command)
     else:
         profile = settings.harnesses.get(str(harness))
         if profile is None:

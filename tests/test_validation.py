@@ -102,3 +102,17 @@ async def test_other_tools_refuse_bad_arguments_clearly(settings, tool, argument
         message = await call_error(client, tool, **arguments)
     assert says.lower() in message.lower(), message
     assert event_count(settings.db) == 0
+
+
+async def test_an_effect_cannot_reach_another_program_of_an_allowed_name_through_its_own_path(settings, tmp_path):
+    impostor = tmp_path / "bin" / "echo"
+    impostor.parent.mkdir()
+    impostor.write_text("#!/bin/sh\necho impostor\n")
+    impostor.chmod(0o755)
+    async with connected(settings, allow_any_command=False, allow_commands=("echo",)) as (_, client):
+        message = await call_error(
+            client, "dispatch_effect", command=["echo", "hi"], env={"PATH": str(impostor.parent)}
+        )
+        record = await call(client, "dispatch_effect", command=["echo", "hi"])
+    assert "not allowed" in message
+    assert record["output_tail"] == "hi\n" and record["command"][0].endswith("/echo")
