@@ -482,13 +482,6 @@ class FlowManager:
                 raise InvalidRequestError(
                     f"flow id {the_flow_id!r} already names a group of effects; give the flow a new `flow_id`"
                 )
-            for key, step_id in keys.items():
-                row = await self.journal.by_key(the_run_id, key)
-                if row is not None:
-                    raise ConflictError(
-                        f"step {step_id!r}: key {key!r} already names effect {row['effect_id']} of run "
-                        f"{the_run_id!r}; the steps of a new flow need keys not used before in the run"
-                    )
             started_at = now_iso()
             flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs)
             requested = Event(

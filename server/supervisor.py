@@ -16,7 +16,7 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from server.errors import InvalidRequestError, UnknownEffectError
+from server.errors import ConflictError, InvalidRequestError, UnknownEffectError
 from server.harness import Parser, make_parser
 from server.journal import TERMINAL_EVENTS, Event, Journal, terminal_event
 from server.models import (
@@ -342,22 +342,33 @@ class Supervisor:
         _check_run_id(run_id)
         if spec.key is None:
             return await self._dispatch(spec, run_id), True
-        lock = self._key_locks.setdefault((run_id, spec.key), anyio.Lock())
+        async with self._holding_keys(run_id, [spec.key]):
+            row = await self.journal.by_key(run_id, spec.key)
+            if row is not None:
+                existing = await self.get(row["effect_id"])
+                if existing.spec.identity() != spec.identity():
+                    raise ConflictError(
+                        f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with "
+                        "other arguments; use a new key, or the same arguments to get that effect back"
+                    )
+                return existing, False
+            return await self._dispatch(spec, run_id), True
+
+    @asynccontextmanager
+    async def _holding_keys(self, run_id: str, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Holds the idempotency keys of a run (in one order, so two holders cannot deadlock) while a
+        dispatch checks and journals them: a key names at most one effect."""
+        names = sorted(set(keys))
+        locks = [self._key_locks.setdefault((run_id, key), anyio.Lock()) for key in names]
         try:
-            async with lock:
-                row = await self.journal.by_key(run_id, spec.key)
-                if row is not None:
-                    existing = await self.get(row["effect_id"])
-                    if existing.spec.identity() != spec.identity():
-                        raise InvalidRequestError(
-                            f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with "
-                            "other arguments; use a new key, or the same arguments to get that effect back"
-                        )
-                    return existing, False
-                return await self._dispatch(spec, run_id), True
+            async with AsyncExitStack() as stack:
+                for lock in locks:
+                    await stack.enter_async_context(lock)
+                yield
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._key_locks.pop((run_id, spec.key), None)
+            for key, lock in zip(names, locks, strict=True):
+                if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                    self._key_locks.pop((run_id, key), None)
 
     async def _append_claiming_run(self, run_id: str, events: list[Event]) -> list[Event]:
         """Appends events; a RUN_CREATED among them that fails to commit is unclaimed again."""
@@ -389,11 +400,22 @@ class Supervisor:
         self._refuse_when_closing()
         run_id = run_id or self.default_run_id
         _check_run_id(run_id)
-        effects = [self._new_effect(spec, run_id, effect_id) for effect_id, spec in specs]
-        events = await self._run_events(run_id)
-        events.extend(extra)
-        events.extend(self._requested(e) for e in effects)
-        await self._append_claiming_run(run_id, events)
+        keyed = [spec for _, spec in specs if spec.key is not None]
+        async with self._holding_keys(run_id, [spec.key for spec in keyed if spec.key is not None]):
+            for spec in keyed:
+                assert spec.key is not None
+                row = await self.journal.by_key(run_id, spec.key)
+                if row is not None:
+                    step = f"step {spec.step_id!r}: " if spec.step_id else ""
+                    raise ConflictError(
+                        f"{step}key {spec.key!r} already names effect {row['effect_id']} of run {run_id!r}; "
+                        "give every new effect a key not used before in the run"
+                    )
+            effects = [self._new_effect(spec, run_id, effect_id) for effect_id, spec in specs]
+            events = await self._run_events(run_id)
+            events.extend(extra)
+            events.extend(self._requested(e) for e in effects)
+            await self._append_claiming_run(run_id, events)
         for effect in effects:
             self._apply_group_limit(effect.spec)
             self._effects[effect.effect_id] = effect

@@ -614,3 +614,26 @@ async def test_the_flow_benchmark_prints_both_wall_times_and_their_ratio(tmp_pat
     assert re.search(r"as one flow:\s+[\d.]+ s wall", out), out
     assert re.search(r"one step at a time:\s+[\d.]+ s wall", out), out
     assert re.search(r"ratio one-at-a-time / flow:\s+[\d.]+x", out), out
+
+
+async def test_a_flow_step_and_a_dispatch_racing_for_one_key_never_both_get_it(client):
+    async def dispatch() -> object:
+        return await client.call_tool(
+            "dispatch_effect", {"command": py("pass"), "run_id": "race", "key": "K", "background": True}
+        )
+
+    async def flow() -> object:
+        step = {"id": "a", "command": py("pass"), "key": "K"}
+        return await client.call_tool("dispatch_flow", {"steps": [step], "run_id": "race", "background": True})
+
+    outcomes: dict[str, Any] = {}
+
+    async def run(name: str, fn: Any) -> None:
+        outcomes[name] = await fn()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "dispatch", dispatch)
+        tg.start_soon(run, "flow", flow)
+    assert sum(not o.is_error for o in outcomes.values()) == 1, {k: o.content for k, o in outcomes.items()}
+    listed = await call(client, "list_effects", run_id="race")
+    assert len(listed["effects"]) == 1
