@@ -53,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.engine import Engine
 from server.errors import ConfigError, EffectdError, UnknownEffectError
-from server.models import STATUSES, EffectRecord, now_iso
+from server.models import CANCEL_WAIT_S, STATUSES, EffectRecord, now_iso
 from server.supervisor import Effect
 
 log = logging.getLogger("effectd")
@@ -509,10 +509,8 @@ class HttpSurface:
         wait_s = _float_param(request, "wait_s", 0.0, 0.0, 55.0)
         effect = await self.engine.supervisor.get(request.path_params["effect_id"])
         if wait_s > 0 and cursor >= effect.output.size and not effect.terminal:
-            with anyio.move_on_after(wait_s):
-                await self._first(lambda: effect.output.wait_beyond(cursor, wait_s))
-        data, after = effect.output.read(cursor, max_bytes)
-        eof = effect.terminal and after >= effect.output.size
+            await self._first(lambda: effect.output.wait_beyond(cursor, wait_s))  # ends early on shutdown
+        data, after, eof = await effect.read_output(cursor, max_bytes)
         return JSONResponse(
             {"effect_id": effect.effect_id, "data": data, "cursor": after, "eof": eof, "status": effect.status}
         )
@@ -524,7 +522,7 @@ class HttpSurface:
         supervisor = self.engine.supervisor
         effect = await supervisor.get(request.path_params["effect_id"])
         with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
-            await supervisor.cancel(effect, "user", CANCEL_MESSAGE)
+            await supervisor.cancel(effect, "user", CANCEL_MESSAGE, within_s=CANCEL_WAIT_S)
         return JSONResponse({**effect.record().model_dump(mode="json"), "cost_usd": cost_of(effect.record())})
 
     async def cancel_group(self, request: Request) -> Response:
@@ -543,14 +541,8 @@ class HttpSurface:
 
     async def _cancel_all(self, effects: list[Effect]) -> Response:
         effects = list({e.effect_id: e for e in effects}.values())
-        targets = [e for e in effects if not e.terminal]
-        supervisor = self.engine.supervisor
-        for effect in targets:
-            supervisor.request_cancel(effect, "user", CANCEL_MESSAGE)
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                for effect in targets:
-                    tg.start_soon(supervisor.cancel, effect, "user", CANCEL_MESSAGE)
+        with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
+            targets = await self.engine.supervisor.cancel_many(effects, "user", CANCEL_MESSAGE, within_s=CANCEL_WAIT_S)
         return JSONResponse(
             {"cancelled": [e.effect_id for e in targets], "effects": [row_of(e.record()) for e in effects]}
         )

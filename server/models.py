@@ -33,6 +33,9 @@ TAIL_BYTES = 4096
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_GRACE_S = 600.0
 MAX_WAIT_S = 55.0
+# A cancel waits this long for the process group to go; past it (a long grace_s) the record comes
+# back still `running` with the kill under way, so a call stays within a client's 60 s timeout.
+CANCEL_WAIT_S = 50.0
 
 # Argument types shared by every tool and by flow steps, so a limit is written once.
 Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]*$", description="no NUL")]

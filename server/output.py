@@ -50,6 +50,38 @@ def _skip_continuations(data: bytes) -> bytes:
     return data[start:]
 
 
+class LineSplitter:
+    """Complete lines out of a byte stream, in time linear in its length (a long line arriving in many
+    chunks is joined once). A line longer than `limit` is dropped whole: it stays in the output file,
+    only its parsing is given up."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._overflow = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not self._overflow:
+                lines.append(b"".join([*self._parts, chunk[start:end]]))
+            self._parts, self._size, self._overflow = [], 0, False
+            start = end + 1
+        if start < len(chunk) and not self._overflow:
+            self._size += len(chunk) - start
+            if self._size > self._limit:
+                self._parts, self._overflow = [], True
+            else:
+                self._parts.append(chunk[start:])
+        return lines
+
+    def rest(self) -> bytes:
+        """What came after the last newline (the unterminated last line)."""
+        return b"" if self._overflow else b"".join(self._parts)
+
+
 class OutputLog:
     """The combined stdout and stderr of one effect: written by the supervisor, read by any number of readers."""
 

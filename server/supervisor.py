@@ -39,7 +39,7 @@ from server.models import (
     now_iso,
     seconds_between,
 )
-from server.output import OutputLog
+from server.output import LineSplitter, OutputLog
 from server.runner import (
     ExitStatus,
     Launch,
@@ -185,6 +185,14 @@ class Effect:
             step_id=self.spec.step_id,
         )
 
+    async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:
+        """Output from byte `cursor` (waiting up to `wait_s` for some while the effect may still print):
+        the text, the cursor after it, and whether that was the end of a finished effect's output."""
+        if wait_s > 0 and cursor >= self.output.size and not self.terminal:
+            await self.output.wait_beyond(cursor, wait_s)
+        data, after = self.output.read(cursor, max_bytes)
+        return data, after, self.terminal and after >= self.output.size
+
     def _set_status(self, status: str) -> None:
         if status != self.status and status not in TRANSITIONS[self.status]:
             raise RuntimeError(f"effect {self.effect_id}: {self.status} -> {status} is not a valid transition")
@@ -299,28 +307,28 @@ class Supervisor:
 
     async def get(self, effect_id: str) -> Effect:
         """The effect with this id, from memory or the journal; UnknownEffectError names an unknown id."""
-        effect = self._effects.get(effect_id)
-        if effect is not None:
-            return effect
-        row = await self.journal.effect(effect_id)
-        if row is None:
-            raise UnknownEffectError(f"unknown effect id {effect_id!r}: no effect with this id in the journal")
-        effect = self._effects.get(effect_id)  # loaded by someone else meanwhile
-        if effect is None:
-            effect = Effect.from_row(row, OutputLog.existing(self._log_path(effect_id), self.output_limit_bytes))
-            self._effects[effect_id] = self._adopt(effect)
-            if effect.terminal:
-                self._remember_finished(effect)
-        return effect
+        return (await self.get_many([effect_id]))[0]
 
     async def get_many(self, effect_ids: Sequence[str]) -> list[Effect]:
-        missing = [i for i in effect_ids if i not in self._effects]
+        """The effects with these ids, in order; those not in memory are read from the journal together."""
+        found = {i: self._effects[i] for i in effect_ids if i in self._effects}
+        missing = [i for i in dict.fromkeys(effect_ids) if i not in found]
         if missing:
-            found = await self.journal.existing_ids(missing)
-            unknown = [i for i in missing if i not in found]
+            rows = await self.journal.effects(missing)
+            unknown = [i for i in missing if i not in rows]
+            if len(unknown) == 1 and len(effect_ids) == 1:
+                raise UnknownEffectError(f"unknown effect id {unknown[0]!r}: no effect with this id in the journal")
             if unknown:
                 raise UnknownEffectError(f"unknown effect ids: {', '.join(unknown)}")
-        return [await self.get(i) for i in effect_ids]
+            for effect_id, row in rows.items():
+                effect = self._effects.get(effect_id)  # loaded by someone else meanwhile?
+                if effect is None:
+                    log_ = OutputLog.existing(self._log_path(effect_id), self.output_limit_bytes)
+                    effect = self._effects[effect_id] = self._adopt(Effect.from_row(row, log_))
+                    if effect.terminal:
+                        self._remember_finished(effect)  # may drop older ones: `found` keeps these
+                found[effect_id] = effect
+        return [found[i] for i in effect_ids]
 
     async def records(self, rows: Iterable[dict[str, Any]]) -> list[EffectRecord]:
         """Records for projection rows, live state taking precedence over the stored row."""
@@ -518,8 +526,11 @@ class Supervisor:
     async def cancel_many(
         self, effects: Sequence[Effect], reason: str, message: str | None, within_s: float | None = None
     ) -> list[Effect]:
-        """Cancels every effect of `effects` not yet finished, all at once; returns those it asked to stop."""
-        targets = [e for e in effects if self.request_cancel(e, reason, message)]
+        """Cancels every effect of `effects` not yet finished, all at once, and waits for them (at most
+        `within_s`); returns those that were not finished."""
+        targets = [e for e in dict.fromkeys(effects) if not e.terminal]
+        for effect in targets:
+            self.request_cancel(effect, reason, message)
         async with anyio.create_task_group() as tg:
             for effect in targets:
                 tg.start_soon(partial(self.cancel, effect, reason, message, within_s=within_s))
@@ -834,7 +845,7 @@ class Supervisor:
         parser_done: anyio.Event,
         output_done: anyio.Event,
     ) -> None:
-        partial = b""
+        lines_of = LineSplitter(_MAX_LINE_BYTES)
         last_event = 0.0
         try:
             while chunk := await handle.read():
@@ -842,11 +853,8 @@ class Supervisor:
                 if parser is None:
                     effect.notify()
                     continue
-                *lines, partial = (partial + chunk).split(b"\n")
-                if len(partial) > _MAX_LINE_BYTES:
-                    partial = b""  # a line too long to parse is kept as output only
                 changed = False
-                for line in lines:
+                for line in lines_of.feed(chunk):
                     changed = parser.feed(line.decode("utf-8", "replace")) or changed
                 if changed:
                     effect.progress = parser.progress.to_json()
@@ -859,8 +867,8 @@ class Supervisor:
                 if parser.finished:
                     parser_done.set()
                 effect.notify()
-            if parser is not None and partial:
-                parser.feed(partial.decode("utf-8", "replace"))
+            if parser is not None and (rest := lines_of.rest()):
+                parser.feed(rest.decode("utf-8", "replace"))
                 effect.progress = parser.progress.to_json()
         finally:
             output_done.set()
@@ -1025,4 +1033,3 @@ class Supervisor:
 
     def live_effects(self) -> list[Effect]:
         return [e for e in self._effects.values() if not e.terminal]
-

@@ -232,3 +232,9 @@ def test_config_that_is_not_a_table_is_rejected() -> None:
 def test_every_parser_name_is_accepted_in_config() -> None:
     for parser in PARSERS:
         assert profile_from_config("p", {"command": ["a", "{prompt}"], "parser": parser}).parser == parser
+
+
+def test_a_prompt_that_starts_with_a_dash_cannot_be_read_as_an_option() -> None:
+    argv = BUILTIN_PROFILES["claude"].build_argv("--dangerously-skip-permissions do it", [])
+    assert "--dangerously-skip-permissions" not in argv
+    assert " --dangerously-skip-permissions do it" in argv

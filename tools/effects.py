@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -10,15 +9,12 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field
 
-from server.models import Duration, EffectRecord, Grace, Name, Wait
+from server.models import CANCEL_WAIT_S, Duration, EffectRecord, Grace, Name, Wait
 from server.specs import build_spec
 from server.supervisor import Effect
 from tools._base import engine_of, refusals, strict_tool
 
 _PROGRESS_EVERY_S = 0.1
-# A cancel waits this long for the process group to go; past it (a long grace_s) the record comes
-# back still `running` with the kill under way, so the call stays within a client's 60 s timeout.
-CANCEL_WAIT_S = 50.0
 
 
 class EffectList(BaseModel):
@@ -92,7 +88,26 @@ async def dispatch_effect(
     """
     engine = engine_of(ctx)
     with refusals():
-        spec = build_spec(engine.settings, locals() | {"depends_on": depends_on})
+        request = {
+            "command": command,
+            "harness": harness,
+            "prompt": prompt,
+            "args": args,
+            "group": group,
+            "label": label,
+            "key": key,
+            "depends_on": depends_on,
+            "timeout_s": timeout_s,
+            "idle_timeout_s": idle_timeout_s,
+            "grace_s": grace_s,
+            "cwd": cwd,
+            "env": env,
+            "stdin": stdin,
+            "max_attempts": max_attempts,
+            "retry_backoff_s": retry_backoff_s,
+            "group_max_concurrency": group_max_concurrency,
+        }
+        spec = build_spec(engine.settings, request)
         effect, new = await engine.supervisor.dispatch(spec, run_id)
     if not background:
         await follow_in_foreground(ctx, effect, wait_s, owned=new)
@@ -171,13 +186,8 @@ async def cancel_group(
 
             raise UnknownEffectError(f"unknown group {group!r}: no effect was ever dispatched to it")
         effects = await engine.supervisor.get_many(ids)
-    targets = [e for e in effects if not e.terminal]
-    for effect in targets:
-        engine.supervisor.request_cancel(effect, "user", reason)
-    with anyio.CancelScope(shield=True):
-        async with anyio.create_task_group() as tg:
-            for effect in targets:
-                tg.start_soon(partial(engine.supervisor.cancel, effect, "user", reason, within_s=CANCEL_WAIT_S))
+    with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
+        targets = await engine.supervisor.cancel_many(effects, "user", reason, within_s=CANCEL_WAIT_S)
     return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
 
 

@@ -77,17 +77,8 @@ async def stream_effect(
     """
     with refusals():
         effect = await engine_of(ctx).supervisor.get(effect_id)
-    output = effect.output
-    if wait_s > 0 and cursor >= output.size and not effect.terminal:
-        await output.wait_beyond(cursor, wait_s)
-    data, after = output.read(cursor, max_bytes)
-    return StreamChunk(
-        effect_id=effect.effect_id,
-        data=data,
-        cursor=after,
-        eof=effect.terminal and after >= output.size,
-        status=effect.status,
-    )
+    data, after, eof = await effect.read_output(cursor, max_bytes, wait_s)
+    return StreamChunk(effect_id=effect.effect_id, data=data, cursor=after, eof=eof, status=effect.status)
 
 
 def tools() -> list[Tool]:

@@ -65,6 +65,11 @@ class HarnessProfile:
 
     def build_argv(self, prompt: str, args: Sequence[str]) -> list[str]:
         """The argv for one run: ``{prompt}`` replaced inside elements, ``args`` at ``{args}`` (else at the end)."""
+        if prompt.startswith("-"):
+            # A prompt standing alone as an argument must not be read as one of the CLI's options
+            # (a template filled from another step's output could start with `--`): a leading space
+            # keeps it a positional argument and means nothing to the model.
+            prompt = " " + prompt
         argv: list[str] = []
         spliced = False
         for element in self.command:

@@ -218,15 +218,14 @@ class Journal:
         rows = await self.fetch("SELECT * FROM effects WHERE run_id = ? AND key = ?", (run_id, key))
         return rows[0] if rows else None
 
-    async def existing_ids(self, effect_ids: Iterable[str]) -> set[str]:
+    async def effects(self, effect_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The rows of the effects that exist among `effect_ids`, by id (a few queries for any number)."""
         ids = list(dict.fromkeys(effect_ids))
-        found: set[str] = set()
+        found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = await self.fetch(
-                f"SELECT effect_id FROM effects WHERE effect_id IN ({', '.join('?' * len(chunk))})", chunk
-            )
-            found.update(row["effect_id"] for row in rows)
+            rows = await self.fetch(f"SELECT * FROM effects WHERE effect_id IN ({', '.join('?' * len(chunk))})", chunk)
+            found.update((row["effect_id"], row) for row in rows)
         return found
 
     async def group_ids(self, group: str) -> list[str]:
