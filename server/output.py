@@ -141,10 +141,12 @@ class OutputLog:
         self._partial = rest[-_PARTIAL_LINE_LIMIT:]
         self.lines_seen += len(lines)
         for line in reversed(lines):
-            stripped = line.strip()
-            if stripped:
-                self.last_line = stripped[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")[:_LAST_LINE_CHARS]
+            if line.strip():
+                self._set_last_line(line)
                 break
+
+    def _set_last_line(self, line: bytes) -> None:
+        self.last_line = line.strip()[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")[:_LAST_LINE_CHARS]
 
     def close(self) -> None:
         """No more output will come: readers see the end."""
@@ -152,7 +154,7 @@ class OutputLog:
             os.close(self._fd)
             self._fd = None
         if self._partial.strip():
-            self.last_line = self._partial.strip()[: _LAST_LINE_CHARS * 4].decode("utf-8", "replace")
+            self._set_last_line(self._partial)
         self._partial = b""
         self.closed = True
         self._wake()
