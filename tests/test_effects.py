@@ -468,3 +468,41 @@ async def test_a_dependent_is_skipped_as_soon_as_one_dependency_fails_while_anot
     assert outcome["done"][0]["status"] == "skipped"
     assert (await call(client, "poll_effect", effect_id=slow["effect_id"]))["status"] == "running"
     await call(client, "cancel_effect", effect_id=slow["effect_id"], grace_s=0.1)
+
+
+LEADER_WITH_STUBBORN_GRANDCHILD = """
+import os, subprocess, sys, time
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+grandchild = subprocess.Popen([sys.executable, "-c", stubborn])
+time.sleep(0.3)  # let the grandchild install its handler
+print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_the_grace_of_a_cancel_covers_the_whole_group_not_only_its_leader(client):
+    record = await call(
+        client, "dispatch_effect", command=py(LEADER_WITH_STUBBORN_GRANDCHILD), background=True, grace_s=20
+    )
+    text = await read_until(client, record["effect_id"], "pids")
+    pids = [int(p) for p in text.split("pids", 1)[1].split()[:2]]
+    began = time.monotonic()
+    cancelled = await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=0.5)
+    took = time.monotonic() - began
+    assert cancelled["status"] == "cancelled"
+    assert took < 3, f"the cancel took {took:.1f} s: the grandchild got a second grace (the effect's 20 s)"
+    assert not [p for p in pids if pid_alive(p)]
+
+
+async def test_a_cancel_that_comes_before_the_effect_begins_to_wait_is_not_lost(engine):
+    from server.specs import build_spec
+
+    supervisor = engine.supervisor
+    first, _ = await supervisor.dispatch(build_spec(engine.settings, {"command": py(SLEEP, "30")}))
+    second, _ = await supervisor.dispatch(
+        build_spec(engine.settings, {"command": py("pass"), "depends_on": [first.effect_id]})
+    )
+    supervisor.request_cancel(second, "user", "at once")  # before its task has run at all
+    assert await supervisor.wait_done(second, 5)
+    assert second.status == "cancelled" and first.status in ("queued", "running")
+    await supervisor.cancel(first, grace_s=0.1)

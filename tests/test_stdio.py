@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import time
 from contextlib import suppress
+from functools import partial
 
 import anyio
 import pytest
@@ -218,3 +219,31 @@ async def test_stdin_closing_under_a_foreground_call_ends_its_effect_as_shutdown
     final = rows(db, "select status, cancel_reason from effects")[0]
     assert final == {"status": "cancelled", "cancel_reason": "shutdown"}
     assert '"shutdown"' in answers, "the call in flight did not answer with its record"
+
+
+STUBBORN = (
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(f'parent {os.getppid()} {os.getpid()} ready', flush=True); time.sleep(120)"
+)
+
+
+@pytest.mark.slow
+async def test_a_cancel_under_way_when_the_server_dies_stands_after_the_restart(tmp_path):
+    db = tmp_path / "j.db"
+    with suppress(Exception, BaseExceptionGroup):
+        async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+            record = await call(client, "dispatch_effect", command=py(STUBBORN), background=True)
+            text = await read_until(client, record["effect_id"], "ready")
+            server_pid, child = (int(p) for p in text.split()[1:3])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    partial(client.call_tool, "cancel_effect", {"effect_id": record["effect_id"], "grace_s": 30})
+                )
+                with anyio.fail_after(10):
+                    while not rows(db, "select 1 from events where type = 'EFFECT_CANCEL_REQUESTED'"):  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                os.kill(server_pid, signal.SIGKILL)
+                await wait_gone([server_pid, child])
+    async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+        final = await call(client, "poll_effect", effect_id=record["effect_id"])
+    assert (final["status"], final["cancel_reason"], final["error"]) == ("cancelled", "user", None)
