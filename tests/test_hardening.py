@@ -476,7 +476,7 @@ async def test_a_child_writing_a_gibibyte_is_capped_at_the_limit_while_another_e
     assert took < 30
     # Starved by the flood, the other stream would be read once, after it: here it is read again and again.
     assert figures["stream_reads_during_flood"] >= 2, f"the other stream stalled during the flood: {figures}"
-    assert max(delays) < 0.5, f"a line took {max(delays) * 1000:.0f} ms to stream during the flood: {figures}"
+    assert max(delays) < 1.0, f"a line took {max(delays) * 1000:.0f} ms to stream during the flood: {figures}"
     assert peak - rss_before < 200 * 1024, f"peak RSS grew by {(peak - rss_before) / 1024:.0f} MiB"
 
 
