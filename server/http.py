@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext, suppress
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -234,34 +234,32 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+N = TypeVar("N", int, float)
+
+
 class BadRequest(Exception):
     """Raised when a query parameter cannot be used; answered with 400 and the message."""
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+def _number_param(request: Request, name: str, kind: type[N], default: N, low: N, high: N) -> N:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise BadRequest(f"`{name}` must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"`{name}` must be between {low} and {high}, not {value}")
-    return value
-
-
-def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"`{name}` must be a number, not {raw!r}") from None
+        raise BadRequest(f"`{name}` must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
     if not low <= value <= high:
         raise BadRequest(f"`{name}` must be between {low:g} and {high:g}, not {value:g}")
     return value
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    return _number_param(request, name, int, default, low, high)
+
+
+def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    return _number_param(request, name, float, default, low, high)
 
 
 def _statuses(request: Request) -> list[str] | None:
