@@ -251,6 +251,11 @@ class LocalProcess(ProcessHandle):
 
     async def wait_group_gone(self, within_s: float) -> bool:
         deadline = time.monotonic() + within_s
+        if self._reap() is None and within_s > 0:
+            # The leader's exit is an event (pidfd): wait for it first; the rest of the group, which
+            # usually goes with it, is then checked by polling (no event tells of other processes).
+            with anyio.move_on_after(within_s):
+                await self.wait()
         delay = 0.002
         while True:
             self._reap()
