@@ -255,3 +255,24 @@ async def test_a_cancel_under_way_when_the_server_dies_stands_after_the_restart(
     async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
         final = await call(client, "poll_effect", effect_id=record["effect_id"])
     assert (final["status"], final["cancel_reason"], final["error"]) == ("cancelled", "user", None)
+
+
+async def test_logs_and_journal_follow_a_live_server(tmp_path):
+    db = tmp_path / "j.db"
+    code = "import time\nfor i in range(5):\n    print(f'line {i}', flush=True); time.sleep(0.2)"
+    async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+        record = await call(client, "dispatch_effect", command=py(code), background=True)
+        async with await anyio.open_process(
+            [effectd_bin(), "journal", "--follow", "--db", str(db)], stdout=-1
+        ) as journal:
+            with anyio.fail_after(20):
+                logs = await anyio.run_process(
+                    [effectd_bin(), "logs", record["effect_id"], "--follow", "--db", str(db)], check=True
+                )
+                assert journal.stdout is not None
+                seen = b""
+                while b"EFFECT_RESOLVED" not in seen:
+                    seen += await journal.stdout.receive()
+            journal.terminate()
+    assert logs.stdout.decode() == "".join(f"line {i}\n" for i in range(5))
+    assert b"EFFECT_STARTED" in seen
