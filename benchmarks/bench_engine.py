@@ -43,13 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: the project is importable
     sys.path.insert(0, str(REPO))
 
-from server.app import build_server  # noqa: E402
-from server.config import build_settings  # noqa: E402
-from server.engine import Engine  # noqa: E402
-from server.journal import Event  # noqa: E402
-from server.models import now_iso  # noqa: E402
-from server.specs import build_spec  # noqa: E402
-from server.supervisor import Effect  # noqa: E402
+from effectd.app import build_server  # noqa: E402
+from effectd.config import build_settings  # noqa: E402
+from effectd.engine import Engine  # noqa: E402
+from effectd.journal import Event  # noqa: E402
+from effectd.models import now_iso  # noqa: E402
+from effectd.specs import build_spec  # noqa: E402
+from effectd.supervisor import Effect  # noqa: E402
 
 # Every process this run starts carries this mark, so the end-of-run check finds only our leftovers.
 MARK_NAME = "EFFECTD_BENCH_RUN"

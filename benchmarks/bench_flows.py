@@ -3,7 +3,7 @@
     python benchmarks/bench_flows.py [--layers 5] [--width 10] [--step-s 0.2]
 
 Both runs go through the same in-process engine (`Engine.open` and the Python API in
-`server.api`); each step is a sleep command. It prints figures and asserts nothing about timing.
+`effectd.api`); each step is a sleep command. It prints figures and asserts nothing about timing.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
-from server.api import run_effect, run_flow
-from server.config import build_settings
-from server.engine import Engine
+from effectd.api import run_effect, run_flow
+from effectd.config import build_settings
+from effectd.engine import Engine
 
 
 def sleep_command(seconds: float) -> list[str]:

@@ -34,7 +34,7 @@ def effectd_command() -> list[str]:
     if beside.exists():
         return [str(beside)]
     found = shutil.which("effectd")
-    return [found] if found else [sys.executable, "-m", "server.cli"]
+    return [found] if found else [sys.executable, "-m", "effectd.cli"]
 
 
 def seconds(stamp: str) -> float:

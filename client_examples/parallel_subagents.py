@@ -2,7 +2,7 @@
 
     python client_examples/parallel_subagents.py
 
-The sub-agents are effectd's fake harness (`python -m server.harness.fake`), which prints what
+The sub-agents are effectd's fake harness (`python -m effectd.harness.fake`), which prints what
 `claude -p PROMPT --output-format stream-json --verbose` prints, so this runs with no agent CLI and no
 network. To use the real Claude Code instead, dispatch with `harness="claude"` (a built-in profile).
 
@@ -32,7 +32,7 @@ from mcp import Client, StdioServerParameters
 # (here Claude Code's stream-json) and environment for it. FAKE_HARNESS_* tune the fake agent.
 CONFIG = """\
 [harness.fake-claude]
-command = [{python}, "-m", "server.harness.fake", "{{prompt}}"]
+command = [{python}, "-m", "effectd.harness.fake", "{{prompt}}"]
 parser = "claude"
 timeout_s = 300
 

@@ -1,6 +1,6 @@
 """The Python API: run flows and effects from program code, on an open Engine or from a plain script.
 
-    from server.api import run
+    from effectd.api import run
 
     record = run(
         [
@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
-from server.config import build_settings, load_file
-from server.engine import Engine
-from server.errors import EffectCancelledError, EffectFailedError
-from server.flows import EffectArguments, FlowRecord, Policy, Step
-from server.models import EffectRecord
-from server.specs import build_spec
-from server.supervisor import Effect
+from effectd.config import build_settings, load_file
+from effectd.engine import Engine
+from effectd.errors import EffectCancelledError, EffectFailedError
+from effectd.flows import EffectArguments, FlowRecord, Policy, Step
+from effectd.models import EffectRecord
+from effectd.specs import build_spec
+from effectd.supervisor import Effect
 
 __all__ = [
     "EffectCancelledError",

@@ -10,10 +10,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from effectd.config import Settings
+from effectd.engine import Engine
 from mcp.server.mcpserver import MCPServer
-
-from server.config import Settings
-from server.engine import Engine
 
 log = logging.getLogger("effectd")
 
@@ -30,8 +29,8 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     """The MCP server over an engine that is already open (the engine outlives every connection)."""
     # Argument errors reach an agent as text: keep pydantic's message, drop its documentation links.
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
-    from tools import all_tools
-    from tools.resources import ResourceFeed
+    from effectd.tools import all_tools
+    from effectd.tools.resources import ResourceFeed
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
@@ -139,7 +138,7 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
 async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> None:
     """Runs `effectd serve`: the engine, the transport, and a graceful stop on SIGTERM, SIGINT or EOF."""
     if transport == "http":
-        from server.http import prepare_http
+        from effectd.http import prepare_http
 
         http = prepare_http(**http)  # refuses a bad bind (ConfigError: exit 2) before the database is opened
     async with Engine.open(settings) as engine:
@@ -157,7 +156,7 @@ async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> No
 
             async def run_transport() -> None:
                 if transport == "http":
-                    from server.http import serve_http
+                    from effectd.http import serve_http
 
                     await serve_http(server, engine, **http)
                 else:

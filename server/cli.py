@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.errors import EffectdError
+from effectd.errors import EffectdError
 
 TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 
@@ -35,8 +35,8 @@ def _read(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
 
 
 def _record(db: Path, effect_id: str) -> dict[str, Any] | None:
-    from server.output import OutputLog
-    from server.supervisor import Effect
+    from effectd.output import OutputLog
+    from effectd.supervisor import Effect
 
     rows = _read(db, "SELECT * FROM effects WHERE effect_id = ?", effect_id)
     if not rows:
@@ -55,9 +55,8 @@ def _print_json(value: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
-
-    from server.app import serve
-    from server.config import build_settings, load_file
+    from effectd.app import serve
+    from effectd.config import build_settings, load_file
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
     try:
@@ -97,8 +96,8 @@ def _effectd_errors(exc: BaseException) -> list[EffectdError]:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from server.engine import owner_pid
-    from server.models import now_iso
+    from effectd.engine import owner_pid
+    from effectd.models import now_iso
 
     db = _db_path(args.db)
     rows = _read(db, "SELECT run_id, status FROM effects WHERE effect_id = ?", args.effect_id)
@@ -148,10 +147,9 @@ def _follow_until_terminal(db: Path, effect_id: str, within_s: float = 660.0) ->
 def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
     """No server owns the database: a pending or queued effect is cancelled in the journal directly."""
     import anyio
-
-    from server.engine import owning
-    from server.journal import Journal, terminal_event
-    from server.models import now_iso
+    from effectd.engine import owning
+    from effectd.journal import Journal, terminal_event
+    from effectd.models import now_iso
 
     async def write() -> bool:
         async with Journal.open(db) as journal:
@@ -196,7 +194,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no effects in {db}")
         return 0
-    from server.models import seconds_between
+    from effectd.models import seconds_between
 
     header = f"{'EFFECT':<30} {'STATUS':<10} {'EXIT':>4} {'SECONDS':>8}  {'GROUP':<16} WHAT"
     print(header)
@@ -268,7 +266,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from server.demo import main as demo_main
+    from effectd.demo import main as demo_main
 
     return int(demo_main(fast=args.fast))
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from server.errors import ConfigError
-from server.harness import BUILTIN_PROFILES, HarnessProfile, profile_from_config
-from server.models import MAX_GRACE_S
+from effectd.errors import ConfigError
+from effectd.harness import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from effectd.models import MAX_GRACE_S
 
 MAX_ARGV_BYTES = 256 * 1024
 

@@ -1,6 +1,6 @@
 """`effectd demo`: the main job shown end to end, with no setup, no agent CLI and no network.
 
-The demo writes a configuration with a fake Claude-Code-like harness (``server.harness.fake``), starts
+The demo writes a configuration with a fake Claude-Code-like harness (``effectd.harness.fake``), starts
 ``effectd serve`` over real stdio with the official MCP client, and shows, section by section:
 
 1. four effects (two commands, two fake sub-agents) dispatched in the background, side by side;
@@ -457,11 +457,11 @@ async def diamond_flow(client: Client, screen: Screen, pace: Pace) -> str:
 
 
 def effectd_command() -> list[str]:
-    """How to start effectd from this interpreter: the `effectd` script beside it, else `-m server.cli`."""
+    """How to start effectd from this interpreter: the `effectd` script beside it, else `-m effectd.cli`."""
     beside = Path(sys.executable).parent / "effectd"
     if beside.exists():
         return [str(beside)]
-    return [sys.executable, "-m", "server.cli"]
+    return [sys.executable, "-m", "effectd.cli"]
 
 
 def shown_command() -> str:
@@ -484,8 +484,8 @@ def write_config(work: Path) -> Path:
         "[commands]\n"
         f"allow = [{quoted(sys.executable)}]\n\n"
         f"[harness.{HARNESS}]\n"
-        f'description = "A fake Claude Code (server.harness.fake): prints stream-json, no network"\n'
-        f'command = [{quoted(sys.executable)}, "-m", "server.harness.fake", "{{prompt}}"]\n'
+        f'description = "A fake Claude Code (effectd.harness.fake): prints stream-json, no network"\n'
+        f'command = [{quoted(sys.executable)}, "-m", "effectd.harness.fake", "{{prompt}}"]\n'
         'parser = "claude"\n'
         "timeout_s = 120\n\n"
         f"[harness.{HARNESS}.env]\n"

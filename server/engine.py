@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-
-from server.config import Settings
-from server.errors import DatabaseBusyError, EffectdError
-from server.flows import FlowManager
-from server.journal import Journal
-from server.supervisor import Supervisor
+from effectd.config import Settings
+from effectd.errors import DatabaseBusyError, EffectdError
+from effectd.flows import FlowManager
+from effectd.journal import Journal
+from effectd.supervisor import Supervisor
 
 log = logging.getLogger("effectd")
 

@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import anyio
+from effectd.config import Settings
+from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
+from effectd.journal import Event, Journal
+from effectd.models import CancelReason, Duration, EffectSpec, Grace, Name, Status, new_id, now_iso, seconds_between
+from effectd.specs import build_spec, check_argv
+from effectd.supervisor import Effect, Supervisor
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
-
-from server.config import Settings
-from server.errors import ConflictError, InvalidRequestError, UnknownEffectError
-from server.journal import Event, Journal
-from server.models import CancelReason, Duration, EffectSpec, Grace, Name, Status, new_id, now_iso, seconds_between
-from server.specs import build_spec, check_argv
-from server.supervisor import Effect, Supervisor
 
 log = logging.getLogger("effectd")
 

@@ -22,7 +22,7 @@ A stop (the caller cancels `serve_http`: SIGTERM, SIGINT) goes in order: uvicorn
 connection, the live streams end, the effects are cancelled (`shutdown`) while clients are still
 connected (so a call waiting on one returns its record), the MCP sessions end, requests still
 waiting are ended cleanly, and uvicorn closes what is left within STOP_BOUND_S. uvicorn runs in the
-server's event loop with its own signal handlers disabled: the signals stay with `server.app.serve`.
+server's event loop with its own signal handlers disabled: the signals stay with `effectd.app.serve`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ from urllib.parse import urlsplit
 import anyio
 import uvicorn
 from anyio.abc import TaskStatus
+from effectd.engine import Engine
+from effectd.errors import ConfigError, EffectdError, UnknownEffectError
+from effectd.models import CANCEL_WAIT_S, STATUSES, EffectRecord, now_iso
+from effectd.supervisor import Effect
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -50,11 +54,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from server.engine import Engine
-from server.errors import ConfigError, EffectdError, UnknownEffectError
-from server.models import CANCEL_WAIT_S, STATUSES, EffectRecord, now_iso
-from server.supervisor import Effect
 
 log = logging.getLogger("effectd")
 
@@ -376,7 +375,7 @@ class HttpSurface:
 
     @staticmethod
     def _asset(name: str) -> bytes:
-        return resources.files("server.dashboard").joinpath(name).read_bytes()
+        return resources.files("effectd.dashboard").joinpath(name).read_bytes()
 
     async def run_sessions(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the MCP session manager until `end_sessions`; its exit ends every stateful MCP session."""
@@ -676,7 +675,7 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn inside our event loop: the process's signals stay with `server.app.serve`, which cancels
+    """uvicorn inside our event loop: the process's signals stay with `effectd.app.serve`, which cancels
     the transport; uvicorn must not replace those handlers with its own."""
 
     def capture_signals(self) -> Any:

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import anyio
-
-from server.models import TAIL_BYTES
+from effectd.models import TAIL_BYTES
 
 _LAST_LINE_CHARS = 300
 _PARTIAL_LINE_LIMIT = 8192

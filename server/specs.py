@@ -10,9 +10,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.config import MAX_ARGV_BYTES, Settings, allowed_program
-from server.errors import InvalidRequestError, NotAllowedError
-from server.models import EffectSpec
+from effectd.config import MAX_ARGV_BYTES, Settings, allowed_program
+from effectd.errors import InvalidRequestError, NotAllowedError
+from effectd.models import EffectSpec
 
 MAX_ARG_BYTES = 128 * 1024  # MAX_ARG_STRLEN: the longest single argument execve accepts
 

@@ -25,11 +25,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-
-from server.errors import ConflictError, InvalidRequestError, UnknownEffectError
-from server.harness import Parser, make_parser
-from server.journal import TERMINAL_EVENTS, Event, Journal, terminal_event
-from server.models import (
+from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
+from effectd.harness import Parser, make_parser
+from effectd.journal import TERMINAL_EVENTS, Event, Journal, terminal_event
+from effectd.models import (
     TERMINAL,
     TRANSITIONS,
     EffectRecord,
@@ -39,8 +38,8 @@ from server.models import (
     now_iso,
     seconds_between,
 )
-from server.output import LineSplitter, OutputLog
-from server.runner import (
+from effectd.output import LineSplitter, OutputLog
+from effectd.runner import (
     ExitStatus,
     Launch,
     LocalRunner,

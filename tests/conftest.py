@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from effectd.app import build_server
+from effectd.config import Settings, build_settings
+from effectd.engine import Engine
 from mcp import Client, StdioServerParameters
-
-from server.app import build_server
-from server.config import Settings, build_settings
-from server.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 # Every effect started by this test session (in memory or through a stdio server it launched)

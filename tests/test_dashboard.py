@@ -21,11 +21,11 @@ from typing import Any
 
 import anyio
 import pytest
+from effectd.config import Settings
+from effectd.engine import Engine
+from effectd.harness import profile_from_config
 from mcp import Client
 
-from server.config import Settings
-from server.engine import Engine
-from server.harness import profile_from_config
 from tests.conftest import call, pid_alive, py, read_until
 from tests.test_http import TOKEN, WAIT_FOR_FILE, http_client, serving
 
@@ -270,7 +270,7 @@ async def test_with_a_token_the_page_asks_for_it_and_then_works(engine: Engine, 
 
 def _fake_harness(settings: Settings) -> Settings:
     fake = profile_from_config(
-        "fake", {"command": [sys.executable, "-m", "server.harness.fake", "{args}", "{prompt}"], "parser": "claude"}
+        "fake", {"command": [sys.executable, "-m", "effectd.harness.fake", "{args}", "{prompt}"], "parser": "claude"}
     )
     return replace(settings, harnesses={**settings.harnesses, "fake": fake})
 

@@ -495,7 +495,7 @@ async def test_the_grace_of_a_cancel_covers_the_whole_group_not_only_its_leader(
 
 
 async def test_a_cancel_that_comes_before_the_effect_begins_to_wait_is_not_lost(engine):
-    from server.specs import build_spec
+    from effectd.specs import build_spec
 
     supervisor = engine.supervisor
     first, _ = await supervisor.dispatch(build_spec(engine.settings, {"command": py(SLEEP, "30")}))

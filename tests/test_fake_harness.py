@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from server.harness import (
+from effectd.harness import (
     BUILTIN_PROFILES,
     MISSING_FINAL_EVENT,
     HarnessOutcome,
@@ -27,7 +26,7 @@ from server.harness import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE = [sys.executable, "-m", "server.harness.fake"]
+FAKE = [sys.executable, "-m", "effectd.harness.fake"]
 TIMEOUT_S = 20.0
 
 

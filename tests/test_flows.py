@@ -11,21 +11,21 @@ from typing import Any
 
 import anyio
 import pytest
+from effectd.api import await_effect, run, run_effect, run_flow
+from effectd.config import Settings
+from effectd.engine import Engine
+from effectd.errors import EffectCancelledError, EffectFailedError
+from effectd.flows import Step
+from effectd.harness import HarnessProfile
+from effectd.journal import Event, Journal, replay_projection
+from effectd.models import EffectSpec, new_id, now_iso, parse_iso
 from mcp import Client
 
-from server.api import await_effect, run, run_effect, run_flow
-from server.config import Settings
-from server.engine import Engine
-from server.errors import EffectCancelledError, EffectFailedError
-from server.flows import Step
-from server.harness import HarnessProfile
-from server.journal import Event, Journal, replay_projection
-from server.models import EffectSpec, new_id, now_iso, parse_iso
 from tests.conftest import SLEEP, call, call_error, open_engine, py, stdio_params
 
 pytestmark = pytest.mark.anyio
 
-FAKE = (sys.executable, "-m", "server.harness.fake", "--delay", "0", "--steps", "1")
+FAKE = (sys.executable, "-m", "effectd.harness.fake", "--delay", "0", "--steps", "1")
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from effectd.config import Settings, build_settings
+from effectd.harness import HarnessProfile
+from effectd.journal import TERMINAL_EVENTS, replay_projection
+from effectd.runner import process_start_time
 from mcp import Client
 
-from server.config import Settings, build_settings
-from server.harness import HarnessProfile
-from server.journal import TERMINAL_EVENTS, replay_projection
-from server.runner import process_start_time
 from tests.conftest import SLEEP, call, connected, pid_alive, py, read_until, stdio_params
 
 pytestmark = pytest.mark.anyio
@@ -627,7 +627,7 @@ async def test_a_saturated_capped_group_does_not_starve_another_group(settings, 
 async def test_a_harness_capped_at_one_never_runs_two_at_once_while_a_command_runs_alongside(settings, tmp_path):
     profile = HarnessProfile(
         name="fake",
-        command=(sys.executable, "-m", "server.harness.fake", "--delay", "0.2", "{prompt}"),
+        command=(sys.executable, "-m", "effectd.harness.fake", "--delay", "0.2", "{prompt}"),
         parser="claude",
         max_concurrency=1,
     )

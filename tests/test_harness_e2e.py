@@ -24,7 +24,7 @@ def config(tmp_path):
 result_grace_s = 0.5
 
 [harness.fake]
-command = [{sys.executable!r}, "-m", "server.harness.fake", "{{args}}", "{{prompt}}"]
+command = [{sys.executable!r}, "-m", "effectd.harness.fake", "{{args}}", "{{prompt}}"]
 parser = "claude"
 env = {{ FAKE_HARNESS_DELAY = "0.1" }}
 """

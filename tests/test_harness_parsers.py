@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from effectd.harness import MISSING_FINAL_EVENT, PARSERS, HarnessProgress, Parser, make_parser
+from effectd.harness.parsers import TEXT_LIMIT
 
-from server.harness import MISSING_FINAL_EVENT, PARSERS, HarnessProgress, Parser, make_parser
-from server.harness.parsers import TEXT_LIMIT
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "harness"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "harness"  # copied from ../shared/fixtures/harness
 JSON_PARSERS = sorted(name for name in PARSERS if name != "lines")
 
 CLAUDE_ANSWER = (

@@ -19,21 +19,21 @@ from typing import Any
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from effectd.config import MAX_ARGV_BYTES, build_settings
+from effectd.engine import Engine
+from effectd.harness import HarnessProfile
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from mcp import Client
 
-from server.config import MAX_ARGV_BYTES, build_settings
-from server.engine import Engine
-from server.harness import HarnessProfile
 from tests.conftest import call, connected, effectd_bin, event_count, py, structured, text_of
 
 OK, EITHER, BAD = 0, 1, 2  # verdicts, combined with max(): one bad argument makes the call bad
 WEEK = 7 * 24 * 3600
 FAKE = HarnessProfile(
     name="fake",
-    command=(sys.executable, "-m", "server.harness.fake", "--delay", "0", "--steps", "1", "{prompt}"),
+    command=(sys.executable, "-m", "effectd.harness.fake", "--delay", "0", "--steps", "1", "{prompt}"),
     parser="claude",
 )
 # Stands for the id of a seeded effect (known only at run time) inside generated arguments.

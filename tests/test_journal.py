@@ -6,9 +6,9 @@ import sqlite3
 
 import anyio
 import pytest
+from effectd.journal import Journal, replay_projection
+from effectd.journal.migrations import MIGRATIONS
 
-from server.journal import Journal, replay_projection
-from server.journal.migrations import MIGRATIONS
 from tests.conftest import SLEEP, call, connected, py
 
 pytestmark = pytest.mark.anyio

@@ -13,13 +13,13 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from effectd.app import build_server
+from effectd.engine import Engine
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ResourceUpdatedNotification
 
-from server.app import build_server
-from server.engine import Engine
 from tests.conftest import call, py
 from tests.test_http import WAIT_FOR_FILE, http_client, serving
 

@@ -7,15 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+from effectd.engine import Engine
+from effectd.errors import EffectdError
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from pydantic import ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
-
-from server.engine import Engine
-from server.errors import EffectdError
 
 
 def engine_of(ctx: Context[Any, Any]) -> Engine:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
+from effectd.models import CANCEL_WAIT_S, Duration, EffectRecord, Grace, Name, Wait
+from effectd.specs import build_spec
+from effectd.supervisor import Effect
+from effectd.tools._base import engine_of, refusals, strict_tool
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field
-
-from server.models import CANCEL_WAIT_S, Duration, EffectRecord, Grace, Name, Wait
-from server.specs import build_spec
-from server.supervisor import Effect
-from tools._base import engine_of, refusals, strict_tool
 
 _PROGRESS_EVERY_S = 0.1
 
@@ -182,7 +181,7 @@ async def cancel_group(
     with refusals():
         ids = await engine.journal.group_ids(group)
         if not ids:
-            from server.errors import UnknownEffectError
+            from effectd.errors import UnknownEffectError
 
             raise UnknownEffectError(f"unknown group {group!r}: no effect was ever dispatched to it")
         effects = await engine.supervisor.get_many(ids)

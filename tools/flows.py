@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
+from effectd.flows import MAX_STEPS, Flow, FlowManager, FlowRecord, Policy, Step
+from effectd.models import Name, Wait
+from effectd.tools._base import engine_of, refusals, strict_tool
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
-
-from server.flows import MAX_STEPS, Flow, FlowManager, FlowRecord, Policy, Step
-from server.models import Name, Wait
-from tools._base import engine_of, refusals, strict_tool
 
 
 async def follow_flow(ctx: Context[Any, Any], flows: FlowManager, flow: Flow, wait_s: float, *, owned: bool) -> None:

@@ -26,17 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from effectd.engine import Engine
+from effectd.errors import UnknownEffectError
+from effectd.supervisor import Effect
+from effectd.tools._base import engine_of
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
-
-from server.engine import Engine
-from server.errors import UnknownEffectError
-from server.supervisor import Effect
-from tools._base import engine_of
 
 log = logging.getLogger("effectd")
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from effectd.errors import InvalidRequestError, UnknownEffectError
+from effectd.models import EffectRecord, Name, Wait
+from effectd.tools._base import engine_of, refusals, strict_tool
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field
-
-from server.errors import InvalidRequestError, UnknownEffectError
-from server.models import EffectRecord, Name, Wait
-from tools._base import engine_of, refusals, strict_tool
 
 
 class AwaitResult(BaseModel):

@@ -1,1 +1,1 @@
-"""The dashboard's static files (index.html, app.js, app.css), served by server.http at `/`."""
+"""The dashboard's static files (index.html, app.js, app.css), served by effectd.http at `/`."""

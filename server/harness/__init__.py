@@ -1,6 +1,6 @@
 """Harness profiles (how to launch a coding-agent CLI) and parsers (how to read its streaming output)."""
 
-from server.harness.parsers import (
+from effectd.harness.parsers import (
     MISSING_FINAL_EVENT,
     PARSERS,
     HarnessOutcome,
@@ -8,7 +8,7 @@ from server.harness.parsers import (
     Parser,
     make_parser,
 )
-from server.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
 
 __all__ = [
     "BUILTIN_PROFILES",

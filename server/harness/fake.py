@@ -1,6 +1,6 @@
 """A fake coding-agent CLI that prints Claude Code's stream-json, for tests and demos.
 
-Run it as ``python -m server.harness.fake [options] PROMPT`` (or ``effectd-fake-harness``). Every option
+Run it as ``python -m effectd.harness.fake [options] PROMPT`` (or ``effectd-fake-harness``). Every option
 can also be set by an environment variable ``FAKE_HARNESS_<OPTION>`` (``FAKE_HARNESS_STEPS=5``,
 ``FAKE_HARNESS_FAIL=1``); a command-line option wins over its variable. Claude's own flags ``-p``,
 ``--output-format``, ``--verbose`` and ``--model`` are accepted and ignored, so the fake runs under the

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
-from server.harness.parsers import PARSERS
+from effectd.harness.parsers import PARSERS
 
 PROMPT = "{prompt}"
 """Placeholder replaced by the prompt inside any argv element (plain text replacement)."""

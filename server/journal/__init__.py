@@ -1,6 +1,6 @@
 """The SQLite journal: append-only events, a projection kept in step with them, and replay."""
 
-from server.journal.projection import (
+from effectd.journal.projection import (
     EVENT_TYPES,
     TERMINAL_EVENTS,
     Event,
@@ -8,7 +8,7 @@ from server.journal.projection import (
     fold_flow,
     terminal_event,
 )
-from server.journal.store import Journal, replay_projection
+from effectd.journal.store import Journal, replay_projection
 
 __all__ = [
     "EVENT_TYPES",

@@ -14,10 +14,9 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-from server.journal.migrations import migrate
-from server.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_effect, fold_flow
-from server.models import now_iso
+from effectd.journal.migrations import migrate
+from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_effect, fold_flow
+from effectd.models import now_iso
 
 _INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
 # An upsert on the primary key only: a clash on another unique index (a reused idempotency key) fails
