@@ -24,6 +24,7 @@ import pstats
 import select
 import shlex
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,12 +45,11 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the project is i
     sys.path.insert(0, str(REPO))
 
 from effectd.app import build_server  # noqa: E402
+from effectd.arguments import EffectRequest  # noqa: E402
 from effectd.config import build_settings  # noqa: E402
 from effectd.engine import Engine  # noqa: E402
-from effectd.journal import Event  # noqa: E402
+from effectd.journal import Event, Journal  # noqa: E402
 from effectd.models import now_iso  # noqa: E402
-from effectd.specs import build_spec  # noqa: E402
-from effectd.supervisor import Effect  # noqa: E402
 
 # Every process this run starts carries this mark, so the end-of-run check finds only our leftovers.
 MARK_NAME = "EFFECTD_BENCH_RUN"
@@ -229,12 +229,17 @@ class Throughput:
         return self.effects / self.wall_s
 
 
+def count_events(engine: Engine) -> int:
+    with sqlite3.connect(f"file:{engine.settings.db}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
 async def effectd_throughput(workdir: Path, count: int, concurrency: int, *, via_mcp: bool = True) -> Throughput:
     """`count` background dispatches (all at once, from a task group), then await_group mode all."""
     async with open_engine(workdir, concurrency) as engine, Client(build_server(engine)) as client:
         await call(client, "dispatch_effect", command=[TRUE])  # warm-up: first-call costs are not throughput
-        events_before = (await engine.journal.fetch("SELECT COUNT(*) AS n FROM events"))[0]["n"]
-        batches_before = engine.journal.batches
+        events_before = count_events(engine)
+        batches_before = engine.stats()["journal_transactions"]
         group = "throughput"
         cpu0, t0 = time.process_time(), time.perf_counter()
         if via_mcp:
@@ -245,21 +250,19 @@ async def effectd_throughput(workdir: Path, count: int, concurrency: int, *, via
             records = await await_all(client, group)
             statuses = [r["status"] for r in records]
         else:
-            supervisor = engine.supervisor
-            effects: list[Effect] = []
+            request = EffectRequest(command=[TRUE], group=group)
 
             async def dispatch() -> None:
-                spec = build_spec(engine.settings, {"command": [TRUE], "group": group})
-                effects.append((await supervisor.dispatch(spec))[0])
+                await engine.dispatch(request)
 
             async with anyio.create_task_group() as tg:
                 for _ in range(count):
                     tg.start_soon(dispatch)
             dispatched = time.perf_counter()
-            await supervisor.wait_completions(effects, "all", 0, 600)
-            statuses = [e.status for e in effects]
+            waited = await engine.await_group(group=group, timeout_s=600)
+            statuses = [r.status for r in waited.done]
         t1, cpu1 = time.perf_counter(), time.process_time()
-        events_after = (await engine.journal.fetch("SELECT COUNT(*) AS n FROM events"))[0]["n"]
+        events_after = count_events(engine)
         return Throughput(
             effects=count,
             concurrency=concurrency,
@@ -267,7 +270,7 @@ async def effectd_throughput(workdir: Path, count: int, concurrency: int, *, via
             dispatch_s=dispatched - t0,
             cpu_s=cpu1 - cpu0,
             events=events_after - events_before,
-            batches=engine.journal.batches - batches_before,
+            batches=engine.stats()["journal_transactions"] - batches_before,
             failed=sum(s != "succeeded" for s in statuses) + (count - len(statuses)),
         )
 
@@ -377,8 +380,7 @@ async def bench_throughput(
 async def bench_journal(root: Path, appends: int, figures: list[Figure]) -> None:
     """One awaited `journal.append` (a commit through the group-commit writer) against a plain aiosqlite commit."""
     say(f"\n== 1b. journal: {appends} sequential awaited appends of one event")
-    async with open_engine(Path(tempfile.mkdtemp(dir=root))) as engine:
-        journal = engine.journal
+    async with Journal.open(Path(tempfile.mkdtemp(dir=root)) / "journal.db") as journal:
         samples: list[float] = []
         for i in range(appends + 1):
             event = Event("RUN_CREATED", f"run_bench_{i}", None, {"created_at": now_iso()})

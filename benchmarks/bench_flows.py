@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
 from effectd.api import run_effect, run_flow
 from effectd.config import build_settings
 from effectd.engine import Engine

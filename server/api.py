@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
+from effectd.arguments import EffectRequest
 from effectd.config import build_settings, load_file
 from effectd.engine import Engine
 from effectd.errors import EffectCancelledError, EffectFailedError
-from effectd.flows import EffectArguments, FlowRecord, Policy, Step
+from effectd.flows import FlowRecord, Policy, Step
 from effectd.models import EffectRecord
-from effectd.specs import build_spec
-from effectd.supervisor import Effect
 
 __all__ = [
     "EffectCancelledError",
@@ -65,16 +65,10 @@ async def run_flow(
     steps raise pydantic's ValidationError or InvalidRequestError before anything runs. Cancelling
     the caller cancels the flow's unfinished steps (reason `client_cancelled`).
     """
-    flow, new = await engine.flows.submit(
+    dispatched = await engine.dispatch_flow(
         _steps(steps), policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id
     )
-    try:
-        await engine.flows.wait(flow)
-    except anyio.get_cancelled_exc_class():
-        if new:
-            engine.flows.cancel(flow, "client_cancelled", "the awaiting program was cancelled")
-        raise
-    return await engine.flows.record(flow)
+    return await engine.follow_flow(dispatched.record.flow_id, None, cancel_on_abandon=dispatched.new)
 
 
 def run(
@@ -113,8 +107,7 @@ def run(
     return anyio.run(main)
 
 
-def _outcome(effect: Effect) -> EffectRecord:
-    record = effect.record()
+def _outcome(record: EffectRecord) -> EffectRecord:
     if record.status == "succeeded":
         return record
     if record.status == "cancelled":
@@ -129,10 +122,9 @@ async def await_effect(engine: Engine, effect_id: str, *, timeout_s: float | Non
     EffectFailedError (with `record`) when it failed or was skipped, TimeoutError when `timeout_s`
     passed first (the effect keeps running), UnknownEffectError for an unknown id.
     """
-    effect = await engine.supervisor.get(effect_id)
     with anyio.fail_after(timeout_s):
-        await effect.done.wait()
-    return _outcome(effect)
+        record = await engine.follow(effect_id, None)
+    return _outcome(record)
 
 
 async def run_effect(
@@ -148,13 +140,8 @@ async def run_effect(
     Cancelling the caller cancels the effect (reason `client_cancelled`), unless its `key` named an
     effect that already existed.
     """
-    request = EffectArguments.model_validate(arguments).request()
-    spec = build_spec(engine.settings, request | {"group": group, "depends_on": list(depends_on)})
-    effect, new = await engine.supervisor.dispatch(spec, run_id)
-    try:
-        await effect.done.wait()
-    except anyio.get_cancelled_exc_class():
-        if new:
-            engine.supervisor.request_cancel(effect, "client_cancelled", "the awaiting program was cancelled")
-        raise
-    return _outcome(effect)
+    request = EffectRequest.model_validate(
+        {**arguments, "run_id": run_id, "group": group, "depends_on": list(depends_on) or None}
+    )
+    dispatched = await engine.dispatch(request)
+    return _outcome(await engine.follow(dispatched.record.effect_id, None, cancel_on_abandon=dispatched.new))

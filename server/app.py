@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from mcp.server.mcpserver import MCPServer
+
 from effectd.config import Settings
 from effectd.engine import Engine
-from mcp.server.mcpserver import MCPServer
+from effectd.mcp_compat import lowlevel
 
 log = logging.getLogger("effectd")
 
@@ -32,11 +34,13 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     from effectd.tools import all_tools
     from effectd.tools.resources import ResourceFeed
 
+    feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
+
     @asynccontextmanager
     async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
-        yield engine
+        async with feed.running():  # the feed's own tasks, never the engine's
+            yield engine
 
-    feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
     server = MCPServer(
         name="effectd",
         instructions=INSTRUCTIONS,
@@ -125,11 +129,11 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    lowlevel = server._lowlevel_server
+    inner = lowlevel(server)
     try:
         stdin = _Stdin(wire_in, on_end)
         async with stdio_server(stdin, _Stdout(wire_out)) as (read_stream, write_stream):  # type: ignore[arg-type]
-            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            await inner.run(read_stream, write_stream, inner.create_initialization_options())
     finally:
         os.close(wire_in)
         os.close(wire_out)

@@ -55,6 +55,7 @@ def _print_json(value: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
+
     from effectd.app import serve
     from effectd.config import build_settings, load_file
 
@@ -96,8 +97,8 @@ def _effectd_errors(exc: BaseException) -> list[EffectdError]:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from effectd.engine import owner_pid
     from effectd.models import now_iso
+    from effectd.ownership import owner_pid
 
     db = _db_path(args.db)
     rows = _read(db, "SELECT run_id, status FROM effects WHERE effect_id = ?", args.effect_id)
@@ -147,9 +148,10 @@ def _follow_until_terminal(db: Path, effect_id: str, within_s: float = 660.0) ->
 def _cancel_without_server(db: Path, effect_id: str, reason: str | None) -> int:
     """No server owns the database: a pending or queued effect is cancelled in the journal directly."""
     import anyio
-    from effectd.engine import owning
+
     from effectd.journal import Journal, terminal_event
     from effectd.models import now_iso
+    from effectd.ownership import owning
 
     async def write() -> bool:
         async with Journal.open(db) as journal:

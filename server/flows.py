@@ -21,19 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
+from anyio.abc import TaskGroup
+from pydantic import BaseModel, Field
+
+from effectd.arguments import EffectArguments
 from effectd.config import Settings
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
 from effectd.journal import Event, Journal
-from effectd.models import CancelReason, Duration, EffectSpec, Grace, Name, Status, new_id, now_iso, seconds_between
+from effectd.models import CancelReason, EffectSpec, Status, new_id, now_iso, seconds_between
 from effectd.specs import build_spec, check_argv
 from effectd.supervisor import Effect, Supervisor
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("effectd")
 
@@ -49,60 +52,6 @@ StepId = Annotated[
     str, Field(min_length=1, max_length=64, pattern=_STEP_ID_PATTERN, description="letters, digits, _ and -")
 ]
 
-_NOT_HERE = {
-    "background": "a flow-level argument of dispatch_flow",
-    "wait_s": "a flow-level argument of dispatch_flow",
-    "run_id": "a flow-level argument: every step runs in the flow's run",
-    "group": "the flow id is the group of its steps",
-    "depends_on": "name the step ids this step needs in `needs`",
-    "group_max_concurrency": "use the flow's `max_concurrency`",
-}
-
-
-class EffectArguments(BaseModel):
-    """The arguments of one effect, as dispatch_effect takes them (without where and how to wait)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    command: Annotated[list[str] | None, Field(description="argv list, never a shell string")] = None
-    harness: Annotated[Name | None, Field(description="harness profile name (see list_harnesses)")] = None
-    prompt: Annotated[str | None, Field(description="the prompt for the harness")] = None
-    args: Annotated[list[str] | None, Field(description="extra arguments for the harness CLI")] = None
-    label: Annotated[str | None, Field(max_length=1000)] = None
-    key: Annotated[Name | None, Field(description="idempotency key within the run")] = None
-    timeout_s: Annotated[Duration | None, Field(description="cancel after this long running")] = None
-    idle_timeout_s: Annotated[Duration | None, Field(description="cancel after this long with no output")] = None
-    grace_s: Annotated[Grace | None, Field(description="SIGTERM to SIGKILL, default 5")] = None
-    cwd: str | None = None
-    env: Annotated[dict[str, str] | None, Field(description="merged over the server's environment")] = None
-    stdin: str | None = None
-    max_attempts: Annotated[int, Field(ge=1, le=100, description="attempts for a failing effect")] = 1
-    retry_backoff_s: Annotated[float, Field(ge=0, le=3600, description="wait before retry n: this * 2^(n-1)")] = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _only_known_names(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(cls.model_fields))
-            if unknown:
-                where = f"step {data.get('id')!r}" if "id" in cls.model_fields else "an effect"
-                notes = "".join(f" (`{name}` is {_NOT_HERE[name]})" for name in unknown if name in _NOT_HERE)
-                raise PydanticCustomError(
-                    "unknown_argument",
-                    "unknown argument {unknown} in {where}{notes}; it takes: {allowed}",
-                    {
-                        "unknown": ", ".join(unknown),
-                        "where": where,
-                        "notes": notes,
-                        "allowed": ", ".join(sorted(cls.model_fields)),
-                    },
-                )
-        return data
-
-    def request(self) -> dict[str, Any]:
-        """The arguments as `build_spec` takes them."""
-        return self.model_dump(exclude={"id", "needs"})
-
 
 class Step(EffectArguments):
     """One step of a flow: the effect to run, its id in the flow, and the steps it needs first.
@@ -111,6 +60,15 @@ class Step(EffectArguments):
     `{{steps.ID.output}}`, `{{steps.ID.result}}`, `{{steps.ID.result.FIELD}}` (ID: a step this
     one needs, directly or transitively).
     """
+
+    _misplaced: ClassVar[dict[str, str]] = {
+        "background": "a flow-level argument of dispatch_flow",
+        "wait_s": "a flow-level argument of dispatch_flow",
+        "run_id": "a flow-level argument: every step runs in the flow's run",
+        "group": "the flow id is the group of its steps",
+        "depends_on": "name the step ids this step needs in `needs`",
+        "group_max_concurrency": "use the flow's `max_concurrency`",
+    }
 
     id: StepId
     needs: Annotated[
@@ -424,8 +382,20 @@ class FlowManager:
         self.closing = False  # set when the engine stops: a server stop is not a flow failure
         self._active: dict[str, Flow] = {}
         self._submit_lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
         supervisor.render = self.render
         supervisor.on_terminal.append(self._on_terminal)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FlowManager]:
+        """Runs the manager's own tasks (settling flows as steps end) until the context ends."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
 
     # --- submitting -------------------------------------------------------------------------------
 
@@ -453,7 +423,7 @@ class FlowManager:
         effect_ids = {step.id: new_id("eff_") for step in steps}
         specs = []
         for step in steps:
-            request = step.request() | {
+            request = step.effect_fields() | {
                 "group": the_flow_id,
                 "flow_id": the_flow_id,
                 "step_id": step.id,
@@ -630,7 +600,8 @@ class FlowManager:
             flow.effects.setdefault(effect.effect_id, effect)
             self._enforce(flow, effect)
             flow.touch()
-            self.supervisor.start_soon(lambda: self._settle(flow))
+            if self._tg is not None:  # stopped: the next start completes the flow
+                self._tg.start_soon(self._settle, flow)
         except Exception:  # a hook must never break the supervisor's bookkeeping
             log.exception("flow %s: handling the end of step %s failed", flow.flow_id, effect.spec.step_id)
 

@@ -14,8 +14,8 @@ the MCP server's lifespan once for its whole run, not per session (mcp 2.3), and
 yields the engine that is already open, so every client shares it and an effect outlives the client
 that started it.
 
-Live updates are server-sent events. `/api/events` registers a `supervisor.on_change` observer
-that only records which effects changed; the stream sends their rows at most ten times a second,
+Live updates are server-sent events. `/api/events` subscribes to the engine's change feed, which
+only records which effects changed; the stream sends their rows at most ten times a second,
 a comment every 15 s to keep proxies from closing it, and ends when the server stops.
 
 A stop (the caller cancels `serve_http`: SIGTERM, SIGINT) goes in order: uvicorn takes no new
@@ -35,6 +35,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext, suppress
+from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -42,10 +43,6 @@ from urllib.parse import urlsplit
 import anyio
 import uvicorn
 from anyio.abc import TaskStatus
-from effectd.engine import Engine
-from effectd.errors import ConfigError, EffectdError, UnknownEffectError
-from effectd.models import CANCEL_WAIT_S, STATUSES, EffectRecord, now_iso
-from effectd.supervisor import Effect
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -54,6 +51,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from effectd.engine import Engine
+from effectd.errors import ConfigError, EffectdError, UnknownEffectError
+from effectd.mcp_compat import lowlevel
+from effectd.models import STATUSES, CancelledGroup, EffectRecord, now_iso
 
 log = logging.getLogger("effectd")
 
@@ -331,13 +333,12 @@ class HttpSurface:
         self.engine = engine
         self.stopping = anyio.Event()
         self._sessions_end = anyio.Event()
-        self._stream_wakers: set[Callable[[], None]] = set()
-        lowlevel = server._lowlevel_server
+        self._stream_closers: set[Callable[[], None]] = set()
         # One session manager for the process: sessions share the already open engine (the MCP
         # server's lifespan, entered once by the manager, only yields it). Host and Origin are
         # checked by the gate for every path, so the SDK's own check is off here.
         self.sessions = StreamableHTTPSessionManager(
-            app=lowlevel,
+            app=lowlevel(server),
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
         self._mcp_app = StreamableHTTPASGIApp(self.sessions)
@@ -386,8 +387,8 @@ class HttpSurface:
     def end_streams(self) -> None:
         """Ends the dashboard's live streams (each sends nothing more and closes)."""
         self.stopping.set()
-        for wake in list(self._stream_wakers):
-            wake()
+        for close in list(self._stream_closers):
+            close()
 
     def end_sessions(self) -> None:
         self._sessions_end.set()
@@ -407,96 +408,41 @@ class HttpSurface:
                 "server": "effectd",
                 "version": self.server.version,
                 "db": str(settings.db),
-                "default_run_id": self.engine.supervisor.default_run_id,
+                "default_run_id": self.engine.default_run_id,
                 "max_concurrency": settings.max_concurrency,
             }
         )
 
     async def runs(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", 100, 1, 1000)
-        rows = await self.engine.journal.fetch(
-            "SELECT r.run_id, r.created_at, COUNT(e.effect_id) AS effects, "
-            "SUM(e.status IN ('pending', 'queued', 'running')) AS active "
-            "FROM runs r LEFT JOIN effects e ON e.run_id = r.run_id "
-            "GROUP BY r.run_id ORDER BY r.run_id DESC LIMIT ?",
-            (limit,),
-        )
-        return JSONResponse({"runs": rows})
+        return JSONResponse({"runs": await self.engine.runs(_int_param(request, "limit", 100, 1, 1000))})
 
     async def groups(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
-        run_id = request.query_params.get("run_id")
-        where, params = (
-            ("WHERE group_name IS NOT NULL AND run_id = ?", [run_id])
-            if run_id
-            else ("WHERE group_name IS NOT NULL", [])
-        )
-        rows = await self.engine.journal.fetch(
-            "SELECT group_name, MAX(run_id) AS run_id, MAX(flow_id) AS flow_id, COUNT(*) AS effects, "
-            "MIN(created_at) AS created_at, MAX(effect_id) AS latest, "
-            "SUM(status IN ('pending', 'queued', 'running')) AS active, SUM(status = 'failed') AS failed "
-            f"FROM effects {where} GROUP BY group_name ORDER BY latest DESC LIMIT ?",
-            [*params, limit],
-        )
-        groups = [
-            {
-                "group": row["group_name"],
-                "run_id": row["run_id"],
-                "flow_id": row["flow_id"],
-                "effects": row["effects"],
-                "active": row["active"],
-                "failed": row["failed"],
-                "created_at": row["created_at"],
-            }
-            for row in rows
-        ]
+        groups = await self.engine.groups(run_id=request.query_params.get("run_id") or None, limit=limit)
         return JSONResponse({"groups": groups})
 
     async def flows(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
-        run_id = request.query_params.get("run_id")
-        if run_id:
-            rows = await self.engine.journal.fetch(
-                "SELECT * FROM flows WHERE run_id = ? ORDER BY flow_id DESC LIMIT ?", (run_id, limit)
-            )
-        else:
-            rows = await self.engine.journal.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
-        flows = []
-        for row in rows:
-            status, finished_at = row["status"], row["finished_at"]
-            if finished_at is None:  # still running: the live flow may be a step ahead of the journal
-                live = await self.engine.flows.get(row["flow_id"])
-                status, finished_at = live.status, live.finished_at
-            flows.append(
-                {
-                    "flow_id": row["flow_id"],
-                    "run_id": row["run_id"],
-                    "policy": row["policy"],
-                    "status": status,
-                    "started_at": row["started_at"],
-                    "finished_at": finished_at,
-                    "steps": json.loads(row["steps"]),
-                }
-            )
+        flows = await self.engine.flows(run_id=request.query_params.get("run_id") or None, limit=limit)
         return JSONResponse({"flows": flows})
 
     async def flow(self, request: Request) -> Response:
-        flows = self.engine.flows
-        flow = await flows.get(request.path_params["flow_id"])
-        return JSONResponse((await flows.record(flow)).model_dump(mode="json"))
+        record = await self.engine.poll_flow(request.path_params["flow_id"])
+        return JSONResponse(record.model_dump(mode="json"))
 
     async def effects(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 200, 1, 5000)
         group = request.query_params.get("group") or request.query_params.get("flow_id")
-        rows = await self.engine.journal.list_effects(
-            request.query_params.get("run_id") or None, group or None, _statuses(request), limit
+        listed = await self.engine.list_effects(
+            run_id=request.query_params.get("run_id") or None,
+            group=group or None,
+            statuses=_statuses(request),
+            limit=limit,
         )
-        records = await self.engine.supervisor.records(rows)
-        return JSONResponse({"effects": [row_of(r) for r in records], "version": self.engine.supervisor.version})
+        return JSONResponse({"effects": [row_of(r) for r in listed.effects], "version": self.engine.version})
 
     async def effect(self, request: Request) -> Response:
-        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
-        record = effect.record()
+        record = await self.engine.poll(request.path_params["effect_id"])
         return JSONResponse({**record.model_dump(mode="json"), "cost_usd": cost_of(record)})
 
     async def output(self, request: Request) -> Response:
@@ -504,45 +450,30 @@ class HttpSurface:
         cursor = _int_param(request, "cursor", 0, 0, 1 << 62)
         max_bytes = _int_param(request, "max_bytes", 65536, 1, 1 << 20)
         wait_s = _float_param(request, "wait_s", 0.0, 0.0, 55.0)
-        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
-        if wait_s > 0 and cursor >= effect.output.size and not effect.terminal:
-            await self._first(lambda: effect.output.wait_beyond(cursor, wait_s))  # ends early on shutdown
-        data, after, eof = await effect.read_output(cursor, max_bytes)
-        return JSONResponse(
-            {"effect_id": effect.effect_id, "data": data, "cursor": after, "eof": eof, "status": effect.status}
-        )
+        effect_id = request.path_params["effect_id"]
+        chunk = await self.engine.read_output(effect_id, cursor, max_bytes)
+        if wait_s > 0 and not chunk.data and not chunk.eof:
+            # Ends early on shutdown; then the chunk read below is what there is.
+            await self._first(partial(self.engine.read_output, effect_id, cursor, max_bytes, wait_s))
+            chunk = await self.engine.read_output(effect_id, cursor, max_bytes)
+        return JSONResponse(chunk.model_dump(mode="json"))
 
     # --- cancelling -------------------------------------------------------------------------------
 
     async def cancel_effect(self, request: Request) -> Response:
         """The same engine path as the `cancel_effect` tool; answers once the effect's process group is gone."""
-        supervisor = self.engine.supervisor
-        effect = await supervisor.get(request.path_params["effect_id"])
-        with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
-            await supervisor.cancel(effect, "user", CANCEL_MESSAGE, within_s=CANCEL_WAIT_S)
-        return JSONResponse({**effect.record().model_dump(mode="json"), "cost_usd": cost_of(effect.record())})
+        record = await self.engine.cancel(request.path_params["effect_id"], message=CANCEL_MESSAGE)
+        return JSONResponse({**record.model_dump(mode="json"), "cost_usd": cost_of(record)})
 
     async def cancel_group(self, request: Request) -> Response:
-        group = request.path_params["group"]
-        ids = await self.engine.journal.group_ids(group)
-        if not ids:
-            raise UnknownEffectError(f"unknown group {group!r}: no effect was ever dispatched to it")
-        return await self._cancel_all(await self.engine.supervisor.get_many(ids))
+        return self._cancelled(await self.engine.cancel_group(request.path_params["group"], message=CANCEL_MESSAGE))
 
     async def cancel_flow(self, request: Request) -> Response:
-        flows = self.engine.flows
-        flow = await flows.get(request.path_params["flow_id"])
-        targets = flows.cancel(flow, "user", CANCEL_MESSAGE)
-        steps = await self.engine.supervisor.get_many(flow.effect_ids)
-        return await self._cancel_all([*targets, *steps])
+        return self._cancelled(await self.engine.cancel_flow(request.path_params["flow_id"], message=CANCEL_MESSAGE))
 
-    async def _cancel_all(self, effects: list[Effect]) -> Response:
-        effects = list({e.effect_id: e for e in effects}.values())
-        with anyio.CancelScope(shield=True):  # a cancel, once asked, is seen through
-            targets = await self.engine.supervisor.cancel_many(effects, "user", CANCEL_MESSAGE, within_s=CANCEL_WAIT_S)
-        return JSONResponse(
-            {"cancelled": [e.effect_id for e in targets], "effects": [row_of(e.record()) for e in effects]}
-        )
+    @staticmethod
+    def _cancelled(cancelled: CancelledGroup) -> Response:
+        return JSONResponse({"cancelled": cancelled.cancelled, "effects": [row_of(r) for r in cancelled.effects]})
 
     # --- live streams -----------------------------------------------------------------------------
 
@@ -564,101 +495,57 @@ class HttpSurface:
     async def events(self, request: Request) -> Response:
         """Server-sent events: `snapshot` (the newest effects) once, then `effects` with the rows that changed."""
         limit = _int_param(request, "limit", SNAPSHOT_LIMIT, 1, 5000)
-        supervisor = self.engine.supervisor
+        engine = self.engine
 
         async def stream() -> AsyncIterator[bytes]:
             # Everything is set up inside the generator, so a client gone before it starts leaves nothing behind.
-            changed: dict[str, Effect] = {}
-            wake = anyio.Event()
-
-            def observe(effect: Effect) -> None:
-                changed[effect.effect_id] = effect
-                wake.set()
-
-            def stop_waiting() -> None:
-                wake.set()
-
-            # Observed before the snapshot is read, so no change between the two is lost.
-            supervisor.on_change.append(observe)
-            self._stream_wakers.add(stop_waiting)
-            try:
-                rows = await self.engine.journal.list_effects(None, None, None, limit)
-                snapshot = [row_of(r) for r in await supervisor.records(rows)]
-                yield _sse("snapshot", {"version": supervisor.version, "now": now_iso(), "effects": snapshot})
-                last_sent = time.monotonic()
-                while not self.stopping.is_set():
-                    with anyio.move_on_after(KEEPALIVE_S):
-                        await wake.wait()
-                    if self.stopping.is_set():
-                        return
-                    wake = anyio.Event()
-                    if not changed:
-                        yield b": keep-alive\n\n"
-                        continue
-                    # Coalesce a burst: at most MESSAGES_PER_S messages a second, each with every row changed.
-                    await anyio.sleep(max(0.0, last_sent + 1 / MESSAGES_PER_S - time.monotonic()))
-                    batch = list(changed.values())
-                    changed.clear()
-                    rows = [row_of(effect.record()) for effect in batch]
-                    yield _sse("effects", {"version": supervisor.version, "now": now_iso(), "effects": rows})
-                    last_sent = time.monotonic()
-            finally:
-                if observe in supervisor.on_change:
-                    supervisor.on_change.remove(observe)
-                self._stream_wakers.discard(stop_waiting)
+            # Subscribed before the snapshot is read, so no change between the two is lost.
+            async with engine.changes(per_second=MESSAGES_PER_S) as changes:
+                self._stream_closers.add(changes.close)
+                try:
+                    listed = await engine.list_effects(limit=limit)
+                    snapshot = [row_of(r) for r in listed.effects]
+                    yield _sse("snapshot", {"version": engine.version, "now": now_iso(), "effects": snapshot})
+                    while not self.stopping.is_set():
+                        batch = await changes.next_within(KEEPALIVE_S)
+                        if self.stopping.is_set() or changes.closed:
+                            return
+                        if not batch:
+                            yield b": keep-alive\n\n"
+                            continue
+                        rows = []
+                        for effect_id in batch:
+                            with suppress(UnknownEffectError):
+                                rows.append(row_of(await engine.poll(effect_id)))
+                        yield _sse("effects", {"version": engine.version, "now": now_iso(), "effects": rows})
+                finally:
+                    self._stream_closers.discard(changes.close)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=_STREAM_HEADERS)
 
     async def output_stream(self, request: Request) -> Response:
         """Server-sent events of an effect's output from byte `cursor`: `output` chunks, then `end`."""
         cursor = _int_param(request, "cursor", 0, 0, 1 << 62)
-        effect = await self.engine.supervisor.get(request.path_params["effect_id"])
-        output = effect.output
-        wake = anyio.Event()
-
-        def stop_waiting() -> None:
-            wake.set()
-
-        async def wait_for_output(at: int) -> None:
-            async with anyio.create_task_group() as tg:
-
-                async def grow() -> None:
-                    await output.wait_beyond(at, KEEPALIVE_S)
-                    tg.cancel_scope.cancel()
-
-                async def status() -> None:
-                    while not effect.terminal:
-                        await effect.changed.wait()
-                    tg.cancel_scope.cancel()
-
-                async def stop() -> None:
-                    await wake.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(grow)
-                tg.start_soon(status)
-                tg.start_soon(stop)
+        effect_id = request.path_params["effect_id"]
+        await self.engine.poll(effect_id)  # an unknown id is a 404 before the stream starts
+        engine = self.engine
 
         async def stream() -> AsyncIterator[bytes]:
             at = cursor
-            self._stream_wakers.add(stop_waiting)
-            try:
-                while not self.stopping.is_set():
-                    data, after = output.read(at, 256 * 1024)
-                    if data or after != at:
-                        at = after
-                        yield _sse("output", {"data": data, "cursor": at})
-                        await anyio.sleep(1 / MESSAGES_PER_S)  # coalesce: what arrives meanwhile goes in one message
-                        continue
-                    if effect.terminal and at >= output.size:
-                        yield _sse("end", {"cursor": at, "status": effect.status})
-                        return
-                    waited_from = time.monotonic()
-                    await wait_for_output(at)
-                    if output.size <= at and not effect.terminal and time.monotonic() - waited_from >= KEEPALIVE_S:
-                        yield b": keep-alive\n\n"
-            finally:
-                self._stream_wakers.discard(stop_waiting)
+            while not self.stopping.is_set():
+                chunk = await engine.read_output(effect_id, at, 256 * 1024)
+                if chunk.data or chunk.cursor != at:
+                    at = chunk.cursor
+                    yield _sse("output", {"data": chunk.data, "cursor": at})
+                    await anyio.sleep(1 / MESSAGES_PER_S)  # coalesce: what arrives meanwhile goes in one message
+                    continue
+                if chunk.eof:
+                    yield _sse("end", {"cursor": at, "status": chunk.status})
+                    return
+                waited_from = time.monotonic()
+                await self._first(partial(engine.read_output, effect_id, at, 1, KEEPALIVE_S))
+                if time.monotonic() - waited_from >= KEEPALIVE_S:
+                    yield b": keep-alive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=_STREAM_HEADERS)
 

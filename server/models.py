@@ -158,3 +158,44 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     if start is None or end is None:
         return None
     return round((parse_iso(end) - parse_iso(start)).total_seconds(), 6)
+
+
+# --- what the engine answers (every front-end shapes these, none builds its own) ---------------
+
+
+class EffectList(BaseModel):
+    """Effects newest first, with the summary of the page."""
+
+    effects: list[EffectRecord]
+    summary: dict[str, Any] | None = None
+
+
+class CancelledGroup(BaseModel):
+    """The effects a group cancel stopped, and the group's records once they ended."""
+
+    cancelled: list[str]
+    effects: list[EffectRecord]
+
+
+class GroupWait(BaseModel):
+    """What `await_group` returns: completions after the cursor, in finishing order."""
+
+    done: list[EffectRecord]
+    pending: list[str]
+    complete: bool
+    cursor: int
+    timed_out: bool
+
+
+class OutputChunk(BaseModel):
+    """A piece of an effect's combined output, from byte `cursor` on."""
+
+    effect_id: str
+    data: str
+    cursor: int
+    eof: bool
+    status: str
+
+
+class HarnessList(BaseModel):
+    harnesses: list[dict[str, Any]]

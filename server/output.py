@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import anyio
+
 from effectd.models import TAIL_BYTES
 
 _LAST_LINE_CHARS = 300

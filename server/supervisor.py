@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,9 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
+from effectd.feed import ChangeFeed
 from effectd.harness import Parser, make_parser
 from effectd.journal import TERMINAL_EVENTS, Event, Journal, terminal_event
 from effectd.models import (
@@ -222,8 +224,10 @@ class Supervisor:
         runner: Runner | None = None,
         keep_queued: bool = False,
         base_env: dict[str, str] | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.journal = journal
+        self.feed = feed or ChangeFeed()
         self.output_dir = output_dir
         self.default_grace_s = default_grace_s
         self.output_limit_bytes = output_limit_bytes
@@ -249,10 +253,6 @@ class Supervisor:
         self._idle.set()
         self.render: Callable[[Effect], Awaitable[tuple[list[str], str | None]]] | None = None
         self.on_terminal: list[Callable[[Effect], None]] = []
-        # Observers of every change of any effect (dashboard, resource subscriptions): called
-        # synchronously, so they must only record the change and wake their own tasks.
-        self.on_change: list[Callable[[Effect], None]] = []
-        self.version = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -284,11 +284,6 @@ class Supervisor:
                 effect.waiting.cancel()  # left pending or queued in the journal: the next start runs it
         with anyio.move_on_after(max(graces) + 1.5):
             await self._idle.wait()
-
-    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Runs a helper task in the supervisor's task group (it ends with the supervisor)."""
-        assert self._tg is not None, "the supervisor is not running"
-        self._tg.start_soon(fn)
 
     def _spawn_driver(self, effect: Effect) -> None:
         assert self._tg is not None, "the supervisor is not running"
@@ -440,12 +435,7 @@ class Supervisor:
         return effect
 
     def _changed(self, effect: Effect) -> None:
-        self.version += 1
-        for observer in self.on_change:
-            try:
-                observer(effect)
-            except Exception:  # an observer's failure must not break the effect it watches
-                log.exception("effect %s: an on_change observer failed", effect.effect_id)
+        self.feed.publish(effect.effect_id)
 
     def _requested(self, effect: Effect) -> Event:
         return Event(

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client, StdioServerParameters
+
 from effectd.app import build_server
 from effectd.config import Settings, build_settings
 from effectd.engine import Engine
-from mcp import Client, StdioServerParameters
 
 REPO = Path(__file__).resolve().parents[1]
 # Every effect started by this test session (in memory or through a stdio server it launched)
@@ -169,3 +170,12 @@ async def read_until(client: Client, effect_id: str, needle: str, within_s: floa
             if chunk["eof"] and needle not in text:
                 raise AssertionError(f"{needle!r} never appeared; output was {text!r}")
     return text
+
+
+async def wait_until(condition: Any, within_s: float = 10) -> None:
+    """Polls `condition()` until it holds, failing after `within_s`."""
+    import anyio
+
+    with anyio.fail_after(within_s):
+        while not condition():  # noqa: ASYNC110 - a plain condition, polled with a bound
+            await anyio.sleep(0.01)

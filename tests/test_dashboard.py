@@ -21,11 +21,11 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client
+
 from effectd.config import Settings
 from effectd.engine import Engine
 from effectd.harness import profile_from_config
-from mcp import Client
-
 from tests.conftest import call, pid_alive, py, read_until
 from tests.test_http import TOKEN, WAIT_FOR_FILE, http_client, serving
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from effectd import demo
 from effectd.config import build_settings, load_file
-
 from tests.conftest import REPO, effectd_bin, pid_alive
 
 

@@ -495,14 +495,12 @@ async def test_the_grace_of_a_cancel_covers_the_whole_group_not_only_its_leader(
 
 
 async def test_a_cancel_that_comes_before_the_effect_begins_to_wait_is_not_lost(engine):
-    from effectd.specs import build_spec
+    from effectd.arguments import EffectRequest
 
-    supervisor = engine.supervisor
-    first, _ = await supervisor.dispatch(build_spec(engine.settings, {"command": py(SLEEP, "30")}))
-    second, _ = await supervisor.dispatch(
-        build_spec(engine.settings, {"command": py("pass"), "depends_on": [first.effect_id]})
-    )
-    supervisor.request_cancel(second, "user", "at once")  # before its task has run at all
-    assert await supervisor.wait_done(second, 5)
-    assert second.status == "cancelled" and first.status in ("queued", "running")
-    await supervisor.cancel(first, grace_s=0.1)
+    first = (await engine.dispatch(EffectRequest(command=py(SLEEP, "30")))).record
+    second = (await engine.dispatch(EffectRequest(command=py("pass"), depends_on=[first.effect_id]))).record
+    with anyio.fail_after(5):  # asked before its task has run at all
+        cancelled = await engine.cancel(second.effect_id, message="at once")
+    assert cancelled.status == "cancelled"
+    assert (await engine.poll(first.effect_id)).status in ("queued", "running")
+    await engine.cancel(first.effect_id, grace_s=0.1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from effectd.harness import (
     BUILTIN_PROFILES,
     MISSING_FINAL_EVENT,

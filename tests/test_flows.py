@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client
+
 from effectd.api import await_effect, run, run_effect, run_flow
 from effectd.config import Settings
 from effectd.engine import Engine
@@ -19,8 +22,6 @@ from effectd.flows import Step
 from effectd.harness import HarnessProfile
 from effectd.journal import Event, Journal, replay_projection
 from effectd.models import EffectSpec, new_id, now_iso, parse_iso
-from mcp import Client
-
 from tests.conftest import SLEEP, call, call_error, open_engine, py, stdio_params
 
 pytestmark = pytest.mark.anyio
@@ -51,11 +52,18 @@ def at(stamp: str) -> float:
     return parse_iso(stamp).timestamp()
 
 
+def db_rows(engine: Engine, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Rows read straight from the engine's journal file (as any other reader would)."""
+    with sqlite3.connect(f"file:{engine.settings.db}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql, params).fetchall()]
+
+
 async def event_count(engine: Engine, kind: str | None = None) -> int:
     if kind is None:
-        rows = await engine.journal.fetch("SELECT COUNT(*) AS n FROM events")
+        rows = db_rows(engine, "SELECT COUNT(*) AS n FROM events")
     else:
-        rows = await engine.journal.fetch("SELECT COUNT(*) AS n FROM events WHERE type = ?", (kind,))
+        rows = db_rows(engine, "SELECT COUNT(*) AS n FROM events WHERE type = ?", kind)
     return int(rows[0]["n"])
 
 
@@ -398,7 +406,7 @@ async def test_an_invalid_flow_is_refused_with_a_clear_error_and_nothing_written
     assert expected in text
     assert await event_count(engine) == before
     assert (await call(client, "list_effects", run_id="run-invalid"))["effects"] == []
-    assert await engine.journal.fetch("SELECT * FROM flows") == []
+    assert db_rows(engine, "SELECT * FROM flows") == []
 
 
 async def test_dispatching_a_flow_id_again_returns_that_flow_and_other_arguments_are_a_conflict(client, engine):
@@ -433,14 +441,14 @@ async def test_a_flow_is_journaled_once_requested_and_once_completed_and_replays
         steps=[{"id": "a", "command": py("print(1)")}, {"id": "b", "needs": ["a"], "command": py("print(2)")}],
         max_concurrency=2,
     )
-    events = await engine.journal.fetch("SELECT * FROM events WHERE type LIKE 'FLOW_%' ORDER BY seq")
+    events = db_rows(engine, "SELECT * FROM events WHERE type LIKE 'FLOW_%' ORDER BY seq")
     assert [e["type"] for e in events] == ["FLOW_REQUESTED", "FLOW_COMPLETED"]
     requested, completed = (json.loads(e["data"]) for e in events)
     assert requested["flow_id"] == flow["flow_id"] and requested["policy"] == "fail_fast"
     assert requested["max_concurrency"] == 2 and requested["started_at"] == flow["started_at"]
     assert requested["steps"] == [{k: s[k] for k in ("step_id", "effect_id", "needs")} for s in flow["steps"]]
     assert completed == {"flow_id": flow["flow_id"], "status": "succeeded", "finished_at": flow["finished_at"]}
-    stored = await engine.journal.fetch("SELECT * FROM flows")
+    stored = db_rows(engine, "SELECT * FROM flows")
     assert (await replay_projection(settings.db))["flows"] == stored
 
 
@@ -452,19 +460,17 @@ async def test_a_flow_survives_a_restart_and_its_waiting_steps_run_after_it(sett
         Step(id="c", needs=["b"], command=py(SHOW), stdin="got {{steps.b.output}}"),
     ]
     async with open_engine(settings) as engine:
-        flow, _ = await engine.flows.submit(steps, policy="continue", max_concurrency=1)
-        long = await engine.supervisor.get(flow.steps[0].effect_id)
-        await long.output.wait_beyond(0, 10)
-        assert long.status == "running" and long.output.size > 0
+        flow = (await engine.dispatch_flow(steps, policy="continue", max_concurrency=1)).record
+        long = await engine.read_output(flow.steps[0].effect_id, wait_s=10)
+        assert long.status == "running" and long.data
     async with open_engine(settings) as engine:
-        reopened = await engine.flows.get(flow.flow_id)
-        assert await engine.flows.wait(reopened, 10)
-        record = await engine.flows.record(reopened)
+        record = await engine.poll_flow(flow.flow_id, wait_s=10)
+        assert record.finished_at is not None
         statuses = {s.step_id: (s.status, s.cancel_reason) for s in record.steps}
         assert statuses == {"long": ("cancelled", "shutdown"), "b": ("succeeded", None), "c": ("succeeded", None)}
         assert record.status == "cancelled"
-        c = await engine.supervisor.get(flow.steps[2].effect_id)
-        assert json.loads(c.output.read(0, c.output.size)[0])["stdin"] == "got from b"
+        c = await engine.read_output(flow.steps[2].effect_id)
+        assert json.loads(c.data)["stdin"] == "got from b"
         assert await event_count(engine, "FLOW_COMPLETED") == 1
 
 
@@ -476,13 +482,11 @@ async def test_a_fail_fast_flow_stopped_by_a_restart_skips_its_waiting_steps_wit
         Step(id="c", needs=["b"], command=py("print('from c')")),
     ]
     async with open_engine(settings) as engine:
-        flow, _ = await engine.flows.submit(steps, max_concurrency=1)
-        long = await engine.supervisor.get(flow.steps[0].effect_id)
-        await long.output.wait_beyond(0, 10)
+        flow = (await engine.dispatch_flow(steps, max_concurrency=1)).record
+        assert (await engine.read_output(flow.steps[0].effect_id, wait_s=10)).data
     async with open_engine(settings) as engine:
-        reopened = await engine.flows.get(flow.flow_id)
-        assert await engine.flows.wait(reopened, 10)
-        record = await engine.flows.record(reopened)
+        record = await engine.poll_flow(flow.flow_id, wait_s=10)
+        assert record.finished_at is not None
         assert record.status == "cancelled"
         for step in record.steps[1:]:
             assert step.status == "skipped" and step.started_at is None and "fail_fast" in (step.error or "")
@@ -513,8 +517,10 @@ async def test_a_flow_whose_steps_all_ended_while_the_server_was_down_is_complet
             Event("EFFECT_RESOLVED", run_id, effect_id, {"finished_at": finished, "exit_code": 0, "result": None}),
         )
     async with open_engine(settings) as engine:
-        row = await engine.journal.flow(flow_id)
-        assert row is not None and row["status"] == "succeeded" and row["finished_at"] == finished
+        record = await engine.poll_flow(flow_id)
+        assert record.status == "succeeded" and record.finished_at == finished
+        [row] = db_rows(engine, "SELECT * FROM flows WHERE flow_id = ?", flow_id)
+        assert row["status"] == "succeeded" and row["finished_at"] == finished
         assert await event_count(engine, "FLOW_COMPLETED") == 1
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
+
 from effectd.config import Settings, build_settings
 from effectd.harness import HarnessProfile
 from effectd.journal import TERMINAL_EVENTS, replay_projection
 from effectd.runner import process_start_time
-from mcp import Client
-
 from tests.conftest import SLEEP, call, connected, pid_alive, py, read_until, stdio_params
 
 pytestmark = pytest.mark.anyio
@@ -351,14 +351,14 @@ async def test_a_burst_of_a_thousand_effects_all_finish_while_polls_stay_fast_an
         # Measured after every dispatch was accepted, while effects are still running.
         # The event loop's own CPU time per poll (thread_time: this thread runs both client and server)
         # is the work queued in front of the answer; wall time adds whatever other processes took.
-        while len(engine.supervisor.live_effects()) > 32 and len(latencies) < 20:
+        while engine.stats()["active_effects"] > 32 and len(latencies) < 20:
             asked, cpu = time.monotonic(), time.thread_time()
             await call(client, "poll_effect", effect_id=ids[len(latencies) * 37 % len(ids)])
             latencies.append(time.monotonic() - asked)
             busy.append(time.thread_time() - cpu)
             await anyio.sleep(0.005)
         with anyio.fail_after(55):
-            while engine.supervisor.live_effects():  # noqa: ASYNC110 - watched without a tool call, see below
+            while engine.stats()["active_effects"]:  # noqa: ASYNC110 - watched without a tool call, see below
                 await anyio.sleep(0.01)
         took = time.monotonic() - began
         flood_over.set()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from effectd.harness import MISSING_FINAL_EVENT, PARSERS, HarnessProgress, Parser, make_parser
 from effectd.harness.parsers import TEXT_LIMIT
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from effectd.harness import BUILTIN_PROFILES, PARSERS, HarnessProfile, profile_from_config
 
 TRICKY_PROMPT = "fix \"it\" {args} {prompt} $(rm -rf ~) 'now' `id` {x}\n-- --help ; | &"

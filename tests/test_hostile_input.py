@@ -19,14 +19,14 @@ from typing import Any
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from effectd.config import MAX_ARGV_BYTES, build_settings
-from effectd.engine import Engine
-from effectd.harness import HarnessProfile
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from mcp import Client
 
+from effectd.config import MAX_ARGV_BYTES, build_settings
+from effectd.engine import Engine
+from effectd.harness import HarnessProfile
 from tests.conftest import call, connected, effectd_bin, event_count, py, structured, text_of
 
 OK, EITHER, BAD = 0, 1, 2  # verdicts, combined with max(): one bad argument makes the call bad

@@ -21,12 +21,12 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from effectd.app import build_server
-from effectd.engine import Engine
-from effectd.http import open_listener, serve_http
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from effectd.app import build_server
+from effectd.engine import Engine
+from effectd.http import open_listener, serve_http
 from tests.conftest import call, effectd_bin, pid_alive, py, read_until
 
 pytestmark = pytest.mark.anyio

@@ -6,9 +6,9 @@ import sqlite3
 
 import anyio
 import pytest
+
 from effectd.journal import Journal, replay_projection
 from effectd.journal.migrations import MIGRATIONS
-
 from tests.conftest import SLEEP, call, connected, py
 
 pytestmark = pytest.mark.anyio
@@ -34,12 +34,12 @@ async def test_migrating_a_blank_database_creates_every_table_once(tmp_path):
 
 async def test_a_burst_of_dispatches_is_committed_in_few_transactions(settings):
     async with connected(settings) as (engine, client):
-        before = engine.journal.batches
+        before = engine.stats()["journal_transactions"]
         async with anyio.create_task_group() as tg:
             for _ in range(100):
                 tg.start_soon(lambda: call(client, "dispatch_effect", command=py("pass"), background=True, group="b"))
         await call(client, "await_group", group="b", timeout_s=50)
-        batches = engine.journal.batches - before
+        batches = engine.stats()["journal_transactions"] - before
     events = rows(settings.db, "select count(*) as n from events")[0]["n"]
     assert events >= 300  # requested, started, resolved for each
     assert batches < events / 2, f"{events} events took {batches} transactions"

@@ -13,14 +13,14 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from effectd.app import build_server
-from effectd.engine import Engine
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ResourceUpdatedNotification
 
-from tests.conftest import call, py
+from effectd.app import build_server
+from effectd.engine import Engine
+from tests.conftest import call, py, wait_until
 from tests.test_http import WAIT_FOR_FILE, http_client, serving
 
 pytestmark = pytest.mark.anyio
@@ -165,7 +165,7 @@ async def test_a_subscribed_client_of_an_earlier_protocol_gets_resource_updated_
             warnings.simplefilter("ignore")
             await client.unsubscribe_resource(record_uri(effect_id))
             await client.unsubscribe_resource(output_uri(effect_id))
-    assert not engine.supervisor.on_change, "the feed stops watching the supervisor once nobody subscribes"
+    await wait_until(lambda: engine.subscribers == 0)  # the feed stops watching once nobody subscribes
 
 
 async def test_updates_are_coalesced(engine: Engine) -> None:
@@ -184,7 +184,7 @@ async def test_updates_are_coalesced(engine: Engine) -> None:
         took = (await read_record(client, effect_id))["duration_s"]
     # 3000 flushed lines, but at most ten updates a second (plus the one that reports the end).
     assert 1 <= events <= 10 * (took + 1) + 2, (events, took)
-    assert not engine.supervisor.on_change
+    await wait_until(lambda: engine.subscribers == 0)
 
 
 async def test_a_client_over_http_gets_updates_while_an_effect_runs(engine: Engine, tmp_path: Path) -> None:

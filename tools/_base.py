@@ -7,18 +7,29 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from effectd.engine import Engine
-from effectd.errors import EffectdError
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-from pydantic import ConfigDict, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
+
+from effectd.engine import Engine, ProgressSink
+from effectd.errors import EffectdError
+from effectd.mcp_compat import arguments_of, set_arguments
 
 
 def engine_of(ctx: Context[Any, Any]) -> Engine:
     return cast(Engine, ctx.request_context.lifespan_context)
+
+
+def progress_of(ctx: Context[Any, Any]) -> ProgressSink:
+    """The caller's MCP progress notifications (sent only when the client gave a progress token)."""
+
+    async def report(progress: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(progress, total, message)
+
+    return report
 
 
 @contextmanager
@@ -48,13 +59,20 @@ def _not_unicode(value: Any, path: tuple[str, ...]) -> str | None:
     return None
 
 
-def strict_tool(fn: Callable[..., Any]) -> Tool:
-    """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped."""
+def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None) -> Tool:
+    """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped.
+
+    The arguments are the function's own parameters, or the fields of `arguments` (a model shared
+    with other front-ends), which the function then receives as keywords.
+    """
     tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
-    base = tool.fn_metadata.arg_model
+    base: type[BaseModel] = arguments_of(tool) if arguments is None else arguments
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
 
-    class StrictArguments(base):  # type: ignore[misc,valid-type]
+    # The SDK calls the tool with `model_dump_one_level()` of its argument model: an ArgModelBase.
+    shared = base if issubclass(base, ArgModelBase) else create_model(base.__name__, __base__=(ArgModelBase, base))
+
+    class StrictArguments(shared):  # type: ignore[misc,valid-type]
         model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
 
         @model_validator(mode="before")
@@ -78,7 +96,5 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
             return data
 
     # Named after the tool, so a validation error says which tool's arguments were wrong.
-    named = cast(type[ArgModelBase], create_model(f"{tool.name}_arguments", __base__=StrictArguments))
-    tool.fn_metadata.arg_model = named
-    tool.parameters = named.model_json_schema(by_alias=True)
+    set_arguments(tool, cast(type[ArgModelBase], create_model(f"{tool.name}_arguments", __base__=StrictArguments)))
     return tool

@@ -4,35 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
-from effectd.flows import MAX_STEPS, Flow, FlowManager, FlowRecord, Policy, Step
-from effectd.models import Name, Wait
-from effectd.tools._base import engine_of, refusals, strict_tool
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
-
-async def follow_flow(ctx: Context[Any, Any], flows: FlowManager, flow: Flow, wait_s: float, *, owned: bool) -> None:
-    """Waits up to `wait_s` for the flow to end, reporting each step's end as MCP progress.
-
-    A client that abandons the call cancels the flow it started (reason `client_cancelled`).
-    """
-    try:
-        with anyio.move_on_after(wait_s):
-            reported = -1
-            while not flow.done.is_set():
-                changed = flow.changed
-                finished = flow.finished_steps()
-                if finished != reported:
-                    reported = finished
-                    await ctx.report_progress(finished, len(flow.steps), f"{finished}/{len(flow.steps)} steps ended")
-                    continue
-                await changed.wait()
-    except anyio.get_cancelled_exc_class():
-        if owned:
-            flows.cancel(flow, "client_cancelled", "the client abandoned the call")
-        raise
+from effectd.flows import MAX_STEPS, FlowRecord, Policy, Step
+from effectd.models import Name, Wait
+from effectd.tools._base import engine_of, progress_of, refusals, strict_tool
 
 
 async def dispatch_flow(
@@ -63,12 +41,14 @@ async def dispatch_flow(
     """
     engine = engine_of(ctx)
     with refusals():
-        flow, new = await engine.flows.submit(
+        dispatched = await engine.dispatch_flow(
             steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id
         )
-    if not background:
-        await follow_flow(ctx, engine.flows, flow, wait_s, owned=new)
-    return await engine.flows.record(flow)
+    if background:
+        return dispatched.record
+    return await engine.follow_flow(
+        dispatched.record.flow_id, wait_s, progress=progress_of(ctx), cancel_on_abandon=dispatched.new
+    )
 
 
 async def poll_flow(
@@ -77,12 +57,8 @@ async def poll_flow(
     wait_s: Annotated[Wait, Field(description="wait up to this long for the flow to end (<= 55 s)")] = 0.0,
 ) -> FlowRecord:
     """The current record of a flow: its status, its steps' statuses and times, wall time and speedup."""
-    flows = engine_of(ctx).flows
     with refusals():
-        flow = await flows.get(flow_id)
-    if wait_s > 0:
-        await flows.wait(flow, wait_s)
-    return await flows.record(flow)
+        return await engine_of(ctx).poll_flow(flow_id, wait_s)
 
 
 def tools() -> list[Tool]:

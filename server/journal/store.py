@@ -14,6 +14,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from effectd.journal.migrations import migrate
 from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_effect, fold_flow
 from effectd.models import now_iso
@@ -261,6 +262,51 @@ class Journal:
         return await self.fetch(
             "SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (run_id, after, limit)
         )
+
+    async def runs_overview(self, limit: int) -> list[dict[str, Any]]:
+        """Runs newest first, each with its number of effects and of active ones."""
+        return await self.fetch(
+            "SELECT r.run_id, r.created_at, COUNT(e.effect_id) AS effects, "
+            "SUM(e.status IN ('pending', 'queued', 'running')) AS active "
+            "FROM runs r LEFT JOIN effects e ON e.run_id = r.run_id "
+            "GROUP BY r.run_id ORDER BY r.run_id DESC LIMIT ?",
+            (limit,),
+        )
+
+    async def groups_overview(self, run_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Groups, the one with the newest effect first, each with its counts."""
+        where, params = (
+            ("WHERE group_name IS NOT NULL AND run_id = ?", [run_id])
+            if run_id
+            else ("WHERE group_name IS NOT NULL", [])
+        )
+        rows = await self.fetch(
+            "SELECT group_name, MAX(run_id) AS run_id, MAX(flow_id) AS flow_id, COUNT(*) AS effects, "
+            "MIN(created_at) AS created_at, MAX(effect_id) AS latest, "
+            "SUM(status IN ('pending', 'queued', 'running')) AS active, SUM(status = 'failed') AS failed "
+            f"FROM effects {where} GROUP BY group_name ORDER BY latest DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            {
+                "group": row["group_name"],
+                "run_id": row["run_id"],
+                "flow_id": row["flow_id"],
+                "effects": row["effects"],
+                "active": row["active"],
+                "failed": row["failed"],
+                "created_at": row["created_at"],
+            }
+            for row in rows
+        ]
+
+    async def flows_page(self, run_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Flow rows newest first, of one run or of all."""
+        if run_id:
+            return await self.fetch(
+                "SELECT * FROM flows WHERE run_id = ? ORDER BY flow_id DESC LIMIT ?", (run_id, limit)
+            )
+        return await self.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
 
     # --- control requests from other processes ---------------------------------------------------
 
