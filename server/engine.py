@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -395,4 +396,12 @@ class Engine:
         return self._feed.subscribe(per_second)
 
 
-__all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink"]
+async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
+    """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
+    journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
+    Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
+    async with owning(db), Journal.open(db) as journal:
+        return await Supervisor.cancel_waiting_in_journal(journal, effect_id, message)
+
+
+__all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

@@ -1020,5 +1020,14 @@ class Supervisor:
             if row["status"] != "running":
                 self._spawn_driver(self._effects[row["effect_id"]])
 
+    @staticmethod
+    async def cancel_waiting_in_journal(journal: Journal, effect_id: str, message: str | None) -> bool:
+        """Cancels a pending or queued effect of a journal no server runs; False when it is not waiting."""
+        row = await journal.effect(effect_id)
+        if row is None or row["status"] not in ("pending", "queued"):
+            return False
+        await journal.append(terminal_event("cancelled", row["run_id"], effect_id, now_iso(), cancel_message=message))
+        return True
+
     def live_effects(self) -> list[Effect]:
         return [e for e in self._effects.values() if not e.terminal]
