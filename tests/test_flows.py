@@ -17,12 +17,12 @@ from mcp import Client
 from effectd.api import await_effect, run, run_effect, run_flow
 from effectd.config import Settings
 from effectd.engine import Engine
-from effectd.errors import EffectCancelledError, EffectFailedError
-from effectd.flows import Step
+from effectd.errors import EffectCancelledError, EffectFailedError, InvalidRequestError
+from effectd.flows import FlowRecord, FlowStepRecord, Step, check_graph
 from effectd.harness import HarnessProfile
 from effectd.journal import Event, Journal, replay_projection
 from effectd.models import EffectSpec, new_id, now_iso, parse_iso
-from tests.conftest import SLEEP, call, call_error, open_engine, py, stdio_params
+from tests.conftest import SLEEP, call, call_error, open_engine, py, read_until, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -303,7 +303,7 @@ async def test_cancelling_the_flow_group_cancels_its_steps_and_the_flow(client):
     )
     assert flow["status"] == "running"
     a = steps_by_id(flow)["a"]["effect_id"]
-    assert (await call(client, "stream_effect", effect_id=a, wait_s=10))["data"] == "up\n"
+    assert await read_until(client, a, "up\n", within_s=10) == "up\n"
     cancelled = await call(client, "cancel_group", group=flow["flow_id"], reason="changed my mind")
     assert len(cancelled["cancelled"]) == 3
     flow = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=10)
@@ -399,6 +399,25 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+def test_the_graph_check_gives_each_step_everything_it_needs_directly_or_transitively():
+    shape = {"d": ["b", "c"], "b": ["a"], "c": ["a"], "a": [], "e": ["d", "a"], "lone": []}
+    ancestors = check_graph([Step(id=k, needs=v, command=["true"]) for k, v in shape.items()])
+    assert ancestors == {
+        "a": frozenset(),
+        "b": {"a"},
+        "c": {"a"},
+        "d": {"a", "b", "c"},
+        "e": {"a", "b", "c", "d"},
+        "lone": frozenset(),
+    }
+
+
+def test_a_cycle_is_named_from_the_step_given_first_each_needing_the_next():
+    steps = [Step(id=k, needs=v, command=["true"]) for k, v in {"z": ["x"], "x": ["y"], "y": ["z"], "w": []}.items()]
+    with pytest.raises(InvalidRequestError, match="cycle: z -> x -> y -> z \\(each needs the next\\)"):
+        check_graph(steps)
+
+
 @pytest.mark.parametrize(("arguments", "expected"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
 async def test_an_invalid_flow_is_refused_with_a_clear_error_and_nothing_written(client, engine, arguments, expected):
     before = await event_count(engine)
@@ -424,11 +443,28 @@ async def test_an_unknown_flow_id_is_a_tool_error(client):
     assert "unknown flow id" in await call_error(client, "poll_flow", flow_id="flw-nope")
 
 
-async def test_dispatch_flow_declares_an_output_schema(client):
+# The fields of the flow record and of its steps as CONTRACT.md (`dispatch_flow`) lists them.
+CONTRACT_FLOW_FIELDS = set(
+    "flow_id run_id policy status steps started_at finished_at wall_s sum_step_s speedup".split()
+)
+CONTRACT_STEP_FIELDS = set("step_id effect_id needs status started_at finished_at duration_s exit_code".split())
+
+
+async def test_dispatch_flow_and_poll_flow_declare_the_whole_flow_record_as_their_output_schema(client):
+    model = FlowRecord.model_json_schema()
+    model_step = model["$defs"]["FlowStepRecord"]
+    assert set(model["properties"]) == set(FlowRecord.model_fields) >= CONTRACT_FLOW_FIELDS
+    assert set(model_step["properties"]) == set(FlowStepRecord.model_fields) >= CONTRACT_STEP_FIELDS
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    schema = tools["dispatch_flow"].output_schema
-    assert schema is not None and "speedup" in schema["properties"]
-    assert "poll_flow" in tools
+    for name in ("dispatch_flow", "poll_flow"):
+        schema = tools[name].output_schema
+        assert schema is not None, name
+        assert schema["properties"] == model["properties"], name
+        assert sorted(schema["required"]) == sorted(model["required"]), name
+        step_ref = schema["properties"]["steps"]["items"]["$ref"]
+        step = schema["$defs"][step_ref.removeprefix("#/$defs/")]
+        assert step["properties"] == model_step["properties"], name
+        assert sorted(step["required"]) == sorted(model_step["required"]), name
 
 
 # --- journal and restart --------------------------------------------------------------------------
