@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from effectd import demo
+from effectd.cli import demo, demo_kit
 from effectd.config import build_settings, load_file
 from tests.conftest import REPO, effectd_bin, pid_alive
 
@@ -136,7 +136,7 @@ def test_the_fast_demo_shows_effects_side_by_side_streamed_collected_and_a_runaw
 def test_the_demo_configuration_allows_python_and_runs_the_fake_harness_from_any_directory(tmp_path: Path) -> None:
     settings = build_settings(load_file(demo.write_config(tmp_path)), db=tmp_path / "journal.db")
     assert sys.executable in settings.allow_commands
-    profile = settings.harnesses[demo.HARNESS]
+    profile = settings.harnesses[demo_kit.HARNESS]
     assert profile.parser == "claude" and profile.resolve_executable() is not None
     argv = profile.build_argv("hello", ["--delay", "0", "--steps", "1"])
     ran = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30, env={"PATH": os.defpath})
@@ -145,13 +145,13 @@ def test_the_demo_configuration_allows_python_and_runs_the_fake_harness_from_any
 
 
 def test_the_demo_condenses_stream_json_for_the_terminal() -> None:
-    assert demo.agent_line('{"type":"system","subtype":"init","model":"m"}') == "session started (model m)"
+    assert demo_kit.agent_line('{"type":"system","subtype":"init","model":"m"}') == "session started (model m)"
     text = '{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}'
-    assert demo.agent_line(text) == "says: hi"
+    assert demo_kit.agent_line(text) == "says: hi"
     tool = '{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"ls"}}]}}'
-    assert demo.agent_line(tool) == "calls Bash: ls"
-    assert demo.agent_line('{"type":"user","message":{}}') is None
-    assert demo.agent_line("not json") == "not json"
+    assert demo_kit.agent_line(tool) == "calls Bash: ls"
+    assert demo_kit.agent_line('{"type":"user","message":{}}') is None
+    assert demo_kit.agent_line("not json") == "not json"
 
 
 def test_the_demo_fails_with_a_clear_message_when_the_server_cannot_start(

@@ -8,6 +8,7 @@ from effectd.journal.projection import (
     fold_flow,
     terminal_event,
 )
+from effectd.journal.reader import JournalReader
 from effectd.journal.store import Journal, replay_projection
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "Event",
     "Journal",
+    "JournalReader",
     "fold_effect",
     "fold_flow",
     "replay_projection",

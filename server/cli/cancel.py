@@ -1,0 +1,86 @@
+"""`effectd cancel`: asks the live server that owns the journal to cancel an effect, and waits for its end.
+
+The request goes through the journal's `control` table, which the server polls; with no live server,
+a waiting effect is cancelled by the engine itself (`effectd.engine.cancel_offline`). The command
+never appends to the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from effectd.cli.common import TERMINAL, complain, print_json, record_of, settings_of
+from effectd.config import Settings
+from effectd.errors import EffectdError
+from effectd.journal.reader import JournalReader
+
+POLL_S = 0.05
+# How long to follow an effect the server is stopping: its grace, at most 600 s, and some slack.
+FOLLOW_S = 660.0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from effectd.ownership import owner_pid
+
+    settings = settings_of(args)
+    db = settings.db
+    reader = JournalReader(db)
+    row = reader.effect(args.effect_id)
+    if row is None or (args.run and row["run_id"] != args.run):
+        where = f" in run {args.run}" if args.run else ""
+        complain(f"unknown effect {args.effect_id}{where} (database {db})")
+        return 1
+    if row["status"] in TERMINAL:
+        print_json(record_of(settings, args.effect_id))
+        return 0
+    if owner_pid(db) is None:
+        return _cancel_without_server(settings, args.effect_id, args.reason)
+    request_id = reader.request_control(args.effect_id, "cancel", args.reason)
+    deadline = time.monotonic() + args.wait
+    shown = False
+    while time.monotonic() < deadline:
+        answer = reader.control_answer(request_id)
+        if answer is not None:
+            if answer == "unknown":
+                complain(f"the server does not know effect {args.effect_id}")
+                return 1
+            record = _follow_until_terminal(settings, args.effect_id)
+            print_json(record)
+            return 0 if record and record["status"] in TERMINAL else 2
+        if not shown and sys.stderr.isatty():
+            complain(f"asked the server to cancel {args.effect_id}, waiting...")
+            shown = True
+        time.sleep(POLL_S)
+    complain(f"no live server answered within {args.wait:g} s")
+    return 2
+
+
+def _follow_until_terminal(settings: Settings, effect_id: str, within_s: float = FOLLOW_S) -> dict[str, Any] | None:
+    """The effect's record once it is terminal (the server is killing it: up to its grace), polled."""
+    deadline = time.monotonic() + within_s
+    record = record_of(settings, effect_id)
+    while record is not None and record["status"] not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        record = record_of(settings, effect_id)
+    return record
+
+
+def _cancel_without_server(settings: Settings, effect_id: str, reason: str | None) -> int:
+    """No server owns the database: the engine cancels a pending or queued effect in the journal itself."""
+    import anyio
+
+    from effectd.engine import cancel_offline
+
+    try:
+        cancelled = anyio.run(cancel_offline, settings.db, effect_id, reason)
+    except EffectdError as exc:  # a server took the journal meanwhile (DatabaseBusyError)
+        complain(str(exc))
+        return 2
+    complain("no live server owns the database")
+    if cancelled:
+        complain(f"{effect_id} was waiting, cancelled in the journal directly")
+    print_json(record_of(settings, effect_id))
+    return 2

@@ -1,0 +1,132 @@
+"""The `effectd` command: its arguments, `main()`, and `effectd serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from effectd.cli.cancel import cmd_cancel
+from effectd.cli.common import add_database_options, complain
+from effectd.cli.readers import cmd_journal, cmd_logs, cmd_ls, cmd_show
+from effectd.errors import EffectdError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from effectd.app import serve
+    from effectd.config import build_settings, load_file
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
+    try:
+        settings = build_settings(
+            load_file(Path(args.config) if args.config else None),
+            db=Path(args.db) if args.db else None,
+            max_concurrency=args.max_concurrency,
+            allow_commands=args.allow_command or (),
+            allow_any_command=args.allow_any_command,
+            keep_queued=args.keep_queued,
+        )
+        http: dict[str, Any] = {}
+        if args.http:
+            http = {"host": args.host, "port": args.port, "token": args.token or os.environ.get("EFFECTD_TOKEN")}
+        anyio.run(lambda: serve(settings, "http" if args.http else "stdio", **http))
+    except BaseException as exc:  # errors raised in the server's task group arrive grouped
+        refusals = _effectd_errors(exc)
+        if refusals:
+            for refusal in refusals:
+                complain(str(refusal))
+            return 2
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
+    return 0
+
+
+def _effectd_errors(exc: BaseException) -> list[EffectdError]:
+    if isinstance(exc, EffectdError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for inner in exc.exceptions for e in _effectd_errors(inner)]
+    return []
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from effectd.cli.demo import main as demo_main
+
+    return int(demo_main(fast=args.fast))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="effectd", description="Run effects for agents, supervised and journaled.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    add_database_options(serve)
+    serve.add_argument("--max-concurrency", type=int, help="effects running at once (default 16)")
+    serve.add_argument("--allow-command", action="append", metavar="PROG", help="a program command effects may run")
+    serve.add_argument("--allow-any-command", action="store_true", help="let command effects run any program")
+    serve.add_argument("--keep-queued", action="store_true", help="on stop, keep waiting effects for the next start")
+    serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", help="bearer token HTTP clients must send (default $EFFECTD_TOKEN)")
+    serve.set_defaults(func=cmd_serve)
+
+    cancel = sub.add_parser("cancel", help="cancel an effect of the live server")
+    cancel.add_argument("effect_id")
+    cancel.add_argument("--run", help="the effect's run (checked)")
+    cancel.add_argument("--reason", help="kept as the effect's cancel_message")
+    add_database_options(cancel)
+    cancel.add_argument("--wait", type=float, default=10.0, help=argparse.SUPPRESS)
+    cancel.set_defaults(func=cmd_cancel)
+
+    ls = sub.add_parser("ls", help="list effects, newest first")
+    ls.add_argument("--run")
+    ls.add_argument("--group")
+    ls.add_argument("--status")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    add_database_options(ls)
+    ls.set_defaults(func=cmd_ls)
+
+    show = sub.add_parser("show", help="print an effect's record (or a flow's)")
+    show.add_argument("id")
+    add_database_options(show)
+    show.set_defaults(func=cmd_show)
+
+    logs = sub.add_parser("logs", help="print an effect's captured output")
+    logs.add_argument("id")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the effect ends")
+    add_database_options(logs)
+    logs.set_defaults(func=cmd_logs)
+
+    journal = sub.add_parser("journal", help="print journal events")
+    journal.add_argument("--run")
+    journal.add_argument("--follow", "-f", action="store_true")
+    journal.add_argument("--json", action="store_true")
+    add_database_options(journal)
+    journal.set_defaults(func=cmd_journal)
+
+    demo = sub.add_parser("demo", help="show effectd end to end (no setup, no network)")
+    demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(func=cmd_demo)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EffectdError as exc:  # a configuration the reading subcommands cannot use (serve reports its own)
+        complain(str(exc))
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
