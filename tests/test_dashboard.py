@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -275,8 +277,85 @@ def _fake_harness(settings: Settings) -> Settings:
     return replace(settings, harnesses={**settings.harnesses, "fake": fake})
 
 
+# What the page shows of a running flow: per step, its effect id and status in the graph, in the table
+# and in the timeline; the selected effect and its output; where the graph's status marks are drawn.
+SEEN = """() => {
+  const status = (el) => [...el.classList].find((c) => c.startsWith('st-'))?.slice(3);
+  const all = (selector, f) => Object.fromEntries([...document.querySelectorAll(selector)].map(f));
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
+  return {
+    title: document.querySelector('#scope-title').textContent,
+    table: document.querySelector('#table-title').textContent,
+    nodes: all('#dag g.node', (n) => [n.dataset.stepId, {effect_id: n.dataset.effectId, status: status(n),
+      mark: box(n.querySelector('rect.node-mark')), fill: getComputedStyle(n.querySelector('rect.node-mark')).fill}]),
+    rows: all('#effects tbody tr', (r) => [r.dataset.effectId, r.querySelector('td.status').textContent.trim()]),
+    bars: all('#timeline rect.bar-run', (b) => [b.dataset.effectId, b.dataset.status]),
+    detail: document.querySelector('#detail-id').textContent,
+    output: document.querySelector('#output').textContent,
+    viewport: [window.innerWidth, window.innerHeight],
+  };
+}"""
+
+
+def png_pixels(png: bytes) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB bytes) of an 8-bit RGB or RGBA, non-interlaced PNG (what chromium writes)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    at, header, compressed = 8, b"", b""
+    while at < len(png):
+        (length,), kind = struct.unpack(">I", png[at : at + 4]), png[at + 4 : at + 8]
+        body = png[at + 8 : at + 8 + length]
+        at += 12 + length
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            compressed += body
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour in (2, 6) and interlace == 0, f"unexpected PNG format {depth}/{colour}/{interlace}"
+    size = 3 if colour == 2 else 4  # bytes per pixel
+    stride = width * size
+    raw = zlib.decompress(compressed)
+    assert len(raw) == height * (stride + 1), "the pixel data does not match the PNG's dimensions"
+    rows: list[bytes] = []
+    above = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1) + 1
+        kind, row = raw[start - 1], bytearray(raw[start : start + stride])
+        if kind != 0:  # undo the row's filter (PNG specification, section 9)
+            for i in range(stride):
+                left = row[i - size] if i >= size else 0
+                up = above[i]
+                if kind == 1:
+                    guess = left
+                elif kind == 2:
+                    guess = up
+                elif kind == 3:
+                    guess = (left + up) >> 1
+                else:  # Paeth: the neighbour nearest to left + up - corner, ties to left, then up
+                    corner = above[i - size] if i >= size else 0
+                    p = left + up - corner
+                    guess = min((abs(p - left), 0, left), (abs(p - up), 1, up), (abs(p - corner), 2, corner))[2]
+                row[i] = (row[i] + guess) & 0xFF
+        above = row
+        rgb_row = bytearray(row)
+        if size == 4:
+            del rgb_row[3::4]  # the alpha channel
+        rows.append(bytes(rgb_row))
+    return width, height, rows
+
+
+def pixel(rows: list[bytes], x: float, y: float) -> tuple[int, ...]:
+    row = rows[int(y)]
+    return tuple(row[int(x) * 3 : int(x) * 3 + 3])
+
+
+def rgb(css: str) -> tuple[int, ...]:
+    """`rgb(47, 125, 225)` as (47, 125, 225)."""
+    return tuple(int(part) for part in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+
+
 async def test_a_screenshot_of_a_running_flow(settings: Settings, tmp_path: Path) -> None:
-    """A running flow with its DAG, timeline, steps and one step's live output (docs/dashboard.png)."""
+    """A running flow with its DAG, timeline, steps and one step's live output (docs/dashboard.png): the page
+    shows each step with its status, the running one marked running, and the picture is of that page."""
     steps = [
         {"id": "checkout", "command": py(WORK, "2", "0.2", "checkout")},
         {"id": "lint", "needs": ["checkout"], "command": py(WORK, "4", "0.3", "lint")},
@@ -295,18 +374,52 @@ async def test_a_screenshot_of_a_running_flow(settings: Settings, tmp_path: Path
                            label="flaky probe", group="checks")  # fmt: skip
         assert warmup["status"] == "succeeded" and flaky["status"] == "failed"
         flow = await call(client, "dispatch_flow", steps=steps, flow_id="flw_release_check", background=True)
-        unit = next(s["effect_id"] for s in flow["steps"] if s["step_id"] == "unit-tests")
-        lint = next(s["effect_id"] for s in flow["steps"] if s["step_id"] == "lint")
+        effect_of = {s["step_id"]: s["effect_id"] for s in flow["steps"]}
+        unit, lint = effect_of["unit-tests"], effect_of["lint"]
         await call(client, "await_group", effect_ids=[lint], timeout_s=30)
         await read_until(client, unit, "step 12/")
         await page.goto(f"{url}/#flow=flw_release_check&effect={unit}")
-        await page.wait_for_function("() => document.querySelectorAll('#dag g.node').length === 7")
-        await page.wait_for_function("() => document.querySelector('#output').textContent.includes('step 12/')")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#dag g.node').length === 7"
+            " && document.querySelectorAll('#effects tbody tr').length === 7"
+            " && document.querySelector('#output').textContent.includes('step 12/')"
+        )
+        seen = await page.evaluate(SEEN)
         shot = tmp_path / "dashboard.png"
         await page.screenshot(path=str(shot))
-        assert shot.stat().st_size > 20_000
         if os.environ.get("EFFECTD_SCREENSHOT"):
             shutil.copyfile(shot, os.environ["EFFECTD_SCREENSHOT"])
         await call(client, "cancel_group", group="flw_release_check")
         with anyio.fail_after(30):
             assert (await call(client, "poll_flow", flow_id="flw_release_check", wait_s=20))["status"] == "cancelled"
+
+    # The page: the flow's seven steps in the graph and in the table, one row per effect. lint ended
+    # before the page was opened and unit-tests was printing, so what they show is settled; steps that
+    # need unit-tests cannot have started; the others wait or run.
+    assert seen["title"] == "flw_release_check" and seen["table"] == "Steps of the flow (7)"
+    assert {step: node["effect_id"] for step, node in seen["nodes"].items()} == effect_of
+    assert set(seen["rows"]) == set(effect_of.values())
+    status = {step: node["status"] for step, node in seen["nodes"].items()}
+    assert status["checkout"] == status["lint"] == "succeeded" and status["unit-tests"] == "running", status
+    assert status["package"] in ("pending", "queued") and status["report"] in ("pending", "queued"), status
+    assert status["review"] in ("queued", "running") and status["integration"] in ("queued", "running"), status
+    for step in ("checkout", "lint", "unit-tests", "package", "report"):
+        assert seen["rows"][effect_of[step]].startswith(status[step]), (step, seen["rows"][effect_of[step]])
+    bars = [seen["bars"].get(effect_of[step]) for step in ("checkout", "lint", "unit-tests")]
+    assert bars == ["succeeded", "succeeded", "running"], seen["bars"]
+    # The detail panel: the selected step and its output as it was printed.
+    assert seen["detail"] == unit
+    printed = seen["output"].split("\n")[:-1]  # the complete lines
+    assert len(printed) >= 12 and printed == [f"[unit] step {i}/200" for i in range(1, len(printed) + 1)]
+
+    # The picture: the page's size, not one colour, and the graph's status marks drawn where the page
+    # has them, in their colours (the running step's differs from the succeeded ones').
+    width, height, rows = png_pixels(shot.read_bytes())
+    assert [width, height] == seen["viewport"] == [1600, 1000]
+    colours = {row[x : x + 3] for row in rows[::8] for x in range(0, width * 3, 3 * 4)}
+    assert len(colours) > 50, f"the screenshot has only {len(colours)} colours"
+    marks = {step: seen["nodes"][step] for step in ("checkout", "lint", "unit-tests")}
+    assert rgb(marks["unit-tests"]["fill"]) != rgb(marks["checkout"]["fill"]) == rgb(marks["lint"]["fill"])
+    for step, node in marks.items():
+        drawn, expected = pixel(rows, *node["mark"]), rgb(node["fill"])
+        assert all(abs(a - b) <= 8 for a, b in zip(drawn, expected, strict=True)), (step, drawn, expected)

@@ -4,6 +4,7 @@ shared with the dashboard and resource tests."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+import effectd.http
 from effectd.app import build_server
 from effectd.engine import Engine
 from effectd.http import open_listener, serve_http
@@ -431,3 +433,31 @@ async def test_the_output_stream_sends_the_output_then_the_end(engine: Engine, t
                         assert name == "end" and data == {"cursor": len(text), "status": "succeeded"}
                         break
     assert text == "started\nreleased\n"
+
+
+# --- the HTTP package's boundaries ---------------------------------------------------------------
+
+
+def test_the_http_package_reaches_the_engine_only_through_its_public_api() -> None:
+    """The HTTP front-end translates requests into `Engine` calls: no SQL, no engine internals (the
+    supervisor, journal, flows or feed), and no private attribute of anything but itself (the MCP SDK's
+    private parts are reached through `effectd.mcp_compat`)."""
+    public = {name for name in dir(Engine) if not name.startswith("_")}
+    internals = ("sqlite3", "aiosqlite", "effectd.journal", "effectd.supervisor", "effectd.runner", "effectd.flows")
+    modules = sorted(Path(effectd.http.__file__).parent.glob("*.py"))
+    assert len(modules) > 1
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for name in names:
+                    assert not name.startswith(internals), f"{module.name}:{node.lineno} imports {name}"
+            elif isinstance(node, ast.Attribute):
+                where = f"{module.name}:{node.lineno} uses .{node.attr}"
+                owner = node.value
+                if (isinstance(owner, ast.Name) and owner.id == "engine") or (
+                    isinstance(owner, ast.Attribute) and owner.attr == "engine"
+                ):
+                    assert node.attr in public, f"{where} of the engine, which is not its public API"
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                assert not private or (isinstance(owner, ast.Name) and owner.id == "self"), where
