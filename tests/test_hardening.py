@@ -516,10 +516,56 @@ async def test_a_flaky_effect_succeeds_on_a_later_attempt_and_replays_to_the_sam
     )
     async with connected(settings) as (_, client):
         record = await call(client, "dispatch_effect", command=py(flaky, str(marker)), max_attempts=3, wait_s=30)
+        polled = await call(client, "poll_effect", effect_id=record["effect_id"])
     assert (record["status"], record["attempt"], record["exit_code"], record["error"]) == ("succeeded", 2, 0, None)
-    types = [e["type"] for e in events_of(settings.db, record["effect_id"])]
-    assert types.count("EFFECT_STARTED") == 2 and types[-1] == "EFFECT_RESOLVED"
+    events = events_of(settings.db, record["effect_id"])
+    assert [e["type"] for e in events].count("EFFECT_STARTED") == 2 and events[-1]["type"] == "EFFECT_RESOLVED"
     await assert_journal_sound(settings.db, finished=True)
+
+    # Replaying the events rebuilds the stored projection, table by table and row by row.
+    stored = {table: rows(settings.db, f"select * from {table} order by {key}") for table, key in PROJECTION}
+    replayed = await replay_projection(settings.db)
+    assert set(replayed) == set(stored)
+    for table, table_rows in stored.items():
+        assert len(replayed[table]) == len(table_rows), f"{table}: {len(replayed[table])} rows replayed"
+        for again, row in zip(replayed[table], table_rows, strict=True):
+            differ = sorted(set(again) ^ set(row) | {k for k in set(again) & set(row) if again[k] != row[k]})
+            assert again == row, f"{table}: the replayed row differs from the stored one in {differ}"
+    (row,) = stored["effects"]
+    assert (row["effect_id"], row["terminal_seq"]) == (record["effect_id"], events[-1]["seq"])
+
+    # The records the server returned are that row; so is the record a server opened afresh reads back.
+    async with connected(settings) as (_, client):
+        reread = await call(client, "poll_effect", effect_id=record["effect_id"])
+    for returned in (record, polled, reread):
+        assert_record_is_row(returned, row)
+    stable = set(record) - {"output_tail", "last_output_at", "stalled"}
+    assert {k: reread[k] for k in stable} == {k: record[k] for k in stable}
+
+
+PROJECTION = (("effects", "effect_id"), ("flows", "flow_id"), ("runs", "run_id"))
+RECORD_NAMES = {"group_name": "group"}  # an effects column -> the record field that shows it
+JSON_COLUMNS = {"command", "result", "progress", "depends_on"}
+# Each of these is compared, whatever other columns the table grows.
+CORE_COLUMNS = {"effect_id", "run_id", "status", "command", "exit_code", "error", "attempt", "created_at"}
+CORE_COLUMNS |= {"started_at", "finished_at", "result", "output_bytes", "output_truncated", "group_name"}
+
+
+def assert_record_is_row(record: dict, row: dict) -> None:
+    """Every field of an effect record that an effects column stores holds that column's value."""
+    compared = set()
+    for column, stored in row.items():
+        field = RECORD_NAMES.get(column, column)
+        if field not in record or column == "pid":  # pid: shown only while the effect runs
+            continue
+        if column in JSON_COLUMNS and stored is not None:
+            stored = json.loads(stored)
+        elif column == "output_truncated":
+            stored = bool(stored)
+        assert record[field] == stored, f"record {field}={record[field]!r} but the effects row has {stored!r}"
+        compared.add(column)
+    assert compared >= CORE_COLUMNS, f"not compared: {sorted(CORE_COLUMNS - compared)}"
+    assert record["max_attempts"] == json.loads(row["spec"])["max_attempts"]
 
 
 async def test_a_cancelled_effect_is_not_retried_whether_running_or_waiting_out_its_backoff(settings):

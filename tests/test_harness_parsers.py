@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -509,13 +510,59 @@ def test_make_parser_rejects_an_unknown_name_listing_the_allowed_ones() -> None:
         assert name in str(info.value)
 
 
-def test_make_parser_gives_a_fresh_parser_each_time() -> None:
-    first = make_parser("claude")
-    first.feed(fixture_lines("claude-stream.jsonl")[1])
-    assert make_parser("claude").progress == HarnessProgress()
+# An error event of each CLI: fed to a parser, each leaves state behind (messages, a failure) in one of them.
+ERROR_EVENTS: list[dict[str, Any]] = [
+    {"type": "result", "subtype": "error_during_execution", "is_error": True, "errors": ["boom"]},
+    {"type": "error", "message": "boom"},
+    {"type": "turn.failed", "error": {"message": "boom"}},
+    {"type": "message_end", "message": {"role": "assistant", "stopReason": "error", "errorMessage": "boom"}},
+    {"type": "error", "sessionID": "ses_1", "error": {"name": "APIError", "data": {"message": "boom"}}},
+]
+
+
+@pytest.mark.parametrize("name", JSON_PARSERS)
+def test_make_parser_gives_a_fresh_parser_each_time(name: str) -> None:
+    # The first parser reads a run with errors in it; the second, made after it, must start from nothing
+    # and read a clean run to exactly that run's result, leaving the first one as it was.
+    fixtures = sorted(f for f, e in EXPECTED.items() if e["parser"] == name)
+    lines = fixture_lines(fixtures[0])
+    final = max(i for i, line in enumerate(lines) if event_type(line) == EXPECTED[fixtures[0]]["final"])
+    first = make_parser(name)
+    for line in [*lines[:final], *map(json.dumps, ERROR_EVENTS), *lines[final:]]:
+        first.feed(line)
+    first_outcome = first.outcome(0)
+    first_progress = dataclasses.replace(first.progress)
+    clean = fixtures[-1]
+    clean_outcome = (EXPECTED[clean]["result"], EXPECTED[clean]["error"])
+    assert first_progress != HarnessProgress()
+    assert (first_outcome.result, first_outcome.error) != clean_outcome, "state left over would not show"
+
+    second = make_parser(name)
+    assert second is not first and second.progress is not first.progress
+    assert second.progress == HarnessProgress() and not second.finished
+    for line in fixture_lines(clean):
+        second.feed(line)
+    outcome = second.outcome(0)
+    assert (outcome.result, outcome.error) == clean_outcome
+    assert second.progress == EXPECTED[clean]["progress"]
+    assert (first.progress, first.outcome(0)) == (first_progress, first_outcome)
+
+
+def test_make_parser_gives_a_fresh_lines_parser_each_time() -> None:
+    first = make_parser("lines")
+    assert first.feed("compiling") and first.progress.last_text == "compiling"
+    second = make_parser("lines")
+    assert second is not first and second.progress == HarnessProgress()
+    assert second.feed("linking") and (first.progress.last_text, second.progress.last_text) == ("compiling", "linking")
     assert set(PARSERS) == {"claude", "codex", "gemini", "pi", "opencode", "lines"}
 
 
-def test_progress_to_json_has_every_field() -> None:
-    progress = HarnessProgress(last_text="hi", tool_calls=2, turns=1)
-    assert progress.to_json() == {"last_text": "hi", "tool_calls": 2, "turns": 1}
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_progress_to_json_has_every_field(name: str) -> None:
+    parser, _ = run(EXPECTED[name]["parser"], fixture_lines(name))
+    progress = parser.progress
+    fields = {field.name: getattr(progress, field.name) for field in dataclasses.fields(progress)}
+    unset = [field.name for field in dataclasses.fields(progress) if fields[field.name] == field.default]
+    assert not unset, f"{name} leaves {unset} at their defaults: the comparison below would not see them"
+    assert progress.to_json() == fields
+    assert json.loads(json.dumps(progress.to_json())) == fields
