@@ -13,9 +13,10 @@ and the control channel (`effectd cancel`). Closing stops the effects (reason `s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from effectd.control import ControlChannel
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
+from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.models import (
     CANCEL_WAIT_S,
@@ -41,11 +43,9 @@ from effectd.runner import Runner
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
+from effectd.supervisor.recovery import cancel_waiting
 
-# How a foreground caller is told of progress: (progress, total, message), as MCP progress carries it.
-ProgressSink = Callable[[float, float | None, str], Awaitable[None]]
-
-_PROGRESS_EVERY_S = 0.1
+ABANDONED = "the client abandoned the call"
 AwaitMode = Literal["all", "any"]
 
 
@@ -78,28 +78,11 @@ class Engine:
     async def open(cls, settings: Settings, *, runner: Runner | None = None) -> AsyncIterator[Engine]:
         """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
         async with owning(settings.db), Journal.open(settings.db) as journal:
-            supervisor = Supervisor(
-                journal,
-                feed=ChangeFeed(),
-                output_dir=settings.output_dir,
-                max_concurrency=settings.max_concurrency,
-                default_grace_s=settings.default_grace_s,
-                output_limit_bytes=settings.output_limit_bytes,
-                stall_after_s=settings.stall_after_s,
-                result_grace_s=settings.result_grace_s,
-                harness_limits={
-                    name: profile.max_concurrency
-                    for name, profile in settings.harnesses.items()
-                    if profile.max_concurrency is not None
-                },
-                keep_queued=settings.keep_queued,
-                runner=runner,
-            )
+            supervisor = _supervisor(settings, journal, runner)
             flows = FlowManager(settings, journal, supervisor)
             engine = cls(settings, journal, supervisor, flows)
             control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
-            await flows.load()
-            async with supervisor.running(), flows.running(), anyio.create_task_group() as tg:
+            async with supervisor.running(before_start=flows.load), flows.running(), anyio.create_task_group() as tg:
                 await flows.recover()
                 tg.start_soon(control.run)
                 try:
@@ -129,7 +112,11 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Counters for operators, tests and benchmarks: the journal's transactions so far (group commit
         makes them far fewer than events), and the effects of this engine not yet terminal."""
-        return {"journal_transactions": self._journal.batches, "active_effects": len(self._supervisor.live_effects())}
+        return {
+            "journal_transactions": self._journal.batches,
+            "journal_commits_in_flight": self._journal.in_flight,
+            "active_effects": len(self._supervisor.live_effects()),
+        }
 
     def harnesses(self) -> list[dict[str, Any]]:
         profiles = self.settings.harnesses
@@ -182,23 +169,10 @@ class Engine:
         (reason `client_cancelled`): a foreground call the client gave up on.
         """
         effect = await self._supervisor.get(effect_id)
-        try:
-            with anyio.move_on_after(wait_s if wait_s is not None else float("inf")):
-                sent: tuple[int, str] | None = None
-                while not effect.terminal:
-                    changed = effect.changed
-                    line = (effect.progress or {}).get("last_text") or effect.output.last_line
-                    if progress is not None and line is not None and (effect.output.lines_seen, line) != sent:
-                        sent = (effect.output.lines_seen, line)
-                        await progress(effect.output.size, None, line)
-                        with anyio.move_on_after(_PROGRESS_EVERY_S):
-                            await effect.done.wait()
-                        continue
-                    await changed.wait()
-        except anyio.get_cancelled_exc_class():
-            if cancel_on_abandon:
-                self._supervisor.request_cancel(effect, "client_cancelled", "the client abandoned the call")
-            raise
+        abandon = None
+        if cancel_on_abandon:
+            abandon = partial(self._supervisor.request_cancel, effect, "client_cancelled", ABANDONED)
+        await follow_effect(effect, wait_s, progress, abandon)
         return effect.record()
 
     async def follow_flow(
@@ -212,21 +186,8 @@ class Engine:
         """Waits up to `wait_s` (None: no bound) for the flow to end, reporting each step's end to
         `progress`; with `cancel_on_abandon`, a cancelled caller cancels the flow (`client_cancelled`)."""
         flow = await self._flows.get(flow_id)
-        try:
-            with anyio.move_on_after(wait_s if wait_s is not None else float("inf")):
-                reported = -1
-                while not flow.done.is_set():
-                    changed = flow.changed
-                    finished = flow.finished_steps()
-                    if progress is not None and finished != reported:
-                        reported = finished
-                        await progress(finished, len(flow.steps), f"{finished}/{len(flow.steps)} steps ended")
-                        continue
-                    await changed.wait()
-        except anyio.get_cancelled_exc_class():
-            if cancel_on_abandon:
-                self._flows.cancel(flow, "client_cancelled", "the client abandoned the call")
-            raise
+        abandon = partial(self._flows.cancel, flow, "client_cancelled", ABANDONED) if cancel_on_abandon else None
+        await follow_flow(flow, wait_s, progress, abandon)
         return await self._flows.record(flow)
 
     # --- queries ----------------------------------------------------------------------------------
@@ -252,7 +213,7 @@ class Engine:
     ) -> EffectList:
         """Effects newest first, filtered by run, group and status, with their summary."""
         rows = await self._journal.list_effects(run_id, group, statuses, limit)
-        records = await self._supervisor.records(rows)
+        records = self._supervisor.records(rows)
         return EffectList(effects=records, summary=summarize(records) if records else None)
 
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -396,12 +357,31 @@ class Engine:
         return self._feed.subscribe(per_second)
 
 
+def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> Supervisor:
+    return Supervisor(
+        journal,
+        feed=ChangeFeed(),
+        output_dir=settings.output_dir,
+        max_concurrency=settings.max_concurrency,
+        output_limit_bytes=settings.output_limit_bytes,
+        stall_after_s=settings.stall_after_s,
+        result_grace_s=settings.result_grace_s,
+        harness_limits={
+            name: profile.max_concurrency
+            for name, profile in settings.harnesses.items()
+            if profile.max_concurrency is not None
+        },
+        keep_queued=settings.keep_queued,
+        runner=runner,
+    )
+
+
 async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
     """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
     journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
     Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
     async with owning(db), Journal.open(db) as journal:
-        return await Supervisor.cancel_waiting_in_journal(journal, effect_id, message)
+        return await cancel_waiting(journal, effect_id, message)
 
 
 __all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

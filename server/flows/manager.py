@@ -321,10 +321,11 @@ class FlowManager:
     # --- restart ----------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Registers the flows the journal has unfinished; runs before the supervisor recovers its effects.
+        """Registers the flows the journal has unfinished. The supervisor runs this after its recovery
+        (interrupted steps are ended, waiting ones loaded) and before any waiting step starts.
 
-        A fail_fast flow that a stop or crash left with a step ended without success (or running,
-        which recovery fails as `interrupted`) gets its waiting steps skipped here, so none starts.
+        A fail_fast flow that a stop or crash left with a step ended without success has its waiting
+        steps skipped through the supervisor, so none starts.
         """
         for row in await self.journal.active_flows():
             flow = Flow.from_row(row)
@@ -332,23 +333,22 @@ class FlowManager:
             if flow.max_concurrency is not None:
                 self.supervisor.limit_group(flow.flow_id, flow.max_concurrency)
             if flow.policy == "fail_fast":
-                await self._skip_before_recovery(flow)
+                await self._stop_if_failed(flow)
 
-    async def _skip_before_recovery(self, flow: Flow) -> None:
-        rows = await self.journal.list_effects(None, flow.flow_id, None, len(flow.steps) + 1)
-        culprit = next((r for r in rows if r["status"] in ("failed", "cancelled", "skipped", "running")), None)
+    async def _stop_if_failed(self, flow: Flow) -> None:
+        steps = await self.supervisor.get_many(flow.effect_ids)
+        culprit = min(
+            (e for e in steps if e.terminal and e.status != "succeeded"),
+            key=lambda e: e.terminal_seq or 0,
+            default=None,
+        )
         if culprit is None:
             return
-        status = "interrupted" if culprit["status"] == "running" else culprit["status"]
-        why = f"flow {flow.flow_id} stopped (fail_fast): step {culprit['step_id']} {status}"
-        flow.stop_why = why
-        events = [
-            Event("EFFECT_SKIPPED", row["run_id"], row["effect_id"], {"finished_at": now_iso(), "error": why})
-            for row in rows
-            if row["status"] in ("pending", "queued")
-        ]
-        if events:
-            await self.journal.append(*events)
+        how = "interrupted" if culprit.state.error == "interrupted" else culprit.status
+        flow.stop_why = f"flow {flow.flow_id} stopped (fail_fast): step {culprit.spec.step_id} {how}"
+        for effect in steps:
+            if not effect.terminal:
+                self.supervisor.request_skip(effect, flow.stop_why, "fail_fast")
 
     async def recover(self) -> None:
         """Settles every flow registered by `load` (the supervisor is running): completes those that ended."""

@@ -2,7 +2,10 @@
 
 from effectd.journal.projection import (
     EVENT_TYPES,
+    QUEUED,
+    RETRY,
     TERMINAL_EVENTS,
+    EffectState,
     Event,
     fold_effect,
     fold_flow,
@@ -13,6 +16,9 @@ from effectd.journal.store import Journal, replay_projection
 
 __all__ = [
     "EVENT_TYPES",
+    "QUEUED",
+    "RETRY",
+    "EffectState",
     "TERMINAL_EVENTS",
     "Event",
     "Journal",

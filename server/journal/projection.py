@@ -1,7 +1,7 @@
-"""The projection tables as a pure fold over events, shared by the live writer and by replay.
+"""The one fold over events: an effect's state (`EffectState.apply`), and a flow's row.
 
-Because the live writer and `replay` run this same code, replaying the events rebuilds the
-projection exactly.
+The live effect in the supervisor, the journal's projection tables and replay all run this same
+code, so memory, the journal and replay cannot drift apart (a property test holds them equal).
 """
 
 from __future__ import annotations
@@ -93,95 +93,170 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def fold_effect(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None:
-    """The effect's projection row after `event` (a new dict; `row` is not changed)."""
-    data = event.data
-    if event.type == "EFFECT_REQUESTED":
-        spec = data["spec"]
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# Dependencies met: an effect that waited for `depends_on` now waits for a slot.
+QUEUED = "queued"
+# A failed attempt that will be tried again: back to the queue, its outcome kept in `error`.
+RETRY = "retry"
+
+
+@dataclass
+class EffectState:
+    """An effect's state as its events make it: the one fold behind the live effect, the projection
+    table and replay. `apply` is the only code that changes it."""
+
+    effect_id: str
+    run_id: str
+    spec: dict[str, Any]  # as journaled in EFFECT_REQUESTED
+    created_at: str
+    status: str
+    command: list[str]
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    result: Any = None
+    cancel_reason: str | None = None
+    cancel_message: str | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    attempt: int = 0
+    progress: dict[str, Any] | None = None
+    terminal_seq: int | None = None
+    output_bytes: int = 0
+    output_truncated: bool = False
+
+    @classmethod
+    def requested(cls, event: Event) -> EffectState:
+        """The state an EFFECT_REQUESTED event starts."""
+        spec = event.data["spec"]
+        assert event.effect_id is not None and event.run_id is not None
+        return cls(
+            effect_id=event.effect_id,
+            run_id=event.run_id,
+            spec=spec,
+            created_at=event.data["created_at"],
+            status="pending" if spec.get("depends_on") else "queued",
+            command=list(spec["command"]),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.terminal_seq is not None
+
+    def apply(self, event: Event) -> None:
+        """The state after `event` (any event of this effect but EFFECT_REQUESTED)."""
+        data = event.data
+        if event.type == "EFFECT_STARTED":
+            self.status = "running"
+            self.started_at = data["started_at"]
+            self.pid, self.pid_start = data.get("pid"), data.get("pid_start")
+            self.command = list(data["command"])
+            self.attempt = data.get("attempt", 1)
+            self.finished_at = self.exit_code = self.signal = self.error = None
+        elif event.type == "EFFECT_CANCEL_REQUESTED":
+            # Kept on the running effect, so a server that dies during the grace still knows who asked.
+            self.cancel_reason, self.cancel_message = data.get("reason"), data.get("message")
+        elif event.type == "EFFECT_PROGRESS":
+            if "progress" in data:
+                self.progress = data["progress"]
+            if data.get(QUEUED):
+                self.status = "queued"
+            if RETRY in data:
+                retry = data[RETRY]
+                self.status, self.pid = "queued", None
+                self.error, self.exit_code = retry.get("error"), retry.get("exit_code")
+                self.attempt = retry.get("attempt", self.attempt)
+        elif event.type in TERMINAL_EVENTS:
+            self.status = TERMINAL_EVENTS[event.type]
+            self.finished_at = data["finished_at"]
+            self.exit_code, self.signal = data.get("exit_code"), data.get("signal")
+            self.error, self.result = data.get("error"), data.get("result")
+            self.cancel_reason, self.cancel_message = data.get("cancel_reason"), data.get("cancel_message")
+            self.output_bytes = data.get("output_bytes", self.output_bytes)
+            self.output_truncated = bool(data.get("output_truncated", self.output_truncated))
+            self.pid = None
+            self.terminal_seq = event.seq
+            self.attempt = data.get("attempt", self.attempt)
+            if data.get("started_at"):
+                self.started_at = data["started_at"]
+            if "progress" in data:
+                self.progress = data["progress"]
+
+    def to_row(self) -> dict[str, Any]:
+        """The effect's row of the projection table."""
+        spec = self.spec
         return {
-            "effect_id": event.effect_id,
-            "run_id": event.run_id,
+            "effect_id": self.effect_id,
+            "run_id": self.run_id,
             "group_name": spec.get("group"),
             "label": spec.get("label"),
             "key": spec.get("key"),
             "kind": spec["kind"],
             "harness": spec.get("harness"),
-            "command": _dumps(spec["command"]),
+            "command": _dumps(self.command),
             "spec": _dumps(spec),
-            "status": "pending" if spec.get("depends_on") else "queued",
-            "cancel_reason": None,
-            "cancel_message": None,
-            "error": None,
-            "exit_code": None,
-            "signal": None,
-            "created_at": data["created_at"],
-            "started_at": None,
-            "finished_at": None,
-            "result": None,
-            "output_bytes": 0,
-            "output_truncated": 0,
+            "status": self.status,
+            "cancel_reason": self.cancel_reason,
+            "cancel_message": self.cancel_message,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": _dumps(self.result),
+            "output_bytes": self.output_bytes,
+            "output_truncated": int(self.output_truncated),
             "depends_on": _dumps(spec.get("depends_on") or []),
-            "pid": None,
-            "pid_start": None,
-            "attempt": 0,
-            "progress": None,
-            "terminal_seq": None,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "attempt": self.attempt,
+            "progress": _dumps(self.progress),
+            "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
         }
-    if row is None:
-        return None
-    row = dict(row)
-    if event.type == "EFFECT_STARTED":
-        row.update(
-            status="running",
-            started_at=data["started_at"],
-            pid=data.get("pid"),
-            pid_start=data.get("pid_start"),
-            command=_dumps(data["command"]),
-            attempt=data.get("attempt", 1),
-            finished_at=None,
-            exit_code=None,
-            signal=None,
-            error=None,
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EffectState:
+        """The state a projection row holds (the inverse of `to_row`)."""
+        return cls(
+            effect_id=row["effect_id"],
+            run_id=row["run_id"],
+            spec=json.loads(row["spec"]),
+            created_at=row["created_at"],
+            status=row["status"],
+            command=json.loads(row["command"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            exit_code=row["exit_code"],
+            signal=row["signal"],
+            error=row["error"],
+            result=_loads(row["result"]),
+            cancel_reason=row["cancel_reason"],
+            cancel_message=row["cancel_message"],
+            pid=row["pid"],
+            pid_start=row["pid_start"],
+            attempt=row["attempt"],
+            progress=_loads(row["progress"]),
+            terminal_seq=row["terminal_seq"],
+            output_bytes=row["output_bytes"],
+            output_truncated=bool(row["output_truncated"]),
         )
-    elif event.type == "EFFECT_CANCEL_REQUESTED":
-        # Kept on the running row, so a server that dies during the grace still knows who asked.
-        row.update(cancel_reason=data.get("reason"), cancel_message=data.get("message"))
-    elif event.type == "EFFECT_PROGRESS":
-        if "progress" in data:
-            row["progress"] = _dumps(data["progress"])
-        if "retry" in data:
-            # A failed attempt that will be tried again: back to the queue, its outcome kept in `error`.
-            retry = data["retry"]
-            row.update(
-                status="queued",
-                pid=None,
-                error=retry.get("error"),
-                exit_code=retry.get("exit_code"),
-                attempt=retry.get("attempt", row["attempt"]),
-            )
-    elif event.type in TERMINAL_EVENTS:
-        row.update(
-            status=TERMINAL_EVENTS[event.type],
-            finished_at=data["finished_at"],
-            exit_code=data.get("exit_code"),
-            signal=data.get("signal"),
-            error=data.get("error"),
-            result=_dumps(data.get("result")),
-            cancel_reason=data.get("cancel_reason"),
-            cancel_message=data.get("cancel_message"),
-            output_bytes=data.get("output_bytes", row["output_bytes"]),
-            output_truncated=int(bool(data.get("output_truncated", row["output_truncated"]))),
-            pid=None,
-            terminal_seq=event.seq,
-            attempt=data.get("attempt", row["attempt"]),
-        )
-        if data.get("started_at"):
-            row["started_at"] = data["started_at"]
-        if "progress" in data:
-            row["progress"] = _dumps(data["progress"])
-    return row
+
+
+def fold_effect(state: EffectState | None, event: Event) -> EffectState | None:
+    """The effect's state after `event`: a new state for EFFECT_REQUESTED, else `state` changed in place."""
+    if event.type == "EFFECT_REQUESTED":
+        return EffectState.requested(event)
+    if state is not None:
+        state.apply(event)
+    return state
 
 
 def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None:

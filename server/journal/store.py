@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from effectd.journal.migrations import migrate
-from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, Event, fold_effect, fold_flow
+from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
 from effectd.models import now_iso
 
 _INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
@@ -64,9 +64,10 @@ class Journal:
         self._send: MemoryObjectSendStream[_Pending]
         self._recv: MemoryObjectReceiveStream[_Pending]
         self._send, self._recv = anyio.create_memory_object_stream[_Pending](math.inf)
-        self._effect_rows: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, EffectState] = {}  # of the effects not yet terminal, as committed
         self._flow_rows: dict[str, dict[str, Any]] = {}
         self.batches = 0
+        self.in_flight = 0
 
     @classmethod
     @asynccontextmanager
@@ -107,9 +108,13 @@ class Journal:
     async def commit(self, events: Sequence[Event]) -> None:
         """Writes stamped events and returns once they are durable."""
         pending = _Pending(list(events), anyio.Event())
-        self._send.send_nowait(pending)
-        with anyio.CancelScope(shield=True):
-            await pending.done.wait()
+        self.in_flight += 1  # until the caller has its answer: committed events are then applied
+        try:
+            self._send.send_nowait(pending)
+            with anyio.CancelScope(shield=True):
+                await pending.done.wait()
+        finally:
+            self.in_flight -= 1
         if pending.error is not None:
             raise pending.error
 
@@ -143,25 +148,27 @@ class Journal:
                         pending.done.set()
 
     async def _write(self, events: list[Event]) -> None:
-        effects: dict[str, dict[str, Any]] = {}
+        effects: dict[str, EffectState] = {}
         flows: dict[str, dict[str, Any]] = {}
         runs: list[tuple[str, str]] = []
         for event in events:
             if event.type == "RUN_CREATED" and event.run_id:
                 runs.append((event.run_id, event.data["created_at"]))
             elif event.effect_id:
-                row = effects.get(event.effect_id)
-                if row is None and event.type != "EFFECT_REQUESTED":  # a new effect has no row to read
-                    row = await self._effect_row(event.effect_id)
-                folded = fold_effect(row, event)
+                state = effects.get(event.effect_id)
+                if state is None and event.type != "EFFECT_REQUESTED":  # a new effect has no row to read
+                    # A copy: the cached state changes only once this batch is committed.
+                    known = await self._effect_state(event.effect_id)
+                    state = replace(known) if known is not None else None
+                folded = fold_effect(state, event)
                 if folded is not None:
                     effects[event.effect_id] = folded
             elif event.type.startswith("FLOW_"):
                 flow_id = event.data["flow_id"]
                 flow = flows.get(flow_id) or await self._flow_row(flow_id)
-                folded = fold_flow(flow, event)
-                if folded is not None:
-                    flows[flow_id] = folded
+                flow_row = fold_flow(flow, event)
+                if flow_row is not None:
+                    flows[flow_id] = flow_row
         await self._db.executemany(
             _INSERT_EVENT,
             [(e.seq, e.ts, e.run_id, e.effect_id, e.type, json.dumps(e.data, separators=(",", ":"))) for e in events],
@@ -169,27 +176,28 @@ class Journal:
         if runs:
             await self._db.executemany("INSERT OR IGNORE INTO runs (run_id, created_at) VALUES (?, ?)", runs)
         if effects:
-            await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in effects.values()])
+            rows = [state.to_row() for state in effects.values()]
+            await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in rows])
         if flows:
             await self._db.executemany(_UPSERT_FLOW, [tuple(r[c] for c in FLOW_COLUMNS) for r in flows.values()])
         await self._db.commit()
         self.batches += 1
-        for effect_id, row in effects.items():
-            if row["terminal_seq"] is None:
-                self._effect_rows[effect_id] = row
+        for effect_id, state in effects.items():
+            if state.terminal:
+                self._states.pop(effect_id, None)
             else:
-                self._effect_rows.pop(effect_id, None)
+                self._states[effect_id] = state
         for flow_id, row in flows.items():
             if row["finished_at"] is None:
                 self._flow_rows[flow_id] = row
             else:
                 self._flow_rows.pop(flow_id, None)
 
-    async def _effect_row(self, effect_id: str) -> dict[str, Any] | None:
-        if effect_id in self._effect_rows:
-            return self._effect_rows[effect_id]
+    async def _effect_state(self, effect_id: str) -> EffectState | None:
+        if effect_id in self._states:
+            return self._states[effect_id]
         rows = await self._db.execute_fetchall("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
-        return dict(next(iter(rows))) if rows else None
+        return EffectState.from_row(dict(next(iter(rows)))) if rows else None
 
     async def _flow_row(self, flow_id: str) -> dict[str, Any] | None:
         if flow_id in self._flow_rows:
@@ -325,7 +333,7 @@ async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
     """Folds every event of the database at `path` anew; returns the projection it gives, table by table."""
     async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as db:
         db.row_factory = aiosqlite.Row
-        effects: dict[str, dict[str, Any]] = {}
+        effects: dict[str, EffectState] = {}
         flows: dict[str, dict[str, Any]] = {}
         runs: dict[str, dict[str, Any]] = {}
         async with db.execute("SELECT * FROM events ORDER BY seq") as cursor:
@@ -344,7 +352,7 @@ async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
                     if flow is not None:
                         flows[event.data["flow_id"]] = flow
     return {
-        "effects": sorted(effects.values(), key=lambda r: r["effect_id"]),
+        "effects": sorted((state.to_row() for state in effects.values()), key=lambda r: r["effect_id"]),
         "flows": sorted(flows.values(), key=lambda r: r["flow_id"]),
         "runs": sorted(runs.values(), key=lambda r: r["run_id"]),
     }

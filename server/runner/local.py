@@ -1,10 +1,9 @@
-"""Starting, watching, signalling and reaping one effect's process group.
+"""The local runner: effects as process groups on this machine.
 
-The supervisor talks to a `Runner` and the `ProcessHandle` it returns; nothing above this module
-knows the process is local. `LocalRunner` starts every child in its own session (so its process
-group can be signalled as a whole), with a parent-death signal so it dies with the server, and
-watches the leader's exit through a pidfd, separately from its output pipe (a grandchild that keeps
-the pipe open must not hide the exit).
+`LocalRunner` starts every child in its own session (so its process group can be signalled as a
+whole), with a parent-death signal so it dies with the server, and watches the leader's exit through
+a pidfd, separately from its output pipe (a grandchild that keeps the pipe open must not hide the
+exit). It reads the result file the process wrote, and at recovery kills what crashed effects left.
 """
 
 from __future__ import annotations
@@ -12,18 +11,24 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
+
+from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
+from effectd.runner.procfs import effect_processes, live_members, process_start_time
+
+log = logging.getLogger("effectd")
 
 _PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031
@@ -70,128 +75,10 @@ def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> No
         raise SpawnError(f"could not start {argv0!r}: no such executable file (PATH {env.get('PATH', os.defpath)!r})")
 
 
-@dataclass(frozen=True)
-class Launch:
-    """Everything needed to start one process."""
-
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    cwd: str | None = None
-    stdin: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How the leader process ended: an exit code, or the signal that killed it."""
-
-    exit_code: int | None
-    signal: int | None
-
-    @classmethod
-    def from_wait_status(cls, status: int) -> ExitStatus:
-        if os.WIFSIGNALED(status):
-            return cls(None, os.WTERMSIG(status))
-        return cls(os.waitstatus_to_exitcode(status), None)
-
-
-class SpawnError(Exception):
-    """Raised when the process could not be started (missing executable, bad cwd, no permission)."""
-
-
-class ProcessHandle(ABC):
-    """One started process group, as the supervisor sees it."""
-
-    pid: int
-    start_marker: int | None
-
-    @abstractmethod
-    async def read(self) -> bytes:
-        """The next chunk of combined stdout and stderr; b"" once every writer has closed the pipe."""
-
-    @abstractmethod
-    async def wait(self) -> ExitStatus:
-        """Waits for the leader process to exit (not for its output to end)."""
-
-    @abstractmethod
-    def signal_group(self, signum: int) -> None:
-        """Sends `signum` to every process of the group; a group already gone is not an error."""
-
-    @abstractmethod
-    async def wait_group_gone(self, within_s: float) -> bool:
-        """Waits until no live process is left in the group; False if some still are after `within_s`."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Releases descriptors; the process group must already be gone."""
-
-
-class Runner(ABC):
-    @abstractmethod
-    async def start(self, launch: Launch) -> ProcessHandle:
-        """Starts the process and returns once it exists; raises SpawnError when it cannot."""
-
-
-def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks after boot (from /proc), or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat.rsplit(b")", 1)[1].split()[19])
-
-
-def _stat_fields(pid: str) -> list[bytes] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def live_members(pgid: int) -> list[int]:
-    """Pids of the processes of group `pgid` that are alive (zombies are dead and not listed)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(entry)
-        if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            members.append(int(entry))
-    return members
-
-
-def effect_processes(effect_ids: set[str]) -> dict[str, list[int]]:
-    """Live processes whose environment names one of `effect_ids` (EFFECTD_EFFECT_ID=...), by effect:
-    how what an effect left behind is found after a crash, whatever its pid or process group.
-    One pass over /proc for all of them."""
-    found: dict[str, list[int]] = {}
-    if not effect_ids:
-        return found
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        for variable in environ.split(b"\0"):
-            if variable.startswith(b"EFFECTD_EFFECT_ID="):
-                effect_id = variable.partition(b"=")[2].decode(errors="replace")
-                fields = _stat_fields(entry)
-                if effect_id in effect_ids and fields and fields[0] not in (b"Z", b"X"):
-                    found.setdefault(effect_id, []).append(int(entry))
-                break
-    return found
-
-
 class LocalProcess(ProcessHandle):
-    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int, result_file: str | None = None) -> None:
         self._popen = popen
+        self._result_file = result_file
         self.pid = popen.pid
         self.start_marker: int | None = None
         self._output_fd: int | None = output_fd
@@ -269,6 +156,13 @@ class LocalProcess(ProcessHandle):
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    async def read_result(self) -> Any:
+        # Most effects write no result: a stat (which never blocks on the file's content) says so at
+        # once; a file that is there is read off the event loop.
+        if self._result_file is None or not os.path.lexists(self._result_file):  # noqa: ASYNC240 - a stat
+            return None
+        return await anyio.to_thread.run_sync(_read_result_file, self._result_file)
+
     def close(self) -> None:
         for fd in (self._output_fd, self._pidfd):
             if fd is not None:
@@ -280,6 +174,9 @@ class LocalRunner(Runner):
     """Runs processes on this machine."""
 
     async def start(self, launch: Launch) -> ProcessHandle:
+        if launch.result_file is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(launch.result_file)  # an earlier attempt's result is not this one's
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
         # thread that forked the child ends, so a worker thread would kill the child with it.
         process = _spawn(launch)
@@ -288,6 +185,36 @@ class LocalRunner(Runner):
         with anyio.CancelScope(shield=True):
             process.start_marker = await anyio.to_thread.run_sync(process_start_time, process.pid)
         return process
+
+    async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
+        if not processes:
+            return
+        await anyio.to_thread.run_sync(_kill_leftovers, list(processes))
+
+
+def _read_result_file(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        log.warning("result file %s is not valid JSON; ignored", path)
+        return None
+
+
+def _kill_leftovers(processes: list[RecordedProcess]) -> None:
+    """One pass over /proc for all of them: the recorded leader if its start time still matches (a
+    reused pid is never killed), and every process whose environment names one of the effects."""
+    left = effect_processes({p.effect_id for p in processes})
+    for recorded in processes:
+        pids = set(left.get(recorded.effect_id, ()))
+        if recorded.pid and recorded.start_marker and process_start_time(recorded.pid) == recorded.start_marker:
+            pids.add(recorded.pid)
+        for pid in pids:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _spawn(launch: Launch) -> LocalProcess:
@@ -336,4 +263,4 @@ def _spawn(launch: Launch) -> LocalProcess:
         if stdin_fd is not None:
             os.close(stdin_fd)
     os.set_blocking(read_fd, False)
-    return LocalProcess(popen, read_fd)
+    return LocalProcess(popen, read_fd, launch.result_file)

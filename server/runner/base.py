@@ -1,0 +1,92 @@
+"""The runner interface: what the supervisor may ask of a process, wherever it runs."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one process of an effect."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    stdin: bytes | None = None
+    # Where the process may write its JSON result (its EFFECTD_RESULT_FILE); the runner removes an
+    # earlier attempt's file before the start and reads it after the exit.
+    result_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the leader process ended: an exit code, or the signal that killed it."""
+
+    exit_code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), None)
+
+
+@dataclass(frozen=True)
+class RecordedProcess:
+    """What the journal knows of an effect's process: how recovery finds what it left behind."""
+
+    effect_id: str
+    pid: int | None = None
+    start_marker: int | None = None
+
+
+class SpawnError(Exception):
+    """Raised when the process could not be started (missing executable, bad cwd, no permission)."""
+
+
+class ProcessHandle(ABC):
+    """One started process group, as the supervisor sees it."""
+
+    pid: int
+    start_marker: int | None
+
+    @abstractmethod
+    async def read(self) -> bytes:
+        """The next chunk of combined stdout and stderr; b"" once every writer has closed the pipe."""
+
+    @abstractmethod
+    async def wait(self) -> ExitStatus:
+        """Waits for the leader process to exit (not for its output to end)."""
+
+    @abstractmethod
+    def signal_group(self, signum: int) -> None:
+        """Sends `signum` to every process of the group; a group already gone is not an error."""
+
+    @abstractmethod
+    async def wait_group_gone(self, within_s: float) -> bool:
+        """Waits until no live process is left in the group; False if some still are after `within_s`."""
+
+    @abstractmethod
+    async def read_result(self) -> Any:
+        """The JSON the process wrote to its result file, or None (no file, empty, not JSON)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Releases descriptors; the process group must already be gone."""
+
+
+class Runner(ABC):
+    @abstractmethod
+    async def start(self, launch: Launch) -> ProcessHandle:
+        """Starts the process and returns once it exists; raises SpawnError when it cannot."""
+
+    @abstractmethod
+    async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
+        """Kills whatever is still alive of these effects (a server died while they ran): the recorded
+        process when it is still the same one (never a pid alone), and any process carrying the
+        effect's id in its environment, whatever its group or session."""
