@@ -89,4 +89,5 @@ class DispatchArguments(EffectRequest):
     wait_s: Annotated[Wait, Field(description="foreground: wait at most this long (<= 55 s)")] = 25.0
 
     def request(self) -> EffectRequest:
-        return EffectRequest.model_validate(self.model_dump(include=set(EffectRequest.model_fields)))
+        # Already validated: the same fields, without a second validation.
+        return EffectRequest.model_construct(**{name: getattr(self, name) for name in EffectRequest.model_fields})

@@ -115,7 +115,7 @@ def load_file(path: Path | None) -> dict[str, Any]:
 def build_settings(
     file: Mapping[str, Any],
     *,
-    db: Path | None = None,
+    db: str | Path | None = None,
     max_concurrency: int | None = None,
     allow_commands: Sequence[str] = (),
     allow_any_command: bool = False,
@@ -153,7 +153,8 @@ def build_settings(
             harnesses[name] = profile_from_config(name, table)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-    path = db or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
+    path = Path(db) if db is not None else None
+    path = path or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
     if path is None and isinstance(file.get("db"), str):
         path = Path(file["db"])
     if max_concurrency is not None:

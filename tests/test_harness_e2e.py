@@ -77,19 +77,25 @@ async def test_five_sub_agents_deliver_their_results_as_they_complete(tmp_path, 
                 run_id="agents-run",
             )
             ids[record["effect_id"]] = steps
-        order, cursor = [], 0
+        order, finished, batches, cursor = [], [], 0, 0
         with anyio.fail_after(40):
             while True:
                 outcome = await call(client, "await_group", group="agents", mode="any", cursor=cursor, timeout_s=20)
+                batches += bool(outcome["done"])
                 for record in outcome["done"]:
                     assert record["status"] == "succeeded"
                     order.append(ids[record["effect_id"]])
+                    finished.append(record["finished_at"])
                     assert record["result"]["answer"] == f"Done: task {ids[record['effect_id']]}"
                 cursor = outcome["cursor"]
                 if outcome["complete"]:
                     break
         listed = await call(client, "list_effects", run_id="agents-run")
-    assert order == sorted(order), f"results did not arrive as the sub-agents finished: {order}"
+    # In the order they really finished (which, on a loaded machine, need not be the order of their
+    # step counts), taken a few at a time while the others still ran.
+    assert sorted(order) == [1, 2, 3, 4, 5]
+    assert finished == sorted(finished), f"results did not arrive as the sub-agents finished: {order} {finished}"
+    assert batches >= 2, "every result came in one answer: none was taken while others still ran"
     assert listed["summary"]["cost_usd"] == pytest.approx(0.5)
     assert listed["summary"]["tokens"]["output_tokens"] > 0
 

@@ -129,6 +129,7 @@ class EffectState:
     terminal_seq: int | None = None
     output_bytes: int = 0
     output_truncated: bool = False
+    spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
     def requested(cls, event: Event) -> EffectState:
@@ -199,7 +200,7 @@ class EffectState:
             "kind": spec["kind"],
             "harness": spec.get("harness"),
             "command": _dumps(self.command),
-            "spec": _dumps(spec),
+            "spec": self._spec_text(),
             "status": self.status,
             "cancel_reason": self.cancel_reason,
             "cancel_message": self.cancel_message,
@@ -221,6 +222,11 @@ class EffectState:
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
         }
+
+    def _spec_text(self) -> str:
+        if self.spec_text is None:
+            self.spec_text = json.dumps(self.spec, separators=(",", ":"))
+        return self.spec_text
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> EffectState:
@@ -247,6 +253,7 @@ class EffectState:
             terminal_seq=row["terminal_seq"],
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
+            spec_text=row["spec"],
         )
 
 
