@@ -80,6 +80,7 @@ class Engine:
         async with owning(settings.db), Journal.open(settings.db) as journal:
             supervisor = _supervisor(settings, journal, runner)
             flows = FlowManager(settings, journal, supervisor)
+            supervisor.attach_flows(flows.render, flows.step_ended)
             engine = cls(settings, journal, supervisor, flows)
             control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
             async with supervisor.running(before_start=flows.load), flows.running(), anyio.create_task_group() as tg:

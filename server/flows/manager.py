@@ -90,8 +90,6 @@ class FlowManager:
         self._active: dict[str, Flow] = {}
         self._submit_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
-        supervisor.render = self.render
-        supervisor.on_terminal.append(self._on_terminal)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FlowManager]:
@@ -254,7 +252,9 @@ class FlowManager:
 
     # --- steps ending -----------------------------------------------------------------------------
 
-    def _on_terminal(self, effect: Effect) -> None:
+    def step_ended(self, effect: Effect) -> None:
+        """Told by the supervisor of every effect's end: applies the flow's policy at once, and settles
+        the flow in the manager's own task."""
         flow = self._active.get(effect.spec.flow_id or "")
         if flow is None:
             return

@@ -79,17 +79,15 @@ class Supervisor:
         self._active_tasks = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self.on_terminal: list[Callable[[Effect], None]] = []
+        self._step_ended: Callable[[Effect], None] | None = None
         self._driver = Driver(self)
 
-    @property
-    def render(self) -> Render | None:
-        """Fills a templated step's argv and stdin when it starts (set by the flow manager)."""
-        return self.attempts.render
-
-    @render.setter
-    def render(self, render: Render | None) -> None:
+    def attach_flows(self, render: Render, step_ended: Callable[[Effect], None]) -> None:
+        """Wires the flow manager in (the engine does, once): `render` fills a templated step's argv
+        and stdin when it starts; `step_ended` is told of every effect's end, synchronously, and must
+        only record it and wake its own tasks."""
         self.attempts.render = render
+        self._step_ended = step_ended
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -160,11 +158,11 @@ class Supervisor:
         if effect.terminal and not was_terminal:
             self.registry.remember_finished(effect)
             self._completions.notify()
-            for hook in self.on_terminal:
+            if self._step_ended is not None:
                 try:
-                    hook(effect)
-                except Exception:  # an observer's failure must not undo an effect's end
-                    log.exception("effect %s: an on_terminal hook failed", effect.effect_id)
+                    self._step_ended(effect)
+                except Exception:  # the flow manager's failure must not undo an effect's end
+                    log.exception("effect %s: the flow manager failed to take its end", effect.effect_id)
 
     async def finish(self, effect: Effect, outcome: Outcome) -> None:
         """Writes the effect's one terminal event (unless it has ended already), then applies it."""
