@@ -6,7 +6,7 @@ import os
 import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,6 @@ class Settings:
     @property
     def output_dir(self) -> Path:
         return self.db.parent / f"{self.db.stem}.output"
-
-    def with_db(self, db: Path) -> Settings:
-        return replace(self, db=db)
 
 
 def resolve_program(argv0: str, path: str | None = None, cwd: str | None = None) -> str | None:

@@ -64,9 +64,6 @@ class Registry:
         """The effects in memory that are not terminal."""
         return [e for e in self._effects.values() if not e.terminal]
 
-    def in_memory(self, effect_id: str) -> Effect | None:
-        return self._effects.get(effect_id)
-
     async def get(self, effect_id: str) -> Effect:
         """The effect with this id, from memory or the journal; UnknownEffectError names an unknown id."""
         return (await self.get_many([effect_id]))[0]
