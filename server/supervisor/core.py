@@ -1,7 +1,7 @@
 """The supervisor: every effect's life from request to its one terminal event.
 
 Every change of an effect is an event: committed to the journal first, then applied to the live
-`Effect` by the same fold that builds the projection and replay (`Supervisor._record`). One task per
+`Effect` by the same fold that builds the projection and replay (`Supervisor.record`). One task per
 effect, in the supervisor's task group, drives it through pending -> queued -> running -> terminal;
 only that task ends the effect, so an effect gets exactly one terminal event.
 """
