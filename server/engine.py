@@ -229,7 +229,7 @@ class Engine:
         """Flows newest first: id, run, policy, status, times and steps (the live status of a running one)."""
         flows = []
         for row in await self._journal.flows_page(run_id, limit):
-            flow = await self._flows.get(row["flow_id"])
+            flow = self._flows.of_row(row)  # no second read of a row already in hand
             flows.append(
                 {
                     "flow_id": flow.flow_id,

@@ -194,6 +194,10 @@ class FlowManager:
 
     # --- following --------------------------------------------------------------------------------
 
+    def of_row(self, row: Mapping[str, Any]) -> Flow:
+        """The flow a journal row names: the live one while it runs (it may be a step ahead of the row)."""
+        return self._active.get(row["flow_id"]) or Flow.from_row(row)
+
     async def get(self, flow_id: str) -> Flow:
         """The flow with this id (live, or as the journal has it); UnknownEffectError names an unknown id."""
         flow = self._active.get(flow_id)
@@ -201,7 +205,7 @@ class FlowManager:
             row = await self.journal.flow(flow_id)
             if row is None:
                 raise UnknownEffectError(f"unknown flow id {flow_id!r}: no flow with this id in the journal")
-            flow = self._active.get(flow_id) or Flow.from_row(row)
+            flow = self.of_row(row)
         return flow
 
     async def record(self, flow: Flow) -> FlowRecord:
