@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
@@ -43,10 +43,10 @@ from effectd.runner import Runner
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
+from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.recovery import cancel_waiting
 
 ABANDONED = "the client abandoned the call"
-AwaitMode = Literal["all", "any"]
 
 
 @dataclass(frozen=True)
@@ -262,19 +262,14 @@ class Engine:
         mode: AwaitMode = "all",
         timeout_s: float = 25.0,
         cursor: int = 0,
+        k: int | None = None,
+        cancel_rest: bool | None = None,
     ) -> GroupWait:
-        """Waits up to `timeout_s` until every effect named is terminal (`all`) or one more finished
-        after `cursor` (`any`). `done` holds the completions after `cursor` in finishing order; the
-        returned cursor, passed back, yields each completion exactly once."""
+        """`await_group`: waits up to `timeout_s` for all (`all`), one more after `cursor` (`any`), one
+        success (`first_success`) or `k` (`quorum`); see `completions.wait_group`."""
+        check_await_arguments(mode, k, cancel_rest)
         effects = await self._members(group, effect_ids)
-        done, timed_out = await self._supervisor.wait_completions(effects, mode, cursor, timeout_s)
-        return GroupWait(
-            done=[e.record() for e in done],
-            pending=[e.effect_id for e in effects if not e.terminal],
-            complete=all(e.terminal for e in effects),
-            cursor=max([cursor, *(e.terminal_seq or 0 for e in done)]),
-            timed_out=timed_out,
-        )
+        return await wait_group(self._supervisor, effects, mode, cursor, timeout_s, k, cancel_rest)
 
     async def read_output(
         self, effect_id: str, cursor: int = 0, max_bytes: int = 65536, wait_s: float = 0.0

@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped"]
-CancelReason = Literal["user", "timeout", "idle_timeout", "fail_fast", "client_cancelled", "shutdown"]
+CancelReason = Literal[
+    "user", "timeout", "idle_timeout", "fail_fast", "client_cancelled", "shutdown", "superseded", "budget"
+]
 Kind = Literal["command", "harness"]
 
 ACTIVE: frozenset[str] = frozenset({"pending", "queued", "running"})
@@ -178,13 +180,16 @@ class CancelledGroup(BaseModel):
 
 
 class GroupWait(BaseModel):
-    """What `await_group` returns: completions after the cursor, in finishing order."""
+    """What `await_group` returns: completions after the cursor, in finishing order. The race modes
+    (`first_success`, `quorum`) add `satisfied` and `winners`; they are null for `all` and `any`."""
 
     done: list[EffectRecord]
     pending: list[str]
     complete: bool
     cursor: int
     timed_out: bool
+    satisfied: bool | None = None
+    winners: list[EffectRecord] | None = None
 
 
 class OutputChunk(BaseModel):

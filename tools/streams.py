@@ -16,18 +16,38 @@ async def await_group(
     ctx: Context[Any, Any],
     group: Name | None = None,
     effect_ids: Annotated[list[str] | None, Field(min_length=1, max_length=10_000)] = None,
-    mode: Literal["all", "any"] = "all",
+    mode: Annotated[
+        Literal["all", "any", "first_success", "quorum"],
+        Field(description="all | any | first_success (a race) | quorum (with k)"),
+    ] = "all",
     timeout_s: Annotated[Wait, Field(description="wait at most this long (<= 55 s)")] = 25.0,
     cursor: Annotated[int, Field(ge=0, description="the cursor of the previous call; 0 at first")] = 0,
+    k: Annotated[
+        int | None, Field(description="quorum only: how many must succeed, 1 to the number of effects")
+    ] = None,
+    cancel_rest: Annotated[
+        bool | None,
+        Field(description="race modes: once decided, cancel the others (reason superseded); default true"),
+    ] = None,
 ) -> GroupWait:
-    """Wait until every effect of a group (or list) is finished (`all`), or one more has finished (`any`).
+    """Wait until every effect of a group (or list) is finished (`all`), or one more has finished (`any`),
+    or one has succeeded (`first_success`), or `k` have (`quorum`).
 
     `done` holds the effects that finished after `cursor`, in the order they finished; pass the
-    returned `cursor` back to take each completion exactly once.
+    returned `cursor` back to take each completion exactly once. The race modes also return
+    `satisfied` and `winners`; once satisfied, the others are cancelled with reason `superseded`
+    (unless `cancel_rest: false`) and the call returns after their processes are gone. A quorum that
+    can no longer be reached, or a timeout, cancels nothing.
     """
     with refusals():
         return await engine_of(ctx).await_group(
-            group=group, effect_ids=effect_ids, mode=mode, timeout_s=timeout_s, cursor=cursor
+            group=group,
+            effect_ids=effect_ids,
+            mode=mode,
+            timeout_s=timeout_s,
+            cursor=cursor,
+            k=k,
+            cancel_rest=cancel_rest,
         )
 
 

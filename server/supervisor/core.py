@@ -315,11 +315,12 @@ class Supervisor:
         return targets
 
     async def wait_completions(
-        self, effects: Sequence[Effect], mode: str, cursor: int, within_s: float
+        self, effects: Sequence[Effect], mode: str, cursor: int, within_s: float, k: int = 1
     ) -> tuple[list[Effect], bool]:
-        """Waits until all `effects` are terminal (`all`) or one finished after `cursor` (`any`).
-        Returns the effects that finished after `cursor`, in finishing order, and whether it timed out."""
-        return await self._completions.wait(effects, mode, cursor, within_s)
+        """Waits until all `effects` are terminal (`all`), one finished after `cursor` (`any`), or the
+        race for `k` successes is decided (`first_success`, `quorum`). Returns the effects that finished
+        after `cursor`, in finishing order, and whether it timed out."""
+        return await self._completions.wait(effects, mode, cursor, within_s, k)
 
     async def _drive(self, effect: Effect) -> None:
         try:
