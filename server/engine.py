@@ -13,7 +13,7 @@ and the control channel (`effectd cancel`). Closing stops the effects (reason `s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from effectd.arguments import EffectRequest
+from effectd.budgets import BudgetRecord, Budgets, Limits, scope_of
 from effectd.config import Settings
 from effectd.control import ControlChannel
 from effectd.errors import InvalidRequestError, UnknownEffectError
@@ -66,8 +67,11 @@ class FlowDispatched:
 class Engine:
     """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
 
-    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager) -> None:
+    def __init__(
+        self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, budgets: Budgets
+    ) -> None:
         self.settings = settings
+        self._budgets = budgets
         self._journal = journal
         self._supervisor = supervisor
         self._flows = flows
@@ -79,11 +83,11 @@ class Engine:
         """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
         async with owning(settings.db), Journal.open(settings.db) as journal:
             supervisor = _supervisor(settings, journal, runner)
-            flows = FlowManager(settings, journal, supervisor)
-            supervisor.attach_flows(flows.render, flows.step_ended)
-            engine = cls(settings, journal, supervisor, flows)
+            flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
+            budgets, loading = _attach(supervisor, flows, flows.budgets)
+            engine = cls(settings, journal, supervisor, flows, budgets)
             control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
-            async with supervisor.running(before_start=flows.load), flows.running(), anyio.create_task_group() as tg:
+            async with budgets.running(), supervisor.running(loading), flows.running(), anyio.create_task_group() as tg:
                 await flows.recover()
                 tg.start_soon(control.run)
                 try:
@@ -134,6 +138,7 @@ class Engine:
             "group_max_concurrency": request.group_max_concurrency,
         }
         spec = build_spec(self.settings, fields)
+        self._budgets.check(request.run_id or self.default_run_id, spec.group)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -145,11 +150,12 @@ class Engine:
         max_concurrency: int | None = None,
         flow_id: str | None = None,
         run_id: str | None = None,
+        budget: Limits | None = None,
     ) -> FlowDispatched:
-        """Checks a flow and journals it with all its steps in one commit; a `flow_id` that names a flow
-        with the same arguments gives that flow back (`new` False)."""
+        """Checks a flow and journals it with all its steps (and its `budget`) in one commit; a `flow_id`
+        that names a flow with the same arguments gives that flow back (`new` False)."""
         flow, new = await self._flows.submit(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id
+            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget
         )
         return FlowDispatched(await self._flows.record(flow), new)
 
@@ -215,7 +221,12 @@ class Engine:
         """Effects newest first, filtered by run, group and status, with their summary."""
         rows = await self._journal.list_effects(run_id, group, statuses, limit)
         records = self._supervisor.records(rows)
-        return EffectList(effects=records, summary=summarize(records) if records else None)
+        summary = summarize(records) | {"budget": self._budgets.summary(run_id, group)} if records else None
+        return EffectList(effects=records, summary=summary)
+
+    async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:
+        """Sets or replaces the budget of a run or a group (`max_cost_usd`, `max_tokens`): see `budgets`."""
+        return await self._budgets.set(scope_of(run_id, group), Limits(**limits))
 
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         """Runs newest first, with how many effects each holds and how many are active."""
@@ -351,6 +362,25 @@ class Engine:
         """A subscription to the ids of the effects that change, at most `per_second` batches a second:
         `async with engine.changes() as changes: async for ids in changes: ...`."""
         return self._feed.subscribe(per_second)
+
+
+def _attach(
+    supervisor: Supervisor, flows: FlowManager, budgets: Budgets
+) -> tuple[Budgets, Callable[[], Awaitable[None]]]:
+    """Wires the flow manager and the budget keeper into the supervisor (templates, ends, spending);
+    returns the keeper and what loads both at start, after recovery and before any waiting effect runs."""
+
+    def ended(effect: Effect) -> None:
+        budgets.observe(effect)
+        flows.step_ended(effect)
+
+    async def load() -> None:
+        await flows.load()
+        await budgets.load()
+
+    supervisor.attach_flows(flows.render, ended)
+    supervisor.attempts.spent = budgets.observe
+    return budgets, load
 
 
 def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> Supervisor:

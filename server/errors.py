@@ -25,6 +25,10 @@ class ConflictError(InvalidRequestError):
     """Raised when an idempotency key is reused with different arguments."""
 
 
+class BudgetExceededError(InvalidRequestError):
+    """Raised when a dispatch goes into a run or group whose budget is spent; says what was spent."""
+
+
 class ConfigError(EffectdError):
     """Raised when the configuration file or the command line holds a value effectd cannot use."""
 

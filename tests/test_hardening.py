@@ -549,7 +549,7 @@ async def test_a_flaky_effect_succeeds_on_a_later_attempt_and_replays_to_the_sam
     assert {k: reread[k] for k in stable} == {k: record[k] for k in stable}
 
 
-PROJECTION = (("effects", "effect_id"), ("flows", "flow_id"), ("runs", "run_id"))
+PROJECTION = (("effects", "effect_id"), ("flows", "flow_id"), ("runs", "run_id"), ("budgets", "kind, name"))
 RECORD_NAMES = {"group_name": "group"}  # an effects column -> the record field that shows it
 JSON_COLUMNS = {"command", "result", "progress", "depends_on"}
 # Each of these is compared, whatever other columns the table grows.

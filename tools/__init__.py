@@ -6,6 +6,6 @@ from mcp.server.mcpserver.tools import Tool
 
 
 def all_tools() -> list[Tool]:
-    from effectd.tools import effects, flows, streams
+    from effectd.tools import budgets, effects, flows, streams
 
-    return [*effects.tools(), *streams.tools(), *flows.tools()]
+    return [*effects.tools(), *streams.tools(), *flows.tools(), *budgets.tools()]

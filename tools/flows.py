@@ -8,6 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
+from effectd.budgets import Limits
 from effectd.flows import MAX_STEPS, FlowRecord, Policy, Step
 from effectd.models import Name, Wait
 from effectd.tools._base import engine_of, progress_of, refusals, strict_tool
@@ -32,6 +33,10 @@ async def dispatch_flow(
     wait_s: Annotated[Wait, Field(description="foreground: wait at most this long (<= 55 s)")] = 25.0,
     flow_id: Annotated[Name | None, Field(description="default: a new id prefixed flw_")] = None,
     run_id: Name | None = None,
+    budget: Annotated[
+        Limits | None,
+        Field(description="{max_cost_usd?, max_tokens?}: the budget of the flow's group, as set_budget sets one"),
+    ] = None,
 ) -> FlowRecord:
     """Run a DAG of effects: each step starts as soon as every step it `needs` has succeeded (no level barriers).
 
@@ -42,7 +47,7 @@ async def dispatch_flow(
     engine = engine_of(ctx)
     with refusals():
         dispatched = await engine.dispatch_flow(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id
+            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget
         )
     if background:
         return dispatched.record

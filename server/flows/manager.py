@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from effectd.budgets import Budgets, Limits
 from effectd.config import Settings
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
 from effectd.flows.models import FlowRecord, FlowStatus, Policy, Step, StepRef, flow_record, flow_status
@@ -82,8 +83,9 @@ class Flow:
 class FlowManager:
     """Validates and submits flows, fills step templates, applies policies and completes flows."""
 
-    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor) -> None:
+    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor, *, budgets: Budgets) -> None:
         self.settings = settings
+        self.budgets = budgets  # a flow's `budget` is its group's
         self.journal = journal
         self.supervisor = supervisor
         self.closing = False  # set when the engine stops: a server stop is not a flow failure
@@ -112,6 +114,7 @@ class FlowManager:
         max_concurrency: int | None = None,
         flow_id: str | None = None,
         run_id: str | None = None,
+        budget: Limits | None = None,
     ) -> tuple[Flow, bool]:
         """Checks a flow and journals it with all its steps in one commit; returns it and whether it is new.
 
@@ -134,6 +137,7 @@ class FlowManager:
                 raise InvalidRequestError(
                     f"flow id {the_flow_id!r} already names a group of effects; give the flow a new `flow_id`"
                 )
+            budgeted = self.budgets.for_flow(the_flow_id, the_run_id, budget)  # refused when a budget is spent
             started_at = now_iso()
             flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs)
             requested = Event(
@@ -153,13 +157,16 @@ class FlowManager:
             self._active[the_flow_id] = flow
             try:
                 effects = await self.supervisor.dispatch_many(
-                    [(ref.effect_id, spec) for ref, spec in zip(refs, specs, strict=True)], the_run_id, [requested]
+                    [(ref.effect_id, spec) for ref, spec in zip(refs, specs, strict=True)],
+                    the_run_id,
+                    [requested, *budgeted],  # the flow's budget, if it has one, in the same commit
                 )
             except BaseException:
                 self._active.pop(the_flow_id, None)
                 raise
             for effect in effects:
                 flow.effects.setdefault(effect.effect_id, effect)
+            await self.budgets.adopt_all(budgeted)
         return flow, True
 
     async def _same_flow(

@@ -7,6 +7,7 @@ from effectd.harness.parsers import (
     HarnessProgress,
     Parser,
     make_parser,
+    usage_tokens,
 )
 from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
 
@@ -20,4 +21,5 @@ __all__ = [
     "Parser",
     "make_parser",
     "profile_from_config",
+    "usage_tokens",
 ]

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delay", type=_non_negative_float, default=_env("delay", "0.2"), help="line gap, s (0.2)")
     parser.add_argument("--answer", default=_env("answer"), help='final answer (default "Done: PROMPT")')
     parser.add_argument("--cost", type=_non_negative_float, default=_env("cost", "0"), help="total_cost_usd reported")
+    parser.add_argument(
+        "--turn-tokens",
+        type=_non_negative_int,
+        default=_env("turn_tokens"),
+        help="output tokens in the usage of each assistant message (default: about a token per 4 characters)",
+    )
     parser.add_argument("--exit-code", type=int, default=_env("exit_code"), help="exit status (default 0, 1 on --fail)")
     flags = {
         "--fail": "end with an error result (error_during_execution) and exit 1",
@@ -188,9 +194,21 @@ def _garbage(out: Printer) -> None:
     out.line("[1, 2, 3]")
 
 
-def _result(args: argparse.Namespace, session_id: str, turns: int, answer: str, started: float) -> dict[str, Any]:
-    """The final ``type: result`` line: success with the answer, or error_during_execution with --fail."""
-    usage = _usage(12 * max(turns, 1) + len(args.prompt) // 4, 20 * turns + len(answer) // 4)
+INPUT_TOKENS = 12
+"""The input tokens in the usage of each assistant message."""
+
+
+def turn_usage(args: argparse.Namespace, text: str) -> dict[str, Any]:
+    """The usage an assistant message reports (each of its lines repeats it, as claude does)."""
+    output = args.turn_tokens if args.turn_tokens is not None else len(text) // 4 + 1
+    return _usage(INPUT_TOKENS, output)
+
+
+def _result(
+    args: argparse.Namespace, session_id: str, turns: int, answer: str, started: float, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """The final ``type: result`` line: success with the answer, or error_during_execution with --fail.
+    Its usage is the sum over the assistant messages, as claude's is."""
     elapsed_ms = int((time.monotonic() - started) * 1000)
     result: dict[str, Any] = {
         "type": "result",
@@ -240,9 +258,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.garbage:
         _garbage(out)
+    total = _usage(0, 0)
     for number, turn in enumerate(turns, start=1):
         message_id = f"msg_fake_{number:03d}"
-        usage = _usage(12, len(turn.text) // 4 + 1)
+        usage = turn_usage(args, turn.text)
+        total = _usage(total["input_tokens"] + usage["input_tokens"], total["output_tokens"] + usage["output_tokens"])
         out.event(_assistant(session_id, message_id, {"type": "text", "text": turn.text}, usage))
         if turn.tool_command is not None:
             tool_id = f"toolu_fake_{number:03d}"
@@ -256,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     status: int = args.exit_code if args.exit_code is not None else default_status
     if args.no_result:
         return status
-    out.event(_result(args, session_id, args.steps, answer, started))
+    out.event(_result(args, session_id, args.steps, answer, started, total))
     if args.hang_after_result:
         while True:
             time.sleep(3600)

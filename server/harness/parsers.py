@@ -108,6 +108,13 @@ def _add_tokens(total: dict[str, Any] | None, counts: dict[str, object]) -> dict
     return merged
 
 
+def usage_tokens(usage: object) -> int | None:
+    """The tokens a usage object counts against a budget: ``input_tokens`` plus ``output_tokens`` (cache
+    reads and writes are not counted); None when it has neither."""
+    counts = [n for name in ("input_tokens", "output_tokens") if (n := _int(_dict(usage).get(name))) is not None]
+    return sum(counts) if counts else None
+
+
 def _unique(messages: list[str]) -> list[str]:
     """``messages`` without repeats, first occurrence kept."""
     return list(dict.fromkeys(messages))
@@ -137,6 +144,21 @@ class Parser(ABC):
     @abstractmethod
     def outcome(self, exit_code: int | None) -> HarnessOutcome:
         """The run's result and error, once its output has ended."""
+
+    def spending(self) -> tuple[float | None, int | None]:
+        """The cost (USD) and tokens (see ``usage_tokens``) reported so far: the final figures once the
+        final event was seen, else what the CLI streamed while it ran; None where it reported none."""
+        return None, None
+
+    def report(self) -> dict[str, Any]:
+        """The progress as JSON, with the spending so far as ``cost_usd`` and ``tokens`` when known."""
+        shown = self.progress.to_json()
+        cost, tokens = self.spending()
+        if cost is not None:
+            shown["cost_usd"] = cost
+        if tokens is not None:
+            shown["tokens"] = tokens
+        return shown
 
 
 class LinesParser(Parser):
@@ -208,6 +230,11 @@ class JsonParser(Parser):
         """The failure the CLI itself reported, if any."""
         return self._error
 
+    def spending(self) -> tuple[float | None, int | None]:
+        """The cost and usage read so far: running totals for the CLIs that stream them (pi, opencode),
+        the final event's for the others."""
+        return self._cost, usage_tokens(self._usage)
+
     def _extra_result(self) -> dict[str, Any]:
         """CLI-specific result fields; by default the error messages the CLI printed, if any."""
         return {"errors": _unique(self._errors)} if self._errors else {}
@@ -237,6 +264,7 @@ class ClaudeParser(JsonParser):
         self._message_id: object = object()
         self._subtype: str | None = None
         self._claude_errors: list[str] | None = None
+        self._live_tokens: dict[object, int] = {}  # by message: its latest usage while the run goes on
 
     def _handle(self, kind: str, event: dict[str, Any]) -> None:
         match kind:
@@ -251,6 +279,8 @@ class ClaudeParser(JsonParser):
         """Counts a turn per new main-thread message id; shows its text; counts its tool calls."""
         message = _dict(event.get("message"))
         message_id = _str(message.get("id"))
+        if (tokens := usage_tokens(message.get("usage"))) is not None:
+            self._live_tokens[message_id or len(self._live_tokens)] = tokens
         if event.get("parent_tool_use_id") is None and (message_id is None or message_id != self._message_id):
             self.progress.turns += 1
             self._message_id = message_id
@@ -275,6 +305,14 @@ class ClaudeParser(JsonParser):
             self._claude_errors = [str(e) for e in _list(event.get("errors"))]
         if event.get("is_error") is True or (self._subtype or "").startswith("error"):
             self._error = self._error_text()
+
+    def spending(self) -> tuple[float | None, int | None]:
+        """The result's cost and usage once it came; before, the usage of the assistant messages so far
+        (each message's latest; Claude streams no cost before the result)."""
+        cost, tokens = super().spending()
+        if tokens is None and self._live_tokens:
+            tokens = sum(self._live_tokens.values())
+        return cost, tokens
 
     def _error_text(self) -> str:
         """The reported failure: the subtype, then the errors list or the result text."""

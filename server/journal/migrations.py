@@ -113,3 +113,24 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
         await db.commit()
         applied.append(name)
     return applied
+
+
+@migration("m120_issue12b_budgets")
+async def _budgets(db: aiosqlite.Connection) -> None:
+    """The budgets of runs and groups (a projection of BUDGET_SET and BUDGET_EXCEEDED)."""
+    await db.executescript(
+        """
+        CREATE TABLE budgets (
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            run_id TEXT,
+            max_cost_usd REAL,
+            max_tokens INTEGER,
+            set_at TEXT NOT NULL,
+            exceeded_at TEXT,
+            spent_cost_usd REAL,
+            spent_tokens INTEGER,
+            PRIMARY KEY (kind, name)
+        );
+        """
+    )

@@ -34,6 +34,8 @@ EVENT_TYPES = frozenset(
         *TERMINAL_EVENTS,
         "FLOW_REQUESTED",
         "FLOW_COMPLETED",
+        "BUDGET_SET",
+        "BUDGET_EXCEEDED",
     }
 )
 

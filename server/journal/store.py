@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from effectd.journal.budgets import BUDGET_COLUMNS, BUDGET_EVENTS, UPSERT_BUDGET, budget_key, fold_budget
 from effectd.journal.migrations import migrate
 from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
 from effectd.models import now_iso
@@ -151,6 +152,7 @@ class Journal:
         effects: dict[str, EffectState] = {}
         flows: dict[str, dict[str, Any]] = {}
         runs: list[tuple[str, str]] = []
+        budgets: dict[tuple[str, str], dict[str, Any] | None] = {}
         for event in events:
             if event.type == "RUN_CREATED" and event.run_id:
                 runs.append((event.run_id, event.data["created_at"]))
@@ -169,6 +171,9 @@ class Journal:
                 flow_row = fold_flow(flow, event)
                 if flow_row is not None:
                     flows[flow_id] = flow_row
+            elif event.type in BUDGET_EVENTS:
+                key = budget_key(event)
+                budgets[key] = fold_budget(budgets[key] if key in budgets else await self._budget_row(key), event)
         await self._db.executemany(
             _INSERT_EVENT,
             [(e.seq, e.ts, e.run_id, e.effect_id, e.type, json.dumps(e.data, separators=(",", ":"))) for e in events],
@@ -180,6 +185,8 @@ class Journal:
             await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in rows])
         if flows:
             await self._db.executemany(_UPSERT_FLOW, [tuple(r[c] for c in FLOW_COLUMNS) for r in flows.values()])
+        if rows_of_budgets := [tuple(r[c] for c in BUDGET_COLUMNS) for r in budgets.values() if r is not None]:
+            await self._db.executemany(UPSERT_BUDGET, rows_of_budgets)
         await self._db.commit()
         self.batches += 1
         for effect_id, state in effects.items():
@@ -198,6 +205,10 @@ class Journal:
             return self._states[effect_id]
         rows = await self._db.execute_fetchall("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
         return EffectState.from_row(dict(next(iter(rows)))) if rows else None
+
+    async def _budget_row(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        rows = await self._db.execute_fetchall("SELECT * FROM budgets WHERE kind = ? AND name = ?", key)
+        return dict(next(iter(rows))) if rows else None
 
     async def _flow_row(self, flow_id: str) -> dict[str, Any] | None:
         if flow_id in self._flow_rows:
@@ -336,6 +347,7 @@ async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
         effects: dict[str, EffectState] = {}
         flows: dict[str, dict[str, Any]] = {}
         runs: dict[str, dict[str, Any]] = {}
+        budgets: dict[tuple[str, str], dict[str, Any] | None] = {}
         async with db.execute("SELECT * FROM events ORDER BY seq") as cursor:
             async for row in cursor:
                 event = Event(
@@ -351,8 +363,11 @@ async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
                     flow = fold_flow(flows.get(event.data["flow_id"]), event)
                     if flow is not None:
                         flows[event.data["flow_id"]] = flow
+                elif event.type in BUDGET_EVENTS:
+                    budgets[budget_key(event)] = fold_budget(budgets.get(budget_key(event)), event)
     return {
         "effects": sorted((state.to_row() for state in effects.values()), key=lambda r: r["effect_id"]),
         "flows": sorted(flows.values(), key=lambda r: r["flow_id"]),
         "runs": sorted(runs.values(), key=lambda r: r["run_id"]),
+        "budgets": sorted((r for r in budgets.values() if r is not None), key=lambda r: (r["kind"], r["name"])),
     }

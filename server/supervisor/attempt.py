@@ -56,6 +56,7 @@ class Attempts:
         self._result_path = result_path
         self._result_grace_s = result_grace_s
         self.render: Render | None = None
+        self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
@@ -65,6 +66,7 @@ class Attempts:
         except Exception as exc:  # a template that cannot be filled
             return Outcome("failed", error=str(exc), attempt=attempt)
         effect.output.reopen()
+        effect.final_event_seen = False
         try:
             handle = await self.runner.start(launch)
         except SpawnError as exc:
@@ -196,10 +198,14 @@ class Attempts:
                     effect.notify()
                     continue
                 changed = False
+                spending = parser.spending()
                 for line in lines_of.feed(chunk):
                     changed = parser.feed(line.decode("utf-8", "replace")) or changed
-                if changed:
-                    effect.live_progress = parser.progress.to_json()
+                effect.final_event_seen = parser.finished
+                if changed or parser.spending() != spending:
+                    effect.live_progress = parser.report()  # progress, and the spending so far
+                    if self.spent is not None:
+                        self.spent(effect)
                     now = time.monotonic()
                     if now - last_event >= PROGRESS_EVENT_EVERY_S:
                         last_event = now
@@ -209,7 +215,7 @@ class Attempts:
                 effect.notify()
             if parser is not None and (rest := lines_of.rest()):
                 parser.feed(rest.decode("utf-8", "replace"))
-                effect.live_progress = parser.progress.to_json()
+                effect.live_progress = parser.report()
         finally:
             output_done.set()
 

@@ -37,6 +37,7 @@ class Effect:
         self.spec = spec
         self.output = output
         self.live_progress: dict[str, Any] | None = None  # the parser's latest, ahead of the journal
+        self.final_event_seen = False  # the harness printed its final event: its run is over, its result in
         self.cancel: CancelRequest | None = None
         self.cancel_event = anyio.Event()
         self.done = anyio.Event()
