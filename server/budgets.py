@@ -301,6 +301,9 @@ class Budgets:
                     "into it; raise the limit with set_budget, or dispatch into another run or group"
                 )
 
+    def records(self) -> list[BudgetRecord]:
+        return [self._budgets[key].record() for key in sorted(self._budgets)]
+
     def summary(self, run_id: str | None, group: str | None) -> dict[str, Any] | None:
         """The budget `list_effects` shows: the group's if it has one, else the run's."""
         budget = self._budgets.get(("group", group or "")) or self._budgets.get(("run", run_id or ""))

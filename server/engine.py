@@ -67,11 +67,9 @@ class FlowDispatched:
 class Engine:
     """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
 
-    def __init__(
-        self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, budgets: Budgets
-    ) -> None:
+    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager) -> None:
         self.settings = settings
-        self._budgets = budgets
+        self._budgets = flows.budgets  # one keeper: a flow's `budget` is its group's
         self._journal = journal
         self._supervisor = supervisor
         self._flows = flows
@@ -85,7 +83,7 @@ class Engine:
             supervisor = _supervisor(settings, journal, runner)
             flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
             budgets, loading = _attach(supervisor, flows, flows.budgets)
-            engine = cls(settings, journal, supervisor, flows, budgets)
+            engine = cls(settings, journal, supervisor, flows)
             control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
             async with budgets.running(), supervisor.running(loading), flows.running(), anyio.create_task_group() as tg:
                 await flows.recover()
@@ -227,6 +225,10 @@ class Engine:
     async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:
         """Sets or replaces the budget of a run or a group (`max_cost_usd`, `max_tokens`): see `budgets`."""
         return await self._budgets.set(scope_of(run_id, group), Limits(**limits))
+
+    def budgets(self) -> list[BudgetRecord]:
+        """Every budget, with what its scope has spent."""
+        return self._budgets.records()
 
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         """Runs newest first, with how many effects each holds and how many are active."""

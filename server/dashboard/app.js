@@ -282,10 +282,13 @@ function refreshSidebarSoon() {
 
 async function refreshSidebar() {
   try {
-    const [runs, groups, flows] = await Promise.all([api('api/runs'), api('api/groups'), api('api/flows')]);
+    const [runs, groups, flows, budgets] = await Promise.all([
+      api('api/runs'), api('api/groups'), api('api/flows'), api('api/budgets'),
+    ]);
     state.runs = runs.runs;
     state.groups = groups.groups;
     state.flows = flows.flows;
+    state.budgets = budgets.budgets;
     scheduleRender();
   } catch (_) {
     /* the live loop reports the connection */
@@ -579,6 +582,18 @@ function renderTable() {
 
 // --- the scope panel: summary, DAG and timeline ------------------------------------------------
 
+// The budget of the run or group shown, if it has one: spending against each limit (set_budget).
+function budgetMetric(kind, id) {
+  const budget = (state.budgets || []).find((b) => (kind === 'run' ? b.scope.run_id === id : b.scope.group === id));
+  if (!budget) return null;
+  const parts = [];
+  if (budget.max_cost_usd !== null) parts.push(`${fmtCost(budget.spent_cost_usd) || '$0'} of ${fmtCost(budget.max_cost_usd) || '$0'}`);
+  if (budget.max_tokens !== null) parts.push(`${budget.spent_tokens} of ${budget.max_tokens} tokens`);
+  if (!parts.length) parts.push(`${fmtCost(budget.spent_cost_usd) || '$0'}, ${budget.spent_tokens} tokens (no limit)`);
+  const text = `budget ${parts.join(' · ')}${budget.exceeded ? ' · spent' : ''}`;
+  return h('span', { class: `metric budget${budget.exceeded ? ' exceeded' : ''}`, id: 'scope-budget', text });
+}
+
 function scopeRows() {
   return [...state.effects.values()].filter(inScope).sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
 }
@@ -610,6 +625,7 @@ function renderScope() {
     busy ? h('span', { class: 'metric', text: `busy ${fmtSeconds(busy)}` }) : null,
     wall && busy ? h('span', { class: 'metric', text: `×${(busy / wall).toFixed(2)} parallel` }) : null,
     cost ? h('span', { class: 'metric', text: `cost ${fmtCost(cost)}` }) : null,
+    budgetMetric(kind, id),
   ];
   $('#scope-summary').replaceChildren(...summary.filter(Boolean));
   const cancel = $('#scope-cancel');

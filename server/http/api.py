@@ -40,6 +40,7 @@ class JsonApi:
             Route("/api/effects/{effect_id}", self.effect),
             Route("/api/effects/{effect_id}/output", self.output),
             Route("/api/effects/{effect_id}/cancel", self.cancel_effect, methods=["POST"]),
+            Route("/api/budgets", self.budgets),
         ]
 
     # --- queries ----------------------------------------------------------------------------------
@@ -74,6 +75,10 @@ class JsonApi:
             limit=limit,
         )
         return JSONResponse({"effects": [row_of(r) for r in listed.effects], "version": self.engine.version})
+
+    async def budgets(self, request: Request) -> Response:
+        """Every budget with its scope's spending (`set_budget`'s answer, for each)."""
+        return JSONResponse({"budgets": [budget.model_dump(mode="json") for budget in self.engine.budgets()]})
 
     async def effect(self, request: Request) -> Response:
         record = await self.engine.poll(request.path_params["effect_id"])
