@@ -16,7 +16,8 @@ from mcp import Client
 
 from effectd.config import Settings
 from effectd.harness import profile_from_config
-from effectd.journal import replay_projection
+from effectd.journal import Event, Journal, replay_projection
+from effectd.models import now_iso
 from tests.conftest import SLEEP, call, call_error, connected, event_count, pid_alive, py, stdio_params, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -180,6 +181,24 @@ async def test_budgets_are_journaled_events_that_replay_into_the_same_table(budg
     by_name = {r["name"]: r for r in stored}
     assert by_name["g"]["max_cost_usd"] == 0.5 and by_name["g"]["exceeded_at"] is None
     assert by_name["h"]["exceeded_at"] is not None and by_name["r"]["max_tokens"] == 10
+
+
+async def test_waiting_effects_of_a_spent_budget_are_cancelled_at_start_before_any_runs(budget_settings):
+    settings = replace(budget_settings, max_concurrency=1, keep_queued=True)
+    async with connected(settings) as (_, client):
+        await call(client, "dispatch_effect", command=py(SLEEP, "60"), background=True)  # holds the one slot
+        queued = await agent(client, "later", QUICK, group="waiting")
+        assert queued["status"] == "queued"
+    # What a crash between reaching the limit and cancelling would leave: a spent budget, a queued effect.
+    async with Journal.open(settings.db) as journal:
+        limits = {"kind": "group", "name": "waiting", "max_cost_usd": 0.01, "max_tokens": None, "set_at": now_iso()}
+        spent = {"kind": "group", "name": "waiting", "exceeded_at": now_iso(), "spent_cost_usd": 0.02}
+        await journal.append(Event("BUDGET_SET", None, None, limits), Event("BUDGET_EXCEEDED", None, None, spent))
+    async with connected(settings) as (_, client):
+        done = await call(client, "await_group", effect_ids=[queued["effect_id"]], timeout_s=30)
+        (record,) = done["done"]
+        assert (record["status"], record["cancel_reason"], record["started_at"]) == ("cancelled", "budget", None)
+        assert "$0.0200 spent of max_cost_usd $0.0100" in record["cancel_message"]
 
 
 @pytest.mark.parametrize(
