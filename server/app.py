@@ -22,8 +22,9 @@ INSTRUCTIONS = """\
 effectd runs effects (allow-listed commands and coding-agent harness runs) as supervised
 subprocesses, side by side, journaled in SQLite. Dispatch with dispatch_effect (foreground waits
 up to wait_s; background returns at once), watch with poll_effect / stream_effect, collect a
-group with await_group (mode "any" + cursor takes results as they complete), stop with
-cancel_effect / cancel_group (kills the whole process tree). No call blocks longer than 55 s.
+group with await_group (mode "any" + cursor takes results as they complete; "first_success"
+or "quorum" races them and stops the rest), stop with cancel_effect / cancel_group (kills the
+whole process tree), cap what sub-agents spend with set_budget. No call blocks longer than 55 s.
 """
 
 
