@@ -3,9 +3,9 @@ or session its processes moved to (GNU `timeout` calls setpgid; a daemon double-
 
 - `CgroupScope`: the effect's own cgroup v2. Its processes are listed by the kernel, SIGKILL reaches
   them all at once through `cgroup.kill`, and nothing leaves it.
-- `TreeScope`, where no writable cgroup exists: the leader's process group and session, every process
-  carrying the effect's id in its environment, and all their descendants, found in /proc. The server is
-  a subreaper, so a daemon's parent becomes the server, not PID 1, and the daemon stays findable.
+- `TreeScope`, where no writable cgroup exists: the leader and its descendants, and the orphans of the
+  effect and theirs. The server is a subreaper, so an orphan's parent becomes the server, not PID 1,
+  and is told by its session or group (the leader's) or its environment (EFFECTD_EFFECT_ID).
 - `GroupScope`: the leader's process group only, as before containment (the benchmark's baseline).
 """
 
@@ -58,7 +58,9 @@ class TreeScope(GroupScope):
         self.effect_id = effect_id
 
     def _processes(self, leader_alive: bool) -> set[int]:
-        found = effect_tree(self.effect_id, self.leader, leader_alive)
+        with REAPER.lock:  # the leaders known now: none is taken for one of this effect's orphans
+            others = set(REAPER.leaders)
+        found = effect_tree(self.effect_id, self.leader, leader_alive, others, REAPER.subreaper)
         REAPER.adopt(found)
         return found
 

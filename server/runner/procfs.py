@@ -118,22 +118,50 @@ def with_descendants(table: dict[int, Stat], roots: Iterable[int]) -> set[int]:
     return found
 
 
-def effect_tree(effect_id: str, leader: int, leader_alive: bool) -> set[int]:
-    """Live processes of one effect, found without a cgroup: the leader's process group and session,
-    every process carrying the effect's id in its environment, and everything descending from them,
-    whatever group or session it moved to. One pass over /proc (the stat file of each process, and the
-    environment of each one outside the leader's tree)."""
-    table = process_table()
+def descendants(roots: Iterable[int]) -> set[int]:
+    """`roots` and every live process descending from them, walked through /proc's children lists."""
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in found or (fields := stat(pid)) is None or fields.dead:
+            continue
+        found.add(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                stack.extend(int(child) for child in Path(f"/proc/{pid}/task/{tid}/children").read_bytes().split())
+            except OSError:
+                continue
+    return found
+
+
+def effect_tree(effect_id: str, leader: int, leader_alive: bool, others: set[int], subreaper: bool) -> set[int]:
+    """Live processes of one effect, found without a cgroup: the leader and its descendants, and the
+    orphans of the effect and theirs, whatever group or session they moved to.
+
+    With the server a subreaper, every orphan of the effect is a child of the server: the walk starts
+    from the leader and from those of the server's children (`others`, the other effects' leaders,
+    left out) that are in the leader's session or group or carry the effect's id in their environment.
+    Without it, one pass over all of /proc finds the marked processes and the leader's session."""
     me = os.getpid()
-    roots = {pid for pid, fields in table.items() if leader in (fields.pgrp, fields.session)}
-    if leader_alive:
-        roots.add(leader)
-    tree = with_descendants(table, roots)
+    roots = {leader} if leader_alive else set()
+    if subreaper:
+        for pid in own_children():
+            if pid == leader or pid in others or (fields := stat(pid)) is None or fields.dead:
+                continue
+            if leader in (fields.session, fields.pgrp) or marker_of(pid) == effect_id:
+                roots.add(pid)
+        return descendants(roots) - {me}
+    table = process_table()
+    roots |= {pid for pid, fields in table.items() if leader in (fields.pgrp, fields.session)}
     for pid, fields in table.items():
-        if pid not in tree and pid != me and not fields.dead and fields.ppid != 0 and marker_of(pid) == effect_id:
+        if pid != me and not fields.dead and fields.ppid != 0 and marker_of(pid) == effect_id:
             roots.add(pid)
-    tree = with_descendants(table, roots)
-    return {pid for pid in tree if not table[pid].dead and pid != me}
+    return {pid for pid in with_descendants(table, roots) if not table[pid].dead and pid != me}
 
 
 def effect_processes(effect_ids: set[str]) -> dict[str, list[int]]:
