@@ -100,13 +100,11 @@ class Cgroups:
             return None
         return path
 
-    def owns(self, cgroup_file: bytes) -> bool:
-        """Whether /proc/PID/cgroup's content places the process in one of these effect cgroups (a
-        zombie still names the cgroup it died in, even a removed one)."""
-        for line in cgroup_file.splitlines():
-            if line.startswith(b"0::"):
-                return line[3:].startswith(self._relative)
-        return False
+    @property
+    def prefix(self) -> bytes:
+        """What the cgroup line of /proc/PID/cgroup starts with (after `0::`) for a process in one of
+        these effect cgroups; a zombie still names the cgroup it died in, even a removed one."""
+        return self._relative
 
 
 def enter(cgroup: Path, pid: int) -> bool:

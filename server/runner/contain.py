@@ -51,11 +51,12 @@ class TreeScope(GroupScope):
     """The leader's group and session, the environment marker, and their descendants (no cgroup)."""
 
     mode = "tree"
-    blocking = True
 
     def __init__(self, leader: int, effect_id: str) -> None:
         super().__init__(leader)
         self.effect_id = effect_id
+        # A subreaper walks its own children (a few reads); without it, all of /proc is read.
+        self.blocking = not REAPER.subreaper
 
     def _processes(self, leader_alive: bool) -> set[int]:
         with REAPER.lock:  # the leaders known now: none is taken for one of this effect's orphans

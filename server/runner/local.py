@@ -208,8 +208,8 @@ class LocalRunner(Runner):
             self.containment = "tree"
         if containment != "group":
             REAPER.become_subreaper()
-        if self._cgroups is not None and self._cgroups.owns not in REAPER.owns_cgroup:
-            REAPER.owns_cgroup.append(self._cgroups.owns)
+        if self._cgroups is not None:
+            REAPER.cgroup_prefixes.add(self._cgroups.prefix)
 
     @property
     def cgroup_root(self) -> Path | None:

@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ class Reaper:
         self.leaders: set[int] = set()  # started leaders not reaped yet: their runner waits for them
         self.sessions: set[int] = set()  # leaders' pids: their sessions and groups are effects'
         self.adopted: set[int] = set()  # seen alive as an effect's process, now a child of ours
-        self.owns_cgroup: list[Callable[[bytes], bool]] = []  # tells an effect's cgroup from its /proc/PID/cgroup
+        self.cgroup_prefixes: set[bytes] = set()  # how /proc/PID/cgroup names the effect cgroups' parents
         self._last = 0.0
 
     def become_subreaper(self) -> bool:
@@ -84,12 +84,14 @@ class Reaper:
     def _ours(self, pid: int, session: int, pgrp: int) -> bool:
         if pid in self.adopted or session in self.sessions or pgrp in self.sessions:
             return True
-        if self.owns_cgroup:
+        if self.cgroup_prefixes:
             try:
-                cgroup = Path(f"/proc/{pid}/cgroup").read_bytes()
+                lines = Path(f"/proc/{pid}/cgroup").read_bytes().splitlines()
             except OSError:
                 return False
-            return any(owns(cgroup) for owns in self.owns_cgroup)
+            for line in lines:
+                if line.startswith(b"0::"):
+                    return any(line[3:].startswith(prefix) for prefix in self.cgroup_prefixes)
         return False
 
 
