@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -163,3 +164,37 @@ async def test_the_cgroup_of_an_effect_is_removed_when_it_ends(settings):
         root = runner.cgroup_root
     assert record["status"] == "succeeded"
     assert root is not None and not (root / record["effect_id"]).exists()
+
+
+def strays(effect_id: str, root: Path | None) -> tuple[list[subprocess.Popen[bytes]], subprocess.Popen[bytes]]:
+    """What a crash between an effect's end and its cleanup would leave: a process that carries the
+    effect's id and, where cgroups contain effects, one without it in the effect's cgroup; and a
+    stranger carrying the id of no recorded effect."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EFFECTD_")}
+    sleep = ["sleep", "100"]
+    left = [subprocess.Popen(sleep, env={**base, "EFFECTD_EFFECT_ID": effect_id}, start_new_session=True)]
+    stranger = subprocess.Popen(sleep, env={**base, "EFFECTD_EFFECT_ID": "eff_nowhere"}, start_new_session=True)
+    if root is not None:
+        (root / effect_id).mkdir()
+        hidden = subprocess.Popen(sleep, env={"PATH": os.defpath}, start_new_session=True)
+        (root / effect_id / "cgroup.procs").write_text(str(hidden.pid))
+        left.append(hidden)
+    return left, stranger
+
+
+async def test_the_next_start_kills_what_a_finished_effect_left_and_nothing_unrelated(settings):
+    async with client_with(settings, "cgroup" if CGROUPS else "tree") as (runner, client):
+        record = await call(client, "dispatch_effect", command=["true"], timeout_s=30)
+        root = runner.cgroup_root
+    assert record["status"] == "succeeded"
+    left, stranger = strays(record["effect_id"], root)
+    try:
+        async with client_with(settings, "cgroup" if CGROUPS else "tree") as (_, client):
+            await wait_until(lambda: all(p.poll() is not None for p in left), within_s=10)
+            assert (await call(client, "poll_effect", effect_id=record["effect_id"]))["status"] == "succeeded"
+        assert stranger.poll() is None, "a process of no recorded effect was killed"
+        assert root is None or not (root / record["effect_id"]).exists()
+    finally:
+        for process in [*left, stranger]:
+            process.kill()
+            process.wait()
