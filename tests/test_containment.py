@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -27,6 +28,7 @@ from effectd.engine import Engine
 from effectd.runner import LocalRunner
 from effectd.runner.cgroups import Cgroups
 from effectd.runner.procfs import own_children, stat
+from effectd.runner.reaper import REAPER
 from tests.conftest import call, pid_alive, py, read_until, stdio_params, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -198,3 +200,17 @@ async def test_the_next_start_kills_what_a_finished_effect_left_and_nothing_unre
         for process in [*left, stranger]:
             process.kill()
             process.wait()
+
+
+def test_the_reaper_never_takes_the_exit_status_of_a_child_it_does_not_own():
+    LocalRunner("tree")  # this process becomes a subreaper, as a server is
+    assert REAPER.subreaper
+    # Another part of the program (or a program embedding the engine) waits for its own children,
+    # in sessions of their own: the reaper must leave their zombies to them.
+    children = [subprocess.Popen(["sh", "-c", "exit 7"], start_new_session=True) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while not all((f := stat(p.pid)) is not None and f.dead for p in children):
+        assert time.monotonic() < deadline, "the children never exited"
+        time.sleep(0.01)
+    REAPER.reap()
+    assert [p.wait(timeout=5) for p in children] == [7, 7, 7]
