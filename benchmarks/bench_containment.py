@@ -10,6 +10,7 @@ Run by bench_engine.py (section "containment"); alone: `.venv/bin/python -m benc
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ import anyio
 from effectd.arguments import EffectRequest
 from effectd.config import build_settings
 from effectd.engine import Engine
-from effectd.runner import LocalRunner
+from effectd.runner import Launch, LocalRunner
 
 TRUE = "/bin/true"
 
@@ -44,6 +45,23 @@ async def per_effect(workdir: Path, mode: str, count: int, concurrency: int) -> 
     return (t1 - t0) * 1000 / count, (cpu1 - cpu0) * 1000 / count
 
 
+async def runner_only(mode: str, count: int) -> float:
+    """Milliseconds per effect of the runner alone, one at a time: start, output to its end, exit, the
+    check that nothing of the effect is left, and the cleanup (no journal, no engine)."""
+    runner = LocalRunner(mode)
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    for n in range(count):
+        handle = await runner.start(Launch([TRUE], env, effect_id=f"eff_bench_{os.getpid()}_{mode}_{n}"))
+        while await handle.read():
+            pass
+        await handle.wait()
+        if not await handle.wait_group_gone(1.0):
+            raise RuntimeError(f"containment {mode!r}: processes left")
+        handle.close()
+    return (time.perf_counter() - t0) * 1000 / count
+
+
 async def measure(root: Path, count: int, repeats: int) -> dict[str, dict[str, Any]]:
     """Best of `repeats` per mode and concurrency (1: one effect at a time, the latency; 16: throughput)."""
     modes = ["group", "tree"] + (["cgroup"] if LocalRunner("cgroup").containment == "cgroup" else [])
@@ -54,12 +72,20 @@ async def measure(root: Path, count: int, repeats: int) -> dict[str, dict[str, A
             for mode in modes:
                 runs[mode].append(await per_effect(Path(tempfile.mkdtemp(dir=root)), mode, count, concurrency))
         results[str(concurrency)] = {mode: min(samples) for mode, samples in runs.items()}
+    alone: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            alone[mode].append(await runner_only(mode, count))
+    results["runner"] = {mode: min(samples) for mode, samples in alone.items()}
     return results
 
 
 async def _main() -> None:
     with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
-        for concurrency, modes in (await measure(Path(tmp), 100, 2)).items():
+        results = await measure(Path(tmp), 100, 3)
+        for mode, wall in results.pop("runner").items():
+            print(f"runner alone   {mode:<6}  {wall:6.2f} ms/effect wall")
+        for concurrency, modes in results.items():
             for mode, (wall, cpu) in modes.items():
                 print(f"concurrency {concurrency:>2}  {mode:<6}  {wall:6.2f} ms/effect wall  {cpu:5.2f} ms/effect CPU")
 

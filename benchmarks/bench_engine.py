@@ -650,6 +650,14 @@ async def bench_containment(root: Path, count: int, repeats: int, figures: list[
     )
     results = await measure_containment(root, count, repeats)
     names = {"tree": "subreaper + marker", "cgroup": "cgroup per effect"}
+    alone = results.pop("runner")
+    for mode, wall in alone.items():
+        say(f"  runner alone, one at a time  {mode:<6} {wall:6.2f} ms/effect (start, exit, nothing left, cleanup)")
+        if mode != "group":
+            base = "process group only (no containment)"
+            figures.append(
+                Figure("containment", f"runner alone per effect, {names[mode]}", "ms", wall, alone["group"], base)
+            )
     for concurrency, modes in results.items():
         base_wall, base_cpu = modes["group"]
         for mode, (wall, cpu) in modes.items():

@@ -203,7 +203,8 @@ class LocalRunner(Runner):
         if containment not in MODES:
             raise ValueError(f"containment must be one of {', '.join(MODES)}, not {containment!r}")
         self.containment = containment
-        self._cgroups = Cgroups.find() if containment == "cgroup" else None
+        gate_usable = os.access(_GATE[0], os.X_OK)
+        self._cgroups = Cgroups.find() if containment == "cgroup" and gate_usable else None
         if self._cgroups is None and containment == "cgroup":
             self.containment = "tree"
         if containment != "group":
