@@ -200,6 +200,8 @@ async def test_the_next_start_kills_what_a_finished_effect_left_and_nothing_unre
         for process in [*left, stranger]:
             process.kill()
             process.wait()
+        if root is not None and (root / record["effect_id"]).exists():
+            (root / record["effect_id"]).rmdir()
 
 
 def test_the_reaper_never_takes_the_exit_status_of_a_child_it_does_not_own():
