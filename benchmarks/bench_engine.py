@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: the project is importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
 from effectd.app import build_server  # noqa: E402
 from effectd.arguments import EffectRequest  # noqa: E402
 from effectd.config import build_settings  # noqa: E402
@@ -52,7 +53,7 @@ from effectd.journal import Event, Journal  # noqa: E402
 from effectd.models import now_iso  # noqa: E402
 
 # Every process this run starts carries this mark, so the end-of-run check finds only our leftovers.
-MARK_NAME = "EFFECTD_BENCH_RUN"
+MARK_NAME = "BENCH_EFFECTD_RUN"  # not EFFECTD_*: effects never inherit those
 MARK_VALUE = str(os.getpid())
 os.environ[MARK_NAME] = MARK_VALUE
 
@@ -639,6 +640,53 @@ async def bench_cancel(root: Path, reps: int, figures: list[Figure]) -> None:
             )
 
 
+# --- containment --------------------------------------------------------------------------------------
+
+
+async def bench_containment(root: Path, count: int, repeats: int, figures: list[Figure]) -> None:
+    say(
+        f"\n== 6. containment: {count} x `{TRUE}` through the engine, per containment mode of the local runner, "
+        f"taking turns; best of {repeats}"
+    )
+    results = await measure_containment(root, count, repeats)
+    names = {"tree": "subreaper + marker", "cgroup": "cgroup per effect"}
+    alone = results.pop("runner")
+    for mode, wall in alone.items():
+        say(f"  runner alone, one at a time  {mode:<6} {wall:6.2f} ms/effect (start, exit, nothing left, cleanup)")
+        if mode != "group":
+            base = "process group only (no containment)"
+            figures.append(
+                Figure("containment", f"runner alone per effect, {names[mode]}", "ms", wall, alone["group"], base)
+            )
+    for concurrency, modes in results.items():
+        base_wall, base_cpu = modes["group"]
+        for mode, (wall, cpu) in modes.items():
+            say(
+                f"  concurrency {concurrency:>2}  {mode:<6} {wall:6.2f} ms/effect wall  {cpu:5.2f} ms/effect parent CPU"
+            )
+            if mode == "group":
+                continue
+            base = "process group only (no containment)"
+            figures += [
+                Figure(
+                    "containment",
+                    f"wall per effect, concurrency {concurrency}, {names[mode]}",
+                    "ms",
+                    wall,
+                    base_wall,
+                    base,
+                ),
+                Figure(
+                    "containment",
+                    f"CPU per effect, concurrency {concurrency}, {names[mode]}",
+                    "ms",
+                    cpu,
+                    base_cpu,
+                    base,
+                ),
+            ]
+
+
 # --- the run ------------------------------------------------------------------------------------------
 
 
@@ -705,6 +753,7 @@ async def run(plan: Plan, command: str) -> tuple[list[Figure], dict[str, Any]]:
         await bench_dispatch(root, plan.calls, figures)
         await bench_stream(root, plan.lines, plan.gap_s, figures)
         await bench_cancel(root, plan.cancels, figures)
+        await bench_containment(root, max(20, plan.effects // 5), plan.repeats + 1, figures)
     facts["wall_s"] = time.perf_counter() - started
     facts["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     return figures, facts

@@ -21,8 +21,8 @@ from effectd.engine import Engine
 REPO = Path(__file__).resolve().parents[1]
 # Every effect started by this test session (in memory or through a stdio server it launched)
 # inherits this mark, so the leftover check sees only this session's processes.
-SESSION_MARK = f"EFFECTD_TEST_SESSION={os.getpid()}"
-os.environ["EFFECTD_TEST_SESSION"] = str(os.getpid())
+SESSION_MARK = f"TEST_EFFECTD_SESSION={os.getpid()}"
+os.environ["TEST_EFFECTD_SESSION"] = str(os.getpid())
 
 
 @pytest.fixture

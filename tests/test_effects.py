@@ -181,7 +181,9 @@ async def test_await_group_names_an_unknown_group_or_effect(client):
 
 
 async def test_stream_returns_output_while_running_and_everything_after_it_ended(client):
-    code = "import time; print('one', flush=True); time.sleep(0.5); print('two', flush=True)"
+    # One write per line (print writes the text and the newline apart, and a waiting reader may get
+    # the first alone).
+    code = "import os, time; os.write(1, b'one\\n'); time.sleep(0.5); os.write(1, b'two\\n')"
     record = await call(client, "dispatch_effect", command=py(code), background=True)
     first = await call(client, "stream_effect", effect_id=record["effect_id"], wait_s=10)
     assert first["data"] == "one\n" and first["eof"] is False and first["status"] == "running"

@@ -272,6 +272,10 @@ class Journal:
             "SELECT * FROM effects WHERE status IN ('pending', 'queued', 'running') ORDER BY effect_id"
         )
 
+    async def effect_ids(self) -> list[str]:
+        """The id of every recorded effect, whatever its state (recovery kills what any of them left)."""
+        return [row["effect_id"] for row in await self.fetch("SELECT effect_id FROM effects")]
+
     async def active_flows(self) -> list[dict[str, Any]]:
         return await self.fetch("SELECT * FROM flows WHERE finished_at IS NULL ORDER BY flow_id")
 

@@ -20,6 +20,8 @@ class Launch:
     # Where the process may write its JSON result (its EFFECTD_RESULT_FILE); the runner removes an
     # earlier attempt's file before the start and reads it after the exit.
     result_file: str | None = None
+    # The effect the process belongs to: what the runner contains it by (its cgroup, its marker).
+    effect_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,12 @@ class ProcessHandle(ABC):
 
     @abstractmethod
     def signal_group(self, signum: int) -> None:
-        """Sends `signum` to every process of the group; a group already gone is not an error."""
+        """Sends `signum` to every process of the effect, whatever process group or session it moved
+        to; processes already gone are not an error."""
 
     @abstractmethod
     async def wait_group_gone(self, within_s: float) -> bool:
-        """Waits until no live process is left in the group; False if some still are after `within_s`."""
+        """Waits until no live process of the effect is left; False if some still are after `within_s`."""
 
     @abstractmethod
     async def read_result(self) -> Any:
@@ -87,6 +90,6 @@ class Runner(ABC):
 
     @abstractmethod
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
-        """Kills whatever is still alive of these effects (a server died while they ran): the recorded
-        process when it is still the same one (never a pid alone), and any process carrying the
-        effect's id in its environment, whatever its group or session."""
+        """Kills whatever is still alive of these effects (a server died, or a process escaped): the
+        recorded process when it is still the same one (never a pid alone), and any process carrying
+        the effect's id in its environment or left in its cgroup, whatever its group or session."""

@@ -1,9 +1,11 @@
-"""The local runner: effects as process groups on this machine.
+"""The local runner: effects as processes on this machine, each effect contained as a whole.
 
-`LocalRunner` starts every child in its own session (so its process group can be signalled as a
-whole), with a parent-death signal so it dies with the server, and watches the leader's exit through
-a pidfd, separately from its output pipe (a grandchild that keeps the pipe open must not hide the
-exit). It reads the result file the process wrote, and at recovery kills what crashed effects left.
+`LocalRunner` starts every child in its own session, with a parent-death signal so it dies with the
+server, and watches the leader's exit through a pidfd, separately from its output pipe (a grandchild
+that keeps the pipe open must not hide the exit). Every process the effect starts is contained
+(`effectd.runner.contain`): in a cgroup of its own where one is writable, else found through the
+subreaper and the environment marker. It reads the result file the process wrote, and at start kills
+whatever any recorded effect left.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -25,8 +28,12 @@ from typing import Any
 
 import anyio
 
+from effectd.runner import cgroups
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
-from effectd.runner.procfs import effect_processes, live_members, process_start_time
+from effectd.runner.cgroups import Cgroups
+from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope
+from effectd.runner.procfs import effect_processes, process_start_time
+from effectd.runner.reaper import REAPER
 
 log = logging.getLogger("effectd")
 
@@ -51,6 +58,13 @@ def _die_with_parent() -> None:
 # the same process. It lets CPython start the child with vfork (no preexec_fn), which costs about
 # 0.2 ms of the event loop instead of ~3 ms for a full fork of the server; without it, preexec_fn.
 _SETPRIV = shutil.which("setpriv") if _prctl is not None else None
+
+# Holds a child until the runner has moved it into its cgroup, so not one of its processes starts
+# outside it: the shell reads a line from the gate (its stderr, a pipe the runner writes to once the
+# move is done), points stderr back at the output, and execs the command in the same process.
+_GATE = ["/bin/sh", "-c", 'read _ <&2; exec 2>&1; exec "$@"', "sh"]
+# How often a watcher reaps the effects' orphans that died while the effect runs.
+REAP_EVERY_S = 1.0
 
 
 _devnull_fd: int | None = None
@@ -78,6 +92,7 @@ def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> No
 class LocalProcess(ProcessHandle):
     def __init__(self, popen: subprocess.Popen[bytes], output_fd: int, result_file: str | None = None) -> None:
         self._popen = popen
+        self.scope: GroupScope = GroupScope(popen.pid)
         self._result_file = result_file
         self.pid = popen.pid
         self.start_marker: int | None = None
@@ -109,6 +124,7 @@ class LocalProcess(ProcessHandle):
                 if pid == 0:
                     return None
                 self._exit = ExitStatus.from_wait_status(status)
+            REAPER.leaders.discard(self.pid)
             self._popen.returncode = self._exit.exit_code if self._exit.exit_code is not None else -1
         return self._exit
 
@@ -121,9 +137,11 @@ class LocalProcess(ProcessHandle):
             self._watching = True
             try:
                 if self._pidfd is not None:
-                    await anyio.wait_readable(self._pidfd)
+                    with anyio.move_on_after(REAP_EVERY_S if REAPER.subreaper else math.inf):
+                        await anyio.wait_readable(self._pidfd)
                 else:
                     await anyio.sleep(0.01)
+                REAPER.reap(every_s=REAP_EVERY_S / 2)  # the orphans that died meanwhile
             finally:
                 self._watching = False
                 ended, self._watch_ended = self._watch_ended, anyio.Event()
@@ -131,10 +149,12 @@ class LocalProcess(ProcessHandle):
         return status
 
     def signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.scope.signal(signum)
+
+    async def _alive(self) -> bool:
+        if self.scope.blocking:
+            return await anyio.to_thread.run_sync(self.scope.alive, self._exit is None)
+        return self.scope.alive(self._exit is None)
 
     async def wait_group_gone(self, within_s: float) -> bool:
         deadline = time.monotonic() + within_s
@@ -146,9 +166,9 @@ class LocalProcess(ProcessHandle):
         delay = 0.002
         while True:
             self._reap()
-            if self._group_gone or (self._exit is not None and not live_members(self.pid)):
-                # Once empty, a group stays empty: its id cannot be given to a new process while
-                # any member (even a zombie) holds it, and nothing joins a group from outside.
+            if self._group_gone or (self._exit is not None and not await self._alive()):
+                # Once empty, an effect stays empty: nothing joins a cgroup or a process group from
+                # outside, and with every process gone none is left to fork.
                 self._group_gone = True
                 return True
             if time.monotonic() >= deadline:
@@ -164,6 +184,8 @@ class LocalProcess(ProcessHandle):
         return await anyio.to_thread.run_sync(_read_result_file, self._result_file)
 
     def close(self) -> None:
+        if self._group_gone:
+            self.scope.close()
         for fd in (self._output_fd, self._pidfd):
             if fd is not None:
                 os.close(fd)
@@ -171,25 +193,65 @@ class LocalProcess(ProcessHandle):
 
 
 class LocalRunner(Runner):
-    """Runs processes on this machine."""
+    """Runs processes on this machine.
+
+    `containment` is "cgroup" (a cgroup per effect where one is writable, else "tree"), "tree" (the
+    subreaper and the environment marker) or "group" (the leader's process group only: no
+    containment, for the benchmark's baseline)."""
+
+    def __init__(self, containment: str = "cgroup") -> None:
+        if containment not in MODES:
+            raise ValueError(f"containment must be one of {', '.join(MODES)}, not {containment!r}")
+        self.containment = containment
+        gate_usable = os.access(_GATE[0], os.X_OK)
+        self._cgroups = Cgroups.find() if containment == "cgroup" and gate_usable else None
+        if self._cgroups is None and containment == "cgroup":
+            self.containment = "tree"
+        if containment != "group":
+            REAPER.become_subreaper()
+        if self._cgroups is not None:
+            REAPER.cgroup_prefixes.add(self._cgroups.prefix)
+
+    @property
+    def cgroup_root(self) -> Path | None:
+        """The cgroup under which each effect gets its own, or None (no writable cgroup, or not asked)."""
+        return self._cgroups.root if self._cgroups is not None else None
 
     async def start(self, launch: Launch) -> ProcessHandle:
         if launch.result_file is not None:
             with suppress(FileNotFoundError):
                 os.unlink(launch.result_file)  # an earlier attempt's result is not this one's
+        effect_id = launch.effect_id or launch.env.get("EFFECTD_EFFECT_ID")
+        cgroup = self._cgroups.create(effect_id) if self._cgroups is not None and effect_id else None
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
         # thread that forked the child ends, so a worker thread would kill the child with it.
-        process = _spawn(launch)
-        # Reading /proc/PID/stat waits while the child is still inside exec: off the event loop, and
-        # shielded, so a cancellation cannot lose the handle of a process that already exists.
+        try:
+            with REAPER.lock:  # a reaper pass never sees this leader before it is known
+                process, gate = _spawn(launch, gated=cgroup is not None)
+                REAPER.leaders.add(process.pid)
+                if self.containment != "group":
+                    REAPER.sessions.add(process.pid)
+        except BaseException:
+            if cgroup is not None:
+                cgroups.remove(cgroup)
+            raise
+        # Moving it into its cgroup takes the kernel milliseconds, and reading /proc/PID/stat waits
+        # while the child is still inside exec: off the event loop, and shielded, so a cancellation
+        # cannot lose the handle of a process that already exists.
         with anyio.CancelScope(shield=True):
-            process.start_marker = await anyio.to_thread.run_sync(process_start_time, process.pid)
+            entered, process.start_marker = await anyio.to_thread.run_sync(_enter, process.pid, cgroup, gate)
+        if entered and cgroup is not None:
+            process.scope = CgroupScope(process.pid, cgroup)
+        elif self.containment != "group" and effect_id:
+            process.scope = TreeScope(process.pid, effect_id)
+            if cgroup is not None:
+                cgroups.remove(cgroup)
         return process
 
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
         if not processes:
             return
-        await anyio.to_thread.run_sync(_kill_leftovers, list(processes))
+        await anyio.to_thread.run_sync(_kill_leftovers, list(processes), self.cgroup_root)
 
 
 def _read_result_file(path: str) -> Any:
@@ -204,30 +266,61 @@ def _read_result_file(path: str) -> Any:
         return None
 
 
-def _kill_leftovers(processes: list[RecordedProcess]) -> None:
-    """One pass over /proc for all of them: the recorded leader if its start time still matches (a
-    reused pid is never killed), and every process whose environment names one of the effects."""
-    left = effect_processes({p.effect_id for p in processes})
+def _enter(pid: int, cgroup: Path | None, gate: int | None) -> tuple[bool, int | None]:
+    """Moves the gated child into its cgroup, then lets it exec its command; returns whether it is in
+    the cgroup, and its start marker."""
+    entered = False
+    try:
+        if cgroup is not None:
+            entered = cgroups.enter(cgroup, pid)
+    finally:
+        if gate is not None:
+            with suppress(OSError):  # the child is gone already: nothing to let go
+                os.write(gate, b"\n")
+            os.close(gate)
+    return entered, process_start_time(pid)
+
+
+def _kill_leftovers(processes: list[RecordedProcess], root: Path | None) -> None:
+    """SIGKILL to what these effects left: their cgroups, whatever is there; in one pass over /proc,
+    every process whose environment names one of them, with its descendants; and the recorded leader
+    if its start time still matches (a reused pid is never killed)."""
+    ids = {p.effect_id for p in processes}
+    left_cgroups = cgroups.leftovers(root, ids) if root is not None else []
+    for cgroup in left_cgroups:
+        cgroups.kill(cgroup)
+    left = effect_processes(ids)
     for recorded in processes:
         pids = set(left.get(recorded.effect_id, ()))
         if recorded.pid and recorded.start_marker and process_start_time(recorded.pid) == recorded.start_marker:
             pids.add(recorded.pid)
+        REAPER.adopt(pids)
         for pid in pids:
             with suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3.0
+    for cgroup in left_cgroups:
+        while cgroups.populated(cgroup) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cgroups.remove(cgroup)
 
 
-def _spawn(launch: Launch) -> LocalProcess:
-    """Starts the process in its own session with the parent-death signal; its output into one pipe."""
+def _spawn(launch: Launch, gated: bool = False) -> tuple[LocalProcess, int | None]:
+    """Starts the process in its own session with the parent-death signal; its output into one pipe.
+    `gated`: the process waits before its exec until a line is written to the returned gate."""
     if launch.cwd is not None and not os.path.isdir(launch.cwd):
         raise SpawnError(f"cwd {launch.cwd!r} does not exist")
     argv = list(launch.argv)
     preexec: Callable[[], None] | None = _die_with_parent
-    if _SETPRIV is not None:
+    if _SETPRIV is not None or gated:
         _check_executable(argv[0], launch.env, launch.cwd)
+    if gated:
+        argv = [*_GATE, *argv]
+    if _SETPRIV is not None:
         argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         preexec = None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    gate_read, gate = os.pipe2(os.O_CLOEXEC) if gated else (None, None)
     stdin_fd: int | None = None
     try:
         try:
@@ -243,7 +336,7 @@ def _spawn(launch: Launch) -> LocalProcess:
                 argv,
                 stdin=stdin_fd if stdin_fd is not None else _devnull(),
                 stdout=write_fd,
-                stderr=write_fd,
+                stderr=write_fd if gate_read is None else gate_read,
                 cwd=launch.cwd,
                 env=dict(launch.env),
                 start_new_session=True,
@@ -257,10 +350,12 @@ def _spawn(launch: Launch) -> LocalProcess:
             raise SpawnError(f"could not start {launch.argv[0]!r}: {reason}") from exc
     except BaseException:
         os.close(read_fd)
+        if gate is not None:
+            os.close(gate)
         raise
     finally:
-        os.close(write_fd)
-        if stdin_fd is not None:
-            os.close(stdin_fd)
+        for fd in (write_fd, stdin_fd, gate_read):
+            if fd is not None:
+                os.close(fd)
     os.set_blocking(read_fd, False)
-    return LocalProcess(popen, read_fd, launch.result_file)
+    return LocalProcess(popen, read_fd, launch.result_file), gate

@@ -52,7 +52,9 @@ class Attempts:
         self.runner = runner
         self._record = record
         self._request_cancel = request_cancel
-        self._base_env = dict(base_env)
+        # Effects never inherit the server's EFFECTD_* variables (its token, its configuration): only
+        # the per-effect ones set in _launch.
+        self._base_env = {name: value for name, value in base_env.items() if not name.startswith("EFFECTD_")}
         self._result_path = result_path
         self._result_grace_s = result_grace_s
         self.render: Render | None = None
@@ -96,7 +98,7 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        return Launch(argv, env, spec.cwd, stdin.encode() if stdin is not None else None, result_file)
+        return Launch(argv, env, spec.cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec

@@ -1,8 +1,10 @@
 """Recovery at start: what the last server left behind.
 
 Effects that were `running` when it died are ended: `failed` with error `interrupted`, or `cancelled`
-when a cancel had been asked for (journaled as EFFECT_CANCEL_REQUESTED), after the runner killed
-whatever of their processes is still alive. `pending` and `queued` effects are loaded to be run.
+when a cancel had been asked for (journaled as EFFECT_CANCEL_REQUESTED). First the runner kills
+whatever is still alive of every recorded effect, whatever its state: a running effect's leader, and
+any process that escaped (a daemon of a finished effect, grandchildren of a killed server).
+`pending` and `queued` effects are loaded to be run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[
     """Ends the interrupted effects; returns the waiting ones, loaded into the registry, to be driven."""
     rows = await journal.active_effects()
     interrupted = [row for row in rows if row["status"] == "running"]
-    await runner.kill_leftovers([RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted])
+    leaders = [RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted]
+    running = {r["effect_id"] for r in interrupted}
+    others = [RecordedProcess(effect_id) for effect_id in await journal.effect_ids() if effect_id not in running]
+    await runner.kill_leftovers([*leaders, *others])
     ended = []
     endings = []
     for row in interrupted:

@@ -1,0 +1,101 @@
+"""Containment: every process of one effect, as one unit to signal and to watch, whatever process group
+or session its processes moved to (GNU `timeout` calls setpgid; a daemon double-forks and calls setsid).
+
+- `CgroupScope`: the effect's own cgroup v2. Its processes are listed by the kernel, SIGKILL reaches
+  them all at once through `cgroup.kill`, and nothing leaves it.
+- `TreeScope`, where no writable cgroup exists: the leader and its descendants, and the orphans of the
+  effect and theirs. The server is a subreaper, so an orphan's parent becomes the server, not PID 1,
+  and is told by its session or group (the leader's) or its environment (EFFECTD_EFFECT_ID).
+- `GroupScope`: the leader's process group only, as before containment (the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import suppress
+from pathlib import Path
+
+from effectd.runner import cgroups
+from effectd.runner.procfs import effect_tree, live_members
+from effectd.runner.reaper import REAPER
+
+MODES = ("cgroup", "tree", "group")
+
+
+class GroupScope:
+    """The leader's process group."""
+
+    mode = "group"
+    blocking = False  # whether `alive()` reads enough of /proc to belong off the event loop
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+
+    def signal(self, signum: int) -> None:
+        """Sends `signum` to every live process of the effect; processes already gone are not an error."""
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.leader, signum)
+
+    def alive(self, leader_alive: bool) -> bool:
+        """Whether any process of the effect is still alive (zombies are dead)."""
+        return bool(live_members(self.leader))
+
+    def close(self) -> None:
+        """Releases what the scope holds; every process of the effect is gone."""
+        REAPER.reap()
+        REAPER.sessions.discard(self.leader)
+
+
+class TreeScope(GroupScope):
+    """The leader's group and session, the environment marker, and their descendants (no cgroup)."""
+
+    mode = "tree"
+
+    def __init__(self, leader: int, effect_id: str) -> None:
+        super().__init__(leader)
+        self.effect_id = effect_id
+        # A subreaper walks its own children (a few reads); without it, all of /proc is read.
+        self.blocking = not REAPER.subreaper
+
+    def _processes(self, leader_alive: bool) -> set[int]:
+        with REAPER.lock:  # the leaders known now: none is taken for one of this effect's orphans
+            others = set(REAPER.leaders)
+        found = effect_tree(self.effect_id, self.leader, leader_alive, others, REAPER.subreaper)
+        REAPER.adopt(found)
+        return found
+
+    def signal(self, signum: int) -> None:
+        super().signal(signum)
+        for pid in self._processes(leader_alive=True):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def alive(self, leader_alive: bool) -> bool:
+        return bool(self._processes(leader_alive))
+
+
+class CgroupScope(GroupScope):
+    """The effect's own cgroup."""
+
+    mode = "cgroup"
+
+    def __init__(self, leader: int, cgroup: Path) -> None:
+        super().__init__(leader)
+        self.cgroup = cgroup
+
+    def signal(self, signum: int) -> None:
+        super().signal(signum)
+        if signum == signal.SIGKILL:
+            cgroups.kill(self.cgroup)
+            return
+        for pid in cgroups.members(self.cgroup):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def alive(self, leader_alive: bool) -> bool:
+        return cgroups.populated(self.cgroup)
+
+    def close(self) -> None:
+        cgroups.remove(self.cgroup)
+        super().close()

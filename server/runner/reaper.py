@@ -1,0 +1,98 @@
+"""The server as a child subreaper, and the reaping of the orphans it adopts.
+
+With `PR_SET_CHILD_SUBREAPER` (as container shims and `tini` use it), a process whose parent dies is
+re-parented to the server rather than to PID 1: a double-forked daemon of an effect stays in the
+server's process tree, where the runner can find it. The server must then reap those orphans when
+they die, or zombies pile up. It must also never reap a child that someone else waits for (an
+effect's leader, watched through its pidfd, or any process another part of the program started), or
+that waiter would lose the exit status. So a zombie child is reaped only when it is positively an
+effect's: in an effect's cgroup, in the session or process group of an effect's leader, or seen alive
+earlier as one of an effect's processes. `REAPER` is one per process, as the subreaper flag is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from effectd.runner.procfs import own_children, stat
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+_prctl: Any
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+class Reaper:
+    """Reaps the zombies of effects' orphans adopted by this process, and only those."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while a leader is started and while zombies are reaped
+        self.subreaper = False
+        self.leaders: set[int] = set()  # started leaders not reaped yet: their runner waits for them
+        self.sessions: set[int] = set()  # leaders' pids: their sessions and groups are effects'
+        self.adopted: set[int] = set()  # seen alive as an effect's process, now a child of ours
+        self.cgroup_prefixes: set[bytes] = set()  # how /proc/PID/cgroup names the effect cgroups' parents
+        self._last = 0.0
+
+    def become_subreaper(self) -> bool:
+        """Makes this process the subreaper of its descendants (once); False where the kernel refuses."""
+        if not self.subreaper and _prctl is not None:
+            self.subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return self.subreaper
+
+    def adopt(self, pids: Iterable[int]) -> None:
+        """Notes processes seen alive as an effect's, so their zombies can be told apart later."""
+        me = os.getpid()
+        for pid in pids:
+            fields = stat(pid)
+            if fields is not None and fields.ppid == me:
+                self.adopted.add(pid)
+
+    def reap(self, every_s: float = 0.0) -> int:
+        """Reaps every zombie child that is an effect's orphan; returns how many. With `every_s`, does
+        nothing when the last pass is more recent than that (a watcher calls it periodically)."""
+        if not self.subreaper:
+            return 0
+        now = time.monotonic()
+        if every_s and now - self._last < every_s:
+            return 0
+        self._last = now
+        reaped = 0
+        with self.lock:
+            for pid in own_children():
+                if pid in self.leaders:
+                    continue
+                fields = stat(pid)
+                if fields is None or fields.state != b"Z" or not self._ours(pid, fields.session, fields.pgrp):
+                    continue
+                with suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        reaped += 1
+                self.adopted.discard(pid)
+        return reaped
+
+    def _ours(self, pid: int, session: int, pgrp: int) -> bool:
+        if pid in self.adopted or session in self.sessions or pgrp in self.sessions:
+            return True
+        if self.cgroup_prefixes:
+            try:
+                lines = Path(f"/proc/{pid}/cgroup").read_bytes().splitlines()
+            except OSError:
+                return False
+            for line in lines:
+                if line.startswith(b"0::"):
+                    return any(line[3:].startswith(prefix) for prefix in self.cgroup_prefixes)
+        return False
+
+
+REAPER = Reaper()
