@@ -44,6 +44,7 @@ from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.recovery import cancel_waiting
+from effectd.supervisor.workspaces import check as check_isolation
 
 ABANDONED = "the client abandoned the call"
 AwaitMode = Literal["all", "any"]
@@ -134,6 +135,7 @@ class Engine:
             "group_max_concurrency": request.group_max_concurrency,
         }
         spec = build_spec(self.settings, fields)
+        await check_isolation(spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -363,6 +365,7 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
         journal,
         feed=ChangeFeed(),
         output_dir=settings.output_dir,
+        worktree_dir=settings.worktree_dir,
         max_concurrency=settings.max_concurrency,
         output_limit_bytes=settings.output_limit_bytes,
         stall_after_s=settings.stall_after_s,

@@ -17,10 +17,14 @@ from effectd.supervisor import events
 from effectd.supervisor.effect import CancelRequest, Effect
 from effectd.supervisor.events import Outcome
 from effectd.supervisor.registry import Registry
+from effectd.supervisor.workspaces import Workspaces
 
 
-async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[Effect]:
-    """Ends the interrupted effects; returns the waiting ones, loaded into the registry, to be driven."""
+async def recover(
+    journal: Journal, runner: Runner, registry: Registry, workspaces: Workspaces | None = None
+) -> list[Effect]:
+    """Ends the interrupted effects (finishing their worktrees, when isolated, as an ending effect's
+    are); returns the waiting ones, loaded into the registry, to be driven."""
     rows = await journal.active_effects()
     interrupted = [row for row in rows if row["status"] == "running"]
     await runner.kill_leftovers([RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted])
@@ -33,6 +37,9 @@ async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[
             outcome = Outcome("cancelled", cancel=cancel)
         else:
             outcome = Outcome("failed", error="interrupted")
+        if workspaces is not None:
+            why = outcome.cancel.reason if outcome.cancel else outcome.error
+            outcome.workspace = await workspaces.finish(effect, outcome.status, why)
         ended.append(registry.adopt(effect))
         endings.append(events.ended(effect, outcome))
     if endings:
