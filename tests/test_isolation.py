@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
+import anyio
 import pytest
+from mcp import Client
 
 from effectd.journal import replay_projection
-from tests.conftest import call, call_error, connected, event_count, py, read_until
+from tests.conftest import call, call_error, connected, event_count, pid_alive, py, read_until, stdio_params
 
 pytestmark = pytest.mark.anyio
 
-WRITE = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); p.parent.mkdir(parents=True, exist_ok=True); p.write_text(sys.argv[2])"
+WRITE = (
+    "import sys, pathlib; p = pathlib.Path(sys.argv[1]); "
+    "p.parent.mkdir(parents=True, exist_ok=True); p.write_text(sys.argv[2])"
+)
 # Writes a file, says so, then waits to be stopped: its work is never committed by the effect itself.
 WRITE_AND_WAIT = WRITE + "; print('written', flush=True); import time; time.sleep(120)"
 
@@ -44,13 +51,26 @@ def branches(repo: Path) -> list[str]:
 
 
 def worktrees(repo: Path) -> list[str]:
-    return [line.split()[1] for line in git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+    listing = git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [line.split()[1] for line in listing if line.startswith("worktree ")]
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.exists(path)
+
+
+def is_dir(path: str | Path) -> bool:
+    return os.path.isdir(path)
+
+
+def assert_fsck(repo: Path) -> None:
+    fsck = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=repo, capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def assert_sound(repo: Path) -> None:
     """`git fsck` finds nothing wrong and only the main worktree is left."""
-    fsck = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=repo, capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert_fsck(repo)
     assert worktrees(repo) == [str(repo)]
     assert git(repo, "status", "--porcelain") == ""
 
@@ -74,14 +94,14 @@ async def test_an_isolated_effect_commits_its_change_to_its_own_branch_and_leave
     assert record["output_tail"].strip() == os.path.join(workspace["path"], "src")
     assert workspace["changed_files"] == ["src/notes.txt"] and workspace["changed_files_truncated"] is False
     assert (workspace["insertions"], workspace["deletions"]) == (1, 0)
-    assert workspace["kept"] is False and not Path(workspace["path"]).exists()
+    assert workspace["kept"] is False and not exists(workspace["path"])
     assert workspace["branch_kept"] is True
     assert workspace["base_commit"] == git(repo, "rev-parse", "main").strip()
     assert workspace["head_commit"] == git(repo, "rev-parse", branch).strip() != workspace["base_commit"]
     assert git(repo, "show", f"{branch}:src/notes.txt") == "from the effect\n"
     # The commit is the repository's configured identity; the main checkout never saw the file.
     assert git(repo, "log", "-1", "--format=%an <%ae>", branch).strip() == "Repo Owner <owner@example.com>"
-    assert not (repo / "src" / "notes.txt").exists()
+    assert not exists(repo / "src" / "notes.txt")
     assert_sound(repo)
     # The journal holds the same workspace: replay gives it back.
     replayed = {row["effect_id"]: row for row in (await replay_projection(settings.db))["effects"]}
@@ -113,7 +133,7 @@ async def test_an_effect_that_changed_nothing_leaves_no_branch_and_no_directory(
     assert record["status"] == "succeeded"
     assert workspace["branch_kept"] is False and workspace["kept"] is False
     assert workspace["changed_files"] == [] and workspace["head_commit"] == workspace["base_commit"]
-    assert branches(repo) == [] and not Path(workspace["path"]).exists()
+    assert branches(repo) == [] and not exists(workspace["path"])
     assert_sound(repo)
 
 
@@ -130,7 +150,7 @@ async def test_a_cancelled_effects_uncommitted_work_is_on_its_branch(settings, t
         )
         await read_until(client, started["effect_id"], "written")
         running = await call(client, "poll_effect", effect_id=started["effect_id"])
-        assert running["workspace"]["kept"] is True and Path(running["workspace"]["path"]).is_dir()
+        assert running["workspace"]["kept"] is True and is_dir(running["workspace"]["path"])
         record = await call(client, "cancel_effect", effect_id=started["effect_id"], reason="enough")
     assert record["status"] == "cancelled" and record["cancel_reason"] == "user"
     workspace = record["workspace"]
@@ -139,7 +159,7 @@ async def test_a_cancelled_effects_uncommitted_work_is_on_its_branch(settings, t
     assert git(repo, "show", f"{workspace['branch']}:README.md") == "rewritten by a cancelled agent\n"
     assert "cancelled" in git(repo, "log", "-1", "--format=%B", workspace["branch"])
     assert (repo / "README.md").read_text() == "hello\n"
-    assert not Path(workspace["path"]).exists()
+    assert not exists(workspace["path"])
     assert_sound(repo)
 
 
@@ -168,7 +188,7 @@ async def test_keep_worktree_keeps_the_directory_and_the_cli_lists_and_prunes_it
     (path / "late.txt").write_text("written by hand after the effect\n")
     pruned = effectd("worktrees", "--prune", "--db", str(settings.db))
     assert pruned.returncode == 0, pruned.stderr
-    assert not path.exists() and branches(repo) == [workspace["branch"]]
+    assert not exists(path) and branches(repo) == [workspace["branch"]]
     # Pruning commits what was left in the directory first: nothing is lost.
     assert git(repo, "show", f"{workspace['branch']}:late.txt") == "written by hand after the effect\n"
     assert_sound(repo)
@@ -267,10 +287,7 @@ async def test_twenty_concurrent_isolated_effects_on_one_repository_each_get_the
         outcome = await call(client, "await_group", group="swarm", timeout_s=55)
         while not outcome["complete"]:
             outcome = await call(client, "await_group", group="swarm", timeout_s=55)
-        records = {
-            r["effect_id"]: r
-            for r in (await call(client, "list_effects", group="swarm"))["effects"]
-        }
+        records = {r["effect_id"]: r for r in (await call(client, "list_effects", group="swarm"))["effects"]}
     assert len(records) == count
     for i, sent in enumerate(dispatched):
         record = records[sent["effect_id"]]
@@ -376,3 +393,55 @@ async def test_shutdown_finishes_the_worktrees_of_the_effects_it_cancels(setting
     assert record["status"] == "cancelled" and record["cancel_reason"] == "shutdown"
     assert git(repo, "show", f"{record['workspace']['branch']}:wip.txt") == "work in progress\n"
     assert_sound(repo)
+
+
+async def test_after_a_sigkill_of_the_server_recovery_leaves_no_stray_worktree_and_loses_no_work(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    db = tmp_path / "journal.db"
+    code = WRITE + "; import os, time; print('pids', os.getppid(), os.getpid(), 'written', flush=True); time.sleep(120)"
+    pids: list[int] = []
+    with suppress(Exception, BaseExceptionGroup):
+        async with Client(stdio_params(db, "--allow-any-command"), read_timeout_seconds=70) as client:
+            lost = await call(
+                client,
+                "dispatch_effect",
+                command=py(code, "wip.txt", "uncommitted when the server died\n"),
+                cwd=str(repo),
+                isolation="worktree",
+                background=True,
+            )
+            kept = await call(
+                client,
+                "dispatch_effect",
+                command=py(code, "kept.txt", "in a kept worktree\n"),
+                cwd=str(repo),
+                isolation="worktree",
+                keep_worktree=True,
+                background=True,
+            )
+            for effect in (lost, kept):
+                text = await read_until(client, effect["effect_id"], "written")
+                pids += [int(p) for p in text.split()[1:3]]
+            assert len(worktrees(repo)) == 3  # the main one and the two effects'
+            os.kill(pids[0], signal.SIGKILL)  # the server
+            with anyio.fail_after(10):
+                while any(pid_alive(pid) for pid in pids):  # noqa: ASYNC110 - no event tells when another process dies
+                    await anyio.sleep(0.02)
+    # The server is gone and its effects with it; their worktrees and their uncommitted work are still there.
+    assert len(worktrees(repo)) == 3
+    async with Client(stdio_params(db, "--allow-any-command"), read_timeout_seconds=70) as client:
+        lost_record = await call(client, "poll_effect", effect_id=lost["effect_id"])
+        kept_record = await call(client, "poll_effect", effect_id=kept["effect_id"])
+    assert lost_record["status"] == "failed" and lost_record["error"] == "interrupted"
+    workspace = lost_record["workspace"]
+    assert workspace["changed_files"] == ["wip.txt"] and workspace["branch_kept"] is True
+    assert git(repo, "show", f"{workspace['branch']}:wip.txt") == "uncommitted when the server died\n"
+    assert workspace["kept"] is False and not exists(workspace["path"])
+    assert "interrupted" in git(repo, "log", "-1", "--format=%B", workspace["branch"])
+    # The kept one stays, its work committed; no other worktree is left.
+    kept_workspace = kept_record["workspace"]
+    assert kept_workspace["kept"] is True and is_dir(kept_workspace["path"])
+    assert git(repo, "show", f"{kept_workspace['branch']}:kept.txt") == "in a kept worktree\n"
+    assert worktrees(repo) == [str(repo), kept_workspace["path"]]
+    assert sorted(branches(repo)) == sorted([workspace["branch"], kept_workspace["branch"]])
+    assert_fsck(repo)
