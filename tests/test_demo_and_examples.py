@@ -209,3 +209,18 @@ def test_the_parallel_subagents_example_takes_five_results_as_they_complete(tmp_
     assert sorted(label for _, label in order) == ["docs", "review-cli", "review-journal", "triage", "write-tests"]
     assert order[0][1] == "docs" and order[-1][1] == "write-tests", "the quickest first, the slowest last"
     assert "{'succeeded': 5}, total cost $0.0562" in out
+
+
+@pytest.mark.slow
+def test_the_worktree_subagents_example_keeps_each_agents_edit_on_its_own_branch(tmp_path: Path) -> None:
+    script = REPO / "client_examples" / "worktree_subagents.py"
+    result, _ = run_program([sys.executable, str(script), "--agents", "3", "--mode", "all"], tmp_path, timeout=60)
+    out = succeeded(result)
+    done = re.findall(
+        r"^\s+agent-(\d): succeeded, branch (effectd/eff_\w+) \(IDEAS.md: \+1 -0\), worktree kept", out, re.M
+    )
+    assert sorted(n for n, _ in done) == ["1", "2", "3"], out
+    for number, branch in done:
+        assert re.search(rf"^\s+{branch}: - .* \(agent-{number}\)$", out, re.M), out
+    assert "main's IDEAS.md is untouched: True" in out and "git worktree list: 4 (main and 3 kept)" in out
+    assert out.count(" pruned ") == 3 and "after --prune: git worktree list: 1; effectd/* branches: 3" in out
