@@ -445,3 +445,29 @@ async def test_after_a_sigkill_of_the_server_recovery_leaves_no_stray_worktree_a
     assert worktrees(repo) == [str(repo), kept_workspace["path"]]
     assert sorted(branches(repo)) == sorted([workspace["branch"], kept_workspace["branch"]])
     assert_fsck(repo)
+
+
+async def test_a_base_that_vanished_before_the_start_fails_the_effect_with_the_reason(settings, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "short-lived")
+    gate = tmp_path / "gate"
+    wait = "import pathlib, sys, time\nwhile not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.02)"
+    async with connected(settings) as (_, client):
+        first = await call(client, "dispatch_effect", command=py(wait, str(gate)), background=True)
+        later = await call(
+            client,
+            "dispatch_effect",
+            command=py("print('never')"),
+            cwd=str(repo),
+            isolation="worktree",
+            worktree_base="short-lived",
+            depends_on=[first["effect_id"]],
+            background=True,
+        )
+        git(repo, "branch", "-D", "short-lived")  # accepted at dispatch, gone when the effect starts
+        gate.touch()
+        done = await call(client, "await_group", effect_ids=[later["effect_id"]], timeout_s=30)
+    record = done["done"][0]
+    assert record["status"] == "failed" and record["workspace"] is None
+    assert "could not make the effect's git worktree" in record["error"] and "short-lived" in record["error"]
+    assert branches(repo) == [] and worktrees(repo) == [str(repo)]

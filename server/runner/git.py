@@ -30,7 +30,16 @@ FALLBACK_NAME, FALLBACK_EMAIL = "effectd", "effectd@localhost"
 _LOCK_POLL_S = 0.02
 # Never inherited from the server: they would point every command at another repository or index.
 _DROPPED_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_PREFIX", "GIT_OBJECT_DIRECTORY")
-_QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "gc.auto=0", "-c", "core.quotepath=false")
+_QUIET = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "core.quotepath=false",
+)
 
 
 class GitError(Exception):

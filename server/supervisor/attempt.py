@@ -69,6 +69,10 @@ class Attempts:
                     cwd = await self.prepare(effect)
                 except Exception as exc:
                     raise RuntimeError(f"could not make the effect's git worktree: {exc}") from exc
+                if effect.cancel is not None:  # cancelled while its worktree was made: it never starts
+                    if effect.cancel.skip is not None:
+                        return Outcome("skipped", error=effect.cancel.skip)
+                    return Outcome("cancelled", cancel=effect.cancel)
             launch = await self._launch(effect, cwd)
         except Exception as exc:  # a template that cannot be filled, a worktree that cannot be made
             return Outcome("failed", error=str(exc), attempt=attempt)
