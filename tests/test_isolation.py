@@ -471,3 +471,17 @@ async def test_a_base_that_vanished_before_the_start_fails_the_effect_with_the_r
     assert record["status"] == "failed" and record["workspace"] is None
     assert "could not make the effect's git worktree" in record["error"] and "short-lived" in record["error"]
     assert branches(repo) == [] and worktrees(repo) == [str(repo)]
+
+
+async def test_changed_files_stop_at_a_thousand_and_say_so(settings, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    many = (
+        "import pathlib\npathlib.Path('gen').mkdir()\n"
+        "for i in range(1001): pathlib.Path(f'gen/{i:04}.txt').write_text('x\\n')"
+    )
+    async with connected(settings) as (_, client):
+        record = await call(client, "dispatch_effect", command=py(many), cwd=str(repo), isolation="worktree", wait_s=50)
+    workspace = record["workspace"]
+    assert len(workspace["changed_files"]) == 1000 and workspace["changed_files_truncated"] is True
+    assert workspace["changed_files"][0] == "gen/0000.txt" and workspace["insertions"] == 1001
+    assert len(git(repo, "ls-tree", "-r", "--name-only", workspace["branch"], "gen/").split()) == 1001
