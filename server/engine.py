@@ -40,6 +40,7 @@ from effectd.models import (
 )
 from effectd.ownership import owning
 from effectd.runner import Runner
+from effectd.runner.git import Worktrees
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
@@ -380,12 +381,14 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
     )
 
 
-async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
+async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree_dir: Path | None = None) -> bool:
     """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
-    journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
+    journal's lock meanwhile), finishing its git worktree if an earlier attempt made one (`worktree_dir`:
+    the settings' `worktree_dir`). Returns False when the effect is not waiting (unknown, running, ended).
     Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
+    worktrees = Worktrees(worktree_dir or db.parent / f"{db.stem}.worktrees")
     async with owning(db), Journal.open(db) as journal:
-        return await cancel_waiting(journal, effect_id, message)
+        return await cancel_waiting(journal, effect_id, message, worktrees)
 
 
 __all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from effectd.engine import cancel_offline
 from effectd.journal import replay_projection
 from tests.conftest import call, call_error, connected, event_count, pid_alive, py, read_until, stdio_params
 
@@ -485,3 +486,36 @@ async def test_changed_files_stop_at_a_thousand_and_say_so(settings, tmp_path):
     assert len(workspace["changed_files"]) == 1000 and workspace["changed_files_truncated"] is True
     assert workspace["changed_files"][0] == "gen/0000.txt" and workspace["insertions"] == 1001
     assert len(git(repo, "ls-tree", "-r", "--name-only", workspace["branch"], "gen/").split()) == 1001
+
+
+async def test_a_waiting_effect_with_a_worktree_cancelled_offline_keeps_its_work(settings, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    # Attempt 1 writes and fails; the retry waits a long backoff, and the server stops with --keep-queued.
+    code = "import pathlib, sys; pathlib.Path('draft.txt').write_text('first try\\n'); sys.exit(3)"
+    async with connected(settings, keep_queued=True) as (_, client):
+        record = await call(
+            client,
+            "dispatch_effect",
+            command=py(code),
+            cwd=str(repo),
+            isolation="worktree",
+            max_attempts=2,
+            retry_backoff_s=600,
+            background=True,
+        )
+        effect_id = record["effect_id"]
+        with anyio.fail_after(20):  # the first attempt failed and the retry waits its backoff
+            while True:
+                record = await call(client, "poll_effect", effect_id=effect_id)
+                if record["attempt"] >= 1 and record["status"] == "queued":
+                    break
+                await anyio.sleep(0.05)
+        assert record["workspace"] is not None and is_dir(record["workspace"]["path"])
+    assert await cancel_offline(settings.db, effect_id, "not needed", settings.worktree_dir)
+    async with connected(settings) as (_, client):
+        record = await call(client, "poll_effect", effect_id=effect_id)
+    assert record["status"] == "cancelled"
+    workspace = record["workspace"]
+    assert workspace["kept"] is False and not exists(workspace["path"]) and workspace["branch_kept"] is True
+    assert git(repo, "show", f"{workspace['branch']}:draft.txt") == "first try\n"
+    assert_sound(repo)

@@ -74,28 +74,33 @@ class Workspaces:
         return path
 
     async def finish(self, effect: Effect, status: str, why: str | None = None) -> dict[str, Any] | None:
-        """Ends the effect's worktree (see `Worktrees.finish`); the final workspace, or None when it had none.
-        A git failure is logged and leaves the directory where it is: nothing the effect wrote is lost."""
-        spec = effect.spec
-        if not isolated(spec):
+        """Ends the effect's worktree (see `finish`)."""
+        return await finish(self.worktrees, effect, status, why)
+
+
+async def finish(worktrees: Worktrees, effect: Effect, status: str, why: str | None = None) -> dict[str, Any] | None:
+    """Ends the effect's worktree (see `Worktrees.finish`); the final workspace, or None when it had none.
+    A git failure is logged and leaves the directory where it is: nothing the effect wrote is lost."""
+    spec = effect.spec
+    if not isolated(spec):
+        return None
+    current = effect.state.workspace
+    if current is None and not is_dir(worktrees.path_for(effect.effect_id)):
+        return None  # it never got a worktree (cancelled or skipped before it started)
+    repo_dir = current["repo"] if current is not None else (spec.cwd or os.getcwd())
+    message = f"effectd: work left uncommitted by {effect.effect_id} ({status}{f': {why}' if why else ''})"
+    message += f"\n\nEffectd-Effect: {effect.effect_id}\n"
+    try:
+        return await worktrees.finish(
+            repo_dir,
+            effect.effect_id,
+            current.get("base_commit") if current else None,
+            keep=spec.keep_worktree,
+            message=message,
+            path=current.get("path") if current else None,
+        )
+    except GitError as exc:
+        log.warning("effect %s: its worktree could not be finished; left in place: %s", effect.effect_id, exc)
+        if current is None:
             return None
-        current = effect.state.workspace
-        if current is None and not is_dir(self.worktrees.path_for(effect.effect_id)):
-            return None  # it never got a worktree (cancelled or skipped before it started)
-        repo_dir = current["repo"] if current is not None else (spec.cwd or os.getcwd())
-        message = f"effectd: work left uncommitted by {effect.effect_id} ({status}{f': {why}' if why else ''})"
-        message += f"\n\nEffectd-Effect: {effect.effect_id}\n"
-        try:
-            return await self.worktrees.finish(
-                repo_dir,
-                effect.effect_id,
-                current.get("base_commit") if current else None,
-                keep=spec.keep_worktree,
-                message=message,
-                path=current.get("path") if current else None,
-            )
-        except GitError as exc:
-            log.warning("effect %s: its worktree could not be finished; left in place: %s", effect.effect_id, exc)
-            if current is None:
-                return None
-            return {**current, "kept": is_dir(current["path"])}
+        return {**current, "kept": is_dir(current["path"])}
