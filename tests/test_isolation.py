@@ -519,3 +519,23 @@ async def test_a_waiting_effect_with_a_worktree_cancelled_offline_keeps_its_work
     assert workspace["kept"] is False and not exists(workspace["path"]) and workspace["branch_kept"] is True
     assert git(repo, "show", f"{workspace['branch']}:draft.txt") == "first try\n"
     assert_sound(repo)
+
+
+async def test_a_repository_gone_under_the_effect_still_ends_it_and_leaves_its_files(settings, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    wreck = "import pathlib, shutil, sys; pathlib.Path('work.txt').write_text('mine\\n'); shutil.rmtree(sys.argv[1])"
+    async with connected(settings) as (_, client):
+        record = await call(
+            client,
+            "dispatch_effect",
+            command=py(wreck, str(repo / ".git")),
+            cwd=str(repo),
+            isolation="worktree",
+            wait_s=30,
+        )
+        assert (await call(client, "dispatch_effect", command=py("print('still serving')"), wait_s=30))[
+            "status"
+        ] == "succeeded"
+    # Nothing could be committed: the directory stays, with the effect's file, and the record says so.
+    assert record["status"] == "succeeded"
+    assert record["workspace"]["kept"] is True and exists(os.path.join(record["workspace"]["path"], "work.txt"))

@@ -80,7 +80,8 @@ class Workspaces:
 
 async def finish(worktrees: Worktrees, effect: Effect, status: str, why: str | None = None) -> dict[str, Any] | None:
     """Ends the effect's worktree (see `Worktrees.finish`); the final workspace, or None when it had none.
-    A git failure is logged and leaves the directory where it is: nothing the effect wrote is lost."""
+    Never raises: the effect's end must be written whatever happens here. A failure (git's, a timeout,
+    the file system's) is logged and leaves the directory where it is: nothing the effect wrote is lost."""
     spec = effect.spec
     if not isolated(spec):
         return None
@@ -99,7 +100,7 @@ async def finish(worktrees: Worktrees, effect: Effect, status: str, why: str | N
             message=message,
             path=current.get("path") if current else None,
         )
-    except GitError as exc:
+    except Exception as exc:
         log.warning("effect %s: its worktree could not be finished; left in place: %s", effect.effect_id, exc)
         if current is None:
             return None
