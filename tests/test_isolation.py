@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from effectd.engine import cancel_offline
 from effectd.journal import replay_projection
 from tests.conftest import call, call_error, connected, event_count, pid_alive, py, read_until, stdio_params
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(shutil.which("git") is None, reason="isolation needs git on PATH"),
+]
 
 WRITE = (
     "import sys, pathlib; p = pathlib.Path(sys.argv[1]); "

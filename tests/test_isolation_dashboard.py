@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 from effectd.engine import Engine
 from tests.conftest import call, py
-from tests.test_dashboard import dashboard, pytestmark, wait_for_status
+from tests.test_dashboard import dashboard, wait_for_status
+from tests.test_dashboard import pytestmark as dashboard_marks
 from tests.test_isolation import WRITE, make_repo
 
-__all__ = ["pytestmark"]  # anyio, slow, skipped without a browser: as every dashboard test
+# anyio, slow, skipped without a browser (as every dashboard test), and without git.
+pytestmark = [*dashboard_marks, pytest.mark.skipif(shutil.which("git") is None, reason="needs git on PATH")]
 
 
 async def test_the_detail_panel_shows_the_branch_and_the_changed_files(engine: Engine, tmp_path: Path) -> None:
