@@ -15,6 +15,7 @@ import pytest
 from mcp import Client
 
 from effectd.engine import cancel_offline
+from effectd.harness import profile_from_config
 from effectd.journal import replay_projection
 from tests.conftest import call, call_error, connected, event_count, pid_alive, py, read_until, stdio_params
 
@@ -308,11 +309,16 @@ async def test_twenty_concurrent_isolated_effects_on_one_repository_each_get_the
 
 async def test_a_flow_of_three_isolated_sub_agents_then_a_step_that_merges_their_branches(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    fake = [sys.executable, "-m", "effectd.harness.fake", "--steps", "1", "--delay", "0"]
+    # Three sub-agents (the fake Claude Code as a harness profile), each edits a file of its own.
+    fake = profile_from_config(
+        "fake", {"command": [sys.executable, "-m", "effectd.harness.fake", "{args}", "{prompt}"], "parser": "claude"}
+    )
     agents = [
         {
             "id": f"agent_{name}",
-            "command": [*fake, "--write", f"{name}.md", "--answer", f"{name} was here", f"work on {name}"],
+            "harness": "fake",
+            "prompt": f"work on {name}",
+            "args": ["--steps", "2", "--delay", "0.4", "--write", f"{name}.md", "--answer", f"{name} was here"],
             "cwd": str(repo),
             "isolation": "worktree",
         }
@@ -336,7 +342,7 @@ async def test_a_flow_of_three_isolated_sub_agents_then_a_step_that_merges_their
         "cwd": str(repo),
         "isolation": "worktree",
     }
-    async with connected(settings) as (_, client):
+    async with connected(settings, harnesses={**settings.harnesses, "fake": fake}) as (_, client):
         flow = await call(client, "dispatch_flow", steps=[*agents, review], wait_s=55)
         assert flow["status"] == "succeeded", flow
         steps = {step["step_id"]: step for step in flow["steps"]}
@@ -352,6 +358,10 @@ async def test_a_flow_of_three_isolated_sub_agents_then_a_step_that_merges_their
     ]
     # The three ran side by side, each in its own worktree; the merge step's branch holds all three.
     assert {records[f"agent_{n}"]["workspace"]["changed_files"][0] for n in "abc"} == {"a.md", "b.md", "c.md"}
+    assert all(records[f"agent_{n}"]["result"]["answer"] == f"{n} was here" for n in "abc")
+    # Side by side: each agent started before any other agent ended.
+    ends = min(records[f"agent_{n}"]["finished_at"] for n in "abc")
+    assert all(records[f"agent_{n}"]["started_at"] < ends for n in "abc")
     merge_branch = merged["workspace"]["branch"]
     for name in ("a", "b", "c"):
         assert git(repo, "show", f"{merge_branch}:{name}.md") == f"{name} was here\n"
