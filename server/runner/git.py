@@ -261,10 +261,11 @@ def _remove_if_empty(where: Path) -> None:
 
 async def _identity(cwd: str) -> list[str]:
     """`-c` options for the commit's author: the repository's configured identity, else effectd's."""
+    _, out = await git(["config", "--get-regexp", r"^user\.(name|email)$"], cwd, ok=(0, 1))
+    configured = {line.split(" ", 1)[0] for line in out.splitlines()}
     options = []
     for key, fallback in (("user.name", FALLBACK_NAME), ("user.email", FALLBACK_EMAIL)):
-        code, _ = await git(["config", "--get", key], cwd, ok=(0, 1))
-        if code != 0:
+        if key not in configured:
             options += ["-c", f"{key}={fallback}"]
     return options
 
