@@ -11,7 +11,7 @@ misspelled `timout_s` is refused with the list of the names allowed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -65,6 +65,14 @@ class EffectArguments(_Strict):
     stdin: str | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100, description="attempts for a failing effect")] = 1
     retry_backoff_s: Annotated[float, Field(ge=0, le=3600, description="wait before retry n: this * 2^(n-1)")] = 0
+    isolation: Annotated[
+        Literal["none", "worktree"],
+        Field(description='"worktree": run in a git worktree of its own, on branch effectd/<effect_id>'),
+    ] = "none"
+    worktree_base: Annotated[Name | None, Field(description="git ref the worktree starts at (default HEAD of cwd)")] = (
+        None
+    )
+    keep_worktree: Annotated[bool, Field(description="keep the worktree directory when the effect ends")] = False
 
     def effect_fields(self) -> dict[str, Any]:
         """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""

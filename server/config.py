@@ -49,6 +49,11 @@ class Settings:
     def output_dir(self) -> Path:
         return self.db.parent / f"{self.db.stem}.output"
 
+    @property
+    def worktree_dir(self) -> Path:
+        """Where isolated effects' git worktrees live, one directory per effect."""
+        return self.db.parent / f"{self.db.stem}.worktrees"
+
 
 def resolve_program(argv0: str, path: str | None = None, cwd: str | None = None) -> str | None:
     """The file exec would run for `argv0`: a path (relative to `cwd`), or a name looked up in `path`

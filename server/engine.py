@@ -41,11 +41,13 @@ from effectd.models import (
 )
 from effectd.ownership import owning
 from effectd.runner import Runner
+from effectd.runner.git import Worktrees
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.recovery import cancel_waiting
+from effectd.supervisor.workspaces import check as check_isolation
 
 ABANDONED = "the client abandoned the call"
 
@@ -137,6 +139,7 @@ class Engine:
         }
         spec = build_spec(self.settings, fields)
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
+        await check_isolation(spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -390,6 +393,7 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
         journal,
         feed=ChangeFeed(),
         output_dir=settings.output_dir,
+        worktree_dir=settings.worktree_dir,
         max_concurrency=settings.max_concurrency,
         output_limit_bytes=settings.output_limit_bytes,
         stall_after_s=settings.stall_after_s,
@@ -404,12 +408,14 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
     )
 
 
-async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
+async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree_dir: Path | None = None) -> bool:
     """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
-    journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
+    journal's lock meanwhile), finishing its git worktree if an earlier attempt made one (`worktree_dir`:
+    the settings' `worktree_dir`). Returns False when the effect is not waiting (unknown, running, ended).
     Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
+    worktrees = Worktrees(worktree_dir or db.parent / f"{db.stem}.worktrees")
     async with owning(db), Journal.open(db) as journal:
-        return await cancel_waiting(journal, effect_id, message)
+        return await cancel_waiting(journal, effect_id, message, worktrees)
 
 
 __all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

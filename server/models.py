@@ -74,6 +74,9 @@ class EffectSpec(BaseModel):
     flow_id: str | None = None
     step_id: str | None = None
     templated: bool = False
+    isolation: Literal["none", "worktree"] = "none"
+    worktree_base: str | None = None
+    keep_worktree: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -114,6 +117,7 @@ class EffectRecord(BaseModel):
     stalled: bool = False
     flow_id: str | None = None
     step_id: str | None = None
+    workspace: dict[str, Any] | None = None
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -62,6 +62,24 @@ def check_argv(argv: Sequence[str], what: str) -> None:
         )
 
 
+def _isolation(request: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """The isolation arguments; the git checks (a work tree, a base that resolves) come after, in
+    `supervisor.workspaces.check`, since they run git."""
+    isolation = request.get("isolation") or "none"
+    if isolation == "none":
+        for name in ("worktree_base", "keep_worktree"):
+            if request.get(name) not in (None, False):
+                raise InvalidRequestError(f'`{name}` goes with isolation "worktree"; this effect has isolation "none"')
+        return
+    base = request.get("worktree_base")
+    if base is not None:
+        _no_nul(base, "worktree_base")
+        if base.startswith("-") or not base.strip():
+            raise InvalidRequestError(f"worktree_base {base!r} is not a git ref; give a branch, tag or commit id")
+    fields.update(isolation=isolation, worktree_base=base, keep_worktree=bool(request.get("keep_worktree")))
+    fields.setdefault("cwd", os.getcwd())  # the worktree mirrors a repository: which one is fixed now
+
+
 def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     """Validates one effect request (the arguments of dispatch_effect or of a flow step) into a spec.
 
@@ -143,6 +161,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     if request.get("cwd") is not None:
         fields["cwd"] = check_cwd(request["cwd"])
     fields["env"] = env
+    _isolation(request, fields)
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))
     if request.get("group_max_concurrency") is not None:
         if request.get("group") is None:

@@ -19,6 +19,8 @@ async def dispatch_effect(ctx: Context[Any, Any], **arguments: Any) -> EffectRec
     Foreground (default): waits up to `wait_s` and returns the record, finished or not, sending the
     latest output line as progress. `background: true` returns at once; then use poll_effect,
     stream_effect, await_group or cancel_effect with the returned `effect_id`.
+    `isolation: "worktree"` runs it in a git worktree of its own (branch `effectd/<effect_id>`); what it
+    leaves uncommitted is committed there when it ends (see the record's `workspace`).
     """
     engine = engine_of(ctx)
     call = DispatchArguments.model_construct(**arguments)  # validated by the tool's argument model

@@ -75,7 +75,7 @@ def _cancel_without_server(settings: Settings, effect_id: str, reason: str | Non
     from effectd.engine import cancel_offline
 
     try:
-        cancelled = anyio.run(cancel_offline, settings.db, effect_id, reason)
+        cancelled = anyio.run(cancel_offline, settings.db, effect_id, reason, settings.worktree_dir)
     except EffectdError as exc:  # a server took the journal meanwhile (DatabaseBusyError)
         complain(str(exc))
         return 2

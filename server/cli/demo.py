@@ -8,11 +8,12 @@ The demo writes a configuration with a fake Claude-Code-like harness (``effectd.
 3. their results taken as they complete (``await_group`` mode ``any`` with a cursor);
 4. a runaway process tree that ignores SIGTERM, killed by ``cancel_effect``;
 5. a diamond flow, when the server offers ``dispatch_flow``;
-6. where the journal is, and the commands that read it.
+6. fake sub-agents on one scratch git repository, each in a worktree of its own (``demo_isolation``);
+7. where the journal is, and the commands that read it.
 
 Everything it starts is stopped before it returns; the work directory (journal, output, config) is kept
-so the commands printed at the end can be tried. Sections 1 to 5 are in ``demo_sections``; what they
-share (pace, terminal, tool calls) in ``demo_kit``.
+so the commands printed at the end can be tried. Sections 1 to 5 are in ``demo_sections``, 6 in
+``demo_isolation``; what they share (pace, terminal, tool calls) in ``demo_kit``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from effectd.cli.demo_isolation import isolation
 from effectd.cli.demo_kit import FAST, HARNESS, NORMAL, DemoFailed, Pace, Screen, call
 from effectd.cli.demo_sections import diamond_flow, runaway, side_by_side
 from effectd.journal.reader import JournalReader
@@ -105,6 +107,8 @@ async def run(
         ids.append(await runaway(client, screen, pace))
         if "dispatch_flow" in tools:
             flow_id = await diamond_flow(client, screen, pace)
+        isolated, _ = await isolation(client, screen, pace, work)
+        ids += isolated
     return ids, flow_id
 
 
@@ -158,7 +162,7 @@ def main(fast: bool = False) -> int:
             return 1
 
     effectd = shown_command()
-    screen.section("6. The journal")
+    screen.section("7. The journal")
     screen.say(f"   {db}: {events} events, {effects} effects, every one finished; the server has stopped")
     screen.say("   inspect it:")
     screen.say(f"     {effectd} ls --db {db}")
@@ -167,6 +171,7 @@ def main(fast: bool = False) -> int:
     if flow_id:
         screen.say(f"     {effectd} show {flow_id} --db {db}")
     screen.say(f"     {effectd} journal --db {db}")
+    screen.say(f"     {effectd} worktrees --db {db}")
     screen.say(f"   remove it when done: rm -r {work}")
     screen.say()
     screen.say(screen.good(f"effectd demo OK in {time.monotonic() - started:.1f} s"))

@@ -13,6 +13,7 @@ from typing import Any
 from effectd.cli.cancel import cmd_cancel
 from effectd.cli.common import add_database_options, complain
 from effectd.cli.readers import cmd_journal, cmd_logs, cmd_ls, cmd_show
+from effectd.cli.worktrees import add_parser as add_worktrees_parser
 from effectd.errors import EffectdError
 
 
@@ -112,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     journal.add_argument("--json", action="store_true")
     add_database_options(journal)
     journal.set_defaults(func=cmd_journal)
+
+    add_worktrees_parser(sub)
 
     demo = sub.add_parser("demo", help="show effectd end to end (no setup, no network)")
     demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)

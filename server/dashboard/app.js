@@ -534,7 +534,7 @@ function fillRow(tr, row) {
     c.status.replaceChildren(statusPill(row.status, why));
   }
   setText(c.name, nameOf(row));
-  setText(c.sub, row.last_text || row.error || shortId(row.effect_id));
+  setText(c.sub, row.last_text || row.error || (row.workspace && row.workspace.branch) || shortId(row.effect_id));
   setText(c.harness, row.harness || (row.kind === 'command' ? 'command' : ''));
   setText(c.group, row.group || '');
   setText(c.started, fmtClock(row.started_at));
@@ -873,6 +873,24 @@ function field(name, value, cls) {
   return [h('dt', { text: name }), h('dd', { class: cls || '', text: String(value) })];
 }
 
+// Isolation: the effect's git worktree, its branch and the files it changed.
+function workspaceFields(ws) {
+  if (!ws) return [];
+  const branch = ws.branch_kept ? ws.branch : `${ws.branch} (deleted: nothing new)`;
+  const files = ws.changed_files || [];
+  const more = ws.changed_files_truncated ? ' (more not shown)' : '';
+  const count = ws.changed_files_count ?? files.length;
+  const changed = files.length
+    ? [h('dt', { text: 'Changed files' }), h('dd', { class: 'mono wrap changed-files' }, ...files.map((f) => h('div', { text: f })))]
+    : [];
+  return [
+    ...field('Branch', branch, 'mono'),
+    ...field('Worktree', `${ws.path}${ws.kept ? '' : ' (removed)'}`, 'mono wrap'),
+    ...field('Changes', `${count}${more} file${count === 1 ? '' : 's'}, +${ws.insertions || 0} −${ws.deletions || 0}`),
+    ...changed,
+  ];
+}
+
 function renderDetail() {
   const id = state.selected;
   if (!id) return;
@@ -902,6 +920,7 @@ function renderDetail() {
     ...field('Attempt', row.max_attempts > 1 ? `${row.attempt} of ${row.max_attempts}` : null),
     ...field('PID', row.pid),
     ...field('Cost', fmtCost(row.cost_usd)),
+    ...workspaceFields((state.detail && state.detail.effect_id === row.effect_id && state.detail.workspace) || row.workspace),
     ...field('Output', `${(row.output_bytes || 0).toLocaleString()} bytes${row.output_truncated ? ' (truncated)' : ''}${row.stalled ? ', stalled' : ''}`),
   ];
   $('#detail-fields').replaceChildren(...fields);

@@ -28,6 +28,7 @@ from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal import Event, Journal
 from effectd.models import EffectSpec, new_id, now_iso
 from effectd.supervisor import Effect, Supervisor
+from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
 
@@ -127,6 +128,11 @@ class FlowManager:
             raise InvalidRequestError(f"max_concurrency must be at least 1 (or null for no cap), not {max_concurrency}")
         the_flow_id = flow_id or new_id("flw_")
         refs, specs = plan_steps(self.settings, steps, the_flow_id)
+        for spec in specs:
+            try:
+                await check_isolation(spec)
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         the_run_id = run_id or self.supervisor.default_run_id
         async with self._submit_lock:
             existing = await self.journal.flow(the_flow_id)
@@ -259,7 +265,8 @@ class FlowManager:
             for step_id in dict.fromkeys(ref.step for ref in refs if ref.what == "output")
         }
         results = {step_id: source.result for step_id, source in sources.items()}
-        return fill_step(spec, self.settings.harnesses, outputs, results)
+        workspaces = {step_id: source.state.workspace for step_id, source in sources.items()}
+        return fill_step(spec, self.settings.harnesses, outputs, results, workspaces)
 
     # --- steps ending -----------------------------------------------------------------------------
 

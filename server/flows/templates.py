@@ -1,4 +1,6 @@
-"""Step templates: `{{steps.ID.output}}`, `{{steps.ID.result}}` and `{{steps.ID.result.FIELD}}`.
+"""Step templates: `{{steps.ID.output}}`, `{{steps.ID.result}}`, `{{steps.ID.result.FIELD}}`, and for a
+step with isolation "worktree" `{{steps.ID.workspace.branch}}` and `{{steps.ID.workspace.head_commit}}`
+(also `base_commit`).
 
 Parsing them, checking at submit time that each names a step its step needs (directly or
 transitively), and filling them from the outputs and results of those steps when the step starts.
@@ -22,9 +24,13 @@ from effectd.specs import check_argv
 
 _OPENING = re.compile(r"\{\{\s*steps\.")
 _TEMPLATE = re.compile(
-    r"\{\{\s*steps\.(?P<step>[A-Za-z0-9_-]+)\.(?P<what>output|result)(?P<path>(?:\.[^.\s{}]+)*)\s*\}\}"
+    r"\{\{\s*steps\.(?P<step>[A-Za-z0-9_-]+)\.(?P<what>output|result|workspace)(?P<path>(?:\.[^.\s{}]+)*)\s*\}\}"
 )
-_FORMS = "{{steps.ID.output}}, {{steps.ID.result}} or {{steps.ID.result.FIELD}}"
+_FORMS = (
+    "{{steps.ID.output}}, {{steps.ID.result}}, {{steps.ID.result.FIELD}}, {{steps.ID.workspace.branch}} "
+    "or {{steps.ID.workspace.head_commit}}"
+)
+WORKSPACE_FIELDS = ("branch", "head_commit", "base_commit")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ def parse_templates(text: str, where: str) -> list[TemplateRef]:
         ref = _ref(match)
         if ref.what == "output" and ref.path:
             raise InvalidRequestError(f"{where}: {match[0]!r}: `output` is text and has no fields; use {_FORMS}")
+        if ref.what == "workspace" and (len(ref.path) != 1 or ref.path[0] not in WORKSPACE_FIELDS):
+            raise InvalidRequestError(
+                f"{where}: {match[0]!r}: a workspace template names one of {', '.join(WORKSPACE_FIELDS)}; use {_FORMS}"
+            )
         refs.append(ref)
     return refs
 
@@ -72,6 +82,7 @@ def spec_texts(spec: EffectSpec) -> list[str]:
 def check_templates(steps: Sequence[Step], ancestors: Mapping[str, frozenset[str]]) -> dict[str, bool]:
     """Checks every template names a step its step needs; returns which steps hold templates."""
     templated = {}
+    isolated = {step.id for step in steps if step.isolation == "worktree"}
     for step in steps:
         refs = []
         for name, text in templated_texts(step):
@@ -84,20 +95,37 @@ def check_templates(steps: Sequence[Step], ancestors: Mapping[str, frozenset[str
                         f"{where}: the template names step {ref.step!r}, which step {step.id!r} does not need "
                         f"(directly or transitively), so it may not have run yet; add {ref.step!r} to its `needs`"
                     )
+                if ref.what == "workspace" and ref.step not in isolated:
+                    raise InvalidRequestError(
+                        f'{where}: the template names the workspace of step {ref.step!r}, which has isolation "none"; '
+                        f'give step {ref.step!r} isolation "worktree"'
+                    )
                 refs.append(ref)
         templated[step.id] = bool(refs)
     return templated
 
 
-def fill(text: str, outputs: Mapping[str, str], results: Mapping[str, Any]) -> str:
+def fill(
+    text: str,
+    outputs: Mapping[str, str],
+    results: Mapping[str, Any],
+    workspaces: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> str:
     """`text` with its templates filled: `outputs` holds the output text of every step named with
-    `.output`, `results` the result of every step named with `.result`. A string field goes in as it
-    is, anything else as JSON; ValueError names a field the result does not have."""
+    `.output`, `results` the result of every step named with `.result`, `workspaces` the workspace of
+    every step named with `.workspace`. A string field goes in as it is, anything else as JSON;
+    ValueError names a field the result does not have."""
 
     def value(match: re.Match[str]) -> str:
         ref = _ref(match)
         if ref.what == "output":
             return outputs[ref.step]
+        if ref.what == "workspace":
+            workspace = (workspaces or {}).get(ref.step)
+            picked = workspace.get(ref.path[0]) if workspace else None
+            if picked is None:
+                raise ValueError(f"template {match[0]}: step {ref.step} has no workspace {ref.path[0]}")
+            return str(picked)
         if not ref.path:
             return json.dumps(results[ref.step], ensure_ascii=False)
         picked = _result_field(ref.step, results[ref.step], ref.path)
@@ -111,6 +139,7 @@ def fill_step(
     harnesses: Mapping[str, HarnessProfile],
     outputs: Mapping[str, str],
     results: Mapping[str, Any],
+    workspaces: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> tuple[list[str], str | None]:
     """The argv and stdin of a templated step, its templates filled (see `fill`).
 
@@ -119,7 +148,7 @@ def fill_step(
     """
 
     def filled(text: str) -> str:
-        return fill(text, outputs, results)
+        return fill(text, outputs, results, workspaces)
 
     stdin = filled(spec.stdin) if spec.stdin is not None else None
     if spec.kind == "harness":

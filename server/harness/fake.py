@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output tokens in the usage of each assistant message (default: about a token per 4 characters)",
     )
     parser.add_argument("--exit-code", type=int, default=_env("exit_code"), help="exit status (default 0, 1 on --fail)")
+    parser.add_argument(
+        "--write", metavar="FILE", default=_env("write"), help="append the answer to FILE (in the cwd), as an edit"
+    )
     flags = {
         "--fail": "end with an error result (error_during_execution) and exit 1",
         "--no-result": "exit without printing the final result line",
@@ -274,6 +277,9 @@ def run(args: argparse.Namespace) -> int:
 
     default_status = 1 if args.fail else 0
     status: int = args.exit_code if args.exit_code is not None else default_status
+    if args.write:  # the edit a coding agent makes, left uncommitted
+        with open(args.write, "a", encoding="utf-8") as edited:
+            edited.write(answer + "\n")
     if args.no_result:
         return status
     out.event(_result(args, session_id, args.steps, answer, started, total))

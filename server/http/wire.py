@@ -82,6 +82,12 @@ def row_of(record: EffectRecord) -> dict[str, Any]:
     row["cost_usd"] = cost_of(record)
     progress = record.progress or {}
     row["last_text"] = progress.get("last_text") if isinstance(progress.get("last_text"), str) else None
+    if record.workspace is not None:  # the detail endpoint has every changed file; a row only the count
+        row["workspace"] = {
+            **record.workspace,
+            "changed_files": [],
+            "changed_files_count": len(record.workspace.get("changed_files") or []),
+        }
     return row
 
 

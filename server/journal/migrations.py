@@ -100,6 +100,12 @@ async def _events_and_projection(db: aiosqlite.Connection) -> None:
     )
 
 
+@migration("m112_issue12a_workspace")
+async def _workspace(db: aiosqlite.Connection) -> None:
+    """Isolation: the effect's git worktree, as JSON (null for an effect without one)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN workspace TEXT")
+
+
 async def migrate(db: aiosqlite.Connection) -> list[str]:
     """Applies every migration not yet recorded; returns the names applied now."""
     await db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")

@@ -15,6 +15,7 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
+    "workspace",
 )  # fmt: skip
 FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
 
@@ -71,6 +72,7 @@ def terminal_event(
     cancel_reason: str | None = None,
     cancel_message: str | None = None,
     progress: dict[str, Any] | None = None,
+    workspace: dict[str, Any] | None = None,
 ) -> Event:
     """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
     data: dict[str, Any] = {
@@ -88,6 +90,8 @@ def terminal_event(
         data.update(cancel_reason=cancel_reason or "user", cancel_message=cancel_message)
     if progress is not None:
         data["progress"] = progress
+    if workspace is not None:
+        data["workspace"] = workspace
     return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
 
 
@@ -131,6 +135,7 @@ class EffectState:
     terminal_seq: int | None = None
     output_bytes: int = 0
     output_truncated: bool = False
+    workspace: dict[str, Any] | None = None  # isolation: the effect's git worktree (journaled at start and end)
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -169,6 +174,8 @@ class EffectState:
                 self.progress = data["progress"]
             if data.get(QUEUED):
                 self.status = "queued"
+            if "workspace" in data:
+                self.workspace = data["workspace"]
             if RETRY in data:
                 retry = data[RETRY]
                 self.status, self.pid = "queued", None
@@ -189,6 +196,8 @@ class EffectState:
                 self.started_at = data["started_at"]
             if "progress" in data:
                 self.progress = data["progress"]
+            if "workspace" in data:
+                self.workspace = data["workspace"]
 
     def to_row(self) -> dict[str, Any]:
         """The effect's row of the projection table."""
@@ -223,6 +232,7 @@ class EffectState:
             "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
+            "workspace": _dumps(self.workspace),
         }
 
     def _spec_text(self) -> str:
@@ -255,6 +265,7 @@ class EffectState:
             terminal_seq=row["terminal_seq"],
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
+            workspace=_loads(row.get("workspace")),
             spec_text=row["spec"],
         )
 

@@ -34,6 +34,7 @@ _MAX_LINE_BYTES = 16 * 1024 * 1024
 Record = Callable[[Effect, Event], Awaitable[None]]  # journals an event of the effect, then applies it
 Render = Callable[[Effect], Awaitable[tuple[list[str], str | None]]]  # a templated step's argv and stdin
 RequestCancel = Callable[[Effect, str], object]
+Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
 
 
 class Attempts:
@@ -59,13 +60,24 @@ class Attempts:
         self._result_grace_s = result_grace_s
         self.render: Render | None = None
         self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
+        self.prepare: Prepare | None = None
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
         attempt = effect.attempt + 1
         try:
-            launch = await self._launch(effect)
-        except Exception as exc:  # a template that cannot be filled
+            cwd = effect.spec.cwd
+            if effect.spec.isolation == "worktree" and self.prepare is not None:
+                try:
+                    cwd = await self.prepare(effect)
+                except Exception as exc:
+                    raise RuntimeError(f"could not make the effect's git worktree: {exc}") from exc
+                if effect.cancel is not None:  # cancelled while its worktree was made: it never starts
+                    if effect.cancel.skip is not None:
+                        return Outcome("skipped", error=effect.cancel.skip)
+                    return Outcome("cancelled", cancel=effect.cancel)
+            launch = await self._launch(effect, cwd)
+        except Exception as exc:  # a template that cannot be filled, a worktree that cannot be made
             return Outcome("failed", error=str(exc), attempt=attempt)
         effect.output.reopen()
         effect.final_event_seen = False
@@ -88,7 +100,7 @@ class Attempts:
                 await self._reap(effect, handle)
                 handle.close()
 
-    async def _launch(self, effect: Effect) -> Launch:
+    async def _launch(self, effect: Effect, cwd: str | None) -> Launch:
         spec = effect.spec
         argv, stdin = list(spec.command), spec.stdin
         if spec.templated and self.render is not None:
@@ -98,7 +110,7 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        return Launch(argv, env, spec.cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
+        return Launch(argv, env, cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec

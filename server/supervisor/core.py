@@ -24,6 +24,7 @@ from effectd.feed import ChangeFeed
 from effectd.journal import EffectState, Event, Journal
 from effectd.models import EffectRecord, EffectSpec, new_id
 from effectd.runner import LocalRunner, Runner
+from effectd.runner.git import Worktrees
 from effectd.supervisor import events
 from effectd.supervisor.attempt import DRAIN_AFTER_EXIT_S, GROUP_GONE_BOUND_S, Attempts, Render
 from effectd.supervisor.completions import Completions
@@ -34,6 +35,7 @@ from effectd.supervisor.limits import Limits
 from effectd.supervisor.recovery import recover
 from effectd.supervisor.registry import Registry
 from effectd.supervisor.runs import Runs, check_run_id
+from effectd.supervisor.workspaces import Workspaces
 
 log = logging.getLogger("effectd")
 
@@ -55,6 +57,7 @@ class Supervisor:
         keep_queued: bool = False,
         base_env: dict[str, str] | None = None,
         feed: ChangeFeed | None = None,
+        worktree_dir: Path | None = None,
     ) -> None:
         self.journal = journal
         self.feed = feed or ChangeFeed()
@@ -72,6 +75,8 @@ class Supervisor:
             result_path=lambda effect_id: str(self.registry.result_path(effect_id)),
             result_grace_s=result_grace_s,
         )
+        self.workspaces = Workspaces(Worktrees(worktree_dir or output_dir.parent / "worktrees"), self.record)
+        self.attempts.prepare = self.workspaces.prepare
         self._runs = Runs(journal)
         self._completions = Completions()
         self._tg: TaskGroup | None = None
@@ -98,7 +103,7 @@ class Supervisor:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            waiting = await recover(self.journal, self.attempts.runner, self.registry)
+            waiting = await recover(self.journal, self.attempts.runner, self.registry, self.workspaces)
             for effect in waiting:
                 self.limits.apply_spec(effect.spec)
             if before_start is not None:
@@ -170,6 +175,8 @@ class Supervisor:
             return
         effect.check_transition(outcome.status)
         with anyio.CancelScope(shield=True):
+            why = outcome.cancel.reason if outcome.status == "cancelled" and outcome.cancel else outcome.error
+            outcome.workspace = await self.workspaces.finish(effect, outcome.status, why)
             await self.record(effect, events.ended(effect, outcome))
 
     # --- lookups ---------------------------------------------------------------------------------

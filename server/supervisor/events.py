@@ -21,6 +21,7 @@ class Outcome:
     result: Any = None
     cancel: CancelRequest | None = None
     attempt: int | None = None  # the attempt it ended in, when one began
+    workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec) -> Event:
@@ -71,4 +72,5 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         cancel_reason=cancel.reason,
         cancel_message=cancel.message,
         progress=effect.progress,
+        workspace=outcome.workspace,
     )

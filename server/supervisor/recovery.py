@@ -15,14 +15,20 @@ from pathlib import Path
 from effectd.journal import Journal
 from effectd.output import OutputLog
 from effectd.runner import RecordedProcess, Runner
+from effectd.runner.git import Worktrees
 from effectd.supervisor import events
 from effectd.supervisor.effect import CancelRequest, Effect
 from effectd.supervisor.events import Outcome
 from effectd.supervisor.registry import Registry
+from effectd.supervisor.workspaces import Workspaces
+from effectd.supervisor.workspaces import finish as finish_workspace
 
 
-async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[Effect]:
-    """Ends the interrupted effects; returns the waiting ones, loaded into the registry, to be driven."""
+async def recover(
+    journal: Journal, runner: Runner, registry: Registry, workspaces: Workspaces | None = None
+) -> list[Effect]:
+    """Ends the interrupted effects (finishing their worktrees, when isolated, as an ending effect's
+    are); returns the waiting ones, loaded into the registry, to be driven."""
     rows = await journal.active_effects()
     interrupted = [row for row in rows if row["status"] == "running"]
     leaders = [RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted]
@@ -38,6 +44,9 @@ async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[
             outcome = Outcome("cancelled", cancel=cancel)
         else:
             outcome = Outcome("failed", error="interrupted")
+        if workspaces is not None:
+            why = outcome.cancel.reason if outcome.cancel else outcome.error
+            outcome.workspace = await workspaces.finish(effect, outcome.status, why)
         ended.append(registry.adopt(effect))
         endings.append(events.ended(effect, outcome))
     if endings:
@@ -53,13 +62,18 @@ async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[
     return waiting
 
 
-async def cancel_waiting(journal: Journal, effect_id: str, message: str | None) -> bool:
-    """Cancels a pending or queued effect of a journal no server runs; False when it is not waiting."""
+async def cancel_waiting(
+    journal: Journal, effect_id: str, message: str | None, worktrees: Worktrees | None = None
+) -> bool:
+    """Cancels a pending or queued effect of a journal no server runs (finishing its worktree, when an
+    earlier attempt made one); False when it is not waiting."""
     row = await journal.effect(effect_id)
     if row is None or row["status"] not in ("pending", "queued"):
         return False
     effect = Effect.from_row(row, OutputLog(Path(os.devnull), 0, closed=True))  # a waiting effect printed nothing
     outcome = Outcome("cancelled", cancel=CancelRequest("user", message, None))
+    if worktrees is not None:
+        outcome.workspace = await finish_workspace(worktrees, effect, "cancelled", "user")
     (stamped,) = await journal.append(events.ended(effect, outcome))
     effect.apply(stamped)
     return True
