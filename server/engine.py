@@ -6,9 +6,10 @@ of them holds SQL, observer wiring or cancel logic of its own; what they share i
 dispatch (one effect, or a flow), following an effect in the foreground (progress, and the cancel
 when the caller abandons), group waits, output reads, cancels, queries, and the change feed.
 
-`Engine.open` owns the journal for as long as it runs, recovers what the last server left, and runs
-its components, each in its own task group: the supervisor (every running effect), the flow manager,
-and the control channel (`effectd cancel`). Closing stops the effects (reason `shutdown`).
+`Engine.open` joins the servers on the journal (see `effectd.sessions`), recovers what the servers that
+are gone left, and runs its components, each in its own task group: the supervisor (every running
+effect), the flow manager, the control channel (`effectd cancel`, and cancels other servers forward)
+and the watch on the other servers' events. Closing stops the effects (reason `shutdown`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import anyio
 from effectd.arguments import EffectRequest
 from effectd.config import Settings
 from effectd.control import ControlChannel
-from effectd.errors import InvalidRequestError, UnknownEffectError
+from effectd.errors import DatabaseBusyError, InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
+from effectd.journal.peers import Peers
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -38,8 +40,9 @@ from effectd.models import (
     GroupWait,
     OutputChunk,
 )
-from effectd.ownership import owning
+from effectd.ownership import StartLock, runner_alive
 from effectd.runner import Runner
+from effectd.sessions import Sessions, joining
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
@@ -66,31 +69,21 @@ class FlowDispatched:
 class Engine:
     """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
 
-    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager) -> None:
+    def __init__(
+        self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, sessions: Sessions
+    ) -> None:
         self.settings = settings
         self._journal = journal
         self._supervisor = supervisor
         self._flows = flows
+        self._sessions = sessions
         self._feed = supervisor.feed
 
     @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: Settings, *, runner: Runner | None = None) -> AsyncIterator[Engine]:
-        """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
-        async with owning(settings.db), Journal.open(settings.db) as journal:
-            supervisor = _supervisor(settings, journal, runner)
-            flows = FlowManager(settings, journal, supervisor)
-            supervisor.attach_flows(flows.render, flows.step_ended)
-            engine = cls(settings, journal, supervisor, flows)
-            control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
-            async with supervisor.running(before_start=flows.load), flows.running(), anyio.create_task_group() as tg:
-                await flows.recover()
-                tg.start_soon(control.run)
-                try:
-                    yield engine
-                finally:
-                    flows.closing = True
-                    tg.cancel_scope.cancel()
+    def open(cls, settings: Settings, *, runner: Runner | None = None) -> AbstractAsyncContextManager[Engine]:
+        """Joins the servers on the database, recovers what gone servers left, runs effects; on exit
+        stops them (reason `shutdown`). `async with Engine.open(settings) as engine: ...`"""
+        return _open(cls, settings, runner)
 
     # --- facts ------------------------------------------------------------------------------------
 
@@ -106,6 +99,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         return {
             "db": str(self.settings.db),
+            "server_id": self._sessions.me.server_id,
             "default_run_id": self.default_run_id,
             "max_concurrency": self.settings.max_concurrency,
         }
@@ -200,8 +194,8 @@ class Engine:
     async def poll_flow(self, flow_id: str, wait_s: float = 0.0) -> FlowRecord:
         """The flow's current record, after waiting up to `wait_s` for it to end."""
         flow = await self._flows.get(flow_id)
-        if wait_s > 0:
-            await self._flows.wait(flow, wait_s)
+        if wait_s > 0 and flow.finished_at is None:
+            flow = await self._sessions.wait_flow(self._flows, flow, wait_s)
         return await self._flows.record(flow)
 
     async def list_effects(
@@ -267,7 +261,8 @@ class Engine:
         after `cursor` (`any`). `done` holds the completions after `cursor` in finishing order; the
         returned cursor, passed back, yields each completion exactly once."""
         effects = await self._members(group, effect_ids)
-        done, timed_out = await self._supervisor.wait_completions(effects, mode, cursor, timeout_s)
+        completions = self._supervisor.completions
+        done, timed_out = await completions.wait(effects, mode, cursor, timeout_s, self._sessions.catch_up)
         return GroupWait(
             done=[e.record() for e in done],
             pending=[e.effect_id for e in effects if not e.terminal],
@@ -306,6 +301,9 @@ class Engine:
         under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
         the caller goes away."""
         effect = await self._supervisor.get(effect_id)
+        if not effect.local and not effect.terminal:  # another server's: forwarded to it
+            await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S)
+            return effect.record()
         with anyio.CancelScope(shield=True):
             await self._supervisor.cancel(effect, reason, message, grace_s, within_s=CANCEL_WAIT_S)
         return effect.record()
@@ -321,16 +319,20 @@ class Engine:
         return await self._cancel_all(await self._supervisor.get_many(flow.effect_ids), message)
 
     async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
+        ours = [e for e in effects if e.local or e.terminal]
         with anyio.CancelScope(shield=True):
-            targets = await self._supervisor.cancel_many(effects, "user", message, within_s=CANCEL_WAIT_S)
-        return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
+            async with anyio.create_task_group() as tg:  # other servers' effects: forwarded, side by side
+                forwarded = await self._sessions.forward_cancels(tg, effects, message, CANCEL_WAIT_S)
+                targets = await self._supervisor.cancel_many(ours, "user", message, within_s=CANCEL_WAIT_S)
+        cancelled = [e.effect_id for e in effects if e in targets or e in forwarded]
+        return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
 
-    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None) -> bool:
+    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None, grace_s: float | None = None) -> bool:
         try:
             effect = await self._supervisor.get(effect_id)
         except UnknownEffectError:
             return False
-        self._supervisor.request_cancel(effect, "user", message)
+        self._supervisor.request_cancel(effect, "user", message, grace_s)
         return True
 
     async def stop_effects(self) -> None:
@@ -358,9 +360,40 @@ class Engine:
         return self._feed.subscribe(per_second)
 
 
-def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> Supervisor:
+@asynccontextmanager
+async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) -> AsyncIterator[Engine]:
+    async with joining(settings.db) as joined:
+        journal = joined.journal
+        supervisor = _supervisor(settings, journal, runner, joined.me.server_id, joined.owners)
+        flows = FlowManager(settings, journal, supervisor)
+        supervisor.attach_flows(flows.render, flows.step_ended)
+        sessions = Sessions(joined.me, joined.peers, supervisor)
+        engine = cls(settings, journal, supervisor, flows, sessions)
+        control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s, joined.me.server_id)
+
+        async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
+            await flows.load()
+            joined.release()
+
+        async with supervisor.running(before_start=loaded), flows.running(), anyio.create_task_group() as tg:
+            await flows.recover()
+            await sessions.start()
+            tg.start_soon(control.run)
+            tg.start_soon(sessions.run)
+            try:
+                yield engine
+            finally:
+                flows.closing = True
+                tg.cancel_scope.cancel()
+
+
+def _supervisor(
+    settings: Settings, journal: Journal, runner: Runner | None, owner: str, owners: set[str]
+) -> Supervisor:
     return Supervisor(
         journal,
+        owner=owner,
+        owners=owners,
         feed=ChangeFeed(),
         output_dir=settings.output_dir,
         max_concurrency=settings.max_concurrency,
@@ -378,11 +411,24 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
 
 
 async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
-    """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
-    journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
-    Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
-    async with owning(db), Journal.open(db) as journal:
-        return await cancel_waiting(journal, effect_id, message)
+    """With no live server running the effect: cancels it in the journal itself if it is pending or
+    queued (holding the journal's start-up lock, so no server takes it over meanwhile). Returns False
+    when the effect is not waiting (unknown, running, ended). Raises DatabaseBusyError when a live
+    server runs it: ask that server instead (`effectd cancel`)."""
+    lock = StartLock(db)
+    await lock.acquire()
+    try:
+        async with Journal.open(db) as journal, Peers.open(db) as peers:
+            row = await journal.effect(effect_id)
+            if row is not None and await _runner_alive(peers, row.get("owner")):
+                raise DatabaseBusyError(f"a live effectd server runs {effect_id}; ask it with `effectd cancel`")
+            return await cancel_waiting(journal, effect_id, message)
+    finally:
+        lock.release()
+
+
+async def _runner_alive(peers: Peers, owner: str | None) -> bool:
+    return runner_alive(owner, {row["server_id"]: row for row in await peers.servers()}, peers.path)
 
 
 __all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

@@ -112,6 +112,7 @@ class EffectRecord(BaseModel):
     stalled: bool = False
     flow_id: str | None = None
     step_id: str | None = None
+    owner: str = ""  # the id of the server that dispatched it ("" for an effect from before sessions)
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Flow:
     steps: list[StepRef]
     status: FlowStatus = "running"
     finished_at: str | None = None
+    owner: str | None = None
     effects: dict[str, Effect] = field(default_factory=dict)
     stop_why: str | None = None  # set once fail_fast stopped the flow
     completing: bool = False
@@ -62,6 +63,7 @@ class Flow:
             row["status"],
         )
         flow.finished_at = row["finished_at"]
+        flow.owner = row.get("owner")
         if flow.finished_at is not None:
             flow.done.set()
         return flow
@@ -135,7 +137,9 @@ class FlowManager:
                     f"flow id {the_flow_id!r} already names a group of effects; give the flow a new `flow_id`"
                 )
             started_at = now_iso()
-            flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs)
+            flow = Flow(
+                the_flow_id, the_run_id, policy, max_concurrency, started_at, refs, owner=self.supervisor.server_id
+            )
             requested = Event(
                 "FLOW_REQUESTED",
                 the_run_id,
@@ -146,6 +150,7 @@ class FlowManager:
                     "max_concurrency": max_concurrency,
                     "started_at": started_at,
                     "steps": [ref.to_json() for ref in refs],
+                    "owner": self.supervisor.server_id,
                 },
             )
             if max_concurrency is not None:
@@ -193,6 +198,10 @@ class FlowManager:
         return flow
 
     # --- following --------------------------------------------------------------------------------
+
+    def runs(self, flow_id: str) -> bool:
+        """Whether this server runs the flow now (its own, not yet ended)."""
+        return flow_id in self._active
 
     def of_row(self, row: Mapping[str, Any]) -> Flow:
         """The flow a journal row names: the live one while it runs (it may be a step ahead of the row)."""
@@ -331,7 +340,10 @@ class FlowManager:
         A fail_fast flow that a stop or crash left with a step ended without success has its waiting
         steps skipped through the supervisor, so none starts.
         """
+        owners = self.supervisor.owners
         for row in await self.journal.active_flows():
+            if owners is not None and (row.get("owner") or "") not in owners:
+                continue  # a live server's flow: it completes it
             flow = Flow.from_row(row)
             self._active[flow.flow_id] = flow
             if flow.max_concurrency is not None:

@@ -14,9 +14,11 @@ EFFECT_COLUMNS = (
     "effect_id", "run_id", "group_name", "label", "key", "kind", "harness", "command", "spec", "status",
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
-    "terminal_seq", "flow_id", "step_id",
+    "terminal_seq", "flow_id", "step_id", "owner",
 )  # fmt: skip
-FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
+FLOW_COLUMNS = (
+    "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
+)  # fmt: skip
 
 TERMINAL_EVENTS = {
     "EFFECT_RESOLVED": "succeeded",
@@ -129,6 +131,7 @@ class EffectState:
     terminal_seq: int | None = None
     output_bytes: int = 0
     output_truncated: bool = False
+    owner: str | None = None  # the server that dispatched it (EFFECT_REQUESTED's `owner`; None before sessions)
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -143,6 +146,7 @@ class EffectState:
             created_at=event.data["created_at"],
             status="pending" if spec.get("depends_on") else "queued",
             command=list(spec["command"]),
+            owner=event.data.get("owner"),
         )
 
     @property
@@ -221,6 +225,7 @@ class EffectState:
             "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
+            "owner": self.owner,
         }
 
     def _spec_text(self) -> str:
@@ -253,6 +258,7 @@ class EffectState:
             terminal_seq=row["terminal_seq"],
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
+            owner=row.get("owner"),
             spec_text=row["spec"],
         )
 
@@ -278,6 +284,7 @@ def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None
             "status": "running",
             "started_at": data["started_at"],
             "finished_at": None,
+            "owner": data.get("owner"),
         }
     if row is None:
         return None

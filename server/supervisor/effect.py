@@ -44,6 +44,7 @@ class Effect:
         self.waiting: anyio.CancelScope | None = None
         self.stall_after_s: float | None = None
         self.on_change: Callable[[Effect], None] | None = None
+        self.local = False  # driven by this server (else another server's, followed through the journal)
         if state.terminal:
             self.done.set()
 
@@ -158,6 +159,7 @@ class Effect:
             last_output_at=format_iso(datetime.fromtimestamp(last_output_at, UTC)) if last_output_at else None,
             flow_id=self.spec.flow_id,
             step_id=self.spec.step_id,
+            owner=state.owner or "",
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

@@ -8,6 +8,7 @@ whatever of their processes is still alive. `pending` and `queued` effects are l
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from effectd.journal import Journal
@@ -19,9 +20,14 @@ from effectd.supervisor.events import Outcome
 from effectd.supervisor.registry import Registry
 
 
-async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[Effect]:
-    """Ends the interrupted effects; returns the waiting ones, loaded into the registry, to be driven."""
+async def recover(
+    journal: Journal, runner: Runner, registry: Registry, owners: Collection[str] | None = None
+) -> list[Effect]:
+    """Ends the interrupted effects; returns the waiting ones, loaded into the registry, to be driven.
+    With `owners`, only the effects of those servers (this one, and those gone that it took over)."""
     rows = await journal.active_effects()
+    if owners is not None:  # never a live server's effects
+        rows = [row for row in rows if (row.get("owner") or "") in owners]
     interrupted = [row for row in rows if row["status"] == "running"]
     await runner.kill_leftovers([RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted])
     ended = []
