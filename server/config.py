@@ -47,7 +47,9 @@ class Settings:
 
     @property
     def output_dir(self) -> Path:
-        return self.db.parent / f"{self.db.stem}.output"
+        """Beside the journal file itself (symlinks resolved): every server on one journal shares it."""
+        real = self.db.resolve()
+        return real.parent / f"{real.stem}.output"
 
 
 def resolve_program(argv0: str, path: str | None = None, cwd: str | None = None) -> str | None:
