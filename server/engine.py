@@ -263,10 +263,13 @@ class Engine:
         effects = await self._members(group, effect_ids)
         completions = self._supervisor.completions
         done, timed_out = await completions.wait(effects, mode, cursor, timeout_s, self._sessions.catch_up)
+        # An end not yet reported (another server's end this one has yet to see comes before it) leaves
+        # the group incomplete, so a caller that stops at `complete` never misses it.
+        ended = set(done) | {e for e in effects if e.terminal and (e.terminal_seq or 0) <= cursor}
         return GroupWait(
             done=[e.record() for e in done],
             pending=[e.effect_id for e in effects if not e.terminal],
-            complete=all(e.terminal for e in effects),
+            complete=all(e in ended for e in effects),
             cursor=max([cursor, *(e.terminal_seq or 0 for e in done)]),
             timed_out=timed_out,
         )
