@@ -305,8 +305,8 @@ class Engine:
         the caller goes away."""
         effect = await self._supervisor.get(effect_id)
         if not effect.local and not effect.terminal:  # another server's: forwarded to it
-            await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S)
-            return effect.record()
+            if await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S) or effect.terminal:
+                return effect.record()  # else its server was gone: taken over, it is this server's now
         with anyio.CancelScope(shield=True):
             await self._supervisor.cancel(effect, reason, message, grace_s, within_s=CANCEL_WAIT_S)
         return effect.record()
@@ -322,10 +322,10 @@ class Engine:
         return await self._cancel_all(await self._supervisor.get_many(flow.effect_ids), message)
 
     async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
-        ours = [e for e in effects if e.local or e.terminal]
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:  # other servers' effects: forwarded, side by side
                 forwarded = await self._sessions.forward_cancels(tg, effects, message, CANCEL_WAIT_S)
+                ours = [e for e in effects if e.local or e.terminal]
                 targets = await self._supervisor.cancel_many(ours, "user", message, within_s=CANCEL_WAIT_S)
         cancelled = [e.effect_id for e in effects if e in targets or e in forwarded]
         return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
@@ -370,7 +370,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         supervisor = _supervisor(settings, journal, runner, joined.me.server_id, joined.owners)
         flows = FlowManager(settings, journal, supervisor)
         supervisor.attach_flows(flows.render, flows.step_ended)
-        sessions = Sessions(joined.me, joined.peers, supervisor)
+        sessions = Sessions(joined.me, joined.peers, supervisor, flows)
         engine = cls(settings, journal, supervisor, flows, sessions)
         control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s, joined.me.server_id)
 

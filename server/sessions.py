@@ -23,12 +23,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.errors import InvalidRequestError
 from effectd.flows.manager import Flow, FlowManager
 from effectd.journal import TERMINAL_EVENTS, Event, Journal
 from effectd.journal.peers import Peers
 from effectd.ownership import OPEN_HERE, ServerIdentity, StartLock, runner_alive, server_alive
 from effectd.supervisor import Effect, Supervisor
+from effectd.supervisor.recovery import recover
 
 log = logging.getLogger("effectd")
 
@@ -84,10 +84,14 @@ async def take_over_gone(peers: Peers, me: ServerIdentity, db: Path) -> set[str]
 class Sessions:
     """This server among the others on its journal: follows their events, forwards cancels to them."""
 
-    def __init__(self, me: ServerIdentity, peers: Peers, supervisor: Supervisor, watch_s: float = WATCH_S) -> None:
+    def __init__(
+        self, me: ServerIdentity, peers: Peers, supervisor: Supervisor, flows: FlowManager, watch_s: float = WATCH_S
+    ) -> None:
         self.me = me
         self._peers = peers
         self._sup = supervisor
+        self._flows = flows
+        self._taking_over = anyio.Lock()
         self._watch_s = watch_s
         self._seen = 0
         self._version: int | None = None
@@ -166,33 +170,71 @@ class Sessions:
         """Whether a live server runs the effects of `owner` (the owner itself, or the one that took it over)."""
         return runner_alive(owner, {row["server_id"]: row for row in await self._peers.servers()}, self._peers.path)
 
+    async def take_over(self) -> set[str]:
+        """Takes over the servers that are gone now, as a server starting would (recovery rules): their
+        running effects end (`interrupted`, leftovers killed), their waiting effects and unfinished
+        flows run here. Returns the ids of the servers taken over now (none when another server
+        took them first: one transaction decides)."""
+        async with self._taking_over:
+            rows = await self._peers.servers()
+            gone = [
+                r["server_id"]
+                for r in rows
+                if r["adopted_by"] is None and not server_alive(r, self._peers.path, self.me.host)
+            ]
+            if not gone or self._sup.closing:
+                return set()
+            before = set(self._sup.owners or ())
+            owners = await self._peers.adopt(self.me.server_id, gone)
+            taken = owners - before
+            if not taken:
+                return taken
+            self._sup.owners = owners
+            await self.catch_up()  # the effects readers hold here are as the journal has them
+            with anyio.CancelScope(shield=True):
+                sup = self._sup
+                waiting = await recover(sup.journal, sup.attempts.runner, sup.registry, taken)
+                sup.completions.notify()
+                for effect in waiting:
+                    sup.limits.apply_spec(effect.spec)
+                await self._flows.load(taken)
+                for effect in waiting:
+                    sup._spawn_driver(effect)  # as at start: each waiting effect gets its driver here
+                await self._flows.recover()
+            log.warning("took over the effects of server(s) %s, which are gone", ", ".join(sorted(taken)))
+            return taken
+
     async def forward_cancels(
         self, tg: TaskGroup, effects: Sequence[Effect], message: str | None, within_s: float
     ) -> list[Effect]:
-        """Forwards the cancel of each unfinished effect of another live server, in `tg`; returns them."""
+        """Forwards the cancel of each unfinished effect of another live server, in `tg`; returns them.
+        The effects of a server that is gone are taken over first (then cancelled here, by the caller)."""
+        theirs = [e for e in dict.fromkeys(effects) if not e.local and not e.terminal]
+        if theirs and not all([await self.runs_alive(e.state.owner) for e in theirs]):
+            await self.take_over()
         forwarded = []
-        for effect in dict.fromkeys(effects):
+        for effect in theirs:
             if not effect.local and not effect.terminal and await self.runs_alive(effect.state.owner):
                 forwarded.append(effect)
                 tg.start_soon(self.forward_cancel, effect, message, None, within_s)
         return forwarded
 
-    async def forward_cancel(self, effect: Effect, message: str | None, grace_s: float | None, within_s: float) -> None:
-        """Asks the live server that runs `effect` to cancel it, and waits (at most `within_s`) until
-        its end is journaled and seen here. InvalidRequestError when no live server runs it."""
+    async def forward_cancel(self, effect: Effect, message: str | None, grace_s: float | None, within_s: float) -> bool:
+        """Asks the live server that runs `effect` to cancel it, and waits (at most `within_s`) until its
+        end is journaled and seen here; True. When no live server runs it, this server takes the gone one
+        over (recovery rules) and returns False: the effect is then ended, or this server's to cancel."""
         if not await self.runs_alive(effect.state.owner):
-            raise InvalidRequestError(
-                f"effect {effect.effect_id} belongs to server {effect.state.owner or '(before sessions)'}, which "
-                "is no longer running: the next server to start on this journal recovers it (a running effect "
-                "ends failed: interrupted, a waiting one runs there, where it can be cancelled)"
-            )
+            await self.take_over()
+            return False
         with anyio.CancelScope(shield=True):  # once asked, the cancel is seen through
             request_id = await self._peers.request_cancel(effect.effect_id, message, grace_s)
         with anyio.move_on_after(within_s):
             while not effect.terminal:
                 if await self._peers.answer(request_id) == "unknown":
-                    return
+                    break
                 with anyio.move_on_after(self._watch_s):
                     await effect.done.wait()
                 if not effect.terminal and not await self.runs_alive(effect.state.owner):
-                    return  # the owner died meanwhile: recovery rules apply
+                    await self.take_over()  # the owner died meanwhile: recovery rules apply
+                    return effect.terminal
+        return True

@@ -283,3 +283,30 @@ async def test_a_key_dispatched_at_once_through_two_servers_starts_one_process(t
     assert sorted(lines) == [f"k{n}" for n in range(6)], f"processes started per key: {Counter(lines)}"
     assert len(rows(db, "select 1 from effects")) == 6
     assert_one_terminal_event_each(db)
+
+
+async def test_cancelling_a_killed_servers_effect_takes_that_server_over(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    async with servers(db, 1) as (b,):
+        kept = await call(b, "dispatch_effect", command=py(TICKING), background=True)
+        _, kept_child, _ = await pids_of(b, kept["effect_id"])
+        with suppress(Exception, BaseExceptionGroup):
+            async with servers(db, 1, "--max-concurrency", "1") as (a,):
+                doomed = await call(a, "dispatch_effect", command=py(TICKING), background=True, group="a")
+                queued = await call(a, "dispatch_effect", command=py(SLEEP, "60"), background=True, group="a")
+                server, child, grandchild = await pids_of(a, doomed["effect_id"])
+                os.kill(server, signal.SIGKILL)
+                await wait_gone([server, child])
+        # The owner is gone: recovery rules apply, here and now. B takes A over (A's running effect
+        # ends interrupted, its leftovers killed), and the waiting one, now B's, is cancelled by B.
+        record = await call(b, "cancel_effect", effect_id=queued["effect_id"], reason="no longer needed")
+        assert (record["status"], record["cancel_message"]) == ("cancelled", "no longer needed")
+        await wait_gone([grandchild])
+        ended = await call(b, "poll_effect", effect_id=doomed["effect_id"])
+        assert (ended["status"], ended["error"]) == ("failed", "interrupted")
+        assert pid_alive(kept_child), "the taking over touched the live server's own effect"
+        async with servers(db, 1) as (c,):  # a later start finds nothing left to recover
+            group = await call(c, "await_group", group="a", timeout_s=5)
+            assert group["complete"]
+        await call(b, "cancel_effect", effect_id=kept["effect_id"], grace_s=0.2)
+    assert_one_terminal_event_each(db)

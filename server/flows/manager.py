@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,14 +333,15 @@ class FlowManager:
 
     # --- restart ----------------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Registers the flows the journal has unfinished. The supervisor runs this after its recovery
-        (interrupted steps are ended, waiting ones loaded) and before any waiting step starts.
+    async def load(self, owners: Collection[str] | None = None) -> None:
+        """Registers the flows the journal has unfinished (of `owners`, else of the servers the
+        supervisor recovers). The supervisor runs this after its recovery (interrupted steps are ended,
+        waiting ones loaded) and before any waiting step starts.
 
         A fail_fast flow that a stop or crash left with a step ended without success has its waiting
         steps skipped through the supervisor, so none starts.
         """
-        owners = self.supervisor.owners
+        owners = owners if owners is not None else self.supervisor.owners
         for row in await self.journal.active_flows():
             if owners is not None and (row.get("owner") or "") not in owners:
                 continue  # a live server's flow: it completes it

@@ -33,7 +33,8 @@ async def recover(
     ended = []
     endings = []
     for row in interrupted:
-        effect = Effect.from_row(row, registry.existing_output(row["effect_id"]))
+        # At run time (a server that died is taken over) a reader may hold the effect already: the same one.
+        effect = registry.peek(row["effect_id"]) or Effect.from_row(row, registry.existing_output(row["effect_id"]))
         if row["cancel_reason"] is not None:  # a cancel asked for before the crash stands
             cancel = CancelRequest(row["cancel_reason"], row["cancel_message"], None)
             outcome = Outcome("cancelled", cancel=cancel)
@@ -48,7 +49,10 @@ async def recover(
     waiting = []
     for row in rows:
         if row["status"] != "running":
-            effect = registry.adopt(Effect.from_row(row, registry.existing_output(row["effect_id"], closed=False)))
+            effect = registry.peek(row["effect_id"]) or Effect.from_row(
+                row, registry.existing_output(row["effect_id"], closed=False)
+            )
+            effect = registry.adopt(effect)
             registry.add(effect)
             waiting.append(effect)
     return waiting
