@@ -6,11 +6,13 @@ parts each of them rests on, each in a way that fails against code that assumes 
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -18,6 +20,7 @@ import pytest
 
 from effectd.arguments import EffectRequest
 from effectd.config import Settings
+from effectd.engine import Engine
 from effectd.errors import DatabaseBusyError
 from effectd.journal import Event, Journal, replay_projection
 from effectd.journal.shared import KeyTakenError
@@ -26,6 +29,7 @@ from effectd.ownership import StartLock, server_alive
 from effectd.runner.procfs import process_start_time
 from effectd.supervisor import events
 from tests.conftest import SLEEP, open_engine, py
+from tests.fakes import FakeRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -151,3 +155,46 @@ async def test_two_engines_on_one_journal_share_effects_and_a_restart_keeps_the_
         "('EFFECT_RESOLVED', 'EFFECT_FAILED', 'EFFECT_CANCELLED', 'EFFECT_SKIPPED') group by effect_id",
     )
     assert len(ends) == 2 and all(r["n"] == 1 for r in ends)
+
+
+async def test_recovery_takes_effects_of_gone_and_pre_session_servers_never_of_a_live_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    runner = FakeRunner()
+    async with Engine.open(settings, runner=runner) as engine:
+        live = (await engine.dispatch(EffectRequest(command=["fake", "hang"]))).record
+        legacy = (await engine.dispatch(EffectRequest(command=["fake", "hang"]))).record
+        with anyio.fail_after(5):
+            while {(await engine.poll(r.effect_id)).status for r in (live, legacy)} != {"running"}:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        while engine.stats()["journal_commits_in_flight"]:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        shutil.copyfile(settings.db, crashed / "journal.db")
+        shutil.copyfile(f"{settings.db}-wal", crashed / "journal.db-wal")
+    db = crashed / "journal.db"
+    other = await anyio.open_process([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with anyio.fail_after(5):
+            while (start := process_start_time(other.pid)) is None:  # noqa: ASYNC110 - /proc, polled
+                await anyio.sleep(0.01)
+        with sqlite3.connect(db) as conn:
+            # The server that dispatched `live` is another process, alive; `legacy` has no owner, as an
+            # effect of a journal from before sessions, whose servers nobody took over yet.
+            conn.execute(
+                "update servers set pid = ?, pid_start = ?, stopped_at = null where server_id = ?",
+                (other.pid, start, live.owner),
+            )
+            conn.execute("update effects set owner = null where effect_id = ?", (legacy.effect_id,))
+            conn.execute("update servers set adopted_by = null where server_id = ''")
+        after = FakeRunner()
+        async with Engine.open(replace(settings, db=db), runner=after) as engine:
+            kept = await engine.poll(live.effect_id)
+            recovered = await engine.poll(legacy.effect_id)
+        assert [asked.effect_id for asked in after.leftovers_asked] == [legacy.effect_id]
+        assert (recovered.status, recovered.error, recovered.owner) == ("failed", "interrupted", "")
+        assert (kept.status, kept.owner) == ("running", live.owner), "a live server's effect was recovered"
+    finally:
+        other.kill()
+        await other.wait()
