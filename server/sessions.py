@@ -71,6 +71,15 @@ async def joining(db: Path) -> AsyncIterator[Joined]:
         lock.release()
 
 
+@asynccontextmanager
+async def _holding(lock: StartLock) -> AsyncIterator[None]:
+    await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 async def take_over_gone(peers: Peers, me: ServerIdentity, db: Path) -> set[str]:
     """Registers this server and takes over the servers that are gone (stopped, or their process is
     no longer the one recorded); returns the ids of the servers whose effects it now runs (its own
@@ -175,7 +184,7 @@ class Sessions:
         running effects end (`interrupted`, leftovers killed), their waiting effects and unfinished
         flows run here. Returns the ids of the servers taken over now (none when another server
         took them first: one transaction decides)."""
-        async with self._taking_over:
+        async with self._taking_over, _holding(StartLock(self._peers.path)):  # apart from starts, offline cancels
             rows = await self._peers.servers()
             gone = [
                 r["server_id"]
