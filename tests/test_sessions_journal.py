@@ -198,3 +198,24 @@ async def test_recovery_takes_effects_of_gone_and_pre_session_servers_never_of_a
     finally:
         other.kill()
         await other.wait()
+
+
+async def test_another_servers_flow_is_polled_and_awaited_until_it_ends(settings: Settings, tmp_path: Path) -> None:
+    from effectd.flows import Step
+
+    gate = tmp_path / "gate"
+    wait_gate = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)\nprint('through')"
+    async with open_engine(settings) as one, open_engine(settings) as two:
+        steps = [
+            Step(id="first", command=py(wait_gate, str(gate))),
+            Step(id="second", command=py("print('after')"), needs=["first"]),
+        ]
+        flow = (await one.dispatch_flow(steps)).record
+        seen = await two.poll_flow(flow.flow_id)
+        assert (seen.status, seen.owner) == ("running", one.info()["server_id"])
+        gate.touch()  # the flow goes on in `one`; `two` waits for its end through the journal
+        ended = await two.poll_flow(flow.flow_id, wait_s=20)
+        assert ended.status == "succeeded", ended
+        assert [s.status for s in ended.steps] == ["succeeded", "succeeded"]
+        group = await two.await_group(group=flow.flow_id, timeout_s=1)
+        assert group.complete and len(group.done) == 2
