@@ -47,7 +47,9 @@ class Settings:
 
     @property
     def output_dir(self) -> Path:
-        return self.db.parent / f"{self.db.stem}.output"
+        """Beside the journal file itself (symlinks resolved): every server on one journal shares it."""
+        real = self.db.resolve()
+        return real.parent / f"{real.stem}.output"
 
     @property
     def worktree_dir(self) -> Path:

@@ -6,9 +6,10 @@ of them holds SQL, observer wiring or cancel logic of its own; what they share i
 dispatch (one effect, or a flow), following an effect in the foreground (progress, and the cancel
 when the caller abandons), group waits, output reads, cancels, queries, and the change feed.
 
-`Engine.open` owns the journal for as long as it runs, recovers what the last server left, and runs
-its components, each in its own task group: the supervisor (every running effect), the flow manager,
-and the control channel (`effectd cancel`). Closing stops the effects (reason `shutdown`).
+`Engine.open` joins the servers on the journal (see `effectd.sessions`), recovers what the servers that
+are gone left, and runs its components, each in its own task group: the supervisor (every running
+effect), the flow manager, the control channel (`effectd cancel`, and cancels other servers forward)
+and the watch on the other servers' events. Closing stops the effects (reason `shutdown`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from effectd.arguments import EffectRequest
 from effectd.budgets import BudgetRecord, Budgets, Limits, scope_of
 from effectd.config import Settings
 from effectd.control import ControlChannel
-from effectd.errors import InvalidRequestError, UnknownEffectError
+from effectd.errors import DatabaseBusyError, InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
+from effectd.journal.peers import Peers
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -39,9 +41,10 @@ from effectd.models import (
     GroupWait,
     OutputChunk,
 )
-from effectd.ownership import owning
+from effectd.ownership import StartLock, runner_alive
 from effectd.runner import Runner
 from effectd.runner.git import Worktrees
+from effectd.sessions import Sessions, joining
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
@@ -69,32 +72,22 @@ class FlowDispatched:
 class Engine:
     """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
 
-    def __init__(self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager) -> None:
+    def __init__(
+        self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, sessions: Sessions
+    ) -> None:
         self.settings = settings
         self._budgets = flows.budgets  # one keeper: a flow's `budget` is its group's
         self._journal = journal
         self._supervisor = supervisor
         self._flows = flows
+        self._sessions = sessions
         self._feed = supervisor.feed
 
     @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: Settings, *, runner: Runner | None = None) -> AsyncIterator[Engine]:
-        """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
-        async with owning(settings.db), Journal.open(settings.db) as journal:
-            supervisor = _supervisor(settings, journal, runner)
-            flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
-            budgets, loading = _attach(supervisor, flows, flows.budgets)
-            engine = cls(settings, journal, supervisor, flows)
-            control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s)
-            async with budgets.running(), supervisor.running(loading), flows.running(), anyio.create_task_group() as tg:
-                await flows.recover()
-                tg.start_soon(control.run)
-                try:
-                    yield engine
-                finally:
-                    flows.closing = True
-                    tg.cancel_scope.cancel()
+    def open(cls, settings: Settings, *, runner: Runner | None = None) -> AbstractAsyncContextManager[Engine]:
+        """Joins the servers on the database, recovers what gone servers left, runs effects; on exit
+        stops them (reason `shutdown`). `async with Engine.open(settings) as engine: ...`"""
+        return _open(cls, settings, runner)
 
     # --- facts ------------------------------------------------------------------------------------
 
@@ -110,6 +103,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         return {
             "db": str(self.settings.db),
+            "server_id": self._sessions.me.server_id,
             "default_run_id": self.default_run_id,
             "max_concurrency": self.settings.max_concurrency,
         }
@@ -207,8 +201,8 @@ class Engine:
     async def poll_flow(self, flow_id: str, wait_s: float = 0.0) -> FlowRecord:
         """The flow's current record, after waiting up to `wait_s` for it to end."""
         flow = await self._flows.get(flow_id)
-        if wait_s > 0:
-            await self._flows.wait(flow, wait_s)
+        if wait_s > 0 and flow.finished_at is None:
+            flow = await self._sessions.wait_flow(self._flows, flow, wait_s)
         return await self._flows.record(flow)
 
     async def list_effects(
@@ -285,7 +279,17 @@ class Engine:
         success (`first_success`) or `k` (`quorum`); see `completions.wait_group`."""
         check_await_arguments(mode, k, cancel_rest)
         effects = await self._members(group, effect_ids)
-        return await wait_group(self._supervisor, effects, mode, cursor, timeout_s, k, cancel_rest)
+        return await wait_group(
+            self._supervisor,
+            effects,
+            mode,
+            cursor,
+            timeout_s,
+            k,
+            cancel_rest,
+            sync=self._sessions.catch_up,
+            cancel=self._cancel_losers,
+        )
 
     async def read_output(
         self, effect_id: str, cursor: int = 0, max_bytes: int = 65536, wait_s: float = 0.0
@@ -317,6 +321,9 @@ class Engine:
         under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
         the caller goes away."""
         effect = await self._supervisor.get(effect_id)
+        if not effect.local and not effect.terminal:  # another server's: forwarded to it
+            if await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S) or effect.terminal:
+                return effect.record()  # else its server was gone: taken over, it is this server's now
         with anyio.CancelScope(shield=True):
             await self._supervisor.cancel(effect, reason, message, grace_s, within_s=CANCEL_WAIT_S)
         return effect.record()
@@ -333,15 +340,26 @@ class Engine:
 
     async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
         with anyio.CancelScope(shield=True):
-            targets = await self._supervisor.cancel_many(effects, "user", message, within_s=CANCEL_WAIT_S)
-        return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
+            cancelled = await self._cancel_losers(effects, "user", message, CANCEL_WAIT_S)
+        return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
 
-    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None) -> bool:
+    async def _cancel_losers(
+        self, effects: list[Effect], reason: str, message: str | None, within_s: float
+    ) -> list[str]:
+        """Cancels `effects`, this server's with `reason` and other servers' forwarded to them (which
+        cancel them as `effectd cancel` asks, reason `user`); returns the ids that were cancelled."""
+        async with anyio.create_task_group() as tg:  # other servers' effects: forwarded, side by side
+            forwarded = await self._sessions.forward_cancels(tg, effects, message, within_s)
+            ours = [e for e in effects if e.local or e.terminal]
+            targets = await self._supervisor.cancel_many(ours, reason, message, within_s=within_s)
+        return [e.effect_id for e in effects if e in targets or e in forwarded]
+
+    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None, grace_s: float | None = None) -> bool:
         try:
             effect = await self._supervisor.get(effect_id)
         except UnknownEffectError:
             return False
-        self._supervisor.request_cancel(effect, "user", message)
+        self._supervisor.request_cancel(effect, "user", message, grace_s)
         return True
 
     async def stop_effects(self) -> None:
@@ -388,9 +406,45 @@ def _attach(
     return budgets, load
 
 
-def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> Supervisor:
+@asynccontextmanager
+async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) -> AsyncIterator[Engine]:
+    async with joining(settings.db) as joined:
+        journal = joined.journal
+        supervisor = _supervisor(settings, journal, runner, joined.me.server_id, joined.owners)
+        flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
+        budgets, loading = _attach(supervisor, flows, flows.budgets)
+        sessions = Sessions(joined.me, joined.peers, supervisor, flows)
+        engine = cls(settings, journal, supervisor, flows, sessions)
+        control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s, joined.me.server_id)
+
+        async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
+            await loading()
+            joined.release()
+
+        async with (
+            budgets.running(),
+            supervisor.running(before_start=loaded),
+            flows.running(),
+            anyio.create_task_group() as tg,
+        ):
+            await flows.recover()
+            await sessions.start()
+            tg.start_soon(control.run)
+            tg.start_soon(sessions.run)
+            try:
+                yield engine
+            finally:
+                flows.closing = True
+                tg.cancel_scope.cancel()
+
+
+def _supervisor(
+    settings: Settings, journal: Journal, runner: Runner | None, owner: str, owners: set[str]
+) -> Supervisor:
     return Supervisor(
         journal,
+        owner=owner,
+        owners=owners,
         feed=ChangeFeed(),
         output_dir=settings.output_dir,
         worktree_dir=settings.worktree_dir,
@@ -409,13 +463,26 @@ def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> 
 
 
 async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree_dir: Path | None = None) -> bool:
-    """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
-    journal's lock meanwhile), finishing its git worktree if an earlier attempt made one (`worktree_dir`:
-    the settings' `worktree_dir`). Returns False when the effect is not waiting (unknown, running, ended).
-    Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
+    """With no live server running the effect: cancels it in the journal itself if it is pending or
+    queued (holding the journal's start-up lock, so no server takes it over meanwhile). Returns False
+    when the effect is not waiting (unknown, running, ended). Raises DatabaseBusyError when a live
+    server runs it: ask that server instead (`effectd cancel`). An earlier attempt's git worktree is
+    finished as an ending effect's is (`worktree_dir`: the settings' `worktree_dir`)."""
     worktrees = Worktrees(worktree_dir or db.parent / f"{db.stem}.worktrees")
-    async with owning(db), Journal.open(db) as journal:
-        return await cancel_waiting(journal, effect_id, message, worktrees)
+    lock = StartLock(db)
+    await lock.acquire()
+    try:
+        async with Journal.open(db) as journal, Peers.open(db) as peers:
+            row = await journal.effect(effect_id)
+            if row is not None and await _runner_alive(peers, row.get("owner")):
+                raise DatabaseBusyError(f"a live effectd server runs {effect_id}; ask it with `effectd cancel`")
+            return await cancel_waiting(journal, effect_id, message, worktrees)
+    finally:
+        lock.release()
+
+
+async def _runner_alive(peers: Peers, owner: str | None) -> bool:
+    return runner_alive(owner, {row["server_id"]: row for row in await peers.servers()}, peers.path)
 
 
 __all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

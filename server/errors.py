@@ -34,7 +34,7 @@ class ConfigError(EffectdError):
 
 
 class DatabaseBusyError(EffectdError):
-    """Raised when another live server already owns the journal database."""
+    """Raised when the journal is busy: its start-up lock is held too long, or a live server runs the effect."""
 
 
 class EffectFailedError(EffectdError):

@@ -118,6 +118,7 @@ class EffectRecord(BaseModel):
     flow_id: str | None = None
     step_id: str | None = None
     workspace: dict[str, Any] | None = None
+    owner: str = ""  # the id of the server that dispatched it ("" for an effect from before sessions)
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

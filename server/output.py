@@ -106,6 +106,22 @@ class OutputLog:
         size = path.stat().st_size if path.exists() else 0
         return cls(path, limit, size=size, closed=closed)
 
+    def refresh(self) -> bool:
+        """Takes in what another server's process wrote to this log since (a log this server only
+        reads); True when it grew, its waiters then woken."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        if stat.st_size <= self.size:
+            return False
+        self.size = stat.st_size
+        self._tail = b""  # read again from the file when asked for
+        self.last_output = time.monotonic()
+        self.last_output_at = stat.st_mtime
+        self._wake()
+        return True
+
     def reopen(self) -> None:
         """More output will come (an attempt starts); the file is created with the first byte."""
         self.closed = False

@@ -132,16 +132,6 @@ async def test_after_a_sigkill_nothing_is_orphaned_and_the_restart_recovers_ever
     assert len(terminal) == 3 and all(r["n"] == 1 for r in terminal)
 
 
-async def test_a_second_server_on_the_same_database_refuses_to_start(tmp_path):
-    db = tmp_path / "j.db"
-    async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
-        await call(client, "list_harnesses")
-        with anyio.fail_after(30):
-            done = await anyio.run_process([effectd_bin(), "serve", "--db", str(db)], check=False, input=b"")
-    assert done.returncode == 2
-    assert b"already owns" in done.stderr
-
-
 async def test_the_command_line_reads_the_journal(tmp_path):
     db = tmp_path / "j.db"
     async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:

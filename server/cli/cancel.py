@@ -1,4 +1,4 @@
-"""`effectd cancel`: asks the live server that owns the journal to cancel an effect, and waits for its end.
+"""`effectd cancel`: asks the live server that runs an effect to cancel it, and waits for its end.
 
 The request goes through the journal's `control` table, which the server polls; with no live server,
 a waiting effect is cancelled by the engine itself (`effectd.engine.cancel_offline`). The command
@@ -23,7 +23,7 @@ FOLLOW_S = 660.0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from effectd.ownership import owner_pid
+    from effectd.ownership import runner_alive
 
     settings = settings_of(args)
     db = settings.db
@@ -36,7 +36,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if row["status"] in TERMINAL:
         print_json(record_of(settings, args.effect_id))
         return 0
-    if owner_pid(db) is None:
+    if not runner_alive(row.get("owner"), reader.servers(), db):
         return _cancel_without_server(settings, args.effect_id, args.reason)
     request_id = reader.request_control(args.effect_id, "cancel", args.reason)
     deadline = time.monotonic() + args.wait

@@ -104,6 +104,13 @@ function nameOf(row) {
   return [prog, ...argv.slice(1)].join(' ');
 }
 
+// Which server (agent session) dispatched an effect: "this" for the server serving the dashboard.
+function sessionOf(owner) {
+  if (!owner) return '';
+  if (state.info && owner === state.info.server_id) return 'this';
+  return shortId(owner);
+}
+
 function shortId(id) {
   return id ? `${id.slice(0, 4)}…${id.slice(-6)}` : '';
 }
@@ -501,6 +508,7 @@ function makeRow(id) {
     sub: h('div', { class: 'sub mono' }),
     harness: h('td', { class: 'harness' }),
     group: h('td', { class: 'group' }),
+    session: h('td', { class: 'session mono' }),
     started: h('td', { class: 'num' }),
     duration: h('td', { class: 'num duration' }),
     exit: h('td', { class: 'num exit' }),
@@ -509,7 +517,10 @@ function makeRow(id) {
     cancel,
   };
   const c = tr.cells_;
-  tr.append(c.status, h('td', { class: 'what' }, c.name, c.sub), c.harness, c.group, c.started, c.duration, c.exit, c.cost, c.actions);
+  tr.append(
+    c.status, h('td', { class: 'what' }, c.name, c.sub), c.harness, c.group, c.session,
+    c.started, c.duration, c.exit, c.cost, c.actions,
+  );
   return tr;
 }
 
@@ -537,6 +548,8 @@ function fillRow(tr, row) {
   setText(c.sub, row.last_text || row.error || (row.workspace && row.workspace.branch) || shortId(row.effect_id));
   setText(c.harness, row.harness || (row.kind === 'command' ? 'command' : ''));
   setText(c.group, row.group || '');
+  setText(c.session, sessionOf(row.owner));
+  c.session.title = row.owner ? `dispatched by server ${row.owner}` : 'dispatched before sessions';
   setText(c.started, fmtClock(row.started_at));
   setText(c.duration, durationText);
   setText(c.exit, exit);

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ class Flow:
     steps: list[StepRef]
     status: FlowStatus = "running"
     finished_at: str | None = None
+    owner: str | None = None
     effects: dict[str, Effect] = field(default_factory=dict)
     stop_why: str | None = None  # set once fail_fast stopped the flow
     completing: bool = False
@@ -64,6 +65,7 @@ class Flow:
             row["status"],
         )
         flow.finished_at = row["finished_at"]
+        flow.owner = row.get("owner")
         if flow.finished_at is not None:
             flow.done.set()
         return flow
@@ -145,7 +147,9 @@ class FlowManager:
                 )
             budgeted = self.budgets.for_flow(the_flow_id, the_run_id, budget)  # refused when a budget is spent
             started_at = now_iso()
-            flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs)
+            flow = Flow(
+                the_flow_id, the_run_id, policy, max_concurrency, started_at, refs, owner=self.supervisor.server_id
+            )
             requested = Event(
                 "FLOW_REQUESTED",
                 the_run_id,
@@ -156,6 +160,7 @@ class FlowManager:
                     "max_concurrency": max_concurrency,
                     "started_at": started_at,
                     "steps": [ref.to_json() for ref in refs],
+                    "owner": self.supervisor.server_id,
                 },
             )
             if max_concurrency is not None:
@@ -206,6 +211,10 @@ class FlowManager:
         return flow
 
     # --- following --------------------------------------------------------------------------------
+
+    def runs(self, flow_id: str) -> bool:
+        """Whether this server runs the flow now (its own, not yet ended)."""
+        return flow_id in self._active
 
     def of_row(self, row: Mapping[str, Any]) -> Flow:
         """The flow a journal row names: the live one while it runs (it may be a step ahead of the row)."""
@@ -338,14 +347,18 @@ class FlowManager:
 
     # --- restart ----------------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Registers the flows the journal has unfinished. The supervisor runs this after its recovery
-        (interrupted steps are ended, waiting ones loaded) and before any waiting step starts.
+    async def load(self, owners: Collection[str] | None = None) -> None:
+        """Registers the flows the journal has unfinished (of `owners`, else of the servers the
+        supervisor recovers). The supervisor runs this after its recovery (interrupted steps are ended,
+        waiting ones loaded) and before any waiting step starts.
 
         A fail_fast flow that a stop or crash left with a step ended without success has its waiting
         steps skipped through the supervisor, so none starts.
         """
+        owners = owners if owners is not None else self.supervisor.owners
         for row in await self.journal.active_flows():
+            if owners is not None and (row.get("owner") or "") not in owners:
+                continue  # a live server's flow: it completes it
             flow = Flow.from_row(row)
             self._active[flow.flow_id] = flow
             if flow.max_concurrency is not None:

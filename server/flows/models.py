@@ -91,6 +91,7 @@ class FlowRecord(BaseModel):
     wall_s: float | None = Field(None, description="finished_at - started_at, once the flow ended")
     sum_step_s: float = Field(0.0, description="the sum of the steps' run times")
     speedup: float | None = Field(None, description="sum_step_s / wall_s, once the flow ended")
+    owner: str = Field("", description="the id of the server that dispatched the flow")
 
 
 @dataclass(frozen=True)
@@ -149,4 +150,5 @@ def flow_record(flow: Flow, effects: Mapping[str, Effect]) -> FlowRecord:
         wall_s=wall_s,
         sum_step_s=sum_step_s,
         speedup=round(sum_step_s / wall_s, 3) if wall_s else None,
+        owner=flow.owner or "",
     )

@@ -140,3 +140,28 @@ async def _budgets(db: aiosqlite.Connection) -> None:
         );
         """
     )
+
+
+@migration("m110_issue11_sessions")
+async def _sessions(db: aiosqlite.Connection) -> None:
+    """Several servers on one journal: who they are, who owns each effect and flow, and who took over
+    the effects of a server that is gone (`adopted_by`). The row `''` stands for the servers that ran
+    before sessions existed (effects with no owner): always gone."""
+    await db.executescript(
+        """
+        CREATE TABLE servers (
+            server_id TEXT PRIMARY KEY,
+            pid INTEGER,
+            pid_start INTEGER,
+            host TEXT,
+            started_at TEXT NOT NULL,
+            stopped_at TEXT,
+            adopted_by TEXT
+        );
+        INSERT INTO servers (server_id, started_at) VALUES ('', datetime('now'));
+        ALTER TABLE effects ADD COLUMN owner TEXT;
+        ALTER TABLE flows ADD COLUMN owner TEXT;
+        CREATE INDEX effects_by_owner ON effects (owner, status);
+        ALTER TABLE control ADD COLUMN grace_s REAL;
+        """
+    )

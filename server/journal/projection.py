@@ -15,9 +15,11 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace",
+    "workspace", "owner",
 )  # fmt: skip
-FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
+FLOW_COLUMNS = (
+    "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
+)  # fmt: skip
 
 TERMINAL_EVENTS = {
     "EFFECT_RESOLVED": "succeeded",
@@ -136,6 +138,7 @@ class EffectState:
     output_bytes: int = 0
     output_truncated: bool = False
     workspace: dict[str, Any] | None = None  # isolation: the effect's git worktree (journaled at start and end)
+    owner: str | None = None  # the server that dispatched it (EFFECT_REQUESTED's `owner`; None before sessions)
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -150,6 +153,7 @@ class EffectState:
             created_at=event.data["created_at"],
             status="pending" if spec.get("depends_on") else "queued",
             command=list(spec["command"]),
+            owner=event.data.get("owner"),
         )
 
     @property
@@ -233,6 +237,7 @@ class EffectState:
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
             "workspace": _dumps(self.workspace),
+            "owner": self.owner,
         }
 
     def _spec_text(self) -> str:
@@ -266,6 +271,7 @@ class EffectState:
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
             workspace=_loads(row.get("workspace")),
+            owner=row.get("owner"),
             spec_text=row["spec"],
         )
 
@@ -291,6 +297,7 @@ def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None
             "status": "running",
             "started_at": data["started_at"],
             "finished_at": None,
+            "owner": data.get("owner"),
         }
     if row is None:
         return None

@@ -75,6 +75,13 @@ class JournalReader:
         rows = self._rows("SELECT COUNT(*) AS n FROM events")
         return int(rows[0]["n"]) if rows else 0
 
+    def servers(self) -> dict[str, dict[str, Any]]:
+        """The servers that ever ran on the journal, by id (none for a journal from before sessions)."""
+        try:
+            return {row["server_id"]: row for row in self._rows("SELECT * FROM servers")}
+        except sqlite3.OperationalError:  # no `servers` table yet
+            return {}
+
     def control_answer(self, request_id: int) -> str | None:
         """The live server's answer to a control request, or None while it has not answered."""
         rows = self._rows("SELECT answer FROM control WHERE id = ?", request_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +17,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from effectd.journal.budgets import BUDGET_COLUMNS, BUDGET_EVENTS, UPSERT_BUDGET, budget_key, fold_budget
 from effectd.journal.migrations import migrate
+from effectd.journal.peers import OPEN_REQUESTS
 from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
+from effectd.journal.shared import begin_batch, screen
 from effectd.models import now_iso
 
 _INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
@@ -52,16 +54,17 @@ async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connectio
 class Journal:
     """Appends events in order and keeps the projection tables in step, one transaction per batch.
 
-    `append` assigns each event its `seq` at once (so callers can order by it) and returns once the
-    batch that holds it is committed. Several appends that arrive while a commit is under way are
-    written together in the next transaction (group commit).
+    `append` returns once the batch that holds its events is committed, with each event's `seq`,
+    taken from the journal inside the batch's transaction (other servers may write it too: see
+    `effectd.journal.shared`). Several appends that arrive while a commit is under way are written
+    together in the next transaction (group commit).
     """
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, next_seq: int) -> None:
         self.path = path
         self._db = writer
         self._read = reader
-        self._next_seq = next_seq
+        self._last_seq = next_seq - 1  # the last seq this writer knows of (its own, or seen in a batch)
         self._send: MemoryObjectSendStream[_Pending]
         self._recv: MemoryObjectReceiveStream[_Pending]
         self._send, self._recv = anyio.create_memory_object_stream[_Pending](math.inf)
@@ -98,17 +101,10 @@ class Journal:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def stamp(self, events: Iterable[Event]) -> list[Event]:
-        """Gives events their `seq` and timestamp now, in order; `commit` then writes them."""
-        stamped = []
-        for event in events:
-            stamped.append(replace(event, seq=self._next_seq, ts=event.ts or now_iso()))
-            self._next_seq += 1
-        return stamped
-
-    async def commit(self, events: Sequence[Event]) -> None:
-        """Writes stamped events and returns once they are durable."""
-        pending = _Pending(list(events), anyio.Event())
+    async def commit(self, events: Sequence[Event]) -> list[Event]:
+        """Writes events and returns them once they are durable, each with its `seq` (a RUN_CREATED
+        that another server wrote first is left out)."""
+        pending = _Pending([replace(e, ts=e.ts or now_iso()) for e in events], anyio.Event())
         self.in_flight += 1  # until the caller has its answer: committed events are then applied
         try:
             self._send.send_nowait(pending)
@@ -118,12 +114,11 @@ class Journal:
             self.in_flight -= 1
         if pending.error is not None:
             raise pending.error
+        return pending.events
 
     async def append(self, *events: Event) -> list[Event]:
-        """Stamps and commits events; returns them with their `seq`."""
-        stamped = self.stamp(events)
-        await self.commit(stamped)
-        return stamped
+        """Commits events; returns them with their `seq`."""
+        return await self.commit(events)
 
     async def _write_batches(self) -> None:
         async with self._recv:
@@ -138,15 +133,30 @@ class Journal:
                 try:
                     with anyio.CancelScope(shield=True):
                         try:
-                            await self._write([event for pending in batch for event in pending.events])
+                            await self._write(await self._prepare(batch))
                         except Exception as exc:  # reported to every caller of the batch
                             error = exc
                             with suppress(Exception):
                                 await self._db.rollback()
                 finally:
                     for pending in batch:  # nobody waits forever on a batch, whatever happened to it
-                        pending.error = error
+                        pending.error = pending.error or error
                         pending.done.set()
+
+    async def _prepare(self, batch: list[_Pending]) -> list[Event]:
+        """Opens the batch's transaction and gives its events their seqs, in order, after whatever
+        other servers wrote (forgetting the cached states they changed); refuses reused keys."""
+        head, changed_effects, changed_flows = await begin_batch(self._db, self._last_seq)
+        for effect_id in changed_effects:
+            self._states.pop(effect_id, None)
+        for flow_id in changed_flows:
+            self._flow_rows.pop(flow_id, None)
+        self._last_seq = head
+        for pending, (events, refused) in zip(batch, await screen(self._db, [p.events for p in batch]), strict=True):
+            pending.error = refused
+            pending.events = [replace(event, seq=head + 1 + n) for n, event in enumerate(events)]
+            head += len(events)
+        return [event for pending in batch for event in pending.events]
 
     async def _write(self, events: list[Event]) -> None:
         effects: dict[str, EffectState] = {}
@@ -189,6 +199,7 @@ class Journal:
             await self._db.executemany(UPSERT_BUDGET, rows_of_budgets)
         await self._db.commit()
         self.batches += 1
+        self._last_seq = events[-1].seq if events else self._last_seq
         for effect_id, state in effects.items():
             if state.terminal:
                 self._states.pop(effect_id, None)
@@ -272,9 +283,11 @@ class Journal:
             "SELECT * FROM effects WHERE status IN ('pending', 'queued', 'running') ORDER BY effect_id"
         )
 
-    async def effect_ids(self) -> list[str]:
-        """The id of every recorded effect, whatever its state (recovery kills what any of them left)."""
-        return [row["effect_id"] for row in await self.fetch("SELECT effect_id FROM effects")]
+    async def effect_ids(self, owners: Collection[str] | None = None) -> list[str]:
+        """The id of every recorded effect, whatever its state (recovery kills what any of them left);
+        with `owners`, only those these servers dispatched ("" for effects from before sessions)."""
+        rows = await self.fetch("SELECT effect_id, owner FROM effects")
+        return [row["effect_id"] for row in rows if owners is None or (row["owner"] or "") in owners]
 
     async def active_flows(self) -> list[dict[str, Any]]:
         return await self.fetch("SELECT * FROM flows WHERE finished_at IS NULL ORDER BY flow_id")
@@ -333,7 +346,10 @@ class Journal:
 
     # --- control requests from other processes ---------------------------------------------------
 
-    async def open_requests(self) -> list[dict[str, Any]]:
+    async def open_requests(self, server_id: str | None = None) -> list[dict[str, Any]]:
+        """The unanswered requests; with `server_id`, only those that server is to answer (its effects)."""
+        if server_id is not None:
+            return [dict(row) for row in await self._read.execute_fetchall(OPEN_REQUESTS, {"me": server_id})]
         return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
 
     async def answer_request(self, request_id: int, answer: str) -> None:

@@ -7,7 +7,8 @@ none can any more), `quorum` until `k` succeeded (or that can no longer happen).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -73,9 +74,14 @@ def race(effects: Sequence[Effect], k: int) -> Race:
     return Race(succeeded[:k], satisfied, satisfied or len(succeeded) + still_open < k)
 
 
-def ended_after(effects: Sequence[Effect], cursor: int) -> list[Effect]:
-    """The effects that ended after `cursor`, in the order they ended (their terminal event's seq)."""
-    done = [e for e in effects if e.terminal and (e.terminal_seq or 0) > cursor]
+Sync = Callable[[], Awaitable[int]]
+Cancel = Callable[[list[Effect], str, str, float], Awaitable[object]]
+
+
+def ended_after(effects: Sequence[Effect], cursor: int, seen: float = math.inf) -> list[Effect]:
+    """The effects that ended after `cursor` and by `seen`, in the order they ended (their terminal
+    event's seq)."""
+    done = [e for e in effects if e.terminal and cursor < (e.terminal_seq or 0) <= seen]
     return sorted(done, key=lambda e: e.terminal_seq or 0)
 
 
@@ -90,21 +96,42 @@ class Completions:
         self._ended = anyio.Event()
 
     async def wait(
-        self, effects: Sequence[Effect], mode: str, cursor: int, within_s: float, k: int = 1
-    ) -> tuple[list[Effect], bool]:
+        self,
+        effects: Sequence[Effect],
+        mode: str,
+        cursor: int,
+        within_s: float,
+        k: int = 1,
+        sync: Sync | None = None,
+    ) -> tuple[list[Effect], bool, float]:
         """Waits until all `effects` are terminal (`all`), one ended after `cursor` (`any`), or the race
         for `k` successes is decided (`first_success`, `quorum`). Returns the effects that ended after
-        `cursor`, in the order they ended, and whether the wait timed out."""
+        `cursor`, in the order they ended, whether the wait timed out, and the seq seen.
+
+        With other servers on the journal, `sync` applies what they committed and returns the seq up to
+        which every event is applied here. Only ends up to that seq count: one of this server's own
+        effects that ended at seq 12 waits until seq 11, another server's, has been seen, so a cursor
+        returned never passes over a completion not yet reported."""
+        seen: float = math.inf
 
         def satisfied() -> bool:
             if mode in RACE_MODES:
                 return race(effects, k).decided
-            return all(e.terminal for e in effects) or (mode == "any" and bool(ended_after(effects, cursor)))
+            complete = all(e.terminal and (e.terminal_seq or 0) <= seen for e in effects)
+            return complete or (mode == "any" and bool(ended_after(effects, cursor, seen)))
 
         with anyio.move_on_after(within_s):
-            while not satisfied():
-                await self._ended.wait()
-        return ended_after(effects, cursor), not satisfied()
+            while True:
+                ended = self._ended
+                if sync is not None:
+                    seen = await sync()
+                if satisfied():
+                    break
+                if any(e.terminal and (e.terminal_seq or 0) > seen for e in effects):
+                    await anyio.sleep(0.005)  # committed already: the next sync takes it in
+                    continue
+                await ended.wait()
+        return ended_after(effects, cursor, seen), not satisfied(), seen
 
 
 async def wait_group(
@@ -115,14 +142,18 @@ async def wait_group(
     timeout_s: float,
     k: int | None = None,
     cancel_rest: bool | None = None,
+    *,
+    sync: Sync | None = None,
+    cancel: Cancel | None = None,
 ) -> GroupWait:
     """`await_group` over `effects` (arguments checked by `check_await_arguments`). Once a race mode is
     satisfied, the others still running or waiting are cancelled (reason `superseded`) unless
-    `cancel_rest` is False, and this returns once their process groups are gone, at most 50 s later
-    and within the 55 s every call keeps to; then `done` holds them too."""
+    `cancel_rest` is False (through `cancel`, which forwards other servers' effects to them; by default
+    the supervisor's own), and this returns once their process groups are gone, at most 50 s later
+    and within the 55 s every call keeps to; then `done` holds them too. `sync`: see `Completions.wait`."""
     started = anyio.current_time()
     need = race_size(mode, k, len(effects))
-    _, timed_out = await supervisor.wait_completions(effects, mode, cursor, timeout_s, need)
+    _, timed_out, seen = await supervisor.completions.wait(effects, mode, cursor, timeout_s, need, sync)
     satisfied: bool | None = None
     winners: list[EffectRecord] | None = None
     if mode in RACE_MODES:
@@ -133,12 +164,20 @@ async def wait_group(
             message = f"await_group {mode}: decided by {', '.join(e.effect_id for e in decision.winners)}"
             within = max(0.5, min(CANCEL_WAIT_S, MAX_WAIT_S - (anyio.current_time() - started)))
             with anyio.CancelScope(shield=True):  # asked for: seen through even if the caller goes away
-                await supervisor.cancel_many(losers, "superseded", message, within_s=within)
-    done = ended_after(effects, cursor)
+                if cancel is not None:
+                    await cancel(losers, "superseded", message, within)
+                else:
+                    await supervisor.cancel_many(losers, "superseded", message, within_s=within)
+            if sync is not None:
+                seen = await sync()
+    done = ended_after(effects, cursor, seen)
+    # An end not yet reported (another server's end this one has yet to see comes before it) leaves
+    # the group incomplete, so a caller that stops at `complete` never misses it.
+    ended = set(done) | {e for e in effects if e.terminal and (e.terminal_seq or 0) <= cursor}
     return GroupWait(
         done=[e.record() for e in done],
         pending=[e.effect_id for e in effects if not e.terminal],
-        complete=all(e.terminal for e in effects),
+        complete=all(e in ended for e in effects),
         cursor=max([cursor, *(e.terminal_seq or 0 for e in done)]),
         timed_out=timed_out,
         satisfied=satisfied,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from effectd.errors import ConflictError, InvalidRequestError
 from effectd.feed import ChangeFeed
 from effectd.journal import EffectState, Event, Journal
+from effectd.journal.shared import KeyTakenError
 from effectd.models import EffectRecord, EffectSpec, new_id
 from effectd.runner import LocalRunner, Runner
 from effectd.runner.git import Worktrees
@@ -58,8 +59,11 @@ class Supervisor:
         base_env: dict[str, str] | None = None,
         feed: ChangeFeed | None = None,
         worktree_dir: Path | None = None,
+        owner: str | None = None,
+        owners: Collection[str] | None = None,
     ) -> None:
         self.journal = journal
+        self.server_id, self.owners = owner, owners  # journaled as `owner`; whose effects to recover (None: all)
         self.feed = feed or ChangeFeed()
         self.output_dir = output_dir
         self.stall_after_s = stall_after_s
@@ -78,7 +82,7 @@ class Supervisor:
         self.workspaces = Workspaces(Worktrees(worktree_dir or output_dir.parent / "worktrees"), self.record)
         self.attempts.prepare = self.workspaces.prepare
         self._runs = Runs(journal)
-        self._completions = Completions()
+        self.completions = Completions()  # await_group waits on it
         self._tg: TaskGroup | None = None
         self._closing = False
         self._active_tasks = 0
@@ -103,7 +107,7 @@ class Supervisor:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            waiting = await recover(self.journal, self.attempts.runner, self.registry, self.workspaces)
+            waiting = await recover(self.journal, self.attempts.runner, self.registry, self.workspaces, self.owners)
             for effect in waiting:
                 self.limits.apply_spec(effect.spec)
             if before_start is not None:
@@ -141,6 +145,7 @@ class Supervisor:
 
     def _spawn_driver(self, effect: Effect) -> None:
         assert self._tg is not None, "the supervisor is not running"
+        effect.local = True
         self._active_tasks += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._drive, effect, name=f"effect {effect.effect_id}")
@@ -155,14 +160,15 @@ class Supervisor:
     async def record(self, effect: Effect, event: Event) -> None:
         """Journals an event of the effect, then applies it: memory never shows what the journal could lose."""
         (stamped,) = await self.journal.append(event)
-        self._apply(effect, stamped)
+        self.apply(effect, stamped)
 
-    def _apply(self, effect: Effect, event: Event) -> None:
+    def apply(self, effect: Effect, event: Event) -> None:
+        """Applies a committed event to the effect (this server's, or another's it follows)."""
         was_terminal = effect.terminal
         effect.apply(event)
         if effect.terminal and not was_terminal:
             self.registry.remember_finished(effect)
-            self._completions.notify()
+            self.completions.notify()
             if self._step_ended is not None:
                 try:
                     self._step_ended(effect)
@@ -207,19 +213,23 @@ class Supervisor:
             return await self._dispatch(spec, run_id), True
         async with self._runs.holding_keys(run_id, [spec.key]):
             row = await self.journal.by_key(run_id, spec.key)
-            if row is not None:
-                existing = await self.get(row["effect_id"])
-                if existing.spec.identity() != spec.identity():
-                    raise ConflictError(
-                        f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with "
-                        "other arguments; use a new key, or the same arguments to get that effect back"
-                    )
-                return existing, False
-            return await self._dispatch(spec, run_id), True
+            try:
+                if row is None:
+                    return await self._dispatch(spec, run_id), True
+                taken = row["effect_id"]
+            except KeyTakenError as error:  # another server journaled the key first: the database decides
+                taken = error.effect_id
+            existing = await self.get(taken)
+            if existing.spec.identity() != spec.identity():
+                raise ConflictError(
+                    f"key {spec.key!r} of run {run_id!r} already names effect {existing.effect_id} with "
+                    "other arguments; use a new key, or the same arguments to get that effect back"
+                )
+            return existing, False
 
     async def _dispatch(self, spec: EffectSpec, run_id: str) -> Effect:
         dependencies = await self.get_many(spec.depends_on) if spec.depends_on else []
-        requested = events.requested(new_id("eff_"), run_id, spec)
+        requested = events.requested(new_id("eff_"), run_id, spec, self.server_id)
         batch = [*await self._runs.created(run_id), requested]
         blocked = next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
         stamped = await self._runs.append(run_id, batch)
@@ -248,8 +258,11 @@ class Supervisor:
                         "give every new effect a key not used before in the run"
                     )
             batch = [*await self._runs.created(run_id), *extra]
-            batch += [events.requested(effect_id, run_id, spec) for effect_id, spec in specs]
-            stamped = await self._runs.append(run_id, batch)
+            batch += [events.requested(effect_id, run_id, spec, self.server_id) for effect_id, spec in specs]
+            try:
+                stamped = await self._runs.append(run_id, batch)
+            except KeyTakenError as taken:
+                raise ConflictError(f"{taken}; give every new effect a key not used before in the run") from None
         effects = [self._born(event, spec) for event, (_, spec) in zip(stamped[-len(specs) :], specs, strict=True)]
         for effect in effects:
             self._spawn_driver(effect)
@@ -320,14 +333,6 @@ class Supervisor:
             for effect in targets:
                 tg.start_soon(partial(self.cancel, effect, reason, message, within_s=within_s))
         return targets
-
-    async def wait_completions(
-        self, effects: Sequence[Effect], mode: str, cursor: int, within_s: float, k: int = 1
-    ) -> tuple[list[Effect], bool]:
-        """Waits until all `effects` are terminal (`all`), one finished after `cursor` (`any`), or the
-        race for `k` successes is decided (`first_success`, `quorum`). Returns the effects that finished
-        after `cursor`, in finishing order, and whether it timed out."""
-        return await self._completions.wait(effects, mode, cursor, within_s, k)
 
     async def _drive(self, effect: Effect) -> None:
         try:

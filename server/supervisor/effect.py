@@ -45,6 +45,7 @@ class Effect:
         self.waiting: anyio.CancelScope | None = None
         self.stall_after_s: float | None = None
         self.on_change: Callable[[Effect], None] | None = None
+        self.local = False  # driven by this server (else another server's, followed through the journal)
         if state.terminal:
             self.done.set()
 
@@ -160,6 +161,7 @@ class Effect:
             flow_id=self.spec.flow_id,
             step_id=self.spec.step_id,
             workspace=state.workspace,
+            owner=state.owner or "",
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

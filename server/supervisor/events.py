@@ -24,8 +24,11 @@ class Outcome:
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
 
 
-def requested(effect_id: str, run_id: str, spec: EffectSpec) -> Event:
-    return Event("EFFECT_REQUESTED", run_id, effect_id, {"spec": spec.model_dump(mode="json"), "created_at": now_iso()})
+def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
+    data: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "created_at": now_iso()}
+    if owner is not None:
+        data["owner"] = owner
+    return Event("EFFECT_REQUESTED", run_id, effect_id, data)
 
 
 def started(effect: Effect, *, pid: int, pid_start: int | None, command: list[str], attempt: int) -> Event:

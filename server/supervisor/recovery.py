@@ -10,6 +10,7 @@ any process that escaped (a daemon of a finished effect, grandchildren of a kill
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from effectd.journal import Journal
@@ -25,20 +26,29 @@ from effectd.supervisor.workspaces import finish as finish_workspace
 
 
 async def recover(
-    journal: Journal, runner: Runner, registry: Registry, workspaces: Workspaces | None = None
+    journal: Journal,
+    runner: Runner,
+    registry: Registry,
+    workspaces: Workspaces | None = None,
+    owners: Collection[str] | None = None,
 ) -> list[Effect]:
     """Ends the interrupted effects (finishing their worktrees, when isolated, as an ending effect's
-    are); returns the waiting ones, loaded into the registry, to be driven."""
+    are); returns the waiting ones, loaded into the registry, to be driven. With `owners`, only the
+    effects of those servers (this one, and those gone that it took over): a live server's effects and
+    their processes are never touched."""
     rows = await journal.active_effects()
+    if owners is not None:  # never a live server's effects
+        rows = [row for row in rows if (row.get("owner") or "") in owners]
     interrupted = [row for row in rows if row["status"] == "running"]
     leaders = [RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted]
     running = {r["effect_id"] for r in interrupted}
-    others = [RecordedProcess(effect_id) for effect_id in await journal.effect_ids() if effect_id not in running]
+    others = [RecordedProcess(effect_id) for effect_id in await journal.effect_ids(owners) if effect_id not in running]
     await runner.kill_leftovers([*leaders, *others])
     ended = []
     endings = []
     for row in interrupted:
-        effect = Effect.from_row(row, registry.existing_output(row["effect_id"]))
+        # At run time (a server that died is taken over) a reader may hold the effect already: the same one.
+        effect = registry.peek(row["effect_id"]) or Effect.from_row(row, registry.existing_output(row["effect_id"]))
         if row["cancel_reason"] is not None:  # a cancel asked for before the crash stands
             cancel = CancelRequest(row["cancel_reason"], row["cancel_message"], None)
             outcome = Outcome("cancelled", cancel=cancel)
@@ -56,7 +66,10 @@ async def recover(
     waiting = []
     for row in rows:
         if row["status"] != "running":
-            effect = registry.adopt(Effect.from_row(row, registry.existing_output(row["effect_id"], closed=False)))
+            effect = registry.peek(row["effect_id"]) or Effect.from_row(
+                row, registry.existing_output(row["effect_id"], closed=False)
+            )
+            effect = registry.adopt(effect)
             registry.add(effect)
             waiting.append(effect)
     return waiting

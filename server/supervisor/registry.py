@@ -61,8 +61,16 @@ class Registry:
             self.remember_finished(effect)
 
     def live(self) -> list[Effect]:
-        """The effects in memory that are not terminal."""
-        return [e for e in self._effects.values() if not e.terminal]
+        """The effects this server drives that are not terminal."""
+        return [e for e in self._effects.values() if not e.terminal and e.local]
+
+    def followed(self) -> list[Effect]:
+        """The effects of other servers in memory (polled, awaited, depended on) that are not terminal."""
+        return [e for e in self._effects.values() if not e.terminal and not e.local]
+
+    def peek(self, effect_id: str) -> Effect | None:
+        """The effect if it is in memory (never read from the journal)."""
+        return self._effects.get(effect_id)
 
     async def get(self, effect_id: str) -> Effect:
         """The effect with this id, from memory or the journal; UnknownEffectError names an unknown id."""
@@ -82,7 +90,9 @@ class Registry:
             for effect_id, row in rows.items():
                 effect = self._effects.get(effect_id)  # loaded by someone else meanwhile?
                 if effect is None:
-                    effect = self.adopt(Effect.from_row(row, self.existing_output(effect_id)))
+                    # Another server's effect still running has output to come: its log is not closed.
+                    output = self.existing_output(effect_id, closed=row["terminal_seq"] is not None)
+                    effect = self.adopt(Effect.from_row(row, output))
                     self.add(effect)  # may drop older finished ones: `found` keeps these
                 found[effect_id] = effect
         return [found[i] for i in effect_ids]
