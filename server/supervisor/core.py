@@ -108,7 +108,8 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             waiting = await recover(self.journal, self.attempts.runner, self.registry, self.workspaces, self.owners)
-            for effect in waiting:
+            for effect in waiting:  # this server's now (its own or taken over), to be driven here
+                effect.local = True
                 self.limits.apply_spec(effect.spec)
             if before_start is not None:
                 await before_start()
