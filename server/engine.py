@@ -30,6 +30,7 @@ from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
+from effectd.journal.summaries import summarize_effects
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -41,7 +42,6 @@ from effectd.models import (
 from effectd.ownership import owning
 from effectd.runner import Runner
 from effectd.specs import build_spec
-from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.recovery import cancel_waiting
 
@@ -211,11 +211,14 @@ class Engine:
         group: str | None = None,
         statuses: Sequence[str] | None = None,
         limit: int = 100,
+        summary: bool = True,
     ) -> EffectList:
-        """Effects newest first, filtered by run, group and status, with their summary."""
+        """Effects newest first, filtered by run, group and status (at most `limit`), with the summary of
+        every effect the filter matches, not only of those returned (`summary=False`: without it)."""
         rows = await self._journal.list_effects(run_id, group, statuses, limit)
         records = self._supervisor.records(rows)
-        return EffectList(effects=records, summary=summarize(records) if records else None)
+        totals = await summarize_effects(self._journal, run_id, group, statuses) if summary else None
+        return EffectList(effects=records, summary=totals)
 
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         """Runs newest first, with how many effects each holds and how many are active."""

@@ -164,7 +164,7 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 class EffectList(BaseModel):
-    """Effects newest first, with the summary of the page."""
+    """Effects newest first, with the summary of every effect the filter matched (not only the page)."""
 
     effects: list[EffectRecord]
     summary: dict[str, Any] | None = None
