@@ -71,10 +71,14 @@ def open_listener(host: str = "127.0.0.1", port: int = 8765, token: str | None =
     return sock
 
 
-def prepare_http(*, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> dict[str, Any]:
+def prepare_http(
+    *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, **limits: Any
+) -> dict[str, Any]:
     """The keyword arguments of `serve_http`, with the socket already bound: called before the database is
-    opened, so a bad bind is refused (ConfigError) before anything else happens."""
-    return {"host": host, "port": port, "token": token or None, "sock": open_listener(host, port, token or None)}
+    opened, so a bad bind is refused (ConfigError) before anything else happens. `limits`:
+    `max_connections`, `header_timeout_s` (see `effectd.http.guard`)."""
+    sock = open_listener(host, port, token or None)
+    return {"host": host, "port": port, "token": token or None, "sock": sock, **limits}
 
 
 # --- the gate: DNS rebinding and the token -------------------------------------------------------
