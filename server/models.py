@@ -103,6 +103,7 @@ class EffectRecord(BaseModel):
     output_tail: str = ""
     output_bytes: int = 0
     output_truncated: bool = False
+    output_pruned: bool = False  # `effectd prune` removed the output log and result file
     depends_on: list[str] = Field(default_factory=list)
     pid: int | None = None
     attempt: int = 0

@@ -12,6 +12,7 @@ from typing import Any
 from effectd import log_repeats
 from effectd.cli.cancel import cmd_cancel
 from effectd.cli.common import add_database_options, complain
+from effectd.cli.prune import add_prune_parser
 from effectd.cli.readers import cmd_journal, cmd_logs, cmd_ls, cmd_show
 from effectd.errors import ConfigError, EffectdError
 from effectd.http_settings import HttpSettings, resolve_token
@@ -108,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     add_database_options(cancel)
     cancel.add_argument("--wait", type=float, default=10.0, help=argparse.SUPPRESS)
     cancel.set_defaults(func=cmd_cancel)
+
+    add_prune_parser(sub)
 
     ls = sub.add_parser("ls", help="list effects, newest first")
     ls.add_argument("--run")

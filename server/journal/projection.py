@@ -14,9 +14,14 @@ EFFECT_COLUMNS = (
     "effect_id", "run_id", "group_name", "label", "key", "kind", "harness", "command", "spec", "status",
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
-    "terminal_seq", "flow_id", "step_id",
+    "terminal_seq", "flow_id", "step_id", "output_pruned",
 )  # fmt: skip
 FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
+
+# `effectd prune` removed a finished effect's output log and result file: its output is gone (0 bytes).
+OUTPUT_PRUNED = "EFFECT_OUTPUT_PRUNED"
+# `effectd prune --journal` removed the events and rows of the effects and flows it names (data: counts).
+JOURNAL_PRUNED = "JOURNAL_PRUNED"
 
 TERMINAL_EVENTS = {
     "EFFECT_RESOLVED": "succeeded",
@@ -34,6 +39,8 @@ EVENT_TYPES = frozenset(
         *TERMINAL_EVENTS,
         "FLOW_REQUESTED",
         "FLOW_COMPLETED",
+        OUTPUT_PRUNED,
+        JOURNAL_PRUNED,
     }
 )
 
@@ -129,6 +136,7 @@ class EffectState:
     terminal_seq: int | None = None
     output_bytes: int = 0
     output_truncated: bool = False
+    output_pruned: bool = False
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -172,6 +180,8 @@ class EffectState:
                 self.status, self.pid = "queued", None
                 self.error, self.exit_code = retry.get("error"), retry.get("exit_code")
                 self.attempt = retry.get("attempt", self.attempt)
+        elif event.type == OUTPUT_PRUNED:
+            self.output_bytes, self.output_pruned = 0, True
         elif event.type in TERMINAL_EVENTS:
             self.status = TERMINAL_EVENTS[event.type]
             self.finished_at = data["finished_at"]
@@ -221,6 +231,7 @@ class EffectState:
             "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
+            "output_pruned": int(self.output_pruned),
         }
 
     def _spec_text(self) -> str:
@@ -253,6 +264,7 @@ class EffectState:
             terminal_seq=row["terminal_seq"],
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
+            output_pruned=bool(row.get("output_pruned", 0)),
             spec_text=row["spec"],
         )
 

@@ -68,6 +68,7 @@ class Journal:
         self._flow_rows: dict[str, dict[str, Any]] = {}
         self.batches = 0
         self.in_flight = 0
+        self._writing = anyio.Lock()  # a batch, or maintenance (`exclusive`), on the writer's connection
 
     @classmethod
     @asynccontextmanager
@@ -137,7 +138,8 @@ class Journal:
                 try:
                     with anyio.CancelScope(shield=True):
                         try:
-                            await self._write([event for pending in batch for event in pending.events])
+                            async with self._writing:
+                                await self._write([event for pending in batch for event in pending.events])
                         except Exception as exc:  # reported to every caller of the batch
                             error = exc
                             with suppress(Exception):
@@ -204,6 +206,13 @@ class Journal:
             return self._flow_rows[flow_id]
         rows = await self._db.execute_fetchall("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
         return dict(next(iter(rows))) if rows else None
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer's connection, with no batch under way until the context ends (maintenance such as
+        `effectd prune`; the caller commits what it changes)."""
+        async with self._writing:
+            yield self._db
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -319,14 +328,34 @@ class Journal:
     # --- control requests from other processes ---------------------------------------------------
 
     async def open_requests(self) -> list[dict[str, Any]]:
+        """The requests still to answer; those past their window are answered `expired` first, never acted on."""
+        now = now_iso()
+        await self._control(
+            "UPDATE control SET answered_at = ?, answer = 'expired' WHERE answered_at IS NULL AND expires_at <= ?",
+            (now, now),
+        )
         return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
 
-    async def answer_request(self, request_id: int, answer: str) -> None:
-        # On the second connection: the writer's connection may be inside a batch's transaction.
-        await self._read.execute(
-            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
+    async def answer_request(self, request_id: int, answer: str) -> bool:
+        """Answers a request unless it was answered (or expired) meanwhile or its window has passed: True
+        when this answer is the one that counts, so the caller may act on the request."""
+        now = now_iso()
+        changed = await self._control(
+            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ? AND answered_at IS NULL "
+            "AND (expires_at IS NULL OR expires_at > ?)",
+            (now, answer, request_id, now),
         )
+        return changed == 1
+
+    async def request_result(self, request_id: int, result: dict[str, Any]) -> None:
+        """Stores what an answered request came to (JSON), for the process that asked."""
+        await self._control("UPDATE control SET result = ? WHERE id = ?", (json.dumps(result), request_id))
+
+    async def _control(self, sql: str, params: Sequence[Any]) -> int:
+        # On the second connection: the writer's connection may be inside a batch's transaction.
+        cursor = await self._read.execute(sql, tuple(params))
         await self._read.commit()
+        return cursor.rowcount
 
 
 async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:
