@@ -20,31 +20,21 @@ from typing import Any
 
 import anyio
 
+from effectd.errors import UnknownEffectError
 from effectd.journal import Journal
+from effectd.journal.requests import answer_request, open_requests, request_result
+from effectd.supervisor import Supervisor
 
 log = logging.getLogger("effectd")
 
-# Given an effect id: whether the server knows it.
-KnownHandler = Callable[[str], Awaitable[bool]]
-# Given an effect id and the reason text: asks for the cancel of a known effect.
-CancelHandler = Callable[[str, str | None], Awaitable[None]]
-# Given a prune request's arguments: the report of what was pruned.
-PruneHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Given the cutoff (ISO time) and whether to forget the journal's records too: the prune's report.
+PruneHandler = Callable[[str, bool], Awaitable[dict[str, Any]]]
 
 
 class ControlChannel:
-    def __init__(
-        self,
-        journal: Journal,
-        *,
-        known: KnownHandler,
-        on_cancel: CancelHandler,
-        on_prune: PruneHandler,
-        poll_s: float,
-    ) -> None:
+    def __init__(self, journal: Journal, supervisor: Supervisor, on_prune: PruneHandler, poll_s: float) -> None:
         self._journal = journal
-        self._known = known
-        self._on_cancel = on_cancel
+        self._supervisor = supervisor
         self._on_prune = on_prune
         self._poll_s = poll_s
 
@@ -52,7 +42,7 @@ class ControlChannel:
         while True:
             await anyio.sleep(self._poll_s)
             try:
-                requests = await self._journal.open_requests()
+                requests = await open_requests(self._journal)
             except Exception:  # a busy database: try again on the next tick
                 log.exception("reading control requests failed")
                 continue
@@ -67,23 +57,24 @@ class ControlChannel:
         if request["action"] == "prune":
             await self._prune(request_id, json.loads(request["args"] or "{}"))
             return
-        if request["action"] != "cancel":
-            await self._journal.answer_request(request_id, "unknown")
-            return
-        effect_id = str(request["effect_id"])
-        known = await self._known(effect_id)
+        effect = None
+        if request["action"] == "cancel":
+            try:
+                effect = await self._supervisor.get(str(request["effect_id"]))
+            except UnknownEffectError:
+                pass
         # Answered first, acted on only if the answer counts (the window has not passed meanwhile); the
         # command then follows the effect in the journal until it is terminal.
-        if await self._journal.answer_request(request_id, "accepted" if known else "unknown") and known:
+        if await answer_request(self._journal, request_id, "unknown" if effect is None else "accepted") and effect:
             reason = request["reason"]
-            await self._on_cancel(effect_id, str(reason) if reason is not None else None)
+            self._supervisor.request_cancel(effect, "user", str(reason) if reason is not None else None)
 
     async def _prune(self, request_id: int, args: dict[str, Any]) -> None:
-        if not await self._journal.answer_request(request_id, "accepted"):
+        if not await answer_request(self._journal, request_id, "accepted"):
             return
         try:
-            report = await self._on_prune(args)
+            report = await self._on_prune(str(args["before"]), bool(args.get("journal")))
         except Exception as exc:
             log.exception("effectd prune failed")
             report = {"error": str(exc) or type(exc).__name__}
-        await self._journal.request_result(request_id, report)
+        await request_result(self._journal, request_id, report)

@@ -29,7 +29,7 @@ from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
-from effectd.journal import Event, Journal
+from effectd.journal import Journal
 from effectd.journal.summaries import summarize_effects
 from effectd.models import (
     CANCEL_WAIT_S,
@@ -40,7 +40,7 @@ from effectd.models import (
     OutputChunk,
 )
 from effectd.ownership import owning
-from effectd.prune import prune
+from effectd.prune import prune_live
 from effectd.runner import Runner
 from effectd.specs import build_spec
 from effectd.supervisor import Effect, Supervisor
@@ -83,13 +83,7 @@ class Engine:
             flows = FlowManager(settings, journal, supervisor)
             supervisor.attach_flows(flows.render, flows.step_ended)
             engine = cls(settings, journal, supervisor, flows)
-            control = ControlChannel(
-                journal,
-                known=engine._known,
-                on_cancel=engine._cancel_from_elsewhere,
-                on_prune=engine._prune_from_elsewhere,
-                poll_s=settings.poll_control_s,
-            )
+            control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s)
             async with supervisor.running(before_start=flows.load), flows.running(), anyio.create_task_group() as tg:
                 await flows.recover()
                 tg.start_soon(control.run)
@@ -335,39 +329,11 @@ class Engine:
             targets = await self._supervisor.cancel_many(effects, "user", message, within_s=CANCEL_WAIT_S)
         return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
 
-    async def _known(self, effect_id: str) -> bool:
-        try:
-            await self._supervisor.get(effect_id)
-        except UnknownEffectError:
-            return False
-        return True
-
-    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None) -> None:
-        self._supervisor.request_cancel(await self._supervisor.get(effect_id), "user", message)
-
-    # --- retention --------------------------------------------------------------------------------
-
-    async def prune(self, before: str, *, forget_journal: bool = False) -> dict[str, Any]:
+    async def prune(self, before: str, forget_journal: bool = False) -> dict[str, Any]:
         """`effectd prune`: removes the output of the effects that ended before `before` (ISO time), and with
         `forget_journal` their events and rows (see `effectd.prune`); effects in memory follow."""
         registry = self._supervisor.registry
-
-        def applied(event: Event) -> None:
-            effect = registry.loaded(event.effect_id or "")
-            if effect is not None:
-                effect.apply(event)
-
-        return await prune(
-            self._journal,
-            self.settings.output_dir,
-            before,
-            forget_journal=forget_journal,
-            applied=applied,
-            forgotten=registry.drop,
-        )
-
-    async def _prune_from_elsewhere(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.prune(str(args["before"]), forget_journal=bool(args.get("journal")))
+        return await prune_live(self._journal, self.settings.output_dir, registry, before, forget_journal)
 
     async def stop_effects(self) -> None:
         """Cancels the effects (reason `shutdown`, each within its grace) as closing the engine would,

@@ -26,6 +26,7 @@ from effectd.errors import ConfigError
 from effectd.journal import JOURNAL_PRUNED, OUTPUT_PRUNED, Event, Journal
 from effectd.journal.retention import active_count, compact, ended_before, forget, forgettable
 from effectd.models import format_iso, now_iso
+from effectd.supervisor.registry import Registry
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _CHUNK = 500
@@ -126,6 +127,21 @@ async def prune(
             journal_bytes_after=journal_bytes(journal.path),
         )
     return report
+
+
+async def prune_live(
+    journal: Journal, output_dir: Path, registry: Registry, before: str, forget_journal: bool
+) -> dict[str, Any]:
+    """`prune` by the live server: its effects in memory apply the events and forget what left the journal."""
+
+    def applied(event: Event) -> None:
+        effect = registry.loaded(event.effect_id or "")
+        if effect is not None:
+            effect.apply(event)
+
+    return await prune(
+        journal, output_dir, before, forget_journal=forget_journal, applied=applied, forgotten=registry.drop
+    )
 
 
 async def prune_offline(db: Path, output_dir: Path, before: str, *, forget_journal: bool) -> dict[str, Any]:

@@ -325,34 +325,11 @@ class Journal:
             )
         return await self.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
 
-    # --- control requests from other processes ---------------------------------------------------
+    # --- control requests from other processes (see `effectd.journal.requests`) ------------------
 
-    async def open_requests(self) -> list[dict[str, Any]]:
-        """The requests still to answer; those past their window are answered `expired` first, never acted on."""
-        now = now_iso()
-        await self._control(
-            "UPDATE control SET answered_at = ?, answer = 'expired' WHERE answered_at IS NULL AND expires_at <= ?",
-            (now, now),
-        )
-        return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
-
-    async def answer_request(self, request_id: int, answer: str) -> bool:
-        """Answers a request unless it was answered (or expired) meanwhile or its window has passed: True
-        when this answer is the one that counts, so the caller may act on the request."""
-        now = now_iso()
-        changed = await self._control(
-            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ? AND answered_at IS NULL "
-            "AND (expires_at IS NULL OR expires_at > ?)",
-            (now, answer, request_id, now),
-        )
-        return changed == 1
-
-    async def request_result(self, request_id: int, result: dict[str, Any]) -> None:
-        """Stores what an answered request came to (JSON), for the process that asked."""
-        await self._control("UPDATE control SET result = ? WHERE id = ?", (json.dumps(result), request_id))
-
-    async def _control(self, sql: str, params: Sequence[Any]) -> int:
-        # On the second connection: the writer's connection may be inside a batch's transaction.
+    async def write_aside(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs one write on the second connection and commits it (the writer's connection may be inside
+        a batch's transaction); returns how many rows it changed."""
         cursor = await self._read.execute(sql, tuple(params))
         await self._read.commit()
         return cursor.rowcount
