@@ -38,11 +38,11 @@ def is_loopback(host: str) -> bool:
 def check_http_options(host: str, token: str | None) -> None:
     """Refuses a bind that would expose the server without a token (ConfigError: exit 2)."""
     if token is not None and not token.strip():
-        raise ConfigError("--token (or EFFECTD_TOKEN) is empty; give a non-empty secret or leave it unset")
+        raise ConfigError("the token (--token or EFFECTD_TOKEN) is empty; give a non-empty secret or leave it unset")
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"refusing to serve HTTP on {host} without a token: anyone who can reach it could run and cancel "
-            "effects. Give --token SECRET (or set EFFECTD_TOKEN), or bind a loopback address (--host 127.0.0.1)"
+            "effects. Give --token-file PATH (or set EFFECTD_TOKEN), or bind a loopback address (--host 127.0.0.1)"
         )
 
 
