@@ -13,7 +13,7 @@ import pytest
 
 from effectd.journal import JournalReader
 from effectd.ownership import owning
-from tests.conftest import SLEEP, call, connected, effectd_bin, py, wait_until
+from tests.conftest import SLEEP, call, connected, effectd_bin, py, read_until, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,11 @@ async def queued_effect(settings, command: list[str] | None = None) -> dict:
     """A journal holding one queued effect and no live server. Unless told, the effect runs for a second
     and prints `ran`: long enough for a server's control channel to cancel it if it took the request."""
     async with connected(settings, max_concurrency=1, keep_queued=True) as (_, client):
-        await call(client, "dispatch_effect", command=py(SLEEP, "60"), background=True)
+        # Running when the server stops (so it ends `shutdown`, not queued ahead of the one under test).
+        first = await call(
+            client, "dispatch_effect", command=py("print('up', flush=True)\n" + SLEEP, "60"), background=True
+        )
+        await read_until(client, first["effect_id"], "up")
         queued = await call(client, "dispatch_effect", command=command or py(RUN_A_SECOND), background=True)
     assert queued["status"] == "queued"
     return queued
