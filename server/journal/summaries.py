@@ -25,20 +25,15 @@ def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str]
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
-def _number(path: str, cast: str) -> str:
-    """A harness effect's result field at `path` when it is a number, else 0."""
-    return (
-        f"CASE WHEN kind = 'harness' AND json_valid(result) AND json_type(result, '{path}') IN ('integer', 'real') "
-        f"THEN CAST(json_extract(result, '{path}') AS {cast}) ELSE 0 END"
-    )
+def _total(path: str, cast: str) -> str:
+    """The sum, over harness effects, of the number at `path` in their result (anything else counts 0)."""
+    return f"TOTAL(CASE WHEN kind = 'harness' THEN CAST(json_extract(result, '{path}') AS {cast}) END)"
 
 
 _SUMMARY = (
-    "SELECT status, COUNT(*) AS n, "
-    f"TOTAL({_number('$.cost_usd', 'REAL')}) AS cost_usd, "
-    f"TOTAL({_number('$.usage.input_tokens', 'INTEGER')}) AS input_tokens, "
-    f"TOTAL({_number('$.usage.output_tokens', 'INTEGER')}) AS output_tokens "
-    "FROM effects {where} GROUP BY status"
+    f"SELECT status, COUNT(*) AS n, {_total('$.cost_usd', 'REAL')} AS cost_usd, "
+    f"{_total('$.usage.input_tokens', 'INTEGER')} AS input_tokens, "
+    f"{_total('$.usage.output_tokens', 'INTEGER')} AS output_tokens FROM effects {{where}} GROUP BY status"
 )
 
 
