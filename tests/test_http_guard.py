@@ -231,3 +231,33 @@ def test_identical_errors_are_logged_once_a_second_with_a_count() -> None:
     assert "(9999 more like this in the last 1.0 s)" in text
     assert "something else" in text
     assert len(text) < 2_000
+
+
+async def test_the_header_timeout_and_the_bound_are_parameters_of_serve_http(engine) -> None:
+    from functools import partial
+
+    from effectd.app import build_server
+    from effectd.http import open_listener, serve_http
+
+    sock = open_listener("127.0.0.1", 0, None)
+    port = sock.getsockname()[1]
+    serve = partial(serve_http, build_server(engine), engine, sock=sock, max_connections=8, header_timeout_s=0.5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        strangers = []
+        for _ in range(20):  # more than the bound: the oldest waiting ones make room
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            await stream.send(PARTIAL)
+            strangers.append(stream)
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answer = await http.get(f"http://127.0.0.1:{port}/api/effects")
+        assert answer.status_code == 200
+        with anyio.fail_after(10):
+            for stream in strangers:  # each is closed by the server: EOF or a reset
+                try:
+                    while await stream.receive():
+                        pass
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+                    pass
+                await stream.aclose()
+        tg.cancel_scope.cancel()
