@@ -12,6 +12,7 @@ from typing import Any
 
 from effectd.errors import ConfigError
 from effectd.harness import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from effectd.http_settings import HttpSettings, http_settings_of
 from effectd.models import MAX_GRACE_S
 
 MAX_ARGV_BYTES = 256 * 1024
@@ -26,6 +27,7 @@ _KNOWN_KEYS = {
     "commands",
     "harness",
     "groups",
+    "http",
 }
 
 
@@ -44,6 +46,7 @@ class Settings:
     keep_queued: bool = False
     harnesses: Mapping[str, HarnessProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
     poll_control_s: float = 0.2
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def output_dir(self) -> Path:
@@ -171,5 +174,6 @@ def build_settings(
         allow_any_command=allow_any_command or bool(commands.get("allow_any", False)),
         keep_queued=keep_queued,
         harnesses=harnesses,
+        http=http_settings_of(file.get("http", {})),
         **values,
     )

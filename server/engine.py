@@ -33,6 +33,7 @@ from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.journal.peers import Peers
+from effectd.journal.summaries import summarize_effects
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -42,11 +43,11 @@ from effectd.models import (
     OutputChunk,
 )
 from effectd.ownership import StartLock, runner_alive
+from effectd.prune import prune_live
 from effectd.runner import Runner
 from effectd.runner.git import Worktrees
 from effectd.sessions import Sessions, joining
 from effectd.specs import build_spec
-from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.recovery import cancel_waiting
@@ -212,12 +213,16 @@ class Engine:
         group: str | None = None,
         statuses: Sequence[str] | None = None,
         limit: int = 100,
+        summary: bool = True,
     ) -> EffectList:
-        """Effects newest first, filtered by run, group and status, with their summary."""
+        """Effects newest first, filtered by run, group and status (at most `limit`), with the summary of
+        every effect the filter matches, not only of those returned (`summary=False`: without it)."""
         rows = await self._journal.list_effects(run_id, group, statuses, limit)
         records = self._supervisor.records(rows)
-        summary = summarize(records) | {"budget": self._budgets.summary(run_id, group)} if records else None
-        return EffectList(effects=records, summary=summary)
+        totals = await summarize_effects(self._journal, run_id, group, statuses) if summary else None
+        if totals is not None:
+            totals["budget"] = self._budgets.summary(run_id, group)
+        return EffectList(effects=records, summary=totals)
 
     async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:
         """Sets or replaces the budget of a run or a group (`max_cost_usd`, `max_tokens`): see `budgets`."""
@@ -354,13 +359,11 @@ class Engine:
             targets = await self._supervisor.cancel_many(ours, reason, message, within_s=within_s)
         return [e.effect_id for e in effects if e in targets or e in forwarded]
 
-    async def _cancel_from_elsewhere(self, effect_id: str, message: str | None, grace_s: float | None = None) -> bool:
-        try:
-            effect = await self._supervisor.get(effect_id)
-        except UnknownEffectError:
-            return False
-        self._supervisor.request_cancel(effect, "user", message, grace_s)
-        return True
+    async def prune(self, before: str, forget_journal: bool = False) -> dict[str, Any]:
+        """`effectd prune`: removes the output of the effects that ended before `before` (ISO time), and with
+        `forget_journal` their events and rows (see `effectd.prune`); effects in memory follow."""
+        registry = self._supervisor.registry
+        return await prune_live(self._journal, self.settings.output_dir, registry, before, forget_journal)
 
     async def stop_effects(self) -> None:
         """Cancels the effects (reason `shutdown`, each within its grace) as closing the engine would,
@@ -415,7 +418,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         budgets, loading = _attach(supervisor, flows, flows.budgets)
         sessions = Sessions(joined.me, joined.peers, supervisor, flows)
         engine = cls(settings, journal, supervisor, flows, sessions)
-        control = ControlChannel(journal, engine._cancel_from_elsewhere, settings.poll_control_s, joined.me.server_id)
+        control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
 
         async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
             await loading()

@@ -108,6 +108,7 @@ class EffectRecord(BaseModel):
     output_tail: str = ""
     output_bytes: int = 0
     output_truncated: bool = False
+    output_pruned: bool = False  # `effectd prune` removed the output log and result file
     depends_on: list[str] = Field(default_factory=list)
     pid: int | None = None
     attempt: int = 0
@@ -171,7 +172,7 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 class EffectList(BaseModel):
-    """Effects newest first, with the summary of the page."""
+    """Effects newest first, with the summary of every effect the filter matched (not only the page)."""
 
     effects: list[EffectRecord]
     summary: dict[str, Any] | None = None

@@ -38,24 +38,37 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
     if not runner_alive(row.get("owner"), reader.servers(), db):
         return _cancel_without_server(settings, args.effect_id, args.reason)
-    request_id = reader.request_control(args.effect_id, "cancel", args.reason)
-    deadline = time.monotonic() + args.wait
+    request_id = reader.request_control(args.effect_id, "cancel", args.reason, window_s=args.wait)
+    answer = wait_for_answer(reader, request_id, args.wait, f"asked the server to cancel {args.effect_id}, waiting...")
+    if answer is None:
+        complain(f"no live server answered within {args.wait:g} s; the request expired and will not be carried out")
+        return 2
+    if answer == "unknown":
+        complain(f"the server does not know effect {args.effect_id}")
+        return 1
+    record = _follow_until_terminal(settings, args.effect_id)
+    print_json(record)
+    return 0 if record and record["status"] in TERMINAL else 2
+
+
+def wait_for_answer(reader: JournalReader, request_id: int, window_s: float, waiting: str) -> str | None:
+    """The live server's answer to a control request within `window_s`, else None: the request is then
+    withdrawn (expired), so no server carries it out later, even if this command is interrupted."""
+    deadline = time.monotonic() + window_s
     shown = False
-    while time.monotonic() < deadline:
-        answer = reader.control_answer(request_id)
-        if answer is not None:
-            if answer == "unknown":
-                complain(f"the server does not know effect {args.effect_id}")
-                return 1
-            record = _follow_until_terminal(settings, args.effect_id)
-            print_json(record)
-            return 0 if record and record["status"] in TERMINAL else 2
-        if not shown and sys.stderr.isatty():
-            complain(f"asked the server to cancel {args.effect_id}, waiting...")
-            shown = True
-        time.sleep(POLL_S)
-    complain(f"no live server answered within {args.wait:g} s")
-    return 2
+    answer: str | None = None
+    try:
+        while answer is None and time.monotonic() < deadline:
+            answer = reader.control_answer(request_id)
+            if answer is None:
+                if not shown and sys.stderr.isatty():
+                    complain(waiting)
+                    shown = True
+                time.sleep(POLL_S)
+    finally:
+        if answer is None:  # also when interrupted: a request nobody waits for must never be carried out
+            answer = reader.expire_request(request_id)  # None: withdrawn; else the answer a server gave first
+    return None if answer == "expired" else answer
 
 
 def _follow_until_terminal(settings: Settings, effect_id: str, within_s: float = FOLLOW_S) -> dict[str, Any] | None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from effectd import log_repeats
 from effectd.cli.cancel import cmd_cancel
 from effectd.cli.common import add_database_options, complain
+from effectd.cli.prune import add_prune_parser
 from effectd.cli.readers import cmd_journal, cmd_logs, cmd_ls, cmd_show
 from effectd.cli.worktrees import add_parser as add_worktrees_parser
-from effectd.errors import EffectdError
+from effectd.errors import ConfigError, EffectdError
+from effectd.http_settings import HttpSettings, resolve_token
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -24,6 +26,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effectd.config import build_settings, load_file
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # a fault that repeats is logged once a second, with a count
+        log_repeats.install(handler)
     try:
         settings = build_settings(
             load_file(Path(args.config) if args.config else None),
@@ -35,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         http: dict[str, Any] = {}
         if args.http:
-            http = {"host": args.host, "port": args.port, "token": args.token or os.environ.get("EFFECTD_TOKEN")}
+            http = _http_options(args, settings.http)
         anyio.run(lambda: serve(settings, "http" if args.http else "stdio", **http))
     except BaseException as exc:  # errors raised in the server's task group arrive grouped
         refusals = _effectd_errors(exc)
@@ -47,6 +51,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 130
         raise
     return 0
+
+
+def _http_options(args: argparse.Namespace, configured: HttpSettings) -> dict[str, Any]:
+    """`serve_http`'s options: the flags over the `[http]` table; the token from --token, --token-file,
+    $EFFECTD_TOKEN or `token_file`, in that order."""
+    if args.max_connections is not None and args.max_connections < 1:
+        raise ConfigError(f"--max-connections must be at least 1, not {args.max_connections}")
+    return {
+        "host": args.host,
+        "port": args.port,
+        "token": resolve_token(args.token, args.token_file, configured),
+        "max_connections": args.max_connections or configured.max_connections,
+        "header_timeout_s": configured.header_timeout_s,
+    }
 
 
 def _effectd_errors(exc: BaseException) -> list[EffectdError]:
@@ -76,7 +94,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--token", help="bearer token HTTP clients must send (default $EFFECTD_TOKEN)")
+    serve.add_argument("--token", help="bearer token HTTP clients must send (visible in the process list)")
+    serve.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding the bearer token (default $EFFECTD_TOKEN, else the config's)",
+    )
+    serve.add_argument("--max-connections", type=int, metavar="N", help="open HTTP connections at most (default 256)")
     serve.set_defaults(func=cmd_serve)
 
     cancel = sub.add_parser("cancel", help="cancel an effect of the live server")
@@ -86,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
     add_database_options(cancel)
     cancel.add_argument("--wait", type=float, default=10.0, help=argparse.SUPPRESS)
     cancel.set_defaults(func=cmd_cancel)
+
+    add_prune_parser(sub)
 
     ls = sub.add_parser("ls", help="list effects, newest first")
     ls.add_argument("--run")

@@ -73,6 +73,7 @@ class JsonApi:
             group=group or None,
             statuses=statuses_param(request),
             limit=limit,
+            summary=False,
         )
         return JSONResponse({"effects": [row_of(r) for r in listed.effects], "version": self.engine.version})
 

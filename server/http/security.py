@@ -38,11 +38,11 @@ def is_loopback(host: str) -> bool:
 def check_http_options(host: str, token: str | None) -> None:
     """Refuses a bind that would expose the server without a token (ConfigError: exit 2)."""
     if token is not None and not token.strip():
-        raise ConfigError("--token (or EFFECTD_TOKEN) is empty; give a non-empty secret or leave it unset")
+        raise ConfigError("the token (--token or EFFECTD_TOKEN) is empty; give a non-empty secret or leave it unset")
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"refusing to serve HTTP on {host} without a token: anyone who can reach it could run and cancel "
-            "effects. Give --token SECRET (or set EFFECTD_TOKEN), or bind a loopback address (--host 127.0.0.1)"
+            "effects. Give --token-file PATH (or set EFFECTD_TOKEN), or bind a loopback address (--host 127.0.0.1)"
         )
 
 
@@ -71,10 +71,14 @@ def open_listener(host: str = "127.0.0.1", port: int = 8765, token: str | None =
     return sock
 
 
-def prepare_http(*, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> dict[str, Any]:
+def prepare_http(
+    *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, **limits: Any
+) -> dict[str, Any]:
     """The keyword arguments of `serve_http`, with the socket already bound: called before the database is
-    opened, so a bad bind is refused (ConfigError) before anything else happens."""
-    return {"host": host, "port": port, "token": token or None, "sock": open_listener(host, port, token or None)}
+    opened, so a bad bind is refused (ConfigError) before anything else happens. `limits`:
+    `max_connections`, `header_timeout_s` (see `effectd.http.guard`)."""
+    sock = open_listener(host, port, token or None)
+    return {"host": host, "port": port, "token": token or None, "sock": sock, **limits}
 
 
 # --- the gate: DNS rebinding and the token -------------------------------------------------------

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from effectd.engine import Engine
 from effectd.errors import ConfigError, EffectdError, UnknownEffectError
 from effectd.http.api import JsonApi
+from effectd.http.guard import HEADER_TIMEOUT_S, MAX_CONNECTIONS, ConnectionGuard, accept_batch, guarded_h11
 from effectd.http.pages import Pages
 from effectd.http.security import Gate, is_loopback, open_listener
 from effectd.http.stopping import InFlight, Stop
@@ -122,10 +123,15 @@ async def serve_http(
     port: int = 8765,
     token: str | None = None,
     sock: socket.socket | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> None:
     """Serves MCP at /mcp and the dashboard at / until cancelled; then stops in order: no new connections,
     the dashboard's streams end, effects are cancelled (`stop_effects`) so waiting calls return, MCP sessions
-    end, requests still waiting are ended, and uvicorn closes its connections (within STOP_BOUND_S)."""
+    end, requests still waiting are ended, and uvicorn closes its connections (within STOP_BOUND_S).
+
+    At most `max_connections` connections are open, and one that has not sent a request's headers
+    within `header_timeout_s` is closed (`effectd.http.guard`)."""
     if sock is None:
         sock = open_listener(host, port, token)
     bound_port = int(sock.getsockname()[1])
@@ -136,7 +142,8 @@ async def serve_http(
         log_config=None,
         log_level="warning",
         access_log=False,
-        http="h11",
+        http=guarded_h11(ConnectionGuard(max_connections=max_connections, header_timeout_s=header_timeout_s)),
+        backlog=accept_batch(max_connections),
         ws="none",
         server_header=False,
         timeout_graceful_shutdown=None,  # the stop below bounds it, ending requests cleanly first

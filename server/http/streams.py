@@ -56,7 +56,7 @@ class LiveStreams:
             # Subscribed before the snapshot is read, so no change between the two is lost.
             async with engine.changes(per_second=MESSAGES_PER_S) as changes:
                 with stop.closes(changes.close):
-                    listed = await engine.list_effects(limit=limit)
+                    listed = await engine.list_effects(limit=limit, summary=False)
                     snapshot = [row_of(r) for r in listed.effects]
                     yield sse("snapshot", {"version": engine.version, "now": now_iso(), "effects": snapshot})
                     while not stop.is_set():

@@ -2,6 +2,8 @@
 
 from effectd.journal.projection import (
     EVENT_TYPES,
+    JOURNAL_PRUNED,
+    OUTPUT_PRUNED,
     QUEUED,
     RETRY,
     TERMINAL_EVENTS,
@@ -16,6 +18,8 @@ from effectd.journal.store import Journal, replay_projection
 
 __all__ = [
     "EVENT_TYPES",
+    "JOURNAL_PRUNED",
+    "OUTPUT_PRUNED",
     "QUEUED",
     "RETRY",
     "EffectState",

@@ -165,3 +165,22 @@ async def _sessions(db: aiosqlite.Connection) -> None:
         ALTER TABLE control ADD COLUMN grace_s REAL;
         """
     )
+
+
+@migration("m110_issue10d_control_expiry_and_pruning")
+async def _control_expiry_and_pruning(db: aiosqlite.Connection) -> None:
+    await db.executescript(
+        """
+        -- A control request is carried out only within its window (`effectd cancel` waits 10 s): past
+        -- `expires_at` it is answered `expired` and never acted on. `args` and `result` (JSON) carry an
+        -- `effectd prune` request and its outcome. Requests from before this migration are expired.
+        ALTER TABLE control ADD COLUMN expires_at TEXT;
+        ALTER TABLE control ADD COLUMN args TEXT;
+        ALTER TABLE control ADD COLUMN result TEXT;
+        UPDATE control SET answered_at = datetime('now'), answer = 'expired' WHERE answered_at IS NULL;
+
+        -- `effectd prune` removed the effect's output log and result file (EFFECT_OUTPUT_PRUNED).
+        ALTER TABLE effects ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX effects_by_finish ON effects (finished_at);
+        """
+    )

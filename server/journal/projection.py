@@ -15,11 +15,16 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace", "owner",
+    "workspace", "owner", "output_pruned",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
 )  # fmt: skip
+
+# `effectd prune` removed a finished effect's output log and result file: its output is gone (0 bytes).
+OUTPUT_PRUNED = "EFFECT_OUTPUT_PRUNED"
+# `effectd prune --journal` removed the events and rows of the effects and flows it names (data: counts).
+JOURNAL_PRUNED = "JOURNAL_PRUNED"
 
 TERMINAL_EVENTS = {
     "EFFECT_RESOLVED": "succeeded",
@@ -39,6 +44,8 @@ EVENT_TYPES = frozenset(
         "FLOW_COMPLETED",
         "BUDGET_SET",
         "BUDGET_EXCEEDED",
+        OUTPUT_PRUNED,
+        JOURNAL_PRUNED,
     }
 )
 
@@ -139,6 +146,7 @@ class EffectState:
     output_truncated: bool = False
     workspace: dict[str, Any] | None = None  # isolation: the effect's git worktree (journaled at start and end)
     owner: str | None = None  # the server that dispatched it (EFFECT_REQUESTED's `owner`; None before sessions)
+    output_pruned: bool = False
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -185,6 +193,8 @@ class EffectState:
                 self.status, self.pid = "queued", None
                 self.error, self.exit_code = retry.get("error"), retry.get("exit_code")
                 self.attempt = retry.get("attempt", self.attempt)
+        elif event.type == OUTPUT_PRUNED:
+            self.output_bytes, self.output_pruned = 0, True
         elif event.type in TERMINAL_EVENTS:
             self.status = TERMINAL_EVENTS[event.type]
             self.finished_at = data["finished_at"]
@@ -238,6 +248,7 @@ class EffectState:
             "step_id": spec.get("step_id"),
             "workspace": _dumps(self.workspace),
             "owner": self.owner,
+            "output_pruned": int(self.output_pruned),
         }
 
     def _spec_text(self) -> str:
@@ -272,6 +283,7 @@ class EffectState:
             output_truncated=bool(row["output_truncated"]),
             workspace=_loads(row.get("workspace")),
             owner=row.get("owner"),
+            output_pruned=bool(row.get("output_pruned", 0)),
             spec_text=row["spec"],
         )
 

@@ -8,12 +8,14 @@ request, which the live server that owns the journal answers.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from effectd.models import now_iso
+from effectd.models import format_iso, now_iso
 
 _BUSY_TIMEOUT_S = 10.0
 
@@ -87,16 +89,53 @@ class JournalReader:
         rows = self._rows("SELECT answer FROM control WHERE id = ?", request_id)
         return rows[0]["answer"] if rows else None
 
-    def request_control(self, effect_id: str, action: str, reason: str | None = None) -> int:
-        """Asks the live server that owns the journal to act on an effect (`cancel`); returns the request's id.
+    def request_control(
+        self,
+        effect_id: str,
+        action: str,
+        reason: str | None = None,
+        *,
+        window_s: float = 10.0,
+        args: dict[str, Any] | None = None,
+    ) -> int:
+        """Asks the live server that owns the journal to act on an effect (`cancel`), or on the journal
+        (`prune`, with `args`); returns the request's id.
 
-        The server polls the `control` table and answers each request (see `control_answer`)."""
+        The server polls the `control` table and answers each request (see `control_answer`) within
+        `window_s`; past it the request expires and is never carried out (see `expire_request`)."""
+        requested = datetime.now(UTC)
+        expires = requested + timedelta(seconds=window_s)
         with closing(self._connect("rw")) as conn, conn:
             cursor = conn.execute(
-                "INSERT INTO control (effect_id, action, reason, requested_at) VALUES (?, ?, ?, ?)",
-                (effect_id, action, reason, now_iso()),
+                "INSERT INTO control (effect_id, action, reason, requested_at, expires_at, args) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    effect_id,
+                    action,
+                    reason,
+                    format_iso(requested),
+                    format_iso(expires),
+                    None if args is None else json.dumps(args),
+                ),
             )
         request_id = cursor.lastrowid
         if request_id is None:  # pragma: no cover - an INSERT into a rowid table always gives one
             raise RuntimeError("the control request was not recorded")
         return request_id
+
+    def expire_request(self, request_id: int) -> str | None:
+        """Withdraws a request no server has answered: it is then never carried out. Returns None when it
+        is withdrawn, or the answer a server gave first (the request then stands)."""
+        with closing(self._connect("rw")) as conn, conn:
+            cursor = conn.execute(
+                "UPDATE control SET answered_at = ?, answer = 'expired' WHERE id = ? AND answered_at IS NULL",
+                (now_iso(), request_id),
+            )
+        if cursor.rowcount == 1:
+            return None
+        return self.control_answer(request_id)
+
+    def control_result(self, request_id: int) -> dict[str, Any] | None:
+        """What an answered request came to (an `effectd prune`'s report), or None while it runs."""
+        rows = self._rows("SELECT result FROM control WHERE id = ?", request_id)
+        return json.loads(rows[0]["result"]) if rows and rows[0]["result"] else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +17,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from effectd.journal.budgets import BUDGET_COLUMNS, BUDGET_EVENTS, UPSERT_BUDGET, budget_key, fold_budget
 from effectd.journal.migrations import migrate
-from effectd.journal.peers import OPEN_REQUESTS
 from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
 from effectd.journal.shared import begin_batch, screen
 from effectd.models import now_iso
@@ -72,6 +71,7 @@ class Journal:
         self._flow_rows: dict[str, dict[str, Any]] = {}
         self.batches = 0
         self.in_flight = 0
+        self._writing = anyio.Lock()  # a batch, or maintenance (`exclusive`), on the writer's connection
 
     @classmethod
     @asynccontextmanager
@@ -133,7 +133,8 @@ class Journal:
                 try:
                     with anyio.CancelScope(shield=True):
                         try:
-                            await self._write(await self._prepare(batch))
+                            async with self._writing:
+                                await self._write(await self._prepare(batch))
                         except Exception as exc:  # reported to every caller of the batch
                             error = exc
                             with suppress(Exception):
@@ -227,10 +228,17 @@ class Journal:
         rows = await self._db.execute_fetchall("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
         return dict(next(iter(rows))) if rows else None
 
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer's connection, with no batch under way until the context ends (maintenance such as
+        `effectd prune`; the caller commits what it changes)."""
+        async with self._writing:
+            yield self._db
+
     # --- reading ---------------------------------------------------------------------------------
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        rows = await self._read.execute_fetchall(sql, tuple(params))
+    async def fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        rows = await self._read.execute_fetchall(sql, params if isinstance(params, Mapping) else tuple(params))
         return [dict(row) for row in rows]
 
     async def effect(self, effect_id: str) -> dict[str, Any] | None:
@@ -344,20 +352,14 @@ class Journal:
             )
         return await self.fetch("SELECT * FROM flows ORDER BY flow_id DESC LIMIT ?", (limit,))
 
-    # --- control requests from other processes ---------------------------------------------------
+    # --- control requests from other processes (see `effectd.journal.requests`) ------------------
 
-    async def open_requests(self, server_id: str | None = None) -> list[dict[str, Any]]:
-        """The unanswered requests; with `server_id`, only those that server is to answer (its effects)."""
-        if server_id is not None:
-            return [dict(row) for row in await self._read.execute_fetchall(OPEN_REQUESTS, {"me": server_id})]
-        return await self.fetch("SELECT * FROM control WHERE answered_at IS NULL ORDER BY id")
-
-    async def answer_request(self, request_id: int, answer: str) -> None:
-        # On the second connection: the writer's connection may be inside a batch's transaction.
-        await self._read.execute(
-            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
-        )
+    async def write_aside(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs one write on the second connection and commits it (the writer's connection may be inside
+        a batch's transaction); returns how many rows it changed."""
+        cursor = await self._read.execute(sql, tuple(params))
         await self._read.commit()
+        return cursor.rowcount
 
 
 async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:

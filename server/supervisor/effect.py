@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from effectd.journal import EffectState, Event
+from effectd.journal import OUTPUT_PRUNED, EffectState, Event
 from effectd.models import TERMINAL, TRANSITIONS, EffectRecord, EffectSpec, format_iso, seconds_between
 from effectd.output import OutputLog
 
@@ -61,6 +61,10 @@ class Effect:
     def apply(self, event: Event) -> None:
         """Applies a committed event of this effect (the one way its state changes), then wakes its waiters."""
         self.state.apply(event)
+        if event.type == OUTPUT_PRUNED:  # the log is gone: its size and tail with it
+            pruned = OutputLog(self.output.path, self.output.limit, closed=True)
+            pruned.truncated = self.output.truncated
+            self.output = pruned
         if self.state.terminal:
             self.live_progress = None  # the terminal event carries the last progress
             if not self.output.closed:
@@ -151,6 +155,7 @@ class Effect:
             output_tail=self.output.tail(),
             output_bytes=self.output.size,
             output_truncated=self.output.truncated,
+            output_pruned=state.output_pruned,
             depends_on=list(self.spec.depends_on),
             pid=state.pid if state.status == "running" else None,
             attempt=state.attempt,

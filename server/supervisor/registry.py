@@ -60,6 +60,18 @@ class Registry:
         if effect.terminal:
             self.remember_finished(effect)
 
+    def loaded(self, effect_id: str) -> Effect | None:
+        """The effect if it is in memory (None: the journal answers for it)."""
+        return self._effects.get(effect_id)
+
+    def drop(self, effect_ids: Iterable[str]) -> None:
+        """Forgets finished effects (they left the journal: `effectd prune --journal`)."""
+        for effect_id in effect_ids:
+            effect = self._effects.get(effect_id)
+            if effect is not None and effect.terminal:
+                del self._effects[effect_id]
+                self._finished.pop(effect_id, None)
+
     def live(self) -> list[Effect]:
         """The effects this server drives that are not terminal."""
         return [e for e in self._effects.values() if not e.terminal and e.local]

@@ -1,0 +1,90 @@
+"""The `[http]` table of the configuration, and the HTTP token: from `--token`, `--token-file`,
+`$EFFECTD_TOKEN` or the table's `token_file`, in that order.
+
+A token file keeps the secret out of the process's command line (`/proc/PID/cmdline` is readable by
+every user of the machine); the file holds the token alone (surrounding whitespace and the final
+newline are ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from effectd.errors import ConfigError
+
+log = logging.getLogger("effectd")
+
+_KEYS = ("token_file", "max_connections", "header_timeout_s")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """`[http]`: `token_file`, `max_connections` (open connections at most), `header_timeout_s` (a
+    connection that has not sent its request headers within it is closed)."""
+
+    token_file: Path | None = None
+    max_connections: int = 256
+    header_timeout_s: float = 10.0
+
+
+def http_settings_of(table: Any) -> HttpSettings:
+    """The `[http]` table, checked (ConfigError names the key and what it takes)."""
+    if not isinstance(table, Mapping) or not set(table) <= set(_KEYS):
+        raise ConfigError(f"config [http] takes {', '.join(f'`{k}`' for k in _KEYS)}")
+    values: dict[str, Any] = {}
+    if "token_file" in table:
+        if not isinstance(table["token_file"], str) or not table["token_file"]:
+            raise ConfigError("config [http] token_file must be the path of a file holding the token")
+        values["token_file"] = Path(table["token_file"]).expanduser()
+    if "max_connections" in table:
+        value = table["max_connections"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+            raise ConfigError(f"config [http] max_connections must be an integer from 1 to 100000, not {value!r}")
+        values["max_connections"] = value
+    if "header_timeout_s" in table:
+        value = table["header_timeout_s"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
+            raise ConfigError(f"config [http] header_timeout_s must be seconds above 0, at most 600, not {value!r}")
+        values["header_timeout_s"] = float(value)
+    return HttpSettings(**values)
+
+
+def read_token_file(path: Path) -> str:
+    """The token a file holds (ConfigError when it cannot be read or holds none); warns when other users
+    may read it."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigError(f"token file {path} is not a regular file")
+            token = file.read(64 * 1024).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"token file {path} is not UTF-8 text") from exc
+    if not token:
+        raise ConfigError(f"token file {path} is empty; write the token into it")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("token file %s may be read by other users (mode %04o); `chmod 600` it", path, mode & 0o777)
+    return token
+
+
+def resolve_token(flag: str | None, flag_file: str | None, settings: HttpSettings) -> str | None:
+    """The HTTP token: `--token`, else `--token-file`, else $EFFECTD_TOKEN, else `[http] token_file`."""
+    if flag and flag_file is not None:
+        raise ConfigError("give the token once: --token or --token-file, not both")
+    if flag:
+        return flag
+    if flag_file is not None:
+        return read_token_file(Path(flag_file).expanduser())
+    if os.environ.get("EFFECTD_TOKEN"):
+        return os.environ["EFFECTD_TOKEN"]
+    if settings.token_file is not None:
+        return read_token_file(settings.token_file)
+    return None
