@@ -220,8 +220,8 @@ class Engine:
         rows = await self._journal.list_effects(run_id, group, statuses, limit)
         records = self._supervisor.records(rows)
         totals = await summarize_effects(self._journal, run_id, group, statuses) if summary else None
-        if totals is not None:
-            totals["budget"] = self._budgets.summary(run_id, group)
+        if totals is not None and (budget := self._budgets.summary(run_id, group)) is not None:
+            totals["budget"] = budget  # the group's (else the run's) budget, when it has one
         return EffectList(effects=records, summary=totals)
 
     async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
 from effectd.journal import JournalReader
-from effectd.ownership import owning
+from effectd.runner.procfs import process_start_time
 from tests.conftest import SLEEP, call, connected, effectd_bin, py, read_until, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +37,25 @@ async def queued_effect(settings, command: list[str] | None = None) -> dict:
     return queued
 
 
+@asynccontextmanager
+async def hung_owner(db: Path, effect_id: str) -> AsyncIterator[None]:
+    """Makes the server that dispatched `effect_id` look alive (its row names a live process started at
+    the recorded time) while it never answers a control request, as a hung server would."""
+    async with await anyio.open_process(["sleep", "60"]) as stand_in:
+        with sqlite3.connect(db) as conn:
+            (owner,) = conn.execute("SELECT owner FROM effects WHERE effect_id = ?", (effect_id,)).fetchone()
+            conn.execute(
+                "UPDATE servers SET pid = ?, pid_start = ?, host = ?, stopped_at = NULL WHERE server_id = ?",
+                (stand_in.pid, process_start_time(stand_in.pid), socket.gethostname(), owner),
+            )
+        try:
+            yield
+        finally:
+            stand_in.kill()
+            with sqlite3.connect(db) as conn:  # gone again: the next server takes its effects over
+                conn.execute("UPDATE servers SET stopped_at = datetime('now') WHERE server_id = ?", (owner,))
+
+
 def control_rows(db: Path) -> list[tuple[str, str | None]]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return conn.execute("SELECT action, answer FROM control ORDER BY id").fetchall()
@@ -48,8 +70,8 @@ async def run_effectd(*args: str) -> tuple[int, str, str]:
 async def test_a_cancel_that_no_server_answered_in_time_is_never_carried_out_later(settings):
     queued = await queued_effect(settings)
     db = settings.db
-    # A server that holds the journal but does not answer (hung): the command waits out its window.
-    async with owning(db):
+    # The effect's server still runs but does not answer (hung): the command waits out its window.
+    async with hung_owner(db, queued["effect_id"]):
         code, out, err = await run_effectd("cancel", queued["effect_id"], "--db", str(db), "--wait", "0.5")
     assert code == 2 and out == ""
     assert "no live server answered within 0.5 s; the request expired and will not be carried out" in err

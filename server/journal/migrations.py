@@ -14,6 +14,7 @@ MIGRATIONS: list[tuple[str, Migration]] = []
 def migration(name: str) -> Callable[[Migration], Migration]:
     def register(fn: Migration) -> Migration:
         MIGRATIONS.append((name, fn))
+        MIGRATIONS.sort(key=lambda entry: entry[0])  # applied in the order of their names
         return fn
 
     return register
