@@ -33,19 +33,23 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
     from effectd.tools import all_tools
     from effectd.tools.resources import ResourceFeed
+    from effectd.tools.tasks import TasksExtension
 
     feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
+    tools = all_tools()
+    tasks = TasksExtension(engine, tools)  # effects and flows as MCP tasks
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
-        async with feed.running():  # the feed's own tasks, never the engine's
+        async with feed.running(), tasks.running():  # their own tasks, never the engine's
             yield engine
 
     server = MCPServer(
         name="effectd",
         instructions=INSTRUCTIONS,
         version=_version(),
-        tools=all_tools(),
+        tools=tools,
+        extensions=[tasks],
         lifespan=lifespan,
         log_level="WARNING",
         subscriptions=feed.bus,
