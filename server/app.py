@@ -55,6 +55,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
         subscriptions=feed.bus,
     )
     feed.install(server)
+    tasks.install(server)
     return server
 
 

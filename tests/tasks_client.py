@@ -8,15 +8,28 @@ id over HTTP, as SEP-2663 wants).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import anyio
 from mcp import Client
-from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
+from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
 from mcp.client.session import ClientSession
-from mcp_types import CallToolResult, Request, RequestParams, Result
-from pydantic import ConfigDict
+from mcp_types import (
+    CallToolResult,
+    Request,
+    RequestParams,
+    Result,
+    SubscriptionFilter,
+    SubscriptionsAcknowledgedNotification,
+    SubscriptionsListenRequest,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 TASKS = "io.modelcontextprotocol/tasks"
 TERMINAL = ("completed", "failed", "cancelled")
@@ -101,13 +114,77 @@ async def _resolve(created: CreatedTask, ctx: ClaimContext) -> CallToolResult:
     return CallToolResult.model_validate(state.result)
 
 
+class TaskNotice(BaseModel):
+    """The params of `notifications/tasks`: the task as `tasks/get` would answer it."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    task_id: str
+    status: str
+    status_message: str | None = None
+    result: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = Field(default=None, alias="_meta")
+
+
 class TasksClient(ClientExtension):
-    """Declares the tasks extension and settles task results of `tools/call`."""
+    """Declares the tasks extension, settles task results of `tools/call`, and keeps the task
+    notifications that arrive (`notices`, with the monotonic time each arrived)."""
 
     identifier = TASKS
 
+    def __init__(self) -> None:
+        self.notices: list[tuple[float, TaskNotice]] = []
+        self.acks: list[dict[str, Any]] = []
+        self.arrived = anyio.Event()
+
+    async def on_message(self, message: Any) -> None:
+        """The client's message handler: keeps the listen acknowledgements (pass it as `message_handler`)."""
+        if isinstance(message, SubscriptionsAcknowledgedNotification):
+            self.acks.append(message.params.notifications.model_dump(by_alias=True, exclude_none=True))
+            self.arrived.set()
+            self.arrived = anyio.Event()
+
     def claims(self) -> list[ResultClaim[Any]]:
         return [ResultClaim(result_type="task", model=CreatedTask, resolve=_resolve)]
+
+    def notifications(self) -> list[NotificationBinding[Any]]:
+        return [NotificationBinding(method="notifications/tasks", params_type=TaskNotice, handler=self._notice)]
+
+    async def _notice(self, notice: TaskNotice) -> None:
+        self.notices.append((time.monotonic(), notice))
+        self.arrived.set()
+        self.arrived = anyio.Event()
+
+    async def wait_for(self, holds: Callable[[TaskNotice], bool], within_s: float = 20) -> TaskNotice:
+        """The first notice (so far or to come) for which `holds`."""
+        with anyio.fail_after(within_s):
+            while True:
+                for _, notice in self.notices:
+                    if holds(notice):
+                        return notice
+                await self.arrived.wait()
+
+
+@asynccontextmanager
+async def listening(client: Client, tasks: TasksClient, task_ids: list[str]) -> AsyncIterator[dict[str, Any]]:
+    """A raw `subscriptions/listen` stream for these task ids, open for the context (the client's
+    `listen` has no `taskIds`); yields the filter the server acknowledged."""
+    request = SubscriptionsListenRequest(
+        params=SubscriptionsListenRequestParams(notifications=SubscriptionFilter.model_validate({"taskIds": task_ids}))
+    )
+    acks = len(tasks.acks)
+    async with anyio.create_task_group() as tg:
+
+        async def listen() -> None:
+            await client.session.send_request(request, SubscriptionsListenResult, request_read_timeout_seconds=300)
+
+        tg.start_soon(listen)
+        with anyio.fail_after(20):
+            while len(tasks.acks) == acks:
+                await tasks.arrived.wait()
+        try:
+            yield tasks.acks[-1]
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def start_task(client: Client, tool: str, **arguments: Any) -> CreatedTask:

@@ -25,6 +25,7 @@ from tests.conftest import SLEEP, call, event_count, pid_alive, py, stdio_params
 from tests.tasks_client import (
     TASKS,
     TasksClient,
+    listening,
     settle,
     start_task,
     tasks_cancel,
@@ -246,7 +247,8 @@ async def test_tasks_get_after_a_restart_answers_from_the_journal(settings: Sett
 async def test_tasks_over_stdio_complete_cancel_and_survive_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     params = stdio_params(db, "--allow-any-command")
-    async with Client(params, read_timeout_seconds=70, extensions=[TasksClient()]) as client:
+    tasks = TasksClient()
+    async with Client(params, read_timeout_seconds=70, extensions=[tasks], message_handler=tasks.on_message) as client:
         assert client.server_capabilities.extensions == {TASKS: {}}
         task = await start_task(client, "dispatch_effect", command=py("print('over stdio')"))
         done = await settle(client.session, task.task_id)
@@ -255,7 +257,11 @@ async def test_tasks_over_stdio_complete_cancel_and_survive_a_restart(tmp_path: 
         slow = await start_task(client, "dispatch_effect", command=py(CHILD_WITH_GRANDCHILD), grace_s=0.3)
         state = await until(client, slow.task_id, lambda s: "pids" in (s.status_message or ""))
         pids = [int(p) for p in (state.status_message or "").split()[1:3]]
-        await tasks_cancel(client.session, slow.task_id)
+        async with listening(client, tasks, [slow.task_id]) as acknowledged:
+            assert acknowledged["taskIds"] == [slow.task_id]
+            await tasks_cancel(client.session, slow.task_id)
+            notice = await tasks.wait_for(lambda n: n.status == "cancelled")
+            assert "tasks/cancel" in (notice.status_message or "")
         cancelled = await settle(client.session, slow.task_id)
         assert cancelled.status == "cancelled" and "tasks/cancel" in (cancelled.status_message or "")
         assert not any(pid_alive(pid) for pid in pids)
@@ -308,3 +314,51 @@ async def test_over_http_tasks_get_needs_mcp_name_equal_to_the_task_id(engine: E
                 task = await start_task(aware, "dispatch_effect", command=py("print('http')"))
                 done = await settle(aware.session, task.task_id)
                 assert done.status == "completed"
+
+
+# --- notifications --------------------------------------------------------------------------------
+
+
+async def test_a_listener_gets_task_notifications_on_status_and_message_changes(engine: Engine, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ticker = (
+        "import os, sys, time\n"
+        "for i in range(1000):\n"
+        "    print(f'tick {i}', flush=True)\n"
+        "    if os.path.exists(sys.argv[1]): break\n"
+        "    time.sleep(0.05)\n"
+    )
+    tasks = TasksClient()
+    async with Client(
+        build_server(engine), read_timeout_seconds=70, extensions=[tasks], message_handler=tasks.on_message
+    ) as client:
+        task = await start_task(client, "dispatch_effect", command=py(ticker, str(gate)))
+        async with listening(client, tasks, [task.task_id, "eff_unknown"]) as acknowledged:
+            assert acknowledged["taskIds"] == [task.task_id, "eff_unknown"]
+            await tasks.wait_for(lambda n: (n.status_message or "").startswith("tick"))
+            # The effect prints 20 lines a second; let it print 60 more.
+            await until(client, task.task_id, lambda s: int((s.status_message or "tick 0").split()[1]) >= 60)
+            gate.touch()
+            done = await tasks.wait_for(lambda n: n.status == "completed")
+            assert done.task_id == task.task_id and done.result is not None
+            assert done.result["structuredContent"]["status"] == "succeeded"
+        ticks = [(at, n) for at, n in tasks.notices if (n.status_message or "").startswith("tick")]
+        assert len(ticks) >= 2, "the message changes while it runs are notified"
+        gaps = [later[0] - earlier[0] for earlier, later in zip(ticks, ticks[1:], strict=False)]
+        assert min(gaps) >= 0.9, f"status message notices at most once a second: {gaps}"
+        assert len(ticks) <= 6
+        assert all(n.task_id == task.task_id for _, n in tasks.notices)
+        assert all(n.meta and "io.modelcontextprotocol/subscriptionId" in n.meta for _, n in tasks.notices)
+
+
+async def test_a_listener_is_told_when_a_flow_task_is_cancelled(engine: Engine) -> None:
+    tasks = TasksClient()
+    async with Client(
+        build_server(engine), read_timeout_seconds=70, extensions=[tasks], message_handler=tasks.on_message
+    ) as client:
+        task = await start_task(client, "dispatch_flow", steps=[{"id": "slow", "command": py(SLEEP, "60")}])
+        async with listening(client, tasks, [task.task_id]):
+            await tasks.wait_for(lambda n: n.status == "working")
+            await tasks_cancel(client.session, task.task_id)
+            cancelled = await tasks.wait_for(lambda n: n.status == "cancelled")
+            assert cancelled.task_id == task.task_id

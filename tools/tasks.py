@@ -13,6 +13,7 @@ One more front-end beside the tools, on the SDK's public `Extension` (mcp 2.3 ha
   once and cancels as `cancel_effect` (or, for a flow, `cancel_group`) does, reason `user`, message
   `tasks/cancel`, in the extension's own task group; `tasks/update` is acknowledged (effectd's tasks
   never ask for input);
+- `subscriptions/listen` with `taskIds` gets `notifications/tasks` (see `task_listen`);
 - the tasks methods are bound to the 2026-07-28 protocol only (elsewhere -32601), need the extension on
   the request (else -32021), and on HTTP the `Mcp-Name` header must name the task.
 
@@ -31,7 +32,7 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension, MethodBinding
-from mcp.server.mcpserver import require_client_extension
+from mcp.server.mcpserver import MCPServer, require_client_extension
 from mcp.server.mcpserver.tools import Tool
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
@@ -43,8 +44,9 @@ from effectd.arguments import DispatchArguments
 from effectd.engine import Engine
 from effectd.errors import EffectdError, UnknownEffectError
 from effectd.flows import FlowRecord
-from effectd.mcp_compat import tool_result, validated_arguments
+from effectd.mcp_compat import lowlevel, tool_result, validated_arguments
 from effectd.models import EffectRecord
+from effectd.tools.task_listen import TaskListen
 from effectd.tools.task_views import TaskView, view_task
 
 TASKS = "io.modelcontextprotocol/tasks"
@@ -89,6 +91,14 @@ class TasksExtension(Extension):
                 yield
             finally:
                 self._tg = None
+
+    def install(self, server: MCPServer[Any]) -> None:
+        """Adds `taskIds` to the server's `subscriptions/listen` (task notifications; see task_listen)."""
+        inner = lowlevel(server)
+        entry = inner.get_request_handler("subscriptions/listen")
+        if entry is not None:
+            listen = TaskListen(entry.handler, self._engine, self.view, declared)
+            inner.add_request_handler("subscriptions/listen", entry.params_type, listen)
 
     def settings(self) -> dict[str, Any]:
         return {}
