@@ -31,7 +31,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     """The MCP server over an engine that is already open (the engine outlives every connection)."""
     # Argument errors reach an agent as text: keep pydantic's message, drop its documentation links.
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
-    from effectd.tools import all_tools
+    from effectd.tools import all_tools, prompts
     from effectd.tools.resources import ResourceFeed
     from effectd.tools.tasks import TasksExtension
 
@@ -56,6 +56,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     )
     feed.install(server)
     tasks.install(server)
+    prompts.install(server)  # none: not advertised, and prompts/get is -32602
     return server
 
 

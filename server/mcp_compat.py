@@ -10,6 +10,8 @@ moves one fails loudly there instead of somewhere deep in a transport.
   the request (how a 2025-protocol `resources/subscribe` is answered later).
 - `set_arguments(tool, model)`: a tool's argument model, replaced by a strict one (unknown names and
   wrong types refused, not dropped or coerced).
+- `remove_request_handler(server, method)`: a method MCPServer registers that effectd does not serve
+  (`prompts/list`: effectd has no prompts, so it must not advertise them).
 - `validated_arguments(tool, arguments)`, `tool_result(tool, value)`: a tool's argument check and its
   result conversion, run outside a tool call (an MCP task answers with the foreground call's result).
 """
@@ -56,3 +58,8 @@ def tool_result(tool: Tool, value: Any) -> dict[str, Any]:
     """The `CallToolResult` (as wire JSON) the tool answers when its function returns `value`."""
     result = tool.fn_metadata.convert_result(value)
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def remove_request_handler(server: MCPServer[Any], method: str) -> None:
+    """Stops serving `method` (the low-level server derives its capabilities from what it serves)."""
+    lowlevel(server)._request_handlers.pop(method, None)
