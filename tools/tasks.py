@@ -178,12 +178,18 @@ class TasksExtension(Extension):
                 cancel = partial(self._engine.cancel_flow, params.task_id, message=CANCEL_MESSAGE)
             except UnknownEffectError:
                 return {"resultType": "complete"}  # SEP-2663: tasks/cancel acknowledges any task id
-        self._tg.start_soon(cancel)  # answered at once; the cancel (reason `user`) goes on here
+        self._tg.start_soon(_shielded, cancel)  # answered at once; the cancel (reason `user`) goes on here
         return {"resultType": "complete"}
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> HandlerResult:
         _check(ctx, params)
         return {"resultType": "complete"}  # effectd's tasks never ask for input; SEP-2663 acks any update
+
+
+async def _shielded(cancel: Callable[[], Awaitable[object]]) -> None:
+    """Runs a cancel that was acknowledged: seen through even when the server stops meanwhile."""
+    with anyio.CancelScope(shield=True):
+        await cancel()
 
 
 def _check(ctx: ServerRequestContext[Any, Any], params: TaskParams) -> None:
