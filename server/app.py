@@ -33,6 +33,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
     from effectd.tools import all_tools, prompts
     from effectd.tools.resources import ResourceFeed
+    from effectd.tools.task_legacy import LegacyTasks
     from effectd.tools.tasks import TasksExtension
 
     feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
@@ -50,6 +51,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
         version=_version(),
         tools=tools,
         extensions=[tasks],
+        middleware=[LegacyTasks(tasks)],  # the 2025-11-25 task form, on legacy connections
         lifespan=lifespan,
         log_level="WARNING",
         subscriptions=feed.bus,

@@ -51,6 +51,9 @@ async def test_the_extension_is_advertised_as_an_empty_object(engine: Engine) ->
     async with task_client(engine) as client:
         assert client.protocol_version == "2026-07-28"
         assert client.server_capabilities.extensions == {TASKS: {}}
+        assert client.server_capabilities.tasks is None  # the 2025-11-25 capability: legacy connections only
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert tools["dispatch_effect"].execution is None  # no annotation is needed on 2026-07-28
 
 
 async def test_a_dispatch_becomes_a_task_that_completes_with_the_foreground_result(engine: Engine) -> None:

@@ -14,6 +14,7 @@ One more front-end beside the tools, on the SDK's public `Extension` (mcp 2.3 ha
   `tasks/cancel`, in the extension's own task group; `tasks/update` is acknowledged (effectd's tasks
   never ask for input);
 - `subscriptions/listen` with `taskIds` gets `notifications/tasks` (see `task_listen`);
+- the 2025-11-25 form (`params.task`) is served on legacy connections by `task_legacy.LegacyTasks`;
 - the tasks methods are bound to the 2026-07-28 protocol only (elsewhere -32601), need the extension on
   the request (else -32021), and on HTTP the `Mcp-Name` header must name the task.
 
@@ -125,13 +126,21 @@ class TasksExtension(Extension):
         if arguments.get("background"):
             return await call_next(ctx)
         try:
-            task_id = await self._dispatch(tool.name, arguments)
+            task_id = await self.dispatch(tool.name, arguments)
         except EffectdError:
             return await call_next(ctx)  # refused before anything was written: the tool says why
         view = await self.view(task_id)
         return {"resultType": "task", **view.to_wire()}
 
-    async def _dispatch(self, name: str, arguments: dict[str, Any]) -> str:
+    @property
+    def tool_names(self) -> frozenset[str]:
+        return frozenset(self._tools)
+
+    def tool(self, name: str) -> Tool:
+        return self._tools[name]
+
+    async def dispatch(self, name: str, arguments: dict[str, Any]) -> str:
+        """Dispatches what a task-backed call of `name` asks (arguments already validated); the task id."""
         if name == "dispatch_effect":
             call = DispatchArguments.model_construct(**arguments)
             return (await self._engine.dispatch(call.request())).record.effect_id
@@ -166,20 +175,46 @@ class TasksExtension(Extension):
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
         _check(ctx, params)
+        await self.cancel_soon(params.task_id)  # SEP-2663: acknowledged for any task id, known or not
+        return {"resultType": "complete"}
+
+    async def cancel_soon(self, task_id: str) -> bool:
+        """Starts cancelling the task (reason `user`, message `tasks/cancel`) and returns at once; False
+        for an unknown id."""
         if self._tg is None:
             raise MCPError(INTERNAL_ERROR, "the tasks extension is not running")
         cancel: Callable[[], Awaitable[object]]
         try:
-            await self._engine.poll(params.task_id)
-            cancel = partial(self._engine.cancel, params.task_id, message=CANCEL_MESSAGE)
+            await self._engine.poll(task_id)
+            cancel = partial(self._engine.cancel, task_id, message=CANCEL_MESSAGE)
         except UnknownEffectError:
             try:
-                await self._engine.poll_flow(params.task_id)
-                cancel = partial(self._engine.cancel_flow, params.task_id, message=CANCEL_MESSAGE)
+                await self._engine.poll_flow(task_id)
             except UnknownEffectError:
-                return {"resultType": "complete"}  # SEP-2663: tasks/cancel acknowledges any task id
-        self._tg.start_soon(_shielded, cancel)  # answered at once; the cancel (reason `user`) goes on here
-        return {"resultType": "complete"}
+                return False
+            cancel = partial(self._engine.cancel_flow, task_id, message=CANCEL_MESSAGE)
+        self._tg.start_soon(_shielded, cancel)  # the cancel goes on here, after the answer
+        return True
+
+    async def wait(self, task_id: str) -> None:
+        """Waits, without bound, for the task to end."""
+        if await self._is_flow(task_id):
+            await self._engine.follow_flow(task_id, None)
+        else:
+            await self._engine.follow(task_id, None)
+
+    async def final_result(self, task_id: str) -> dict[str, Any]:
+        """The `CallToolResult` (wire JSON) the foreground call returns for the task as it is now."""
+        if await self._is_flow(task_id):
+            return self._flow_result(await self._engine.poll_flow(task_id))
+        return self._effect_result(await self._engine.poll(task_id))
+
+    async def _is_flow(self, task_id: str) -> bool:
+        try:
+            await self._engine.poll(task_id)
+        except UnknownEffectError:
+            return True
+        return False
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> HandlerResult:
         _check(ctx, params)
