@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+from mcp_types import INVALID_PARAMS, GetTaskRequest, GetTaskRequestParams, GetTaskResult
 
 from effectd.app import build_server
 from effectd.config import Settings
@@ -219,14 +219,22 @@ async def test_a_client_without_the_extension_gets_no_task_and_minus_32021_on_ta
             assert raised.value.error.code == MISSING_CLIENT_CAPABILITY
 
 
-async def test_tasks_methods_are_not_found_on_a_legacy_connection(engine: Engine) -> None:
+async def test_a_legacy_connection_gets_the_2025_task_shape_not_the_extensions(engine: Engine) -> None:
     async with serving(engine) as url, http_client(url, mode="legacy") as legacy:
         assert legacy.protocol_version.startswith("2025")
-        with pytest.raises(MCPError) as raised:
-            await tasks_get(legacy.session, "eff_x")
-        assert raised.value.error.code == METHOD_NOT_FOUND
-        record = await call(legacy, "dispatch_effect", command=py("1"))  # inline, as ever
+        assert legacy.server_capabilities.extensions is None
+        record = await call(legacy, "dispatch_effect", command=py("1"))  # no params.task: inline, as ever
         assert record["status"] == "succeeded"
+        task = await legacy.session.send_request(
+            GetTaskRequest(params=GetTaskRequestParams(task_id=record["effect_id"])), GetTaskResult
+        )
+        assert task.status == "completed" and task.ttl is None  # 2025-11-25: `ttl`, no `result` inline
+        assert "result" not in (task.model_extra or {})
+        with pytest.raises(MCPError) as raised:
+            await legacy.session.send_request(
+                GetTaskRequest(params=GetTaskRequestParams(task_id="eff_x")), GetTaskResult
+            )
+        assert raised.value.error.code == INVALID_PARAMS
 
 
 async def test_tasks_get_after_a_restart_answers_from_the_journal(settings: Settings) -> None:
