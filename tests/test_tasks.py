@@ -4,6 +4,7 @@ clients, with the official Python client in memory, over stdio and over HTTP, de
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -109,6 +110,7 @@ async def test_a_queued_task_says_its_place_in_the_queue(settings: Settings, tmp
     gate = tmp_path / "gate"
     async with Engine.open(replace(settings, max_concurrency=1)) as engine, task_client(engine) as client:
         first = await start_task(client, "dispatch_effect", command=py(WAIT_FOR_FILE, str(gate)))
+        await until(client, first.task_id, lambda s: s.status_message == "started")  # it holds the one slot
         second = await start_task(client, "dispatch_effect", command=py("print(1)"))
         third = await start_task(client, "dispatch_effect", command=py("print(2)"))
         state = await until(client, third.task_id, lambda s: (s.status_message or "").startswith("queued"))
@@ -373,3 +375,26 @@ async def test_a_listener_is_told_when_a_flow_task_is_cancelled(engine: Engine) 
             await tasks_cancel(client.session, task.task_id)
             cancelled = await tasks.wait_for(lambda n: n.status == "cancelled")
             assert cancelled.task_id == task.task_id
+
+
+@pytest.mark.slow
+async def test_a_sub_agent_task_over_stdio_shows_the_harness_progress_then_its_parsed_result(tmp_path: Path) -> None:
+    config = tmp_path / "effectd.toml"
+    config.write_text(
+        f"""
+result_grace_s = 0.5
+
+[harness.fake]
+command = [{sys.executable!r}, "-m", "effectd.harness.fake", "{{args}}", "{{prompt}}"]
+parser = "claude"
+env = {{ FAKE_HARNESS_DELAY = "0.3" }}
+"""
+    )
+    params = stdio_params(tmp_path / "j.db", "--config", str(config))
+    async with Client(params, read_timeout_seconds=70, extensions=[TasksClient()]) as client:
+        task = await start_task(client, "dispatch_effect", harness="fake", prompt="summarise", args=["--steps", "4"])
+        working = await until(client, task.task_id, lambda s: "Step" in (s.status_message or ""))
+        assert working.status == "working" and not (working.status_message or "").startswith("{")
+        done = await settle(client.session, task.task_id)
+        assert done.status == "completed" and done.result is not None
+        assert done.result["structuredContent"]["result"]["answer"] == "Done: summarise"

@@ -15,8 +15,9 @@ One more front-end beside the tools, on the SDK's public `Extension` (mcp 2.3 ha
   never ask for input);
 - `subscriptions/listen` with `taskIds` gets `notifications/tasks` (see `task_listen`);
 - the 2025-11-25 form (`params.task`) is served on legacy connections by `task_legacy.LegacyTasks`;
-- the tasks methods are bound to the 2026-07-28 protocol only (elsewhere -32601), need the extension on
-  the request (else -32021), and on HTTP the `Mcp-Name` header must name the task.
+- these tasks methods are bound to the 2026-07-28 protocol only (on legacy connections the middleware
+  answers the 2025-11-25 ones), need the extension on the request (else -32021), and on HTTP the
+  `Mcp-Name` header must name the task.
 
 The task state lives in the engine, which already keeps it durably: the request that created a task
 ends with its response; only a cancel under way outlives its request, in the group `running()` owns.
