@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the project is i
     sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
+from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
 from effectd.arguments import EffectRequest  # noqa: E402
 from effectd.config import build_settings  # noqa: E402
@@ -462,6 +463,29 @@ def show_latency(label: str, samples: list[float], base_label: str, base: list[f
         )
 
 
+async def bench_task_round_trips(root: Path, calls: int, figures: list[Figure]) -> None:
+    """MCP tasks: a client that declares io.modelcontextprotocol/tasks gets a CreateTaskResult for
+    dispatch_effect; its round trip and tasks/get's, beside poll_effect in the same loop."""
+    say("  MCP tasks (a client declaring io.modelcontextprotocol/tasks; poll_effect taken in the same loop):")
+    tasks = task_client_extensions()
+    async with (
+        open_engine(Path(tempfile.mkdtemp(dir=root))) as engine,
+        Client(build_server(engine), extensions=tasks) as client,
+    ):
+        create, get, poll = await task_round_trips(client, calls, [TRUE], call)
+    show_latency("in memory: tools/call -> CreateTaskResult", create, "in memory: poll_effect (baseline)", poll)
+    show_latency("in memory: tasks/get (finished task)", get, "in memory: poll_effect (baseline)", poll)
+    figures += latency_figures("tasks", "in-memory task create", create, poll, "poll_effect, in memory")
+    figures += latency_figures("tasks", "in-memory tasks/get", get, poll, "poll_effect, in memory")
+    workdir = Path(tempfile.mkdtemp(dir=root))
+    async with Client(stdio_params(workdir), read_timeout_seconds=70, extensions=task_client_extensions()) as client:
+        create, get, poll = await task_round_trips(client, calls, [TRUE], call)
+    show_latency("stdio: tools/call -> CreateTaskResult", create, "stdio: poll_effect (baseline)", poll)
+    show_latency("stdio: tasks/get (finished task)", get, "stdio: poll_effect (baseline)", poll)
+    figures += latency_figures("tasks", "stdio task create", create, poll, "poll_effect, stdio")
+    figures += latency_figures("tasks", "stdio tasks/get", get, poll, "poll_effect, stdio")
+
+
 async def bench_dispatch(root: Path, calls: int, figures: list[Figure]) -> None:
     say(
         f"\n== 2. dispatch_effect(background) round trip, {calls} sequential calls of `{TRUE}` (each awaited before "
@@ -486,6 +510,7 @@ async def bench_dispatch(root: Path, calls: int, figures: list[Figure]) -> None:
         dispatch, poll = await dispatch_round_trips(client, calls)
     show_latency("stdio: dispatch_effect", dispatch, "stdio: poll_effect (baseline)", poll)
     figures += latency_figures("dispatch", "stdio dispatch", dispatch, poll, "poll_effect, stdio")
+    await bench_task_round_trips(root, calls, figures)
 
     t0 = time.perf_counter()
     importer = await anyio.run_process(

@@ -32,26 +32,34 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     """The MCP server over an engine that is already open (the engine outlives every connection)."""
     # Argument errors reach an agent as text: keep pydantic's message, drop its documentation links.
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
-    from effectd.tools import all_tools
+    from effectd.tools import all_tools, prompts
     from effectd.tools.resources import ResourceFeed
+    from effectd.tools.task_legacy import LegacyTasks
+    from effectd.tools.tasks import TasksExtension
 
     feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
+    tools = all_tools()
+    tasks = TasksExtension(engine, tools)  # effects and flows as MCP tasks
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
-        async with feed.running():  # the feed's own tasks, never the engine's
+        async with feed.running(), tasks.running():  # their own tasks, never the engine's
             yield engine
 
     server = MCPServer(
         name="effectd",
         instructions=INSTRUCTIONS,
         version=_version(),
-        tools=all_tools(),
+        tools=tools,
+        extensions=[tasks],
+        middleware=[LegacyTasks(tasks)],  # the 2025-11-25 task form, on legacy connections
         lifespan=lifespan,
         log_level="WARNING",
         subscriptions=feed.bus,
     )
     feed.install(server)
+    tasks.install(server)
+    prompts.install(server)  # none: not advertised, and prompts/get is -32602
     return server
 
 

@@ -10,6 +10,10 @@ moves one fails loudly there instead of somewhere deep in a transport.
   the request (how a 2025-protocol `resources/subscribe` is answered later).
 - `set_arguments(tool, model)`: a tool's argument model, replaced by a strict one (unknown names and
   wrong types refused, not dropped or coerced).
+- `remove_request_handler(server, method)`: a method MCPServer registers that effectd does not serve
+  (`prompts/list`: effectd has no prompts, so it must not advertise them).
+- `validated_arguments(tool, arguments)`, `tool_result(tool, value)`: a tool's argument check and its
+  result conversion, run outside a tool call (an MCP task answers with the foreground call's result).
 """
 
 from __future__ import annotations
@@ -42,3 +46,20 @@ def set_arguments(tool: Tool, model: type[ArgModelBase]) -> None:
 def arguments_of(tool: Tool) -> type[ArgModelBase]:
     """The model that validates the tool's arguments."""
     return tool.fn_metadata.arg_model
+
+
+def validated_arguments(tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The tool's arguments as its function receives them (pydantic's ValidationError when it would
+    refuse them)."""
+    return tool.fn_metadata.validate_arguments(arguments)
+
+
+def tool_result(tool: Tool, value: Any) -> dict[str, Any]:
+    """The `CallToolResult` (as wire JSON) the tool answers when its function returns `value`."""
+    result = tool.fn_metadata.convert_result(value)
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def remove_request_handler(server: MCPServer[Any], method: str) -> None:
+    """Stops serving `method` (the low-level server derives its capabilities from what it serves)."""
+    lowlevel(server)._request_handlers.pop(method, None)

@@ -6,6 +6,9 @@ and still means what effectd relies on, so an SDK release that moves one fails h
 - `connection_of(session)`: the per-client connection behind a per-request session; effectd keeps it (weakly)
   after a `resources/subscribe` returns and later sends `notifications/resources/updated` on it.
 - `arguments_of(tool)` / `set_arguments(tool, model)`: the model that validates a tool's arguments.
+- `validated_arguments(tool, arguments)` / `tool_result(tool, value)`: a tool's argument check and result
+  conversion, run by the MCP tasks front-end outside a tool call.
+- `remove_request_handler(server, method)`: a method MCPServer serves that effectd does not (`prompts/list`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,20 @@ from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.memory import create_client_server_memory_streams
 from mcp_types import EmptyResult, ResourceUpdatedNotification, SubscribeRequestParams
 from pydantic import ConfigDict, Field, ValidationError
 
-from effectd.mcp_compat import arguments_of, connection_of, lowlevel, set_arguments
+from effectd.mcp_compat import (
+    arguments_of,
+    connection_of,
+    lowlevel,
+    remove_request_handler,
+    set_arguments,
+    tool_result,
+    validated_arguments,
+)
 from tests.conftest import structured, text_of
 
 pytestmark = pytest.mark.anyio
@@ -190,3 +201,26 @@ async def test_a_server_built_with_a_tool_whose_arguments_were_set_validates_and
             result = await client.call_tool("add", wrong)
             assert result.is_error, f"{wrong} was accepted"
             assert why in text_of(result)
+
+
+def test_validated_arguments_and_tool_result_are_the_tools_own_check_and_conversion() -> None:
+    """What an MCP task uses to check `tools/call` arguments and to answer with the foreground result."""
+    tool = Tool.from_function(add)
+    set_arguments(tool, StrictAdd)
+    assert validated_arguments(tool, {"a": 3}) == {"a": 3, "b": 5}
+    with pytest.raises(ValidationError):
+        validated_arguments(tool, {"a": "3"})
+    result = tool_result(tool, 8)
+    assert result["structuredContent"] == {"result": 8} and result["isError"] is False
+    assert result["content"] == [{"type": "text", "text": "8"}]
+
+
+async def test_remove_request_handler_stops_serving_a_method_and_advertising_it() -> None:
+    server: MCPServer[Any] = MCPServer("compat")
+    async with Client(server) as client:
+        assert client.server_capabilities.prompts is not None
+    remove_request_handler(server, "prompts/list")
+    async with Client(server) as client:
+        assert client.server_capabilities.prompts is None
+        with pytest.raises(MCPError):
+            await client.list_prompts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -59,6 +60,35 @@ def _not_unicode(value: Any, path: tuple[str, ...]) -> str | None:
     return None
 
 
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _numeric_fields(schema: dict[str, Any]) -> dict[str, str]:
+    """The arguments whose JSON type is a number (`number` or `integer`) and never a string."""
+    found: dict[str, str] = {}
+    for name, prop in schema.get("properties", {}).items():
+        types = {prop.get("type")} | {option.get("type") for option in prop.get("anyOf", [])}
+        if "string" not in types and types & {"number", "integer"}:
+            found[name] = "number" if "number" in types else "integer"
+    return found
+
+
+def _numbers_from_strings(data: dict[str, Any], numeric: dict[str, str]) -> dict[str, Any]:
+    """A number sent as a string (the MCP Inspector CLI sends `"1"` for a `number | null`) becomes the
+    number; any other string stays as it is, and is refused."""
+    converted = dict(data)
+    for name, kind in numeric.items():
+        value = data.get(name)
+        if isinstance(value, str):
+            text = value.strip()
+            if _INTEGER.match(text):
+                converted[name] = int(text)
+            elif kind == "number" and _NUMBER.match(text):
+                converted[name] = float(text)
+    return converted
+
+
 def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None) -> Tool:
     """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped.
 
@@ -68,6 +98,7 @@ def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None
     tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
     base: type[BaseModel] = arguments_of(tool) if arguments is None else arguments
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
+    numeric = _numeric_fields(base.model_json_schema(by_alias=True))
 
     # The SDK calls the tool with `model_dump_one_level()` of its argument model: an ArgModelBase.
     shared = base if issubclass(base, ArgModelBase) else create_model(base.__name__, __base__=(ArgModelBase, base))
@@ -93,6 +124,7 @@ def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None
                         "argument {where} holds text that is not valid Unicode (a lone surrogate); send UTF-8 text",
                         {"where": where},
                     )
+                return _numbers_from_strings(data, numeric)
             return data
 
     # Named after the tool, so a validation error says which tool's arguments were wrong.
