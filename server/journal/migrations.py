@@ -113,3 +113,9 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
         await db.commit()
         applied.append(name)
     return applied
+
+
+@migration("m110_issue10a_result_error")
+async def _result_error(db: aiosqlite.Connection) -> None:
+    """Why a result file that was there was not read (record field `result_error`)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN result_error TEXT")

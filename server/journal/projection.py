@@ -14,7 +14,7 @@ EFFECT_COLUMNS = (
     "effect_id", "run_id", "group_name", "label", "key", "kind", "harness", "command", "spec", "status",
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
-    "terminal_seq", "flow_id", "step_id",
+    "terminal_seq", "flow_id", "step_id", "result_error",
 )  # fmt: skip
 FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
 
@@ -63,6 +63,7 @@ def terminal_event(
     signal: int | None = None,
     error: str | None = None,
     result: Any = None,
+    result_error: str | None = None,
     output_bytes: int = 0,
     output_truncated: bool = False,
     attempt: int | None = None,
@@ -80,6 +81,8 @@ def terminal_event(
         "output_bytes": output_bytes,
         "output_truncated": output_truncated,
     }
+    if result_error is not None:
+        data["result_error"] = result_error
     if attempt is not None:
         data["attempt"] = attempt
     if status == "cancelled":
@@ -120,6 +123,7 @@ class EffectState:
     signal: int | None = None
     error: str | None = None
     result: Any = None
+    result_error: str | None = None
     cancel_reason: str | None = None
     cancel_message: str | None = None
     pid: int | None = None
@@ -177,6 +181,7 @@ class EffectState:
             self.finished_at = data["finished_at"]
             self.exit_code, self.signal = data.get("exit_code"), data.get("signal")
             self.error, self.result = data.get("error"), data.get("result")
+            self.result_error = data.get("result_error")
             self.cancel_reason, self.cancel_message = data.get("cancel_reason"), data.get("cancel_message")
             self.output_bytes = data.get("output_bytes", self.output_bytes)
             self.output_truncated = bool(data.get("output_truncated", self.output_truncated))
@@ -221,6 +226,7 @@ class EffectState:
             "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
+            "result_error": self.result_error,
         }
 
     def _spec_text(self) -> str:
@@ -244,6 +250,7 @@ class EffectState:
             signal=row["signal"],
             error=row["error"],
             result=_loads(row["result"]),
+            result_error=row.get("result_error"),  # a journal a reader sees before its server migrated it
             cancel_reason=row["cancel_reason"],
             cancel_message=row["cancel_message"],
             pid=row["pid"],

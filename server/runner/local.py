@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 import anyio
 
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
+from effectd.runner.files import RESULT_LIMIT_BYTES, read_result_file
 from effectd.runner.procfs import effect_processes, live_members, process_start_time
 
 log = logging.getLogger("effectd")
@@ -76,9 +76,16 @@ def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> No
 
 
 class LocalProcess(ProcessHandle):
-    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int, result_file: str | None = None) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        output_fd: int,
+        result_file: str | None = None,
+        result_limit_bytes: int = RESULT_LIMIT_BYTES,
+    ) -> None:
         self._popen = popen
         self._result_file = result_file
+        self._result_limit = result_limit_bytes
         self.pid = popen.pid
         self.start_marker: int | None = None
         self._output_fd: int | None = output_fd
@@ -157,11 +164,11 @@ class LocalProcess(ProcessHandle):
             delay = min(delay * 2, 0.05)
 
     async def read_result(self) -> Any:
-        # Most effects write no result: a stat (which never blocks on the file's content) says so at
-        # once; a file that is there is read off the event loop.
-        if self._result_file is None or not os.path.lexists(self._result_file):  # noqa: ASYNC240 - a stat
+        # Most effects write no result: an lstat (which never blocks on what is there) says so at once.
+        # A file that is there is opened without blocking or following links, and read off the loop.
+        if self._result_file is None or not os.path.lexists(self._result_file):  # noqa: ASYNC240 - an lstat
             return None
-        return await anyio.to_thread.run_sync(_read_result_file, self._result_file)
+        return await anyio.to_thread.run_sync(read_result_file, self._result_file, self._result_limit)
 
     def close(self) -> None:
         for fd in (self._output_fd, self._pidfd):
@@ -190,18 +197,6 @@ class LocalRunner(Runner):
         if not processes:
             return
         await anyio.to_thread.run_sync(_kill_leftovers, list(processes))
-
-
-def _read_result_file(path: str) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-    try:
-        return json.loads(text) if text.strip() else None
-    except json.JSONDecodeError:
-        log.warning("result file %s is not valid JSON; ignored", path)
-        return None
 
 
 def _kill_leftovers(processes: list[RecordedProcess]) -> None:
@@ -263,4 +258,4 @@ def _spawn(launch: Launch) -> LocalProcess:
         if stdin_fd is not None:
             os.close(stdin_fd)
     os.set_blocking(read_fd, False)
-    return LocalProcess(popen, read_fd, launch.result_file)
+    return LocalProcess(popen, read_fd, launch.result_file, launch.result_limit_bytes)

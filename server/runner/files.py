@@ -1,0 +1,89 @@
+"""Files an effect can reach, opened so that nothing the effect puts in their place can block the server.
+
+An effect knows where its result file is (and so where the output directory is). It can leave a FIFO
+there (an open would wait for a writer forever), a symbolic link to anything, or a file of any size.
+These files are opened without following a link and without blocking (`O_NOFOLLOW | O_NONBLOCK`),
+checked to be regular files with `fstat` on the descriptor actually opened (no race with a rename),
+and read only within a bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from typing import Any
+
+from effectd.runner.base import ResultFileError
+
+RESULT_LIMIT_BYTES = 1024 * 1024
+_SAFE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def file_kind(mode: int) -> str:
+    """What kind of file a `st_mode` is, in words."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:
+    """The JSON value in the result file at `path`; None when there is no file or it is empty.
+
+    Raises ResultFileError, naming why, when a file is there but is not read: a symbolic link (never
+    followed), not a regular file, larger than `limit` bytes (refused by its size, before any byte is
+    read), not UTF-8, or not JSON. Blocking only on the reading of a regular file of at most `limit`
+    bytes: run it off the event loop."""
+    try:
+        fd = os.open(path, _SAFE_READ)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ResultFileError("the result file is a symbolic link; links are not followed") from None
+        raise ResultFileError(f"the result file could not be opened: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultFileError(f"the result file is {file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise ResultFileError(f"the result file is {info.st_size} bytes, over result_limit_bytes ({limit})")
+        data = _read_at_most(fd, limit + 1)
+    except OSError as exc:
+        raise ResultFileError(f"the result file could not be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew after the fstat
+        raise ResultFileError(f"the result file is over result_limit_bytes ({limit})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultFileError(f"the result file is not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ResultFileError("the result file is not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise ResultFileError(f"the result file is not JSON: {exc}") from None
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    parts, total = [], 0
+    while total < size:
+        chunk = os.read(fd, min(size - total, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
