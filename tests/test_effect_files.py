@@ -115,6 +115,17 @@ async def test_a_result_file_that_is_not_json_says_so_and_the_reason_is_journale
     assert again.result_error == listed.effects[0].result_error == record["result_error"]
 
 
+async def test_a_result_nested_too_deep_to_be_returned_is_refused_and_list_effects_still_answers(settings: Any) -> None:
+    async with connected(settings) as (_, client):
+        deep = await call(client, "dispatch_effect", command=write_result("[" * 900 + "]" * 900), wait_s=20)
+        fine = await call(client, "dispatch_effect", command=write_result("[" * 100 + "]" * 100), wait_s=20)
+        listed = await call(client, "list_effects")
+    assert deep["result"] is None
+    assert deep["result_error"] == "the result file's JSON is nested more than 100 levels deep"
+    assert fine["result_error"] is None and fine["result"] is not None
+    assert len(listed["effects"]) == 2
+
+
 @pytest.mark.slow
 async def test_a_100_mb_result_file_is_refused_by_its_size_without_costing_memory(tmp_path: Path) -> None:
     # 50 million small numbers: read and parsed as before, about 1 GB of the server's memory.

@@ -18,6 +18,9 @@ from typing import Any
 from effectd.runner.base import ResultFileError
 
 RESULT_LIMIT_BYTES = 1024 * 1024
+# Deeper JSON is refused: a record carrying it could not be serialized (pydantic stops at about 250
+# levels), and every call that returns the record (list_effects of its run included) would fail.
+RESULT_MAX_DEPTH = 100
 _SAFE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -71,11 +74,29 @@ def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:
-        raise ResultFileError("the result file is not usable JSON: nested too deeply") from None
+        value = _TOO_DEEP
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise ResultFileError(f"the result file is not JSON: {exc}") from None
+    if value is _TOO_DEEP or _deeper_than(value, RESULT_MAX_DEPTH):
+        raise ResultFileError(f"the result file's JSON is nested more than {RESULT_MAX_DEPTH} levels deep")
+    return value
+
+
+_TOO_DEEP = object()
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in `value` nest more than `limit` levels (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _read_at_most(fd: int, size: int) -> bytes:
