@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -130,7 +132,8 @@ class _Stdin:
 class _Stdout:
     """Writes protocol lines to a private copy of fd 1 without blocking the event loop.
 
-    When the client closes its end, `on_closed` is called once; what is written after that is dropped."""
+    When the client closes its end, `on_closed` is called once; what is written after that is dropped.
+    A write finds out (EPIPE), and so does `watch` meanwhile, while nothing is written."""
 
     def __init__(self, fd: int, on_closed: Callable[[], object] | None = None) -> None:
         self._fd = fd
@@ -147,12 +150,28 @@ class _Stdout:
                 await anyio.wait_writable(self._fd)
                 continue
             except OSError as exc:  # EPIPE: nobody reads the answers any more
-                log.warning("the client closed its end of stdout (%s): stopping effects, then exiting", exc.strerror)
-                self.closed = True
-                if self._on_closed is not None:
-                    self._on_closed()
+                self._close(exc.strerror or str(exc))
                 return
             data = data[written:]
+
+    def _close(self, why: str) -> None:
+        if not self.closed:
+            log.warning("the client closed its end of stdout (%s): stopping effects, then exiting", why)
+            self.closed = True
+            if self._on_closed is not None:
+                self._on_closed()
+
+    async def watch(self) -> None:
+        """Returns once the client closed its end of the stdout pipe (at once if it was never a pipe).
+        The write end of a pipe is never readable: epoll wakes a reader of it only with the error it
+        reports when the last reader is gone."""
+        if not stat.S_ISFIFO(os.fstat(self._fd).st_mode):
+            return
+        await anyio.wait_readable(self._fd)
+        poller = select.poll()
+        poller.register(self._fd, 0)  # POLLERR is always reported
+        if any(events & select.POLLERR for _, events in poller.poll(0)):
+            self._close("no reader left")
 
     async def flush(self) -> None:
         return None
@@ -180,6 +199,7 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
                 tg.cancel_scope.cancel()  # nobody reads what the session would still say
 
             stdin, stdout = _Stdin(wire_in, ending), _Stdout(wire_out, lambda: tg.start_soon(leave))
+            tg.start_soon(stdout.watch)
             async with stdio_server(stdin, stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
                 await inner.run(read_stream, write_stream, inner.create_initialization_options())
             tg.cancel_scope.cancel()

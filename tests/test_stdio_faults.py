@@ -4,6 +4,7 @@ while an effect runs, and one 64 MiB line on stdin."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -59,7 +60,10 @@ def raw_server(db: Path) -> Iterator[subprocess.Popen[bytes]]:
                 process.wait()
 
 
-def test_a_client_that_closes_stdout_makes_the_server_stop_its_effects_and_exit_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("then_asks", [False, True], ids=["idle", "then-asks"])
+def test_a_client_that_closes_stdout_makes_the_server_stop_its_effects_and_exit_0(
+    tmp_path: Path, then_asks: bool
+) -> None:
     db = tmp_path / "j.db"
     code = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
     with raw_server(db) as server:
@@ -71,8 +75,9 @@ def test_a_client_that_closes_stdout_makes_the_server_stop_its_effects_and_exit_
         server.stdin.flush()
         child = int(json.loads(json.loads(server.stdout.readline())["result"]["content"][0]["text"])["data"])
         server.stdout.close()  # the client stops reading; its stdin stays open
-        server.stdin.write(tool_call(4, "list_effects", {}))  # an answer the server cannot deliver
-        server.stdin.flush()
+        if then_asks:  # an answer the server cannot deliver
+            server.stdin.write(tool_call(4, "list_effects", {}))
+            server.stdin.flush()
         code = server.wait(timeout=20)
         errors = server.stderr.read().decode()
     assert code == 0, errors
@@ -108,3 +113,19 @@ def test_a_64_mib_line_on_stdin_is_answered_in_linear_time(tmp_path: Path) -> No
     assert took < 10, f"a 64 MiB line took {took:.1f} s"
     # The line, its text (the SDK's stdio reader takes str) and the parsed message: about three copies.
     assert peak_growth_mib < 4 * 64, f"a 64 MiB line cost {peak_growth_mib:.0f} MiB"
+
+
+@pytest.mark.anyio
+async def test_a_write_to_a_stdout_nobody_reads_is_dropped_and_reported_once_instead_of_raising() -> None:
+    from effectd.app import _Stdout
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed: list[bool] = []
+    try:
+        stdout = _Stdout(write_end, lambda: closed.append(True))
+        await stdout.write('{"jsonrpc":"2.0"}\n')
+        await stdout.write('{"jsonrpc":"2.0"}\n')
+    finally:
+        os.close(write_end)
+    assert closed == [True] and stdout.closed
