@@ -18,6 +18,7 @@ from mcp import Client
 
 from effectd.config import build_settings
 from effectd.errors import ConfigError
+from effectd.journal import replay_projection
 from tests.conftest import call, connected, effectd_bin, open_engine, py, read_until, stdio_params
 from tests.test_http import serving, sse_events
 
@@ -113,6 +114,8 @@ async def test_a_result_file_that_is_not_json_says_so_and_the_reason_is_journale
         again = await engine.poll(record["effect_id"])
         listed = await engine.list_effects()
     assert again.result_error == listed.effects[0].result_error == record["result_error"]
+    replayed = (await replay_projection(settings.db))["effects"]  # the events alone say it
+    assert [row["result_error"] for row in replayed] == [record["result_error"]]
 
 
 async def test_a_result_nested_too_deep_to_be_returned_is_refused_and_list_effects_still_answers(settings: Any) -> None:
