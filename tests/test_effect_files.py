@@ -240,6 +240,18 @@ async def test_a_fifo_in_the_logs_place_neither_blocks_the_server_nor_hides_the_
     assert shown.returncode == 0 and shown.stdout == b""
 
 
+async def test_a_symlink_in_the_logs_place_is_not_followed(settings: Any, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    code = f"import os\nos.symlink({str(victim)!r}, {LOG_OF_SELF})\nprint('captured', flush=True)\n"
+    async with connected(settings) as (_, client):
+        record = await call(client, "dispatch_effect", command=py(code), wait_s=20)
+        chunk = await call(client, "stream_effect", effect_id=record["effect_id"], cursor=0)
+    assert record["status"] == "succeeded" and chunk["data"] == "captured\n" and chunk["eof"]
+    assert victim.read_text() == "untouched\n"
+    assert not (settings.output_dir / f"{record['effect_id']}.log").is_symlink()
+
+
 @contextmanager
 def small_tmpfs(where: Path, size: str) -> Iterator[None]:
     where.mkdir()
