@@ -80,6 +80,9 @@ def _open_for_append(path: Path) -> int:
         except FileExistsError:
             pass
         try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # not even opened (a device could act on it)
+                os.unlink(path)
+                continue
             fd = os.open(path, flags)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOENT):
