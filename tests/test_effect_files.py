@@ -129,6 +129,15 @@ async def test_a_result_nested_too_deep_to_be_returned_is_refused_and_list_effec
     assert len(listed["effects"]) == 2
 
 
+async def test_a_directory_left_as_the_result_file_neither_breaks_a_retry_nor_hides_the_outcome(settings: Any) -> None:
+    code = "import os, sys; os.makedirs(os.path.join(os.environ['EFFECTD_RESULT_FILE'], 'deep')); sys.exit(3)"
+    async with connected(settings) as (_, client):
+        record = await call(client, "dispatch_effect", command=py(code), max_attempts=2, wait_s=20)
+    assert record["status"] == "failed" and record["attempt"] == 2
+    assert record["error"] == "exited with code 3"  # the second attempt ran: its result path was cleared
+    assert record["result_error"] == "the result file is a directory, not a regular file"
+
+
 @pytest.mark.slow
 async def test_a_100_mb_result_file_is_refused_by_its_size_without_costing_memory(tmp_path: Path) -> None:
     # 50 million small numbers: read and parsed as before, about 1 GB of the server's memory.

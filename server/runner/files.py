@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import shutil
 import stat
+from functools import partial
 from typing import Any
 
+import anyio
+
 from effectd.runner.base import ResultFileError
+
+log = logging.getLogger("effectd")
 
 RESULT_LIMIT_BYTES = 1024 * 1024
 # Deeper JSON is refused: a record carrying it could not be serialized (pydantic stops at about 250
@@ -37,6 +44,20 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+async def clear_result_file(path: str) -> None:
+    """Removes whatever an earlier attempt left at the result file's path (a file, a link, a FIFO, a
+    directory: a directory tree off the event loop). Never raises: what cannot be removed is reported
+    by `read_result_file` when the attempt ends."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+    except OSError as exc:
+        log.warning("could not remove the earlier result file %s: %s", path, exc.strerror or exc)
 
 
 def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:

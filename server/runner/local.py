@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
-from effectd.runner.files import RESULT_LIMIT_BYTES, read_result_file
+from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
 from effectd.runner.procfs import effect_processes, live_members, process_start_time
 
 log = logging.getLogger("effectd")
@@ -182,8 +182,7 @@ class LocalRunner(Runner):
 
     async def start(self, launch: Launch) -> ProcessHandle:
         if launch.result_file is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(launch.result_file)  # an earlier attempt's result is not this one's
+            await clear_result_file(launch.result_file)  # an earlier attempt's result is not this one's
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
         # thread that forked the child ends, so a worker thread would kill the child with it.
         process = _spawn(launch)
