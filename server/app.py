@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,12 +74,35 @@ def _version() -> str:
         return "0"
 
 
+class _Ending:
+    """What runs once when the client leaves (its stdin ends or its stdout closes); later callers wait for it."""
+
+    def __init__(self, on_end: Callable[[], Awaitable[None]] | None) -> None:
+        self._on_end = on_end
+        self._done: anyio.Event | None = None
+
+    async def __call__(self) -> None:
+        if self._done is not None:
+            await self._done.wait()
+            return
+        self._done = anyio.Event()
+        try:
+            if self._on_end is not None:
+                await self._on_end()
+        finally:
+            self._done.set()
+
+
 class _Stdin:
-    """Lines from fd 0 read without a thread, so a signal can stop the server while it waits for input."""
+    """Lines from fd 0 read without a thread, so a signal can stop the server while it waits for input.
+
+    A line arriving in many reads costs time linear in its length: the buffer grows in place and only
+    the bytes not yet searched are searched for the newline."""
 
     def __init__(self, fd: int, on_end: Callable[[], Awaitable[None]] | None = None) -> None:
         self._fd = fd
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._searched = 0  # the first bytes of the buffer, known to hold no newline
         self._on_end = on_end
         os.set_blocking(fd, False)
 
@@ -85,7 +110,8 @@ class _Stdin:
         return self
 
     async def __anext__(self) -> str:
-        while b"\n" not in self._buffer:
+        while (end := self._buffer.find(b"\n", self._searched)) < 0:
+            self._searched = len(self._buffer)
             try:
                 chunk = os.read(self._fd, 1 << 16)
             except BlockingIOError:
@@ -93,8 +119,7 @@ class _Stdin:
                 continue
             if not chunk:
                 if self._buffer:
-                    line, self._buffer = self._buffer, b""
-                    return line.decode("utf-8", "replace")
+                    return self._take(len(self._buffer))
                 if self._on_end is not None:
                     # The client is leaving: effects end as `shutdown` while calls in flight can still
                     # answer, rather than as `client_cancelled` when the session tears them down.
@@ -102,34 +127,69 @@ class _Stdin:
                     await on_end()
                 raise StopAsyncIteration
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("utf-8", "replace")
+        return self._take(end, 1)
+
+    def _take(self, end: int, separator: int = 0) -> str:
+        """The first `end` bytes as text, removed from the buffer with the `separator` after them."""
+        with memoryview(self._buffer) as view:
+            line = str(view[:end], "utf-8", "replace")  # decoded in place, not copied first
+        del self._buffer[: end + separator]  # a bytearray drops its front without moving the rest
+        self._searched = 0
+        return line
 
 
 class _Stdout:
-    """Writes protocol lines to a private copy of fd 1 without blocking the event loop."""
+    """Writes protocol lines to a private copy of fd 1 without blocking the event loop.
 
-    def __init__(self, fd: int) -> None:
+    When the client closes its end, `on_closed` is called once; what is written after that is dropped.
+    A write finds out (EPIPE), and so does `watch` meanwhile, while nothing is written."""
+
+    def __init__(self, fd: int, on_closed: Callable[[], object] | None = None) -> None:
         self._fd = fd
+        self._on_closed = on_closed
+        self.closed = False
         os.set_blocking(fd, False)
 
     async def write(self, text: str) -> None:
         data = memoryview(text.encode("utf-8"))
-        while data:
+        while data and not self.closed:
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
                 await anyio.wait_writable(self._fd)
                 continue
+            except OSError as exc:  # EPIPE: nobody reads the answers any more
+                self._close(exc.strerror or str(exc))
+                return
             data = data[written:]
+
+    def _close(self, why: str) -> None:
+        if not self.closed:
+            log.warning("the client closed its end of stdout (%s): stopping effects, then exiting", why)
+            self.closed = True
+            if self._on_closed is not None:
+                self._on_closed()
+
+    async def watch(self) -> None:
+        """Returns once the client closed its end of the stdout pipe (at once if it was never a pipe).
+        The write end of a pipe is never readable: epoll wakes a reader of it only with the error it
+        reports when the last reader is gone."""
+        if not stat.S_ISFIFO(os.fstat(self._fd).st_mode):
+            return
+        await anyio.wait_readable(self._fd)
+        poller = select.poll()
+        poller.register(self._fd, 0)  # POLLERR is always reported
+        if any(events & select.POLLERR for _, events in poller.poll(0)):
+            self._close("no reader left")
 
     async def flush(self) -> None:
         return None
 
 
 async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Serves MCP on stdin/stdout until stdin closes (then `on_end` runs before the session ends).
-    fd 1 is pointed at stderr meanwhile, so nothing but protocol messages reaches the client."""
+    """Serves MCP on stdin/stdout until stdin ends or the client closes stdout (either way `on_end` runs,
+    once, before the session ends). fd 1 is pointed at stderr meanwhile, so nothing but protocol
+    messages reaches the client."""
     from mcp.server.stdio import stdio_server
 
     wire_out = os.dup(1)
@@ -139,10 +199,19 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
     os.dup2(devnull, 0)
     os.close(devnull)
     inner = lowlevel(server)
+    ending = _Ending(on_end)
     try:
-        stdin = _Stdin(wire_in, on_end)
-        async with stdio_server(stdin, _Stdout(wire_out)) as (read_stream, write_stream):  # type: ignore[arg-type]
-            await inner.run(read_stream, write_stream, inner.create_initialization_options())
+        async with anyio.create_task_group() as tg:
+
+            async def leave() -> None:
+                await ending()  # as when stdin ends: effects stop as `shutdown`
+                tg.cancel_scope.cancel()  # nobody reads what the session would still say
+
+            stdin, stdout = _Stdin(wire_in, ending), _Stdout(wire_out, lambda: tg.start_soon(leave))
+            tg.start_soon(stdout.watch)
+            async with stdio_server(stdin, stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
+                await inner.run(read_stream, write_stream, inner.create_initialization_options())
+            tg.cancel_scope.cancel()
     finally:
         os.close(wire_in)
         os.close(wire_out)

@@ -16,6 +16,7 @@ from effectd.http_settings import HttpSettings, http_settings_of
 from effectd.models import MAX_GRACE_S
 
 MAX_ARGV_BYTES = 256 * 1024
+MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
 
 _KNOWN_KEYS = {
     "max_concurrency",
@@ -23,6 +24,7 @@ _KNOWN_KEYS = {
     "output_limit_bytes",
     "stall_after_s",
     "result_grace_s",
+    "result_limit_bytes",
     "db",
     "commands",
     "harness",
@@ -41,6 +43,7 @@ class Settings:
     output_limit_bytes: int = 64 * 1024 * 1024
     stall_after_s: float = 60.0
     result_grace_s: float = 2.0
+    result_limit_bytes: int = 1024 * 1024  # a larger result file is not read (`result_error` says so)
     allow_commands: tuple[str, ...] = ()
     allow_any_command: bool = False
     keep_queued: bool = False
@@ -127,8 +130,10 @@ def build_settings(
     allow_commands: Sequence[str] = (),
     allow_any_command: bool = False,
     keep_queued: bool = False,
+    result_limit_bytes: int | None = None,
 ) -> Settings:
-    """Settings from the file's table with the command-line flags laid over it."""
+    """Settings from the file's table, then the environment ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES),
+    then the command-line flags laid over it."""
     unknown = set(file) - _KNOWN_KEYS
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
@@ -143,6 +148,8 @@ def build_settings(
         values["stall_after_s"] = _number(file, "stall_after_s", float, 0)
     if "result_grace_s" in file:
         values["result_grace_s"] = _number(file, "result_grace_s", float, 0, MAX_GRACE_S)
+    if "result_limit_bytes" in file:
+        values["result_limit_bytes"] = _number(file, "result_limit_bytes", int, 0, MAX_RESULT_LIMIT_BYTES)
     commands = file.get("commands", {})
     if not isinstance(commands, Mapping) or not set(commands) <= {"allow", "allow_any"}:
         raise ConfigError("config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)")
@@ -164,6 +171,7 @@ def build_settings(
     path = path or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
     if path is None and isinstance(file.get("db"), str):
         path = Path(file["db"])
+    values.update(_result_limit(result_limit_bytes))
     if max_concurrency is not None:
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency must be at least 1, not {max_concurrency}")
@@ -177,3 +185,20 @@ def build_settings(
         http=http_settings_of(file.get("http", {})),
         **values,
     )
+
+
+def _result_limit(flag: int | None) -> dict[str, int]:
+    """`result_limit_bytes` from --result-limit-bytes, else $EFFECTD_RESULT_LIMIT_BYTES (else the file's)."""
+    if flag is not None:
+        source, value = "--result-limit-bytes", str(flag)
+    elif os.environ.get("EFFECTD_RESULT_LIMIT_BYTES"):
+        source, value = "$EFFECTD_RESULT_LIMIT_BYTES", os.environ["EFFECTD_RESULT_LIMIT_BYTES"]
+    else:
+        return {}
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_RESULT_LIMIT_BYTES:
+        raise ConfigError(f"{source} must be a number of bytes between 0 and {MAX_RESULT_LIMIT_BYTES}, not {value!r}")
+    return {"result_limit_bytes": number}

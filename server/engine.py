@@ -455,6 +455,7 @@ def _supervisor(
         output_limit_bytes=settings.output_limit_bytes,
         stall_after_s=settings.stall_after_s,
         result_grace_s=settings.result_grace_s,
+        result_limit_bytes=settings.result_limit_bytes,
         harness_limits={
             name: profile.max_concurrency
             for name, profile in settings.harnesses.items()

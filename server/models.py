@@ -105,6 +105,7 @@ class EffectRecord(BaseModel):
     finished_at: str | None = None
     duration_s: float | None = None
     result: Any = None
+    result_error: str | None = None
     output_tail: str = ""
     output_bytes: int = 0
     output_truncated: bool = False

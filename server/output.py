@@ -2,11 +2,22 @@
 
 Memory per effect is bounded (the tail and the last line); everything else is on disk, so output
 stays readable after the effect ends and after a restart.
+
+The log lives where effects can reach it (beside their result files), so nothing found at its path
+is trusted: it is opened without following links and without blocking, and used only if it is a
+regular file. While the effect may print, readers read through the writer's own descriptor, so
+a log that was removed or replaced still reads what was written. A log that is gone, or shorter
+than what was counted, reads as ended: a reader reaches `eof` and never spins on missing bytes.
+A write counts only the bytes that reached the file; when the disk refuses more (full, I/O
+error), capture stops there and the output is marked truncated.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -14,8 +25,77 @@ import anyio
 
 from effectd.models import TAIL_BYTES
 
+log = logging.getLogger("effectd")
+
 _LAST_LINE_CHARS = 300
 _PARTIAL_LINE_LIMIT = 8192
+_NO_WAIT = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_log(path: str | os.PathLike[str]) -> int | None:
+    """A read-only descriptor of the regular file at `path`; None when there is none there (missing,
+    a symbolic link, a FIFO, anything but a regular file). Never blocks and never follows a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_WAIT)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def log_size(path: str | os.PathLike[str]) -> int:
+    """The size of the log at `path` if it is a regular file (a link is not followed), else 0."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def read_log(path: str | os.PathLike[str], offset: int, length: int) -> bytes:
+    """Up to `length` bytes of the log at `path` from `offset`; b"" when it is not a regular file."""
+    fd = open_log(path)
+    if fd is None:
+        return b""
+    try:
+        return os.pread(fd, length, offset)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _open_for_append(path: Path) -> int:
+    """The log's descriptor for appending (and reading back). What an effect may have put at the path
+    first (a FIFO, a link) is removed rather than opened; a regular file is appended to (a retry)."""
+    flags = os.O_RDWR | os.O_APPEND | _NO_WAIT
+    for _ in range(3):
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # not even opened (a device could act on it)
+                os.unlink(path)
+                continue
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOENT):
+                raise
+        else:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    raise OSError(errno.EEXIST, "something keeps taking the log's place", str(path))
 
 
 def _utf8_cut(data: bytes) -> int:
@@ -97,14 +177,14 @@ class OutputLog:
         self.lines_seen = 0
         self._partial = b""
         self._tail = b""
-        self._fd: int | None = None
+        self._fd: int | None = None  # the writer's descriptor, while more output may come
+        self.failed: str | None = None  # why capture stopped early (the disk refused a write)
         self._grew = anyio.Event()
 
     @classmethod
     def existing(cls, path: Path, limit: int, *, closed: bool = True) -> OutputLog:
         """The log of an effect from an earlier server: whatever reached the file."""
-        size = path.stat().st_size if path.exists() else 0
-        return cls(path, limit, size=size, closed=closed)
+        return cls(path, limit, size=log_size(path), closed=closed)
 
     def refresh(self) -> bool:
         """Takes in what another server's process wrote to this log since (a log this server only
@@ -126,11 +206,23 @@ class OutputLog:
         """More output will come (an attempt starts); the file is created with the first byte."""
         self.closed = False
 
-    def _append(self, data: bytes) -> None:
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.write(self._fd, data)
+    def _append(self, data: bytes) -> int:
+        """Writes `data`; returns how many bytes reached the file (fewer only when capture failed)."""
+        written = 0
+        try:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = _open_for_append(self.path)
+            view = memoryview(data)
+            while written < len(data):
+                count = os.write(self._fd, view[written:])
+                if count == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += count
+        except OSError as exc:
+            self.failed = f"{exc.strerror or exc}"
+            log.warning("output log %s: %s; capture stops after %d bytes", self.path, self.failed, self.size + written)
+        return written
 
     def write(self, data: bytes) -> None:
         """Appends captured bytes (up to the limit) and wakes the readers."""
@@ -139,13 +231,18 @@ class OutputLog:
         self.last_output = time.monotonic()
         self.last_output_at = time.time()
         room = self.limit - self.size
-        if room <= 0:
+        if room <= 0 or self.failed is not None:
             self.truncated = True
             return
         if len(data) > room:
             data = data[:room]
             self.truncated = True
-        self._append(data)
+        written = self._append(data)
+        if written < len(data):  # only what reached the file counts; nothing more is captured
+            data = data[:written]
+            self.truncated = True
+            if not data:
+                return
         self.size += len(data)
         self._tail = (self._tail + data)[-TAIL_BYTES:]
         self._track_lines(data)
@@ -197,12 +294,12 @@ class OutputLog:
         return data.decode("utf-8", "replace")
 
     def _read_at(self, offset: int, length: int) -> bytes:
-        try:
-            with open(self.path, "rb") as file:
-                file.seek(offset)
-                return file.read(length)
-        except FileNotFoundError:
-            return b""
+        if self._fd is not None:  # what was written, even if the path was removed or replaced since
+            try:
+                return os.pread(self._fd, length, offset)
+            except OSError:
+                return b""
+        return read_log(self.path, offset, length)
 
     def read(self, cursor: int, max_bytes: int) -> tuple[str, int]:
         """Output from byte `cursor`, at most `max_bytes` (a whole character more when one would not fit).
@@ -215,6 +312,10 @@ class OutputLog:
         if available <= 0:
             return "", cursor
         data = self._read_at(cursor, min(available, max_bytes + 3))
+        if not data:
+            # The bytes counted are not there (the log was removed or cut short): they cannot be read,
+            # ever. Skip to the end, so that a reader reaches `eof` instead of asking again and again.
+            return "", self.size
         chunk = data[:max_bytes]
         cut = _utf8_cut(chunk)
         if cut == 0 and chunk:

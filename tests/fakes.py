@@ -5,6 +5,7 @@ supervisor, journal and engine API while deciding exactly what each "process" do
 
 - `["fake", "exit=N"]`: prints a line and exits with code N at once.
 - `["fake", "result=JSON", ...]`: its result file holds that JSON.
+- `["fake", "bad-result", ...]`: it leaves a FIFO as its result file (ResultFileError on reading).
 - `["fake", "hang"]`: runs until it is signalled; SIGTERM or SIGKILL ends it.
 - `["fake", "hang", "ignore-term"]`: only SIGKILL ends it.
 - anything else: the start fails (SpawnError), as a missing executable would.
@@ -22,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from effectd.runner import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
+from effectd.runner import ExitStatus, Launch, ProcessHandle, RecordedProcess, ResultFileError, Runner, SpawnError
 
 _pids = itertools.count(10_000_000)
 
@@ -78,6 +79,8 @@ class FakeProcess(ProcessHandle):
         return self._exited.is_set()
 
     async def read_result(self) -> Any:
+        if "bad-result" in self.argv:
+            raise ResultFileError("the result file is a FIFO, not a regular file")
         return self.result
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ behaviours = st.sampled_from(
         ["fake", "exit=0"],
         ["fake", "exit=3"],
         ["fake", "exit=0", 'result={"answer": 42}'],
+        ["fake", "exit=0", "bad-result"],
         ["fake", "hang"],
         ["fake", "hang", "ignore-term"],
         ["missing-program"],

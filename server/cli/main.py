@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_commands=args.allow_command or (),
             allow_any_command=args.allow_any_command,
             keep_queued=args.keep_queued,
+            result_limit_bytes=args.result_limit_bytes,
         )
         http: dict[str, Any] = {}
         if args.http:
@@ -91,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-command", action="append", metavar="PROG", help="a program command effects may run")
     serve.add_argument("--allow-any-command", action="store_true", help="let command effects run any program")
     serve.add_argument("--keep-queued", action="store_true", help="on stop, keep waiting effects for the next start")
+    serve.add_argument(
+        "--result-limit-bytes", type=int, metavar="N", help="largest result file read (default 1048576, 1 MiB)"
+    )
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)

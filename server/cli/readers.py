@@ -9,6 +9,7 @@ import time
 
 from effectd.cli.common import TERMINAL, complain, effect_record, print_json, settings_of
 from effectd.journal.reader import JournalReader
+from effectd.output import read_log
 
 FOLLOW_POLL_S = 0.2
 
@@ -63,14 +64,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     while True:
         row = reader.effect(args.id)
-        if path.exists():
-            with open(path, "rb") as file:
-                file.seek(offset)
-                data = file.read()
-            if data:
-                out.write(data)
-                out.flush()
-                offset += len(data)
+        while data := read_log(path, offset, 1 << 20):  # a FIFO or a link in its place reads as nothing
+            out.write(data)
+            out.flush()
+            offset += len(data)
         if not args.follow or row is None or row["status"] in TERMINAL:
             return 0
         time.sleep(FOLLOW_POLL_S)

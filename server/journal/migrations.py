@@ -185,3 +185,9 @@ async def _control_expiry_and_pruning(db: aiosqlite.Connection) -> None:
         CREATE INDEX effects_by_finish ON effects (finished_at);
         """
     )
+
+
+@migration("m110_issue10a_result_error")
+async def _result_error(db: aiosqlite.Connection) -> None:
+    """Why a result file that was there was not read (record field `result_error`)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN result_error TEXT")

@@ -15,7 +15,7 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace", "owner", "output_pruned",
+    "workspace", "owner", "output_pruned", "result_error",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
@@ -75,6 +75,7 @@ def terminal_event(
     signal: int | None = None,
     error: str | None = None,
     result: Any = None,
+    result_error: str | None = None,
     output_bytes: int = 0,
     output_truncated: bool = False,
     attempt: int | None = None,
@@ -93,6 +94,8 @@ def terminal_event(
         "output_bytes": output_bytes,
         "output_truncated": output_truncated,
     }
+    if result_error is not None:
+        data["result_error"] = result_error
     if attempt is not None:
         data["attempt"] = attempt
     if status == "cancelled":
@@ -135,6 +138,7 @@ class EffectState:
     signal: int | None = None
     error: str | None = None
     result: Any = None
+    result_error: str | None = None
     cancel_reason: str | None = None
     cancel_message: str | None = None
     pid: int | None = None
@@ -200,6 +204,7 @@ class EffectState:
             self.finished_at = data["finished_at"]
             self.exit_code, self.signal = data.get("exit_code"), data.get("signal")
             self.error, self.result = data.get("error"), data.get("result")
+            self.result_error = data.get("result_error")
             self.cancel_reason, self.cancel_message = data.get("cancel_reason"), data.get("cancel_message")
             self.output_bytes = data.get("output_bytes", self.output_bytes)
             self.output_truncated = bool(data.get("output_truncated", self.output_truncated))
@@ -249,6 +254,7 @@ class EffectState:
             "workspace": _dumps(self.workspace),
             "owner": self.owner,
             "output_pruned": int(self.output_pruned),
+            "result_error": self.result_error,
         }
 
     def _spec_text(self) -> str:
@@ -272,6 +278,7 @@ class EffectState:
             signal=row["signal"],
             error=row["error"],
             result=_loads(row["result"]),
+            result_error=row.get("result_error"),  # a journal a reader sees before its server migrated it
             cancel_reason=row["cancel_reason"],
             cancel_message=row["cancel_message"],
             pid=row["pid"],

@@ -11,9 +11,19 @@ from effectd.runner.base import (
     Launch,
     ProcessHandle,
     RecordedProcess,
+    ResultFileError,
     Runner,
     SpawnError,
 )
 from effectd.runner.local import LocalRunner
 
-__all__ = ["ExitStatus", "Launch", "LocalRunner", "ProcessHandle", "RecordedProcess", "Runner", "SpawnError"]
+__all__ = [
+    "ExitStatus",
+    "Launch",
+    "LocalRunner",
+    "ProcessHandle",
+    "RecordedProcess",
+    "ResultFileError",
+    "Runner",
+    "SpawnError",
+]

@@ -22,6 +22,7 @@ class Launch:
     result_file: str | None = None
     # The effect the process belongs to: what the runner contains it by (its cgroup, its marker).
     effect_id: str | None = None
+    result_limit_bytes: int = 1024 * 1024  # a larger result file is refused (ResultFileError), never read
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class SpawnError(Exception):
     """Raised when the process could not be started (missing executable, bad cwd, no permission)."""
 
 
+class ResultFileError(Exception):
+    """Raised when a result file is there but was not read; the message says why (a link, not a regular
+    file, over `result_limit_bytes`, not UTF-8, not JSON)."""
+
+
 class ProcessHandle(ABC):
     """One started process group, as the supervisor sees it."""
 
@@ -76,7 +82,9 @@ class ProcessHandle(ABC):
 
     @abstractmethod
     async def read_result(self) -> Any:
-        """The JSON the process wrote to its result file, or None (no file, empty, not JSON)."""
+        """The JSON the process wrote to its result file, or None (no file, or an empty one). Raises
+        ResultFileError when a file is there but was not read. Never blocks the event loop, whatever
+        the process left at that path."""
 
     @abstractmethod
     def close(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from effectd.runner import cgroups
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
 from effectd.runner.cgroups import Cgroups
 from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope
+from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
 from effectd.runner.procfs import effect_processes, process_start_time
 from effectd.runner.reaper import REAPER
 
@@ -90,10 +90,17 @@ def _check_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> No
 
 
 class LocalProcess(ProcessHandle):
-    def __init__(self, popen: subprocess.Popen[bytes], output_fd: int, result_file: str | None = None) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        output_fd: int,
+        result_file: str | None = None,
+        result_limit_bytes: int = RESULT_LIMIT_BYTES,
+    ) -> None:
         self._popen = popen
         self.scope: GroupScope = GroupScope(popen.pid)
         self._result_file = result_file
+        self._result_limit = result_limit_bytes
         self.pid = popen.pid
         self.start_marker: int | None = None
         self._output_fd: int | None = output_fd
@@ -177,11 +184,11 @@ class LocalProcess(ProcessHandle):
             delay = min(delay * 2, 0.05)
 
     async def read_result(self) -> Any:
-        # Most effects write no result: a stat (which never blocks on the file's content) says so at
-        # once; a file that is there is read off the event loop.
-        if self._result_file is None or not os.path.lexists(self._result_file):  # noqa: ASYNC240 - a stat
+        # Most effects write no result: an lstat (which never blocks on what is there) says so at once.
+        # A file that is there is opened without blocking or following links, and read off the loop.
+        if self._result_file is None or not os.path.lexists(self._result_file):  # noqa: ASYNC240 - an lstat
             return None
-        return await anyio.to_thread.run_sync(_read_result_file, self._result_file)
+        return await anyio.to_thread.run_sync(read_result_file, self._result_file, self._result_limit)
 
     def close(self) -> None:
         if self._group_gone:
@@ -219,8 +226,7 @@ class LocalRunner(Runner):
 
     async def start(self, launch: Launch) -> ProcessHandle:
         if launch.result_file is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(launch.result_file)  # an earlier attempt's result is not this one's
+            await clear_result_file(launch.result_file)  # an earlier attempt's result is not this one's
         effect_id = launch.effect_id or launch.env.get("EFFECTD_EFFECT_ID")
         cgroup = self._cgroups.create(effect_id) if self._cgroups is not None and effect_id else None
         # Forked from the event loop's thread on purpose: the parent-death signal fires when the
@@ -252,18 +258,6 @@ class LocalRunner(Runner):
         if not processes:
             return
         await anyio.to_thread.run_sync(_kill_leftovers, list(processes), self.cgroup_root)
-
-
-def _read_result_file(path: str) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-    try:
-        return json.loads(text) if text.strip() else None
-    except json.JSONDecodeError:
-        log.warning("result file %s is not valid JSON; ignored", path)
-        return None
 
 
 def _enter(pid: int, cgroup: Path | None, gate: int | None) -> tuple[bool, int | None]:
@@ -358,4 +352,4 @@ def _spawn(launch: Launch, gated: bool = False) -> tuple[LocalProcess, int | Non
             if fd is not None:
                 os.close(fd)
     os.set_blocking(read_fd, False)
-    return LocalProcess(popen, read_fd, launch.result_file), gate
+    return LocalProcess(popen, read_fd, launch.result_file, launch.result_limit_bytes), gate

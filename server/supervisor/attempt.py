@@ -19,7 +19,7 @@ import anyio
 from effectd.harness import Parser, make_parser
 from effectd.journal import Event
 from effectd.output import LineSplitter
-from effectd.runner import ExitStatus, Launch, ProcessHandle, Runner, SpawnError
+from effectd.runner import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
@@ -49,6 +49,7 @@ class Attempts:
         base_env: Mapping[str, str],
         result_path: Callable[[str], str],
         result_grace_s: float,
+        result_limit_bytes: int = 1024 * 1024,
     ) -> None:
         self.runner = runner
         self._record = record
@@ -58,6 +59,7 @@ class Attempts:
         self._base_env = {name: value for name, value in base_env.items() if not name.startswith("EFFECTD_")}
         self._result_path = result_path
         self._result_grace_s = result_grace_s
+        self._result_limit = result_limit_bytes
         self.render: Render | None = None
         self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
         self.prepare: Prepare | None = None
@@ -110,7 +112,8 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        return Launch(argv, env, cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
+        stdin_bytes = stdin.encode() if stdin is not None else None
+        return Launch(argv, env, cwd, stdin_bytes, result_file, effect.effect_id, self._result_limit)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec
@@ -174,7 +177,14 @@ class Attempts:
         assert status is not None
         if cancelled:
             return Outcome("cancelled", status.exit_code, status.signal, cancel=effect.cancel)
-        return self._outcome(status, parser, await handle.read_result())
+        return self._outcome(status, parser, *await self._result(handle))
+
+    async def _result(self, handle: ProcessHandle) -> tuple[object, str | None]:
+        """The result file's value, or None and why a file that was there was not read."""
+        try:
+            return await handle.read_result(), None
+        except ResultFileError as exc:
+            return None, str(exc)
 
     async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
         """SIGTERM to the whole group, SIGKILL to what is left of it after `grace`; returns the leader's
@@ -233,7 +243,12 @@ class Attempts:
         finally:
             output_done.set()
 
-    def _outcome(self, exited: ExitStatus, parser: Parser | None, result: object) -> Outcome:
+    def _outcome(self, exited: ExitStatus, parser: Parser | None, result: object, result_error: str | None) -> Outcome:
+        outcome = self._outcome_of(exited, parser, result)
+        outcome.result_error = result_error
+        return outcome
+
+    def _outcome_of(self, exited: ExitStatus, parser: Parser | None, result: object) -> Outcome:
         if parser is not None:
             harness = parser.outcome(exited.exit_code)
             if harness.result is not None:

@@ -53,6 +53,7 @@ class Supervisor:
         output_limit_bytes: int = 64 * 1024 * 1024,
         stall_after_s: float | None = 60.0,
         result_grace_s: float = 2.0,
+        result_limit_bytes: int = 1024 * 1024,
         harness_limits: dict[str, int] | None = None,
         runner: Runner | None = None,
         keep_queued: bool = False,
@@ -78,6 +79,7 @@ class Supervisor:
             base_env=os.environ if base_env is None else base_env,
             result_path=lambda effect_id: str(self.registry.result_path(effect_id)),
             result_grace_s=result_grace_s,
+            result_limit_bytes=result_limit_bytes,
         )
         self.workspaces = Workspaces(Worktrees(worktree_dir or output_dir.parent / "worktrees"), self.record)
         self.attempts.prepare = self.workspaces.prepare

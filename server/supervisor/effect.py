@@ -152,6 +152,7 @@ class Effect:
             finished_at=state.finished_at,
             duration_s=seconds_between(state.started_at, state.finished_at),
             result=state.result,
+            result_error=state.result_error,
             output_tail=self.output.tail(),
             output_bytes=self.output.size,
             output_truncated=self.output.truncated,

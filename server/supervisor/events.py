@@ -19,6 +19,7 @@ class Outcome:
     signal: int | None = None
     error: str | None = None
     result: Any = None
+    result_error: str | None = None  # why a result file that was there was not read
     cancel: CancelRequest | None = None
     attempt: int | None = None  # the attempt it ended in, when one began
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
@@ -69,6 +70,7 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         signal=outcome.signal,
         error=outcome.error,
         result=outcome.result,
+        result_error=outcome.result_error,
         output_bytes=effect.output.size,
         output_truncated=effect.output.truncated,
         attempt=outcome.attempt if outcome.attempt is not None else effect.attempt,
