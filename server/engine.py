@@ -30,6 +30,8 @@ from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
+from effectd.journal.usable import check_journal
+from effectd.journal.writer import Retry
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -46,6 +48,7 @@ from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.recovery import cancel_waiting
 
 ABANDONED = "the client abandoned the call"
+GIVE_UP_S = 5.0  # on close, how long ends that a journal fault holds back may still wait for it
 AwaitMode = Literal["all", "any"]
 
 
@@ -76,8 +79,9 @@ class Engine:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, runner: Runner | None = None) -> AsyncIterator[Engine]:
-        """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
-        async with owning(settings.db), Journal.open(settings.db) as journal:
+        """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`).
+        Raises JournalUnusableError, naming the file and the problem, when the journal cannot be used."""
+        async with _owned_journal(settings) as journal:
             supervisor = _supervisor(settings, journal, runner)
             flows = FlowManager(settings, journal, supervisor)
             supervisor.attach_flows(flows.render, flows.step_ended)
@@ -90,6 +94,7 @@ class Engine:
                     yield engine
                 finally:
                     flows.closing = True
+                    journal.give_up(within_s=GIVE_UP_S)
                     tg.cancel_scope.cancel()
 
     # --- facts ------------------------------------------------------------------------------------
@@ -116,6 +121,7 @@ class Engine:
         return {
             "journal_transactions": self._journal.batches,
             "journal_commits_in_flight": self._journal.in_flight,
+            "journal_events_held_back": self._journal.held_back,  # through a journal fault, until it takes them
             "active_effects": len(self._supervisor.live_effects()),
         }
 
@@ -306,6 +312,7 @@ class Engine:
         under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
         the caller goes away."""
         effect = await self._supervisor.get(effect_id)
+        self._journal.check_writable(needed=not effect.terminal)
         with anyio.CancelScope(shield=True):
             await self._supervisor.cancel(effect, reason, message, grace_s, within_s=CANCEL_WAIT_S)
         return effect.record()
@@ -317,10 +324,12 @@ class Engine:
     async def cancel_flow(self, flow_id: str, *, message: str | None = None) -> CancelledGroup:
         """Cancels every unfinished step of the flow; returns once they ended."""
         flow = await self._flows.get(flow_id)
+        self._journal.check_writable(needed=not all(e.terminal for e in flow.effects.values()))
         self._flows.cancel(flow, "user", message)
         return await self._cancel_all(await self._supervisor.get_many(flow.effect_ids), message)
 
     async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
+        self._journal.check_writable(needed=not all(e.terminal for e in effects))
         with anyio.CancelScope(shield=True):
             targets = await self._supervisor.cancel_many(effects, "user", message, within_s=CANCEL_WAIT_S)
         return CancelledGroup(cancelled=[e.effect_id for e in targets], effects=[e.record() for e in effects])
@@ -358,6 +367,19 @@ class Engine:
         return self._feed.subscribe(per_second)
 
 
+@asynccontextmanager
+async def _owned_journal(settings: Settings) -> AsyncIterator[Journal]:
+    """The journal, checked (JournalUnusableError names what makes it unusable, before anything is
+    written), owned and open."""
+    await anyio.to_thread.run_sync(check_journal, settings.db)
+    retry = Retry(max_s=settings.journal_retry_max_s)
+    async with (
+        owning(settings.db),
+        Journal.open(settings.db, busy_timeout_s=settings.journal_busy_timeout_s, retry=retry) as journal,
+    ):
+        yield journal
+
+
 def _supervisor(settings: Settings, journal: Journal, runner: Runner | None) -> Supervisor:
     return Supervisor(
         journal,
@@ -381,7 +403,7 @@ async def cancel_offline(db: Path, effect_id: str, message: str | None) -> bool:
     """With no live server on `db`: cancels a pending or queued effect in the journal itself (taking the
     journal's lock meanwhile). Returns False when the effect is not waiting (unknown, running, ended).
     Raises DatabaseBusyError when a live server owns the journal: ask it instead (`effectd cancel`)."""
-    async with owning(db), Journal.open(db) as journal:
+    async with _owned_journal(Settings(db=db)) as journal:
         return await cancel_waiting(journal, effect_id, message)
 
 

@@ -17,10 +17,8 @@ from effectd.errors import EffectdError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
-
-    from effectd.app import serve
     from effectd.config import build_settings, load_file
+    from effectd.journal.usable import check_journal
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
     try:
@@ -32,6 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_any_command=args.allow_any_command,
             keep_queued=args.keep_queued,
         )
+        check_journal(settings.db)  # before the server's imports: a journal that cannot be used is told at once
+        import anyio
+
+        from effectd.app import serve
+
         http: dict[str, Any] = {}
         if args.http:
             http = {"host": args.host, "port": args.port, "token": args.token or os.environ.get("EFFECTD_TOKEN")}

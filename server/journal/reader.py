@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from effectd.journal.usable import opening_error
 from effectd.models import now_iso
 
 _BUSY_TIMEOUT_S = 10.0
@@ -31,9 +32,12 @@ class JournalReader:
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        with closing(self._connect("ro")) as conn:
-            conn.row_factory = sqlite3.Row
-            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        try:
+            with closing(self._connect("ro")) as conn:
+                conn.row_factory = sqlite3.Row
+                return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise opening_error(self.path, exc) from None
 
     def effect(self, effect_id: str) -> dict[str, Any] | None:
         """The effect's projection row, or None when the journal has no such effect."""
@@ -84,11 +88,14 @@ class JournalReader:
         """Asks the live server that owns the journal to act on an effect (`cancel`); returns the request's id.
 
         The server polls the `control` table and answers each request (see `control_answer`)."""
-        with closing(self._connect("rw")) as conn, conn:
-            cursor = conn.execute(
-                "INSERT INTO control (effect_id, action, reason, requested_at) VALUES (?, ?, ?, ?)",
-                (effect_id, action, reason, now_iso()),
-            )
+        try:
+            with closing(self._connect("rw")) as conn, conn:
+                cursor = conn.execute(
+                    "INSERT INTO control (effect_id, action, reason, requested_at) VALUES (?, ?, ?, ?)",
+                    (effect_id, action, reason, now_iso()),
+                )
+        except sqlite3.Error as exc:
+            raise opening_error(self.path, exc) from None
         request_id = cursor.lastrowid
         if request_id is None:  # pragma: no cover - an INSERT into a rowid table always gives one
             raise RuntimeError("the control request was not recorded")

@@ -3,207 +3,110 @@
 from __future__ import annotations
 
 import json
-import math
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from effectd.errors import JournalUnusableError
 from effectd.journal.migrations import migrate
-from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
+from effectd.journal.projection import EffectState, Event, fold_effect, fold_flow
+from effectd.journal.usable import opening_error, prepare_journal_file
+from effectd.journal.writer import Retry, Writer
 from effectd.models import now_iso
 
-_INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
-# An upsert on the primary key only: a clash on another unique index (a reused idempotency key) fails
-# loudly instead of silently deleting the other effect's row, as INSERT OR REPLACE would.
-_UPSERT_EFFECT = (
-    f"INSERT INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * len(EFFECT_COLUMNS))}) "
-    f"ON CONFLICT (effect_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in EFFECT_COLUMNS[1:])}"
-)
-_UPSERT_FLOW = f"INSERT OR REPLACE INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
-_BATCH_LIMIT = 2000
 
-
-@dataclass
-class _Pending:
-    events: list[Event]
-    done: anyio.Event
-    error: BaseException | None = None
-
-
-async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+async def _connect(path: Path, *, readonly: bool = False, busy_timeout_s: float = 10.0) -> aiosqlite.Connection:
     uri = f"file:{path}?mode=ro" if readonly else str(path)
     db = await aiosqlite.connect(uri, uri=readonly)
-    db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA busy_timeout = 10000")
-    if not readonly:
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
+    try:  # a connection left open keeps its thread, and the process, alive
+        db.row_factory = aiosqlite.Row
+        await db.execute(f"PRAGMA busy_timeout = {max(0, round(busy_timeout_s * 1000))}")
+        if not readonly:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.close()
+        raise
     return db
 
 
 class Journal:
     """Appends events in order and keeps the projection tables in step, one transaction per batch.
 
-    `append` assigns each event its `seq` at once (so callers can order by it) and returns once the
-    batch that holds it is committed. Several appends that arrive while a commit is under way are
-    written together in the next transaction (group commit).
+    `append` returns once the batch that holds its events is committed, with each event's `seq`.
+    Several appends that arrive while a commit is under way are written together in the next
+    transaction (group commit). Through a journal fault (disk full, a lock held elsewhere) an
+    `append` waits until the journal takes it; a `try_append` is refused (see `writer.py`).
     """
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, next_seq: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        next_seq: int,
+        retry: Retry | None = None,
+    ) -> None:
         self.path = path
-        self._db = writer
         self._read = reader
-        self._next_seq = next_seq
-        self._send: MemoryObjectSendStream[_Pending]
-        self._recv: MemoryObjectReceiveStream[_Pending]
-        self._send, self._recv = anyio.create_memory_object_stream[_Pending](math.inf)
-        self._states: dict[str, EffectState] = {}  # of the effects not yet terminal, as committed
-        self._flow_rows: dict[str, dict[str, Any]] = {}
-        self.batches = 0
-        self.in_flight = 0
+        self._writer = Writer(path, writer, next_seq, retry)
+        self.append = self._writer.append
+        self.try_append = self._writer.try_append
+        self.check_writable = self._writer.check_writable
+        self.give_up = self._writer.give_up
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[Journal]:
-        """Opens (creating and migrating) the database and runs the writer until the context ends."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        try:
-            await migrate(writer)
-            reader = await _connect(path)
+    async def open(
+        cls, path: Path, *, busy_timeout_s: float = 10.0, retry: Retry | None = None
+    ) -> AsyncIterator[Journal]:
+        """Opens (creating and migrating) the database and runs the writer until the context ends.
+
+        Raises JournalUnusableError or JournalUnavailableError, naming the file and the problem, when
+        the file cannot be opened, migrated or read. A new journal's files are created mode 0600."""
+        async with AsyncExitStack() as stack:
             try:
+                prepare_journal_file(path)
+                writer = await _connect(path, busy_timeout_s=busy_timeout_s)
+                stack.push_async_callback(writer.close)
+                await migrate(writer)
+                reader = await _connect(path, busy_timeout_s=busy_timeout_s)
+                stack.push_async_callback(reader.close)
                 rows = await writer.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
-                journal = cls(path, writer, reader, next(iter(rows))[0] + 1)
-                async with anyio.create_task_group() as tg:
-                    await journal._start(tg)
-                    try:
-                        yield journal
-                    finally:
-                        journal._send.close()
-            finally:
-                await reader.close()
-        finally:
-            await writer.close()
+            except (sqlite3.Error, OSError, JournalUnusableError) as exc:
+                raise opening_error(path, exc) from None
+            journal = cls(path, writer, reader, next(iter(rows))[0] + 1, retry)
+            async with anyio.create_task_group() as tg:
+                await journal._start(tg)
+                try:
+                    yield journal
+                finally:
+                    journal._writer.close()
 
     async def _start(self, tg: TaskGroup) -> None:
-        tg.start_soon(self._write_batches)
+        tg.start_soon(self._writer.run)
 
-    # --- writing ---------------------------------------------------------------------------------
+    @property
+    def batches(self) -> int:
+        """The transactions committed so far."""
+        return self._writer.batches
 
-    def stamp(self, events: Iterable[Event]) -> list[Event]:
-        """Gives events their `seq` and timestamp now, in order; `commit` then writes them."""
-        stamped = []
-        for event in events:
-            stamped.append(replace(event, seq=self._next_seq, ts=event.ts or now_iso()))
-            self._next_seq += 1
-        return stamped
+    @property
+    def in_flight(self) -> int:
+        """Appends not yet answered."""
+        return self._writer.in_flight
 
-    async def commit(self, events: Sequence[Event]) -> None:
-        """Writes stamped events and returns once they are durable."""
-        pending = _Pending(list(events), anyio.Event())
-        self.in_flight += 1  # until the caller has its answer: committed events are then applied
-        try:
-            self._send.send_nowait(pending)
-            with anyio.CancelScope(shield=True):
-                await pending.done.wait()
-        finally:
-            self.in_flight -= 1
-        if pending.error is not None:
-            raise pending.error
-
-    async def append(self, *events: Event) -> list[Event]:
-        """Stamps and commits events; returns them with their `seq`."""
-        stamped = self.stamp(events)
-        await self.commit(stamped)
-        return stamped
-
-    async def _write_batches(self) -> None:
-        async with self._recv:
-            async for first in self._recv:
-                batch = [first]
-                while len(batch) < _BATCH_LIMIT:
-                    try:
-                        batch.append(self._recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                error: BaseException | None = None
-                try:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await self._write([event for pending in batch for event in pending.events])
-                        except Exception as exc:  # reported to every caller of the batch
-                            error = exc
-                            with suppress(Exception):
-                                await self._db.rollback()
-                finally:
-                    for pending in batch:  # nobody waits forever on a batch, whatever happened to it
-                        pending.error = error
-                        pending.done.set()
-
-    async def _write(self, events: list[Event]) -> None:
-        effects: dict[str, EffectState] = {}
-        flows: dict[str, dict[str, Any]] = {}
-        runs: list[tuple[str, str]] = []
-        for event in events:
-            if event.type == "RUN_CREATED" and event.run_id:
-                runs.append((event.run_id, event.data["created_at"]))
-            elif event.effect_id:
-                state = effects.get(event.effect_id)
-                if state is None and event.type != "EFFECT_REQUESTED":  # a new effect has no row to read
-                    # A copy: the cached state changes only once this batch is committed.
-                    known = await self._effect_state(event.effect_id)
-                    state = replace(known) if known is not None else None
-                folded = fold_effect(state, event)
-                if folded is not None:
-                    effects[event.effect_id] = folded
-            elif event.type.startswith("FLOW_"):
-                flow_id = event.data["flow_id"]
-                flow = flows.get(flow_id) or await self._flow_row(flow_id)
-                flow_row = fold_flow(flow, event)
-                if flow_row is not None:
-                    flows[flow_id] = flow_row
-        await self._db.executemany(
-            _INSERT_EVENT,
-            [(e.seq, e.ts, e.run_id, e.effect_id, e.type, json.dumps(e.data, separators=(",", ":"))) for e in events],
-        )
-        if runs:
-            await self._db.executemany("INSERT OR IGNORE INTO runs (run_id, created_at) VALUES (?, ?)", runs)
-        if effects:
-            rows = [state.to_row() for state in effects.values()]
-            await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in rows])
-        if flows:
-            await self._db.executemany(_UPSERT_FLOW, [tuple(r[c] for c in FLOW_COLUMNS) for r in flows.values()])
-        await self._db.commit()
-        self.batches += 1
-        for effect_id, state in effects.items():
-            if state.terminal:
-                self._states.pop(effect_id, None)
-            else:
-                self._states[effect_id] = state
-        for flow_id, row in flows.items():
-            if row["finished_at"] is None:
-                self._flow_rows[flow_id] = row
-            else:
-                self._flow_rows.pop(flow_id, None)
-
-    async def _effect_state(self, effect_id: str) -> EffectState | None:
-        if effect_id in self._states:
-            return self._states[effect_id]
-        rows = await self._db.execute_fetchall("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
-        return EffectState.from_row(dict(next(iter(rows)))) if rows else None
-
-    async def _flow_row(self, flow_id: str) -> dict[str, Any] | None:
-        if flow_id in self._flow_rows:
-            return self._flow_rows[flow_id]
-        rows = await self._db.execute_fetchall("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
-        return dict(next(iter(rows))) if rows else None
+    @property
+    def held_back(self) -> int:
+        """Events a journal fault keeps from being committed, until the journal takes them."""
+        return self._writer.held_back
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -323,10 +226,15 @@ class Journal:
 
     async def answer_request(self, request_id: int, answer: str) -> None:
         # On the second connection: the writer's connection may be inside a batch's transaction.
-        await self._read.execute(
-            "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
-        )
-        await self._read.commit()
+        try:
+            await self._read.execute(
+                "UPDATE control SET answered_at = ?, answer = ? WHERE id = ?", (now_iso(), answer, request_id)
+            )
+            await self._read.commit()
+        except BaseException:  # a refused write must not leave the read connection in a stale transaction
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await self._read.rollback()
+            raise
 
 
 async def replay_projection(path: Path) -> dict[str, list[dict[str, Any]]]:

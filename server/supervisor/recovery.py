@@ -36,7 +36,7 @@ async def recover(journal: Journal, runner: Runner, registry: Registry) -> list[
         ended.append(registry.adopt(effect))
         endings.append(events.ended(effect, outcome))
     if endings:
-        for effect, event in zip(ended, await journal.append(*endings), strict=True):
+        for effect, event in zip(ended, await journal.try_append(*endings), strict=True):
             effect.apply(event)
             registry.add(effect)
     waiting = []
@@ -55,6 +55,6 @@ async def cancel_waiting(journal: Journal, effect_id: str, message: str | None) 
         return False
     effect = Effect.from_row(row, OutputLog(Path(os.devnull), 0, closed=True))  # a waiting effect printed nothing
     outcome = Outcome("cancelled", cancel=CancelRequest("user", message, None))
-    (stamped,) = await journal.append(events.ended(effect, outcome))
+    (stamped,) = await journal.try_append(events.ended(effect, outcome))
     effect.apply(stamped)
     return True
