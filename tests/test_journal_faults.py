@@ -20,7 +20,9 @@ from mcp import Client
 
 from effectd.config import Settings
 from effectd.engine import Engine
-from effectd.journal import replay_projection
+from effectd.errors import JournalUnavailableError
+from effectd.journal import Event, Journal, replay_projection
+from effectd.journal.writer import Retry
 from tests.conftest import call, call_error, connected, pid_alive, py, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -235,3 +237,45 @@ async def test_a_server_stopped_while_the_disk_is_full_exits_without_hanging(
             await end_while_held(engine, gate, ok, bad, held=2)
             closing_at = anyio.current_time()
         assert anyio.current_time() - closing_at < 15  # it gave the journal its last chance, then stopped
+
+
+async def test_appends_held_through_a_lock_commit_in_order_once_it_is_released_and_hold_up_new_starts(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "journal.db"
+
+    def run_created(n: int) -> Event:
+        return Event("RUN_CREATED", f"run_{n}", None, {"created_at": "2026-01-01T00:00:00Z"})
+
+    async with Journal.open(db, busy_timeout_s=0.05, retry=Retry(first_s=0.01, max_s=0.05)) as journal:
+        (first,) = await journal.append(run_created(1))
+        browser = sqlite3.connect(db, timeout=0.1, isolation_level=None)
+        browser.execute("BEGIN IMMEDIATE")
+        committed: list[Event] = []
+        clear = anyio.Event()
+
+        async def append(n: int) -> None:
+            committed.extend(await journal.append(run_created(n)))
+
+        async def starter() -> None:
+            await journal.wait_clear()  # what the supervisor awaits before it starts a process
+            clear.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(append, 2)
+                await wait_until(lambda: journal.held_back == 1)
+                tg.start_soon(append, 3)
+                tg.start_soon(starter)
+                with pytest.raises(JournalUnavailableError, match="journal unavailable: database is locked"):
+                    await journal.try_append(run_created(4))
+                await anyio.sleep(0.3)  # many retries
+                assert not committed and not clear.is_set()
+                browser.execute("ROLLBACK")
+        finally:
+            browser.close()
+        assert clear.is_set() and journal.held_back == 0
+        assert [(e.run_id, e.seq) for e in [first, *committed]] == [("run_1", 1), ("run_2", 2), ("run_3", 3)]
+        (after,) = await journal.try_append(run_created(5))
+        assert after.seq == 4  # the refused append used no number
+    assert [e["seq"] for e in journal_events(db)] == [1, 2, 3, 4]

@@ -60,6 +60,7 @@ class Journal:
         self.append = self._writer.append
         self.try_append = self._writer.try_append
         self.check_writable = self._writer.check_writable
+        self.wait_clear = self._writer.wait_clear
         self.give_up = self._writer.give_up
 
     @classmethod

@@ -31,7 +31,8 @@ def check_journal(path: Path, *, creating: bool = True, quick_check_s: float = Q
 
     Reads only (the header, SQLite's `quick_check` for at most `quick_check_s`, `_migrations`)."""
     problem = _problem(path, creating, quick_check_s)
-    if problem is not None:
+    if problem is not None:  # on one line: SQLite's verdicts may hold several
+        problem = " ".join(problem.replace("*** in database main ***", "").split())
         raise JournalUnusableError(f"journal {path} cannot be used: {problem}")
 
 

@@ -70,6 +70,8 @@ class Writer:
         self._retry = retry or Retry()
         self.fault: str | None = None  # the cause of the last refused commit, until one succeeds
         self.held_back = 0  # events kept through a fault, waiting for the journal to take them
+        self._clear = anyio.Event()  # set while nothing is held back
+        self._clear.set()
         self._give_up_at: float | None = None
         self._wake = anyio.Event()
         self._send: MemoryObjectSendStream[_Pending]
@@ -103,6 +105,11 @@ class Writer:
         through a journal fault (or has given up)."""
         if needed and self.fault is not None and (self.held_back or self._giving_up):
             raise self._unavailable()
+
+    async def wait_clear(self) -> None:
+        """Returns once the writer holds nothing back (at once, without a checkpoint, but through a fault)."""
+        if not self._clear.is_set():
+            await self._clear.wait()
 
     def give_up(self, within_s: float = 0.0) -> None:
         """Stops waiting for a journal that refuses writes (the server is stopping): the writer keeps
@@ -173,7 +180,10 @@ class Writer:
                 self.held_back = sum(len(pending.events) for pending in held)
                 if not held:
                     delay = self._retry.first_s
+                    self._clear.set()
                     continue
+                if self._clear.is_set():
+                    self._clear = anyio.Event()
                 if not retrying:
                     log.warning("%s; %d events held back until it does", self._unavailable(), self.held_back)
                 with anyio.move_on_after(min(delay, self._until_giving_up())):
