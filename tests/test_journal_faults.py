@@ -98,8 +98,10 @@ def assert_sound(db: Path) -> list[dict[str, Any]]:
 
 async def gated_pair(client: Client, gate: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two running effects that end when `gate` exists: one succeeds, one exits 3."""
-    ok = await call(client, "dispatch_effect", command=py(GATED, str(gate), "0"), label="ok", background=True)
-    bad = await call(client, "dispatch_effect", command=py(GATED, str(gate), "3"), label="bad", background=True)
+    ok, bad = [
+        await call(client, "dispatch_effect", command=py(GATED, str(gate), code), group="pair", background=True)
+        for code in ("0", "3")
+    ]
     with anyio.fail_after(20):
         while True:
             records = [await call(client, "poll_effect", effect_id=e["effect_id"]) for e in (ok, bad)]
@@ -187,6 +189,11 @@ async def test_an_effect_that_exits_0_while_another_program_locks_the_database_i
             await end_while_held(engine, gate, ok, bad, held=2)
             with anyio.fail_after(2):  # refused at once, not after another busy timeout
                 refused = await call_error(client, "dispatch_effect", command=py("pass"), background=True)
+            assert "journal unavailable: database is locked" in refused
+            steps = [{"id": "a", "command": py("pass")}, {"id": "b", "needs": ["a"], "command": py("pass")}]
+            refused = await call_error(client, "dispatch_flow", steps=steps, background=True)
+            assert "journal unavailable: database is locked" in refused
+            refused = await call_error(client, "cancel_group", group="pair")
             assert "journal unavailable: database is locked" in refused
             # Locked many busy timeouts long: the server keeps trying, answers, and falsifies nothing.
             with anyio.fail_after(10):
