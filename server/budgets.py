@@ -208,7 +208,7 @@ class Budgets:
 
     async def set(self, scope: Scope, limits: Limits) -> BudgetRecord:
         """Sets or replaces the budget of `scope` (journaled first); a limit already reached stops the scope."""
-        (event,) = await self._journal.append(self.event(scope, limits))
+        (event,) = await self._journal.try_append(self.event(scope, limits))
         return await self.adopt(event)
 
     async def adopt(self, event: Event) -> BudgetRecord:

@@ -50,6 +50,8 @@ class Settings:
     harnesses: Mapping[str, HarnessProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
     poll_control_s: float = 0.2
     http: HttpSettings = field(default_factory=HttpSettings)
+    journal_busy_timeout_s: float = 10.0  # a lock held elsewhere longer than this is a journal fault
+    journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
 
     @property
     def output_dir(self) -> Path:

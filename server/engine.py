@@ -34,6 +34,8 @@ from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.journal.peers import Peers
 from effectd.journal.summaries import summarize_effects
+from effectd.journal.usable import check_journal
+from effectd.journal.writer import Retry
 from effectd.models import (
     CANCEL_WAIT_S,
     CancelledGroup,
@@ -54,6 +56,7 @@ from effectd.supervisor.recovery import cancel_waiting
 from effectd.supervisor.workspaces import check as check_isolation
 
 ABANDONED = "the client abandoned the call"
+GIVE_UP_S = 5.0  # on close, how long ends that a journal fault holds back may still wait for it
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Engine:
         return {
             "journal_transactions": self._journal.batches,
             "journal_commits_in_flight": self._journal.in_flight,
+            "journal_events_held_back": self._journal.held_back,  # through a journal fault, until it takes them
             "active_effects": len(self._supervisor.live_effects()),
         }
 
@@ -326,6 +330,7 @@ class Engine:
         under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
         the caller goes away."""
         effect = await self._supervisor.get(effect_id)
+        self._journal.check_writable(needed=not effect.terminal)
         if not effect.local and not effect.terminal:  # another server's: forwarded to it
             if await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S) or effect.terminal:
                 return effect.record()  # else its server was gone: taken over, it is this server's now
@@ -340,10 +345,12 @@ class Engine:
     async def cancel_flow(self, flow_id: str, *, message: str | None = None) -> CancelledGroup:
         """Cancels every unfinished step of the flow; returns once they ended."""
         flow = await self._flows.get(flow_id)
+        self._journal.check_writable(needed=not all(e.terminal for e in flow.effects.values()))
         self._flows.cancel(flow, "user", message)
         return await self._cancel_all(await self._supervisor.get_many(flow.effect_ids), message)
 
     async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
+        self._journal.check_writable(needed=not all(e.terminal for e in effects))
         with anyio.CancelScope(shield=True):
             cancelled = await self._cancel_losers(effects, "user", message, CANCEL_WAIT_S)
         return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
@@ -411,7 +418,10 @@ def _attach(
 
 @asynccontextmanager
 async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) -> AsyncIterator[Engine]:
-    async with joining(settings.db) as joined:
+    # Checked first (JournalUnusableError names what makes it unusable), before anything is written.
+    await anyio.to_thread.run_sync(check_journal, settings.db)
+    retry = Retry(max_s=settings.journal_retry_max_s)
+    async with joining(settings.db, busy_timeout_s=settings.journal_busy_timeout_s, retry=retry) as joined:
         journal = joined.journal
         supervisor = _supervisor(settings, journal, runner, joined.me.server_id, joined.owners)
         flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
@@ -438,6 +448,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
                 yield engine
             finally:
                 flows.closing = True
+                journal.give_up(within_s=GIVE_UP_S)
                 tg.cancel_scope.cancel()
 
 
@@ -473,6 +484,7 @@ async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree
     server runs it: ask that server instead (`effectd cancel`). An earlier attempt's git worktree is
     finished as an ending effect's is (`worktree_dir`: the settings' `worktree_dir`)."""
     worktrees = Worktrees(worktree_dir or db.parent / f"{db.stem}.worktrees")
+    await anyio.to_thread.run_sync(check_journal, db)
     lock = StartLock(db)
     await lock.acquire()
     try:

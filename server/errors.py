@@ -37,6 +37,14 @@ class DatabaseBusyError(EffectdError):
     """Raised when the journal is busy: its start-up lock is held too long, or a live server runs the effect."""
 
 
+class JournalUnavailableError(EffectdError):
+    """Raised when a call needs to write but the journal takes no writes now (disk full, locked, I/O error)."""
+
+
+class JournalUnusableError(EffectdError):
+    """Raised when the journal file cannot be used at all (corrupt, truncated, unreadable, read-only, newer)."""
+
+
 class EffectFailedError(EffectdError):
     """Raised by the Python API when an awaited effect ended `failed` or `skipped`; carries its record."""
 

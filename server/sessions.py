@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 from effectd.flows.manager import Flow, FlowManager
 from effectd.journal import TERMINAL_EVENTS, Event, Journal
 from effectd.journal.peers import Peers
+from effectd.journal.writer import Retry
 from effectd.ownership import OPEN_HERE, ServerIdentity, StartLock, runner_alive, server_alive
 from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.recovery import recover
@@ -49,7 +50,7 @@ class Joined:
 
 
 @asynccontextmanager
-async def joining(db: Path) -> AsyncIterator[Joined]:
+async def joining(db: Path, *, busy_timeout_s: float = 10.0, retry: Retry | None = None) -> AsyncIterator[Joined]:
     """Opens the journal as one more server on it: under the start-up lock (released by `release`, or
     at the latest when the context ends) migrates it, registers this server and takes over the gone
     ones. On exit the server is recorded as stopped: what it leaves waiting is the next server's."""
@@ -57,7 +58,7 @@ async def joining(db: Path) -> AsyncIterator[Joined]:
     lock = StartLock(db)
     await lock.acquire()
     try:
-        async with Journal.open(db) as journal, Peers.open(db) as peers:
+        async with Journal.open(db, busy_timeout_s=busy_timeout_s, retry=retry) as journal, Peers.open(db) as peers:
             here = (me.server_id, str(db.resolve()))  # noqa: ASYNC240 - a path, resolved once at start
             OPEN_HERE.add(here)
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import anyio
 import pytest
 
 from effectd.config import Settings
+from effectd.errors import JournalUnusableError
 from effectd.journal import JournalReader
 from tests.conftest import REPO, SLEEP, call, connected, effectd_bin, py
 
@@ -159,7 +159,7 @@ def test_the_journal_reader_reads_a_missing_file_as_empty_and_never_creates_it(t
     reader = JournalReader(tmp_path / "none" / "journal.db")
     assert reader.effect("eff_x") is None and reader.effects() == [] and reader.flow("flw_x") is None
     assert reader.events() == [] and reader.event_count() == 0 and reader.control_answer(1) is None
-    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+    with pytest.raises(JournalUnusableError, match="journal .*journal.db cannot be used: .*cannot be opened"):
         reader.request_control("eff_x", "cancel")
     assert not (tmp_path / "none").exists()
 

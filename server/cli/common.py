@@ -10,6 +10,7 @@ from typing import Any
 
 from effectd.config import Settings, build_settings, load_file
 from effectd.journal.reader import JournalReader
+from effectd.journal.usable import check_journal
 
 TERMINAL = ("succeeded", "failed", "cancelled", "skipped")
 
@@ -24,8 +25,13 @@ def settings_of(args: argparse.Namespace) -> Settings:
     """The settings `effectd serve` would run with given the same --db and --config: so the same journal
     (--db, else $EFFECTD_DB, else `db` in the config file, else ./.effectd/journal.db).
 
-    Raises ConfigError, as serve does, when the configuration is not valid."""
-    return build_settings(load_file(Path(args.config) if args.config else None), db=Path(args.db) if args.db else None)
+    Raises ConfigError, as serve does, when the configuration is not valid, and JournalUnusableError,
+    as serve does, when the journal cannot be used (corrupt, truncated, unreadable, read-only, newer)."""
+    settings = build_settings(
+        load_file(Path(args.config) if args.config else None), db=Path(args.db) if args.db else None
+    )
+    check_journal(settings.db, creating=False)  # a journal not created yet reads as empty
+    return settings
 
 
 def effect_record(settings: Settings, row: dict[str, Any]) -> dict[str, Any]:

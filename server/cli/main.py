@@ -20,10 +20,8 @@ from effectd.http_settings import HttpSettings, resolve_token
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
-
-    from effectd.app import serve
     from effectd.config import build_settings, load_file
+    from effectd.journal.usable import check_journal
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:  # a fault that repeats is logged once a second, with a count
@@ -38,6 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             keep_queued=args.keep_queued,
             result_limit_bytes=args.result_limit_bytes,
         )
+        check_journal(settings.db)  # before the server's imports: a journal that cannot be used is told at once
+        import anyio
+
+        from effectd.app import serve
+
         http: dict[str, Any] = {}
         if args.http:
             http = _http_options(args, settings.http)

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
+from effectd.errors import JournalUnusableError
+
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -111,6 +113,11 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
     """Applies every migration not yet recorded; returns the names applied now."""
     await db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {row[0] for row in await db.execute_fetchall("SELECT name FROM _migrations")}
+    unknown = sorted(done - {name for name, _ in MIGRATIONS})
+    if unknown:  # a newer effectd's journal: its tables mean what this effectd does not know
+        raise JournalUnusableError(
+            f"it was written by a newer effectd (schema migration {unknown[-1]!r} is unknown to this one)"
+        )
     applied = []
     for name, step in MIGRATIONS:
         if name in done:

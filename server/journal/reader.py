@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from effectd.journal.usable import opening_error
 from effectd.models import format_iso, now_iso
 
 _BUSY_TIMEOUT_S = 10.0
@@ -33,9 +34,12 @@ class JournalReader:
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        with closing(self._connect("ro")) as conn:
-            conn.row_factory = sqlite3.Row
-            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        try:
+            with closing(self._connect("ro")) as conn:
+                conn.row_factory = sqlite3.Row
+                return [dict(row) for row in conn.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise opening_error(self.path, exc) from None
 
     def effect(self, effect_id: str) -> dict[str, Any] | None:
         """The effect's projection row, or None when the journal has no such effect."""
@@ -105,19 +109,22 @@ class JournalReader:
         `window_s`; past it the request expires and is never carried out (see `expire_request`)."""
         requested = datetime.now(UTC)
         expires = requested + timedelta(seconds=window_s)
-        with closing(self._connect("rw")) as conn, conn:
-            cursor = conn.execute(
-                "INSERT INTO control (effect_id, action, reason, requested_at, expires_at, args) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    effect_id,
-                    action,
-                    reason,
-                    format_iso(requested),
-                    format_iso(expires),
-                    None if args is None else json.dumps(args),
-                ),
-            )
+        try:
+            with closing(self._connect("rw")) as conn, conn:
+                cursor = conn.execute(
+                    "INSERT INTO control (effect_id, action, reason, requested_at, expires_at, args) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        effect_id,
+                        action,
+                        reason,
+                        format_iso(requested),
+                        format_iso(expires),
+                        None if args is None else json.dumps(args),
+                    ),
+                )
+        except sqlite3.Error as exc:
+            raise opening_error(self.path, exc) from None
         request_id = cursor.lastrowid
         if request_id is None:  # pragma: no cover - an INSERT into a rowid table always gives one
             raise RuntimeError("the control request was not recorded")

@@ -3,50 +3,37 @@
 from __future__ import annotations
 
 import json
-import math
+import sqlite3
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from effectd.journal.budgets import BUDGET_COLUMNS, BUDGET_EVENTS, UPSERT_BUDGET, budget_key, fold_budget
+from effectd.errors import JournalUnusableError
+from effectd.journal.budgets import BUDGET_EVENTS, budget_key, fold_budget
 from effectd.journal.migrations import migrate
-from effectd.journal.projection import EFFECT_COLUMNS, FLOW_COLUMNS, EffectState, Event, fold_effect, fold_flow
-from effectd.journal.shared import begin_batch, screen
-from effectd.models import now_iso
-
-_INSERT_EVENT = "INSERT INTO events (seq, ts, run_id, effect_id, type, data) VALUES (?, ?, ?, ?, ?, ?)"
-# An upsert on the primary key only: a clash on another unique index (a reused idempotency key) fails
-# loudly instead of silently deleting the other effect's row, as INSERT OR REPLACE would.
-_UPSERT_EFFECT = (
-    f"INSERT INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * len(EFFECT_COLUMNS))}) "
-    f"ON CONFLICT (effect_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in EFFECT_COLUMNS[1:])}"
-)
-_UPSERT_FLOW = f"INSERT OR REPLACE INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
-_BATCH_LIMIT = 2000
+from effectd.journal.projection import EffectState, Event, fold_effect, fold_flow
+from effectd.journal.usable import opening_error, prepare_journal_file
+from effectd.journal.writer import Retry, Writer
 
 
-@dataclass
-class _Pending:
-    events: list[Event]
-    done: anyio.Event
-    error: BaseException | None = None
-
-
-async def _connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+async def _connect(path: Path, *, readonly: bool = False, busy_timeout_s: float = 10.0) -> aiosqlite.Connection:
     uri = f"file:{path}?mode=ro" if readonly else str(path)
     db = await aiosqlite.connect(uri, uri=readonly)
-    db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA busy_timeout = 10000")
-    if not readonly:
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
+    try:  # a connection left open keeps its thread, and the process, alive
+        db.row_factory = aiosqlite.Row
+        await db.execute(f"PRAGMA busy_timeout = {max(0, round(busy_timeout_s * 1000))}")
+        if not readonly:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.close()
+        raise
     return db
 
 
@@ -56,184 +43,79 @@ class Journal:
     `append` returns once the batch that holds its events is committed, with each event's `seq`,
     taken from the journal inside the batch's transaction (other servers may write it too: see
     `effectd.journal.shared`). Several appends that arrive while a commit is under way are written
-    together in the next transaction (group commit).
+    together in the next transaction (group commit). Through a journal fault (disk full, a lock held
+    elsewhere) an `append` waits until the journal takes it; a `try_append` is refused (see `writer.py`).
     """
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, next_seq: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        next_seq: int,
+        retry: Retry | None = None,
+    ) -> None:
         self.path = path
-        self._db = writer
         self._read = reader
-        self._last_seq = next_seq - 1  # the last seq this writer knows of (its own, or seen in a batch)
-        self._send: MemoryObjectSendStream[_Pending]
-        self._recv: MemoryObjectReceiveStream[_Pending]
-        self._send, self._recv = anyio.create_memory_object_stream[_Pending](math.inf)
-        self._states: dict[str, EffectState] = {}  # of the effects not yet terminal, as committed
-        self._flow_rows: dict[str, dict[str, Any]] = {}
-        self.batches = 0
-        self.in_flight = 0
-        self._writing = anyio.Lock()  # a batch, or maintenance (`exclusive`), on the writer's connection
+        self._writer = Writer(path, writer, next_seq, retry)
+        self.append = self._writer.append
+        self.try_append = self._writer.try_append
+        self.check_writable = self._writer.check_writable
+        self.wait_clear = self._writer.wait_clear
+        self.give_up = self._writer.give_up
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[Journal]:
-        """Opens (creating and migrating) the database and runs the writer until the context ends."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        try:
-            await migrate(writer)
-            reader = await _connect(path)
+    async def open(
+        cls, path: Path, *, busy_timeout_s: float = 10.0, retry: Retry | None = None
+    ) -> AsyncIterator[Journal]:
+        """Opens (creating and migrating) the database and runs the writer until the context ends.
+
+        Raises JournalUnusableError or JournalUnavailableError, naming the file and the problem, when
+        the file cannot be opened, migrated or read. A new journal's files are created mode 0600."""
+        async with AsyncExitStack() as stack:
             try:
+                prepare_journal_file(path)
+                writer = await _connect(path, busy_timeout_s=busy_timeout_s)
+                stack.push_async_callback(writer.close)
+                await migrate(writer)
+                reader = await _connect(path, busy_timeout_s=busy_timeout_s)
+                stack.push_async_callback(reader.close)
                 rows = await writer.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
-                journal = cls(path, writer, reader, next(iter(rows))[0] + 1)
-                async with anyio.create_task_group() as tg:
-                    await journal._start(tg)
-                    try:
-                        yield journal
-                    finally:
-                        journal._send.close()
-            finally:
-                await reader.close()
-        finally:
-            await writer.close()
+            except (sqlite3.Error, OSError, JournalUnusableError) as exc:
+                raise opening_error(path, exc) from None
+            journal = cls(path, writer, reader, next(iter(rows))[0] + 1, retry)
+            async with anyio.create_task_group() as tg:
+                await journal._start(tg)
+                try:
+                    yield journal
+                finally:
+                    journal._writer.close()
 
     async def _start(self, tg: TaskGroup) -> None:
-        tg.start_soon(self._write_batches)
+        tg.start_soon(self._writer.run)
 
-    # --- writing ---------------------------------------------------------------------------------
+    @property
+    def batches(self) -> int:
+        """The transactions committed so far."""
+        return self._writer.batches
 
-    async def commit(self, events: Sequence[Event]) -> list[Event]:
-        """Writes events and returns them once they are durable, each with its `seq` (a RUN_CREATED
-        that another server wrote first is left out)."""
-        pending = _Pending([replace(e, ts=e.ts or now_iso()) for e in events], anyio.Event())
-        self.in_flight += 1  # until the caller has its answer: committed events are then applied
-        try:
-            self._send.send_nowait(pending)
-            with anyio.CancelScope(shield=True):
-                await pending.done.wait()
-        finally:
-            self.in_flight -= 1
-        if pending.error is not None:
-            raise pending.error
-        return pending.events
+    @property
+    def in_flight(self) -> int:
+        """Appends not yet answered."""
+        return self._writer.in_flight
 
-    async def append(self, *events: Event) -> list[Event]:
-        """Commits events; returns them with their `seq`."""
-        return await self.commit(events)
-
-    async def _write_batches(self) -> None:
-        async with self._recv:
-            async for first in self._recv:
-                batch = [first]
-                while len(batch) < _BATCH_LIMIT:
-                    try:
-                        batch.append(self._recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                error: BaseException | None = None
-                try:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            async with self._writing:
-                                await self._write(await self._prepare(batch))
-                        except Exception as exc:  # reported to every caller of the batch
-                            error = exc
-                            with suppress(Exception):
-                                await self._db.rollback()
-                finally:
-                    for pending in batch:  # nobody waits forever on a batch, whatever happened to it
-                        pending.error = pending.error or error
-                        pending.done.set()
-
-    async def _prepare(self, batch: list[_Pending]) -> list[Event]:
-        """Opens the batch's transaction and gives its events their seqs, in order, after whatever
-        other servers wrote (forgetting the cached states they changed); refuses reused keys."""
-        head, changed_effects, changed_flows = await begin_batch(self._db, self._last_seq)
-        for effect_id in changed_effects:
-            self._states.pop(effect_id, None)
-        for flow_id in changed_flows:
-            self._flow_rows.pop(flow_id, None)
-        self._last_seq = head
-        for pending, (events, refused) in zip(batch, await screen(self._db, [p.events for p in batch]), strict=True):
-            pending.error = refused
-            pending.events = [replace(event, seq=head + 1 + n) for n, event in enumerate(events)]
-            head += len(events)
-        return [event for pending in batch for event in pending.events]
-
-    async def _write(self, events: list[Event]) -> None:
-        effects: dict[str, EffectState] = {}
-        flows: dict[str, dict[str, Any]] = {}
-        runs: list[tuple[str, str]] = []
-        budgets: dict[tuple[str, str], dict[str, Any] | None] = {}
-        for event in events:
-            if event.type == "RUN_CREATED" and event.run_id:
-                runs.append((event.run_id, event.data["created_at"]))
-            elif event.effect_id:
-                state = effects.get(event.effect_id)
-                if state is None and event.type != "EFFECT_REQUESTED":  # a new effect has no row to read
-                    # A copy: the cached state changes only once this batch is committed.
-                    known = await self._effect_state(event.effect_id)
-                    state = replace(known) if known is not None else None
-                folded = fold_effect(state, event)
-                if folded is not None:
-                    effects[event.effect_id] = folded
-            elif event.type.startswith("FLOW_"):
-                flow_id = event.data["flow_id"]
-                flow = flows.get(flow_id) or await self._flow_row(flow_id)
-                flow_row = fold_flow(flow, event)
-                if flow_row is not None:
-                    flows[flow_id] = flow_row
-            elif event.type in BUDGET_EVENTS:
-                key = budget_key(event)
-                budgets[key] = fold_budget(budgets[key] if key in budgets else await self._budget_row(key), event)
-        await self._db.executemany(
-            _INSERT_EVENT,
-            [(e.seq, e.ts, e.run_id, e.effect_id, e.type, json.dumps(e.data, separators=(",", ":"))) for e in events],
-        )
-        if runs:
-            await self._db.executemany("INSERT OR IGNORE INTO runs (run_id, created_at) VALUES (?, ?)", runs)
-        if effects:
-            rows = [state.to_row() for state in effects.values()]
-            await self._db.executemany(_UPSERT_EFFECT, [tuple(r[c] for c in EFFECT_COLUMNS) for r in rows])
-        if flows:
-            await self._db.executemany(_UPSERT_FLOW, [tuple(r[c] for c in FLOW_COLUMNS) for r in flows.values()])
-        if rows_of_budgets := [tuple(r[c] for c in BUDGET_COLUMNS) for r in budgets.values() if r is not None]:
-            await self._db.executemany(UPSERT_BUDGET, rows_of_budgets)
-        await self._db.commit()
-        self.batches += 1
-        self._last_seq = events[-1].seq if events else self._last_seq
-        for effect_id, state in effects.items():
-            if state.terminal:
-                self._states.pop(effect_id, None)
-            else:
-                self._states[effect_id] = state
-        for flow_id, row in flows.items():
-            if row["finished_at"] is None:
-                self._flow_rows[flow_id] = row
-            else:
-                self._flow_rows.pop(flow_id, None)
-
-    async def _effect_state(self, effect_id: str) -> EffectState | None:
-        if effect_id in self._states:
-            return self._states[effect_id]
-        rows = await self._db.execute_fetchall("SELECT * FROM effects WHERE effect_id = ?", (effect_id,))
-        return EffectState.from_row(dict(next(iter(rows)))) if rows else None
-
-    async def _budget_row(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        rows = await self._db.execute_fetchall("SELECT * FROM budgets WHERE kind = ? AND name = ?", key)
-        return dict(next(iter(rows))) if rows else None
-
-    async def _flow_row(self, flow_id: str) -> dict[str, Any] | None:
-        if flow_id in self._flow_rows:
-            return self._flow_rows[flow_id]
-        rows = await self._db.execute_fetchall("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
-        return dict(next(iter(rows))) if rows else None
+    @property
+    def held_back(self) -> int:
+        """Events a journal fault keeps from being committed, until the journal takes them."""
+        return self._writer.held_back
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
         """The writer's connection, with no batch under way until the context ends (maintenance such as
         `effectd prune`; the caller commits what it changes)."""
-        async with self._writing:
-            yield self._db
+        async with self._writer.writing:
+            yield self._writer.db
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -357,8 +239,13 @@ class Journal:
     async def write_aside(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one write on the second connection and commits it (the writer's connection may be inside
         a batch's transaction); returns how many rows it changed."""
-        cursor = await self._read.execute(sql, tuple(params))
-        await self._read.commit()
+        try:
+            cursor = await self._read.execute(sql, tuple(params))
+            await self._read.commit()
+        except BaseException:  # a refused write must not leave the read connection in a stale transaction
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await self._read.rollback()
+            raise
         return cursor.rowcount
 
 

@@ -16,6 +16,7 @@ from contextlib import suppress
 
 import anyio
 
+from effectd.errors import JournalUnavailableError
 from effectd.harness import Parser, make_parser
 from effectd.journal import Event
 from effectd.output import LineSplitter
@@ -233,7 +234,8 @@ class Attempts:
                     now = time.monotonic()
                     if now - last_event >= PROGRESS_EVENT_EVERY_S:
                         last_event = now
-                        await self._record(effect, events.progress(effect, effect.live_progress))
+                        with suppress(JournalUnavailableError):  # best effort: the end carries the latest
+                            await self._record(effect, events.progress(effect, effect.live_progress))
                 if parser.finished:
                     parser_done.set()
                 effect.notify()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.errors import ConflictError, InvalidRequestError
+from effectd.errors import ConflictError, InvalidRequestError, JournalUnavailableError
 from effectd.feed import ChangeFeed
 from effectd.journal import EffectState, Event, Journal
 from effectd.journal.shared import KeyTakenError
+from effectd.journal.usable import private_dir
 from effectd.models import EffectRecord, EffectSpec, new_id
 from effectd.runner import LocalRunner, Runner
 from effectd.runner.git import Worktrees
@@ -106,7 +107,7 @@ class Supervisor:
     async def running(self, before_start: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Supervisor]:
         """Recovers what the last server left (then runs `before_start`, with every waiting effect
         loaded but none started), runs effects until the context ends, then shuts down."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.output_dir)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             waiting = await recover(self.journal, self.attempts.runner, self.registry, self.workspaces, self.owners)
@@ -161,8 +162,9 @@ class Supervisor:
         return effect
 
     async def record(self, effect: Effect, event: Event) -> None:
-        """Journals an event of the effect, then applies it: memory never shows what the journal could lose."""
-        (stamped,) = await self.journal.append(event)
+        """Journals an event of the effect, then applies it: memory never shows what the journal could lose.
+        Through a journal fault it waits for the journal; a progress report is refused instead."""
+        (stamped,) = await (self.journal.try_append if events.best_effort(event) else self.journal.append)(event)
         self.apply(effect, stamped)
 
     def apply(self, effect: Effect, event: Event) -> None:
@@ -340,10 +342,12 @@ class Supervisor:
     async def _drive(self, effect: Effect) -> None:
         try:
             await self._driver.run(effect)
+        except JournalUnavailableError as exc:  # the server stopped before the journal took the effect's end
+            log.error("effect %s: its end was not journaled: %s", effect.effect_id, exc)
         except Exception:
             log.exception("effect %s: the supervisor failed", effect.effect_id)
             if not effect.terminal:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), suppress(JournalUnavailableError):  # stopping
                     await self.finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
         finally:
             self._active_tasks -= 1

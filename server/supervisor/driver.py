@@ -95,6 +95,7 @@ class Driver:
                 for limiter in self._sup.limits.for_spec(effect.spec):
                     await limiter.acquire_on_behalf_of(effect)
                     held.append(limiter)
+                await self._sup.journal.wait_clear()  # no process starts while the journal cannot record it
             if self._sup.closing and effect.cancel is None:
                 if self._sup.keep_queued:
                     return True

@@ -46,6 +46,11 @@ def progress(effect: Effect, value: dict[str, Any]) -> Event:
     return Event("EFFECT_PROGRESS", effect.run_id, effect.effect_id, {"progress": value})
 
 
+def best_effort(event: Event) -> bool:
+    """A progress report: not written when the journal takes no writes (the terminal event carries the last)."""
+    return event.type == "EFFECT_PROGRESS" and set(event.data) == {"progress"}
+
+
 def retry(effect: Effect, outcome: Outcome) -> Event:
     """A failed attempt that will be tried again."""
     attempt = outcome.attempt if outcome.attempt is not None else effect.attempt

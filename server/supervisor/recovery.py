@@ -60,7 +60,7 @@ async def recover(
         ended.append(registry.adopt(effect))
         endings.append(events.ended(effect, outcome))
     if endings:
-        for effect, event in zip(ended, await journal.append(*endings), strict=True):
+        for effect, event in zip(ended, await journal.try_append(*endings), strict=True):
             effect.apply(event)
             registry.add(effect)
     waiting = []
@@ -87,6 +87,6 @@ async def cancel_waiting(
     outcome = Outcome("cancelled", cancel=CancelRequest("user", message, None))
     if worktrees is not None:
         outcome.workspace = await finish_workspace(worktrees, effect, "cancelled", "user")
-    (stamped,) = await journal.append(events.ended(effect, outcome))
+    (stamped,) = await journal.try_append(events.ended(effect, outcome))
     effect.apply(stamped)
     return True

@@ -39,7 +39,7 @@ class Runs:
     async def append(self, run_id: str, events: list[Event]) -> list[Event]:
         """Appends events; a RUN_CREATED among them that fails to commit is unclaimed again."""
         try:
-            return await self._journal.append(*events)
+            return await self._journal.try_append(*events)
         except BaseException:
             if events and events[0].type == "RUN_CREATED":
                 self._known.discard(run_id)
