@@ -67,7 +67,10 @@ async def joining(db: Path, *, busy_timeout_s: float = 10.0, retry: Retry | None
             finally:
                 OPEN_HERE.discard(here)
                 with anyio.CancelScope(shield=True):
-                    await peers.stopped(me.server_id)
+                    try:
+                        await peers.stopped(me.server_id)
+                    except Exception as exc:  # a journal fault: the next server sees its pid gone instead
+                        log.warning("could not record server %s as stopped: %s", me.server_id, exc)
     finally:
         lock.release()
 
