@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.errors import ConflictError, InvalidRequestError, JournalUnavailableError
+from effectd.errors import ConflictError, InvalidRequestError
 from effectd.feed import ChangeFeed
 from effectd.journal import EffectState, Event, Journal
 from effectd.journal.shared import KeyTakenError
@@ -293,18 +293,9 @@ class Supervisor:
         *,
         skip: str | None = None,
     ) -> bool:
-        """Asks the effect's task to stop it; returns False when it is already terminal or being cancelled.
-        With `skip`, an effect that has not started ends `skipped` with that error instead.
-
-        Synchronous, so it can run while a cancelled caller unwinds.
-        """
-        if effect.terminal or effect.cancel is not None:
-            return False
-        effect.cancel = CancelRequest(reason, message, grace_s, skip)
-        effect.cancel_event.set()
-        if effect.waiting is not None:
-            effect.waiting.cancel()
-        return True
+        """Asks the effect's task to stop it (see `Effect.request_cancel`): synchronous, so it can run
+        while a cancelled caller unwinds."""
+        return effect.request_cancel(CancelRequest(reason, message, grace_s, skip))
 
     def request_skip(self, effect: Effect, why: str, reason: str) -> bool:
         """Ends an effect as `skipped` (error `why`) if it has not started, else cancels it with `reason`."""
@@ -341,14 +332,7 @@ class Supervisor:
 
     async def _drive(self, effect: Effect) -> None:
         try:
-            await self._driver.run(effect)
-        except JournalUnavailableError as exc:  # the server stopped before the journal took the effect's end
-            log.error("effect %s: its end was not journaled: %s", effect.effect_id, exc)
-        except Exception:
-            log.exception("effect %s: the supervisor failed", effect.effect_id)
-            if not effect.terminal:
-                with anyio.CancelScope(shield=True), suppress(JournalUnavailableError):  # stopping
-                    await self.finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
+            await self._driver.run_guarded(effect)
         finally:
             self._active_tasks -= 1
             if self._active_tasks == 0:

@@ -7,18 +7,22 @@ backoff) ends at once when the effect is cancelled or the server stops.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 import anyio
 
+from effectd.errors import JournalUnavailableError
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
 
 if TYPE_CHECKING:
     from effectd.supervisor.core import Supervisor
+
+log = logging.getLogger("effectd")
 
 
 class Driver:
@@ -37,6 +41,18 @@ class Driver:
                 yield scope
             finally:
                 effect.waiting = None
+
+    async def run_guarded(self, effect: Effect) -> None:
+        """`run`, where a failure of effectd's own ends the effect `failed` instead of escaping."""
+        try:
+            await self.run(effect)
+        except JournalUnavailableError as exc:  # the server stopped before the journal took the effect's end
+            log.error("effect %s: its end was not journaled: %s", effect.effect_id, exc)
+        except Exception:
+            log.exception("effect %s: the supervisor failed", effect.effect_id)
+            if not effect.terminal:
+                with anyio.CancelScope(shield=True), suppress(JournalUnavailableError):  # stopping
+                    await self._sup.finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
 
     async def run(self, effect: Effect) -> None:
         """Takes the effect from pending or queued to its end (or leaves it waiting for the next server)."""

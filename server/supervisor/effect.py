@@ -126,6 +126,17 @@ class Effect:
 
     # --- reading ----------------------------------------------------------------------------------
 
+    def request_cancel(self, request: CancelRequest) -> bool:
+        """Asks the effect's task to stop it; returns False when it is already terminal or being
+        cancelled. With `request.skip`, an effect that has not started ends `skipped` with that error."""
+        if self.terminal or self.cancel is not None:
+            return False
+        self.cancel = request
+        self.cancel_event.set()
+        if self.waiting is not None:
+            self.waiting.cancel()
+        return True
+
     def record(self) -> EffectRecord:
         state = self.state
         stalled = False
