@@ -220,7 +220,7 @@ async def test_a_log_deleted_while_the_effect_runs_still_reads_what_was_written_
     )
     async with connected(settings) as (_, client):
         record = await call(client, "dispatch_effect", command=py(code + "time.sleep(60)"), background=True)
-        text = await read_until(client, record["effect_id"], "after")
+        text = await read_until(client, record["effect_id"], "after\n")
         assert text == "before\nafter\n"
         await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=0.1)
         with anyio.fail_after(10):
