@@ -1,0 +1,89 @@
+"""The parsers on streams recorded from the real CLIs (tests/fixtures/real, `python -m tests.model_server.record`).
+
+These were printed by Claude Code 2.1.332 and Codex 0.171.0 themselves, run with the built-in
+profiles' command lines against the scripted model server: one Bash/`exec_command` call of
+`echo hi` then an answer, and a scripted HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from effectd.harness import make_parser
+from tests.model_server.clis import PACKAGES
+
+REAL = Path(__file__).resolve().parent / "fixtures" / "real"
+ANSWER = "The command printed hi, so the shell works."
+CLAUDE = PACKAGES["claude"][1]
+CODEX = PACKAGES["codex"][1]
+
+
+def parse(parser_name: str, file: str):
+    parser = make_parser(parser_name)
+    shown = []
+    for line in (REAL / file).read_text().splitlines():
+        if parser.feed(line + "\n"):
+            shown.append(parser.progress.last_text)
+    return parser, shown
+
+
+def events(file: str) -> list[dict]:
+    return [json.loads(line) for line in (REAL / file).read_text().splitlines()]
+
+
+def test_claude_success_stream():
+    parser, shown = parse("claude", f"claude-{CLAUDE}-stream.jsonl")
+    outcome = parser.outcome(0)
+    init = events(f"claude-{CLAUDE}-stream.jsonl")[0]
+    assert init["type"] == "system" and init["subtype"] == "init" and init["claude_code_version"] == CLAUDE
+    assert outcome.error is None
+    result = outcome.result
+    assert result["answer"] == ANSWER and result["is_error"] is False and result["subtype"] == "success"
+    assert result["cost_usd"] == pytest.approx(0.00216) and result["turns"] == 2
+    assert result["usage"]["input_tokens"] == 240 and result["usage"]["output_tokens"] == 60
+    assert result["session_id"] == init["session_id"]
+    # The tool call and the first turn's text arrive as progress before the answer.
+    assert "I will run echo first." in shown and shown[-1] == ANSWER
+    assert parser.progress.tool_calls == 1 and parser.progress.turns == 2
+
+
+def test_claude_api_error_stream():
+    parser, _ = parse("claude", f"claude-{CLAUDE}-stream-error.jsonl")
+    outcome = parser.outcome(1)
+    final = events(f"claude-{CLAUDE}-stream-error.jsonl")[-1]
+    # Claude Code reports an API error with subtype "success" and is_error true, plus api_error_status.
+    assert final["subtype"] == "success" and final["is_error"] is True and final["api_error_status"] == 400
+    assert outcome.error == "API Error: 400 scripted: this model is switched off"
+    assert outcome.result["is_error"] is True and outcome.result["cost_usd"] == 0
+
+
+def test_codex_success_stream():
+    parser, shown = parse("codex", f"codex-{CODEX}-stream.jsonl")
+    outcome = parser.outcome(0)
+    thread = events(f"codex-{CODEX}-stream.jsonl")[0]
+    assert outcome.error is None
+    result = outcome.result
+    assert result["answer"] == ANSWER and result["cost_usd"] is None and result["turns"] == 1
+    assert result["usage"] == {
+        "input_tokens": 240,
+        "cached_input_tokens": 0,
+        "cache_write_input_tokens": 0,
+        "output_tokens": 60,
+        "reasoning_output_tokens": 0,
+    }
+    assert result["session_id"] == thread["thread_id"]
+    assert "I will run echo first." in shown and shown[-1] == ANSWER
+    assert parser.progress.tool_calls == 1
+    # Codex 0.171 reports a warning as an `error` *item* (not an `error` event): it fails nothing.
+    assert any(e.get("item", {}).get("type") == "error" for e in events(f"codex-{CODEX}-stream.jsonl"))
+
+
+def test_codex_api_error_stream():
+    parser, _ = parse("codex", f"codex-{CODEX}-stream-error.jsonl")
+    outcome = parser.outcome(1)
+    assert outcome.result["is_error"] is True
+    # Codex passes the API's JSON error body through as its message.
+    assert json.loads(outcome.error)["error"]["message"] == "scripted: this model is switched off"
