@@ -4,7 +4,7 @@ It speaks Anthropic Messages, OpenAI Responses and OpenAI Chat Completions, stre
 a test gives it a :class:`Script` of turns and reads back every request it :attr:`~ModelServer.requests`.
 """
 
-from tests.model_server.script import Conversation, Error, Script, Text, ToolCall
+from tests.model_server.script import Conversation, Dynamic, Error, Script, Text, ToolCall
 from tests.model_server.server import ModelServer, Recorded
 
-__all__ = ["Conversation", "Error", "ModelServer", "Recorded", "Script", "Text", "ToolCall"]
+__all__ = ["Conversation", "Dynamic", "Error", "ModelServer", "Recorded", "Script", "Text", "ToolCall"]

@@ -9,7 +9,7 @@ all get a deterministic answer without any per-connection state.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,17 @@ class Error:
     type: str = "invalid_request_error"
 
 
-Turn = Text | ToolCall | Error
+@dataclass(frozen=True)
+class Dynamic:
+    """A turn decided when the request arrives: ``decide(body)`` (async) returns the turn to serve.
+
+    For what a real model would read from the history, e.g. an effect id in an earlier tool result.
+    """
+
+    decide: Callable[[dict[str, Any]], Awaitable[Text | ToolCall | Error]]
+
+
+Turn = Text | ToolCall | Error | Dynamic
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.model_server import dialects
-from tests.model_server.script import Error, Script, Turn
+from tests.model_server.script import Dynamic, Error, Script, Text, ToolCall, Turn
 
 HOST = "127.0.0.1"
 """Loopback only: the server is never reachable from another machine."""
@@ -130,15 +130,18 @@ class ModelServer:
             self.requests.append(entry)
         return entry
 
-    def _choose(self, entry: Recorded, position: _Position) -> Turn:
+    async def _choose(self, entry: Recorded, position: _Position) -> Text | ToolCall | Error:
         body = entry.body if isinstance(entry.body, dict) else {}
         opening, index = position(body)
-        entry.match, entry.turn_index, entry.turn = self.script.turn_for(opening, index)
-        return entry.turn
+        entry.match, entry.turn_index, turn = self.script.turn_for(opening, index)
+        if isinstance(turn, Dynamic):
+            turn = await turn.decide(body)
+        entry.turn = turn
+        return turn
 
     async def _anthropic(self, request: Request) -> Response:
         entry = await self._record(request)
-        turn = self._choose(entry, dialects.anthropic_position)
+        turn = await self._choose(entry, dialects.anthropic_position)
         if isinstance(turn, Error):
             return JSONResponse(dialects.anthropic_error(turn), status_code=turn.status)
         if isinstance(entry.body, dict) and entry.body.get("stream") is True:
@@ -147,14 +150,14 @@ class ModelServer:
 
     async def _responses(self, request: Request) -> Response:
         entry = await self._record(request)
-        turn = self._choose(entry, dialects.responses_position)
+        turn = await self._choose(entry, dialects.responses_position)
         if isinstance(turn, Error):
             return JSONResponse(dialects.openai_error(turn), status_code=turn.status)
         return _stream(dialects.responses_stream(turn, self.model))
 
     async def _chat(self, request: Request) -> Response:
         entry = await self._record(request)
-        turn = self._choose(entry, dialects.chat_position)
+        turn = await self._choose(entry, dialects.chat_position)
         if isinstance(turn, Error):
             return JSONResponse(dialects.openai_error(turn), status_code=turn.status)
         return _stream(dialects.chat_stream(turn, self.model))
