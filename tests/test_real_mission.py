@@ -8,11 +8,13 @@ mode `any`, cancel the slow one, and answer.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import effectd_bin, pid_alive
+from tests.conftest import REPO, effectd_bin, pid_alive
 from tests.model_server.clis import require
 from tests.model_server.mission import FINAL_ANSWER, GROUP, MCP, run_mission
 from tests.model_server.processes import effect_tree
@@ -69,3 +71,21 @@ def test_claude_as_the_client_runs_three_sub_agents_awaits_one_and_cancels_the_s
     # The await_group result the orchestrator read named a finished sub-agent first.
     awaited = [r for r in run.server.recorded(match="MISSION") if r.turn_index == 4][0]
     assert '\\"status\\":\\"succeeded\\"' in json.dumps(awaited.body["messages"][-1])
+
+
+def test_the_client_example_runs_the_mission_for_anyone_to_watch(tmp_path):
+    require("claude")
+    example = REPO / "client_examples" / "real_claude_offline.py"
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MCP servers: effectd (connected)" in done.stdout
+    assert "calls cancel_effect" in done.stdout and f"its answer: {FINAL_ANSWER}" in done.stdout
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[-3:]}
+    assert "cancelled  reason=user" in lines["slow"] and "succeeded" in lines["fast-1"]
+
+
+def test_the_client_example_says_so_when_claude_is_not_installed(tmp_path):
+    example = REPO / "client_examples" / "real_claude_offline.py"
+    env = {**os.environ, "EFFECTD_NODE_PREFIX": str(tmp_path / "no-node"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "claude is not installed" in done.stdout

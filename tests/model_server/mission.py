@@ -25,7 +25,7 @@ from tests.model_server.script import Conversation, Dynamic, Error, Script, Text
 from tests.model_server.server import ModelServer
 
 GROUP = "mission"
-FINAL_ANSWER = "Mission done: fast-1 and fast-2 answered; the slow sub-agent was cancelled."
+FINAL_ANSWER = "Mission done: the first sub-agent answered; the slow one was cancelled."
 TOOLS = ("dispatch_effect", "await_group", "cancel_effect")
 MCP = "mcp__effectd__"
 SLOW_TOOL = "echo waiting; sleep 300"
