@@ -1,6 +1,6 @@
 """The parsers on streams recorded from the real CLIs (tests/fixtures/real, `python -m tests.model_server.record`).
 
-These were printed by Claude Code 2.1.332 and Codex 0.171.0 themselves, run with the built-in
+These were printed by Claude Code 2.1.332, Codex 0.171.0 and pi 0.73.1 themselves, run with the built-in
 profiles' command lines against the scripted model server: one Bash/`exec_command` call of
 `echo hi` then an answer, and a scripted HTTP 400.
 """
@@ -19,6 +19,7 @@ REAL = Path(__file__).resolve().parent / "fixtures" / "real"
 ANSWER = "The command printed hi, so the shell works."
 CLAUDE = PACKAGES["claude"][1]
 CODEX = PACKAGES["codex"][1]
+PI = PACKAGES["pi"][1]
 
 
 def parse(parser_name: str, file: str):
@@ -87,3 +88,25 @@ def test_codex_api_error_stream():
     assert outcome.result["is_error"] is True
     # Codex passes the API's JSON error body through as its message.
     assert json.loads(outcome.error)["error"]["message"] == "scripted: this model is switched off"
+
+
+def test_pi_success_stream():
+    parser, shown = parse("pi", f"pi-{PI}-stream.jsonl")
+    outcome = parser.outcome(0)
+    session = events(f"pi-{PI}-stream.jsonl")[0]
+    assert outcome.error is None
+    result = outcome.result
+    assert result["answer"] == ANSWER and result["turns"] == 2 and result["session_id"] == session["id"]
+    assert result["cost_usd"] == pytest.approx(0.00162)
+    assert result["usage"]["input_tokens"] == 240 and result["usage"]["total_tokens"] == 300
+    assert "I will run echo first." in shown and shown[-1] == ANSWER
+    assert parser.progress.tool_calls == 1
+
+
+def test_pi_api_error_stream():
+    parser, _ = parse("pi", f"pi-{PI}-stream-error.jsonl")
+    # pi exits 0 after an API error; the failure is the last assistant message's stopReason.
+    outcome = parser.outcome(0)
+    assert outcome.result["is_error"] is True
+    assert outcome.error is not None and outcome.error.startswith("400 ")
+    assert json.loads(outcome.error[4:])["error"]["message"] == "scripted: this model is switched off"

@@ -25,6 +25,7 @@ NODE_PREFIX = Path(os.environ.get("EFFECTD_NODE_PREFIX", REPO / ".ci" / "node"))
 PACKAGES: dict[str, tuple[str, str]] = {
     "claude": ("@anthropic-ai/claude-code", "2.1.332"),
     "codex": ("@openai/codex", "0.171.0"),
+    "pi": ("@mariozechner/pi-coding-agent", "0.73.1"),
 }
 """Each covered CLI: its npm package and the version run for real (the newest when this was written)."""
 
@@ -122,6 +123,17 @@ def codex_env(server: ModelServer, codex_home: Path) -> dict[str, str]:
         "supports_websockets = false\n"
     )
     return {"CODEX_HOME": str(codex_home), "OPENAI_API_KEY": "scripted-key"}
+
+
+def pi_env(server: ModelServer, agent_dir: Path) -> dict[str, str]:
+    """pi on the scripted server: in its own agent dir (``PI_CODING_AGENT_DIR``), ``models.json`` adds a
+    provider speaking Anthropic Messages at the server, and ``settings.json`` makes it the default."""
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    model = {"id": server.model, "cost": {"input": 3, "output": 15, "cacheRead": 0, "cacheWrite": 0}}
+    provider = {"baseUrl": server.url, "api": "anthropic-messages", "apiKey": "scripted-key", "models": [model]}
+    (agent_dir / "models.json").write_text(json.dumps({"providers": {"scripted": provider}}))
+    (agent_dir / "settings.json").write_text(json.dumps({"defaultProvider": "scripted", "defaultModel": server.model}))
+    return {"PI_CODING_AGENT_DIR": str(agent_dir), "PI_SKIP_VERSION_CHECK": "1", "PI_OFFLINE": "1"}
 
 
 def main() -> int:

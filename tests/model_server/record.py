@@ -14,7 +14,7 @@ from pathlib import Path
 
 from effectd.harness.profiles import BUILTIN_PROFILES
 from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import PACKAGES, bin_dir, claude_env, codex_env, install
+from tests.model_server.clis import PACKAGES, bin_dir, claude_env, codex_env, install, pi_env
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
@@ -23,8 +23,10 @@ ERROR = "scripted: this model is switched off"
 TOOLS = {
     "claude": ToolCall("Bash", {"command": "echo hi", "description": "Print hi"}, text="I will run echo first."),
     "codex": ToolCall("exec_command", {"cmd": "echo hi", "yield_time_ms": 60000}, text="I will run echo first."),
+    "pi": ToolCall("bash", {"command": "echo hi"}, text="I will run echo first."),
 }
-ARGS = {"claude": ["--allowedTools", "Bash"], "codex": []}
+ARGS: dict[str, list[str]] = {"claude": ["--allowedTools", "Bash"], "codex": [], "pi": []}
+ENVS = {"claude": claude_env, "codex": codex_env, "pi": pi_env}
 
 
 def record(name: str, workdir: Path) -> None:
@@ -37,7 +39,7 @@ def record(name: str, workdir: Path) -> None:
     with ModelServer(script) as server:
         for case, prompt in (("stream", "TASK-ECHO: check the shell"), ("stream-error", "TASK-BROKEN: anything")):
             home = workdir / f"{name}-{case}"
-            env = claude_env(server, home) if name == "claude" else codex_env(server, home)
+            env = ENVS[name](server, home)
             argv = BUILTIN_PROFILES[name].build_argv(prompt, ARGS[name])
             argv[0] = str(bin_dir() / name)
             done = subprocess.run(
@@ -55,6 +57,7 @@ def record(name: str, workdir: Path) -> None:
 
 
 def main() -> int:
+    names = sys.argv[1:]  # e.g. `pi`: only those; all by default
     problems = install()
     FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +65,8 @@ def main() -> int:
             if name in problems:
                 print(f"{name}: {problems[name]}")
                 continue
-            record(name, Path(tmp))
+            if not names or name in names:
+                record(name, Path(tmp))
     return 0
 
 
