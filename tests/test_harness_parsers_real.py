@@ -1,6 +1,6 @@
 """The parsers on streams recorded from the real CLIs (tests/fixtures/real, `python -m tests.model_server.record`).
 
-These were printed by Claude Code 2.1.332, Codex 0.171.0 and pi 0.73.1 themselves, run with the built-in
+Printed by Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1 and opencode 1.18.33 themselves, run with the built-in
 profiles' command lines against the scripted model server: one Bash/`exec_command` call of
 `echo hi` then an answer, and a scripted HTTP 400.
 """
@@ -20,6 +20,7 @@ ANSWER = "The command printed hi, so the shell works."
 CLAUDE = PACKAGES["claude"][1]
 CODEX = PACKAGES["codex"][1]
 PI = PACKAGES["pi"][1]
+OPENCODE = PACKAGES["opencode"][1]
 
 
 def parse(parser_name: str, file: str):
@@ -110,3 +111,35 @@ def test_pi_api_error_stream():
     assert outcome.result["is_error"] is True
     assert outcome.error is not None and outcome.error.startswith("400 ")
     assert json.loads(outcome.error[4:])["error"]["message"] == "scripted: this model is switched off"
+
+
+def test_opencode_success_stream_ends_at_its_last_step_finish():
+    file = f"opencode-{OPENCODE}-stream.jsonl"
+    assert "done" not in {e["type"] for e in events(file)}, "opencode 1.18 prints no `done` line"
+    parser, shown = parse("opencode", file)
+    assert parser.finished
+    outcome = parser.outcome(0)
+    assert outcome.error is None
+    result = outcome.result
+    assert result["answer"] == ANSWER and result["turns"] == 2 and result["cost_usd"] == pytest.approx(0.00162)
+    assert result["usage"]["input_tokens"] == 240 and result["session_id"] == events(file)[0]["sessionID"]
+    assert "I will run echo first." in shown and parser.progress.tool_calls == 1
+
+
+def test_opencode_is_not_finished_by_a_tool_step_nor_when_a_step_follows_the_last():
+    lines = (REAL / f"opencode-{OPENCODE}-stream.jsonl").read_text().splitlines()
+    parser = make_parser("opencode")
+    for line in lines[:4]:  # through the first step_finish, whose reason is tool-calls
+        parser.feed(line)
+    assert not parser.finished
+    for line in lines[4:]:
+        parser.feed(line)
+    assert parser.finished
+    parser.feed(lines[0])  # another step starts: the run went on
+    assert not parser.finished
+
+
+def test_opencode_api_error_stream():
+    parser, _ = parse("opencode", f"opencode-{OPENCODE}-stream-error.jsonl")
+    outcome = parser.outcome(1)
+    assert outcome.error == "scripted: this model is switched off" and outcome.result["is_error"] is True

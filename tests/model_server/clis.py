@@ -26,6 +26,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "claude": ("@anthropic-ai/claude-code", "2.1.332"),
     "codex": ("@openai/codex", "0.171.0"),
     "pi": ("@mariozechner/pi-coding-agent", "0.73.1"),
+    "opencode": ("opencode-ai", "1.18.33"),
 }
 """Each covered CLI: its npm package and the version run for real (the newest when this was written)."""
 
@@ -134,6 +135,32 @@ def pi_env(server: ModelServer, agent_dir: Path) -> dict[str, str]:
     (agent_dir / "models.json").write_text(json.dumps({"providers": {"scripted": provider}}))
     (agent_dir / "settings.json").write_text(json.dumps({"defaultProvider": "scripted", "defaultModel": server.model}))
     return {"PI_CODING_AGENT_DIR": str(agent_dir), "PI_SKIP_VERSION_CHECK": "1", "PI_OFFLINE": "1"}
+
+
+def opencode_env(server: ModelServer, home: Path) -> dict[str, str]:
+    """opencode on the scripted server: ``OPENCODE_CONFIG_CONTENT`` adds a provider (the bundled
+    ``@ai-sdk/anthropic``) at the server's ``/v1`` and makes it the model; XDG dirs of its own; no
+    models.dev fetch, no autoupdate, no default plugins (which would be fetched from npm)."""
+    home.mkdir(parents=True, exist_ok=True)
+    provider = {
+        "npm": "@ai-sdk/anthropic",
+        "name": "Scripted",
+        "options": {"baseURL": f"{server.url}/v1", "apiKey": "scripted-key"},
+        "models": {server.model: {"name": "Scripted", "cost": {"input": 3, "output": 15}}},
+    }
+    config = {
+        "model": f"scripted/{server.model}",
+        "autoupdate": False,
+        "share": "disabled",
+        "provider": {"scripted": provider},
+    }
+    return {
+        "OPENCODE_CONFIG_CONTENT": json.dumps(config),
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+        **{f"XDG_{kind}_HOME": str(home / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE", "STATE")},
+    }
 
 
 def main() -> int:

@@ -29,6 +29,17 @@ def effect_tree(effect_id: str) -> dict[int, str]:
     return found
 
 
+def kill_marked(effect_id: str) -> None:
+    """SIGKILLs every live process of the effect: a test's own cleanup, so nothing outlives it."""
+    import signal
+
+    for pid in effect_tree(effect_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def running(effect_id: str, needle: str) -> dict[int, str]:
     """The effect's processes whose command line contains ``needle``."""
     return {pid: cmd for pid, cmd in effect_tree(effect_id).items() if needle in cmd}
