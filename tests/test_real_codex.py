@@ -121,9 +121,9 @@ async def _sleeping(client, env, cwd, prompt: str, needle: str, **options) -> tu
 async def gone(effect_id: str, tree: dict[int, str], needle: str) -> None:
     """The CLI, its sandbox and the tool are dead when the cancel returns; nothing of the effect is left soon after.
 
-    Codex also runs a shell-snapshot `bash -lc` in a session of its own, which forks (the user's
-    .bashrc) while effectd's one pass over /proc kills the effect's marked processes: a child forked
-    during that pass can outlive it by the snapshot's own short life (seen here: under 2 s).
+    Codex also runs a shell-snapshot `bash -lc` in a session of its own (it reads the user's .bashrc).
+    effectd's signals reach only the CLI's process group and codex does not end the snapshot on
+    SIGTERM, so it can outlive the cancel by its own short life (seen here: under 2 s).
     """
     core = [pid for pid, cmd in tree.items() if "codex" in cmd.split(" ", 1)[0] or "bwrap" in cmd or cmd == needle]
     assert len(core) >= 3 and [pid for pid in core if pid_alive(pid)] == []
