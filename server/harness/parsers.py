@@ -506,7 +506,9 @@ class PiParser(JsonParser):
 
 
 class OpencodeParser(JsonParser):
-    """opencode, ``run --format json``: the final event is ``done``; every ``error`` line is a failure."""
+    """opencode, ``run --format json``: the run ends at a ``step_finish`` whose reason is not ``tool-calls``
+    (the model's last step; opencode 1.18 prints nothing after it) or at ``done`` (printed by earlier
+    versions); a later ``step_start`` means it went on. Every ``error`` line is a failure."""
 
     name = "opencode"
 
@@ -516,6 +518,7 @@ class OpencodeParser(JsonParser):
         match kind:
             case "step_start":
                 self.progress.turns += 1
+                self._finished = False
             case "text":
                 if (text := _str(part.get("text"))) is not None:
                     self._answer = text
@@ -524,6 +527,7 @@ class OpencodeParser(JsonParser):
                 self.progress.tool_calls += 1
             case "step_finish":
                 self._on_step_finish(part)
+                self._finished = self._finished or part.get("reason") != "tool-calls"
             case "error":
                 self._fail(self._error_message(event.get("error")))
             case "done":

@@ -141,7 +141,8 @@ BUILTIN_PROFILES: dict[str, HarnessProfile] = {
             command=("opencode", "run", "--format", "json", ARGS, PROMPT),
             parser="opencode",
             description="opencode, `run --format json`. Bun CLI; writes each JSON event with its own write, "
-            "so events arrive line by line over a pipe. Needs stdin at /dev/null; the run ends at `done`.",
+            "so events arrive line by line over a pipe. Needs stdin at /dev/null; the run ends at its last "
+            "`step_finish` (reason other than `tool-calls`) or at `done`.",
         ),
     )
 }
