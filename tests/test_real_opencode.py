@@ -114,14 +114,6 @@ async def _sleeping(client, env, cwd, prompt: str, needle: str, **options) -> tu
     return record, tree
 
 
-LEAK = (
-    "effectd signals only the CLI's process group; opencode 1.18.33 starts its bash tool in a session of "
-    "its own and does not end it on SIGTERM, so the tool's `sleep` outlives the effect (effectd's pass "
-    "over /proc for processes marked with the effect id runs only on restart)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LEAK)
 async def test_cancelling_a_real_opencode_run_leaves_neither_the_cli_nor_its_tool_alive(client, model, env, tmp_path):
     record, tree = await _sleeping(client, env, str(tmp_path), "TASK-SLEEP: wait", "sleep 30")
     try:
@@ -130,10 +122,9 @@ async def test_cancelling_a_real_opencode_run_leaves_neither_the_cli_nor_its_too
         assert not pid_alive(record["pid"]), "the CLI itself is gone"
         assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
     finally:
-        kill_marked(record["effect_id"])  # what the test leaves, it ends itself
+        kill_marked(record["effect_id"])  # should an assertion fail, what the test leaves it ends itself
 
 
-@pytest.mark.xfail(strict=True, reason=LEAK)
 async def test_a_real_opencode_run_past_its_timeout_is_cancelled_with_its_tree(client, model, env, tmp_path):
     record, tree = await _sleeping(
         client, env, str(tmp_path), "TASK-LONG: wait", "sleep 300", timeout_s=TIMEOUT_S, grace_s=3
