@@ -29,6 +29,7 @@ from effectd.control import ControlChannel
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
+from effectd.flows.resume import take_cached
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.models import (
@@ -152,12 +153,14 @@ class Engine:
         flow_id: str | None = None,
         run_id: str | None = None,
         budget: Limits | None = None,
+        resume: str | None = None,
     ) -> FlowDispatched:
         """Checks a flow and journals it with all its steps (and its `budget`) in one commit; a `flow_id`
-        that names a flow with the same arguments gives that flow back (`new` False)."""
+        that names a flow with the same arguments gives that flow back (`new` False). `resume`: see flows.resume."""
         flow, new = await self._flows.submit(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget
-        )
+            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget,
+            resume=resume,
+        )  # fmt: skip
         return FlowDispatched(await self._flows.record(flow), new)
 
     # --- following --------------------------------------------------------------------------------
@@ -385,6 +388,7 @@ def _attach(
 
     supervisor.attach_flows(flows.render, ended)
     supervisor.attempts.spent = budgets.observe
+    supervisor.attempts.reuse = partial(take_cached, flows)
     return budgets, load
 
 

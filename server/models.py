@@ -23,7 +23,7 @@ STATUSES: tuple[str, ...] = ("pending", "queued", "running", "succeeded", "faile
 # The transitions the supervisor may make; anything else is a bug (see Effect.transition).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"queued", "cancelled", "skipped"}),
-    "queued": frozenset({"running", "failed", "cancelled", "skipped"}),
+    "queued": frozenset({"running", "succeeded", "failed", "cancelled", "skipped"}),  # succeeded: a cached step
     "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),  # queued again: a retry
     "succeeded": frozenset(),
     "failed": frozenset(),
@@ -118,6 +118,8 @@ class EffectRecord(BaseModel):
     flow_id: str | None = None
     step_id: str | None = None
     workspace: dict[str, Any] | None = None
+    cached: bool = False
+    reused_from: str | None = None
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

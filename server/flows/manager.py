@@ -24,6 +24,7 @@ from effectd.config import Settings
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
 from effectd.flows.models import FlowRecord, FlowStatus, Policy, Step, StepRef, flow_record, flow_status
 from effectd.flows.plan import plan_steps
+from effectd.flows.resume import check_resume
 from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal import Event, Journal
 from effectd.models import EffectSpec, new_id, now_iso
@@ -47,6 +48,7 @@ class Flow:
     finished_at: str | None = None
     effects: dict[str, Effect] = field(default_factory=dict)
     stop_why: str | None = None  # set once fail_fast stopped the flow
+    resumed_from: str | None = None  # the flow whose steps this one may take (flows.resume)
     completing: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
@@ -63,7 +65,7 @@ class Flow:
             steps,
             row["status"],
         )
-        flow.finished_at = row["finished_at"]
+        flow.finished_at, flow.resumed_from = row["finished_at"], row.get("resumed_from")
         if flow.finished_at is not None:
             flow.done.set()
         return flow
@@ -116,6 +118,7 @@ class FlowManager:
         flow_id: str | None = None,
         run_id: str | None = None,
         budget: Limits | None = None,
+        resume: str | None = None,
     ) -> tuple[Flow, bool]:
         """Checks a flow and journals it with all its steps in one commit; returns it and whether it is new.
 
@@ -133,6 +136,8 @@ class FlowManager:
                 await check_isolation(spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
+        if resume is not None:
+            await check_resume(self, resume, the_flow_id)
         the_run_id = run_id or self.supervisor.default_run_id
         async with self._submit_lock:
             existing = await self.journal.flow(the_flow_id)
@@ -145,7 +150,7 @@ class FlowManager:
                 )
             budgeted = self.budgets.for_flow(the_flow_id, the_run_id, budget)  # refused when a budget is spent
             started_at = now_iso()
-            flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs)
+            flow = Flow(the_flow_id, the_run_id, policy, max_concurrency, started_at, refs, resumed_from=resume)
             requested = Event(
                 "FLOW_REQUESTED",
                 the_run_id,
@@ -156,6 +161,7 @@ class FlowManager:
                     "max_concurrency": max_concurrency,
                     "started_at": started_at,
                     "steps": [ref.to_json() for ref in refs],
+                    "resumed_from": resume,
                 },
             )
             if max_concurrency is not None:

@@ -75,6 +75,8 @@ class FlowStepRecord(BaseModel):
     exit_code: int | None = None
     cancel_reason: CancelReason | None = None
     error: str | None = None
+    cached: bool = Field(False, description="resume: taken from the resumed flow without running")
+    reused_from: str | None = Field(None, description="resume: the effect whose outcome a cached step carries")
 
 
 class FlowRecord(BaseModel):
@@ -91,6 +93,8 @@ class FlowRecord(BaseModel):
     wall_s: float | None = Field(None, description="finished_at - started_at, once the flow ended")
     sum_step_s: float = Field(0.0, description="the sum of the steps' run times")
     speedup: float | None = Field(None, description="sum_step_s / wall_s, once the flow ended")
+    resumed_from: str | None = Field(None, description="the flow this one resumed (dispatch_flow's `resume`)")
+    cached_steps: int = Field(0, description="resume: steps taken from the resumed flow without running")
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ def flow_record(flow: Flow, effects: Mapping[str, Effect]) -> FlowRecord:
                 exit_code=record.exit_code,
                 cancel_reason=record.cancel_reason,
                 error=record.error,
+                cached=record.cached,
+                reused_from=record.reused_from,
             )
         )
     sum_step_s = round(sum(s.duration_s or 0.0 for s in steps), 6)
@@ -149,4 +155,6 @@ def flow_record(flow: Flow, effects: Mapping[str, Effect]) -> FlowRecord:
         wall_s=wall_s,
         sum_step_s=sum_step_s,
         speedup=round(sum_step_s / wall_s, 3) if wall_s else None,
+        resumed_from=flow.resumed_from,
+        cached_steps=sum(1 for s in steps if s.cached),
     )

@@ -140,3 +140,11 @@ async def _budgets(db: aiosqlite.Connection) -> None:
         );
         """
     )
+
+
+@migration("m150_issue15_resume")
+async def _resume(db: aiosqlite.Connection) -> None:
+    """Resume: a cached flow step and the effect it was taken from; the flow a flow resumed."""
+    await db.execute("ALTER TABLE effects ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
+    await db.execute("ALTER TABLE effects ADD COLUMN reused_from TEXT")
+    await db.execute("ALTER TABLE flows ADD COLUMN resumed_from TEXT")

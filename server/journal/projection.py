@@ -16,8 +16,12 @@ EFFECT_COLUMNS = (
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
     "workspace",
+    "cached", "reused_from",
 )  # fmt: skip
-FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
+FLOW_COLUMNS = (
+    "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at",
+    "resumed_from",
+)  # fmt: skip
 
 TERMINAL_EVENTS = {
     "EFFECT_RESOLVED": "succeeded",
@@ -73,6 +77,7 @@ def terminal_event(
     cancel_message: str | None = None,
     progress: dict[str, Any] | None = None,
     workspace: dict[str, Any] | None = None,
+    reused_from: str | None = None,
 ) -> Event:
     """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
     data: dict[str, Any] = {
@@ -92,6 +97,8 @@ def terminal_event(
         data["progress"] = progress
     if workspace is not None:
         data["workspace"] = workspace
+    if reused_from is not None:  # a flow step taken from an earlier flow (resume): its outcome is that effect's
+        data.update(cached=True, reused_from=reused_from)
     return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
 
 
@@ -136,6 +143,8 @@ class EffectState:
     output_bytes: int = 0
     output_truncated: bool = False
     workspace: dict[str, Any] | None = None  # isolation: the effect's git worktree (journaled at start and end)
+    cached: bool = False  # resume: a flow step taken from an earlier flow without running
+    reused_from: str | None = None  # resume: the effect whose outcome (and output) a cached step carries
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -198,6 +207,8 @@ class EffectState:
                 self.progress = data["progress"]
             if "workspace" in data:
                 self.workspace = data["workspace"]
+            if data.get("cached"):
+                self.cached, self.reused_from = True, data.get("reused_from")
 
     def to_row(self) -> dict[str, Any]:
         """The effect's row of the projection table."""
@@ -233,6 +244,8 @@ class EffectState:
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
             "workspace": _dumps(self.workspace),
+            "cached": int(self.cached),
+            "reused_from": self.reused_from,
         }
 
     def _spec_text(self) -> str:
@@ -266,6 +279,8 @@ class EffectState:
             output_bytes=row["output_bytes"],
             output_truncated=bool(row["output_truncated"]),
             workspace=_loads(row.get("workspace")),
+            cached=bool(row.get("cached")),
+            reused_from=row.get("reused_from"),
             spec_text=row["spec"],
         )
 
@@ -291,6 +306,7 @@ def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None
             "status": "running",
             "started_at": data["started_at"],
             "finished_at": None,
+            "resumed_from": data.get("resumed_from"),
         }
     if row is None:
         return None

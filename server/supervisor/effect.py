@@ -160,6 +160,8 @@ class Effect:
             flow_id=self.spec.flow_id,
             step_id=self.spec.step_id,
             workspace=state.workspace,
+            cached=state.cached,
+            reused_from=state.reused_from,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:
