@@ -29,7 +29,7 @@ from effectd.control import ControlChannel
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
-from effectd.flows.resume import take_cached
+from effectd.flows.fanout import instead_of_running
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.models import (
@@ -388,7 +388,7 @@ def _attach(
 
     supervisor.attach_flows(flows.render, ended)
     supervisor.attempts.spent = budgets.observe
-    supervisor.attempts.reuse = partial(take_cached, flows)
+    supervisor.attempts.instead = partial(instead_of_running, flows)
     return budgets, load
 
 

@@ -77,6 +77,8 @@ class EffectSpec(BaseModel):
     isolation: Literal["none", "worktree"] = "none"
     worktree_base: str | None = None
     keep_worktree: bool = False
+    for_each: list[Any] | str | None = None  # a flow step that fans out: its items, or a template of them
+    item_index: int | None = None  # a fan-out child: the index of its item
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""

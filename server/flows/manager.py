@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from effectd.budgets import Budgets, Limits
 from effectd.config import Settings
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
+from effectd.flows.fanout import fanned_out
 from effectd.flows.models import FlowRecord, FlowStatus, Policy, Step, StepRef, flow_record, flow_status
 from effectd.flows.plan import plan_steps
 from effectd.flows.resume import check_resume
@@ -233,7 +234,7 @@ class FlowManager:
         effects = dict(flow.effects)
         if missing:
             effects.update((e.effect_id, e) for e in await self.supervisor.get_many(missing))
-        return flow_record(flow, effects)
+        return flow_record(flow, effects, await fanned_out(self, flow, effects))
 
     async def wait(self, flow: Flow, within_s: float | None = None) -> bool:
         """Waits until the flow has ended (at most `within_s`); True when it has."""
@@ -320,7 +321,7 @@ class FlowManager:
             log.exception("flow %s: settling failed", flow.flow_id)
 
     async def _complete_if_done(self, flow: Flow) -> None:
-        if flow.completing or flow.done.is_set() or len(flow.effects) < len(flow.steps):
+        if flow.completing or flow.done.is_set() or any(i not in flow.effects for i in flow.effect_ids):
             return
         effects = [flow.effects[i] for i in flow.effect_ids]
         if not all(e.terminal for e in effects):

@@ -8,13 +8,15 @@ depending on the effects of the steps it needs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from effectd.config import Settings
 from effectd.errors import InvalidRequestError
+from effectd.flows.fanout import check_items, has_item_templates
 from effectd.flows.graph import check_graph
 from effectd.flows.models import Step, StepRef
-from effectd.flows.templates import check_templates
+from effectd.flows.templates import check_templates, parse_templates, templated_texts
 from effectd.models import EffectSpec, new_id
 from effectd.specs import build_spec
 
@@ -39,7 +41,12 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
         except InvalidRequestError as exc:
             raise type(exc)(f"step {step.id!r}: {exc}") from None
     templated = check_templates(steps, ancestors)
-    specs = [spec.model_copy(update={"templated": templated[s.id]}) for s, spec in zip(steps, specs, strict=True)]
+    for step in steps:
+        check_for_each(step, ancestors[step.id])
+    specs = [
+        spec.model_copy(update={"templated": templated[s.id], "for_each": s.for_each})
+        for s, spec in zip(steps, specs, strict=True)
+    ]
     keys: dict[str, str] = {}
     for step in steps:
         if step.key is not None and step.key in keys:
@@ -48,3 +55,32 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
             keys[step.key] = step.id
     refs = [StepRef(step.id, effect_ids[step.id], tuple(dict.fromkeys(step.needs))) for step in steps]
     return refs, specs
+
+
+def check_for_each(step: Step, ancestors: frozenset[str]) -> None:
+    """A step's `for_each`: a list of at most MAX_ITEMS, or a text whose templates name steps it needs (a
+    text without any must be a JSON list); `{{item}}` and `{{index}}` only in a step with `for_each`."""
+    where = f"step {step.id!r}"
+    if step.for_each is None:
+        for name, text in templated_texts(step):
+            if has_item_templates(text):
+                raise InvalidRequestError(
+                    f"{where} {name}: {{{{item}}}} and {{{{index}}}} belong to a step with `for_each` "
+                    "(a list to fan out over)"
+                )
+        return
+    try:
+        if isinstance(step.for_each, list):
+            check_items(step.for_each, "for_each")
+            return
+        refs = parse_templates(step.for_each, f"{where} for_each")
+        if not refs:
+            check_items(json.loads(step.for_each), "for_each")
+    except ValueError as exc:
+        raise InvalidRequestError(f"{where}: {exc}") from None
+    for ref in refs:
+        if ref.step not in ancestors:
+            raise InvalidRequestError(
+                f"{where} for_each: the template names step {ref.step!r}, which step {step.id!r} does not need; "
+                f"add {ref.step!r} to its `needs`"
+            )

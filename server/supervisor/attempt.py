@@ -35,7 +35,8 @@ Record = Callable[[Effect, Event], Awaitable[None]]  # journals an event of the 
 Render = Callable[[Effect], Awaitable[tuple[list[str], str | None]]]  # a templated step's argv and stdin
 RequestCancel = Callable[[Effect, str], object]
 Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
-Reuse = Callable[[Effect], Awaitable[Outcome | None]]  # a flow step's outcome taken from an earlier flow, if any
+# A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
+Instead = Callable[[Effect], Awaitable[Outcome | None]]
 
 
 class Attempts:
@@ -62,15 +63,11 @@ class Attempts:
         self.render: Render | None = None
         self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
         self.prepare: Prepare | None = None
-        self.reuse: Reuse | None = None  # resume: told of every flow step before it starts
+        self.instead: Instead | None = None  # flows: told of every flow step once its needs are met (Driver)
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
         attempt = effect.attempt + 1
-        if self.reuse is not None and effect.spec.flow_id is not None and effect.attempt == 0:
-            taken = await self.reuse(effect)  # a step resumed from an earlier flow: its outcome, not run again
-            if taken is not None:
-                return taken
         try:
             cwd = effect.spec.cwd
             if effect.spec.isolation == "worktree" and self.prepare is not None:

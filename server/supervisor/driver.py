@@ -51,6 +51,11 @@ class Driver:
                 return await self._sup.finish(effect, Outcome("skipped", error=why))
             effect.check_transition("queued")
             await self._sup.record(effect, events.queued(effect))
+        instead = self._sup.attempts.instead
+        if instead is not None and effect.spec.flow_id is not None and effect.attempt == 0:
+            outcome = await instead(effect)  # a flow step resumed (cached) or fanned out: no process of its own
+            if outcome is not None:
+                return await self._sup.finish(effect, outcome)
         while not await self._attempt(effect):
             if effect.spec.retry_backoff_s > 0:
                 with self._interruptible(effect):
