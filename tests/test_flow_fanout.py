@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,7 +13,8 @@ import pytest
 from mcp import Client
 
 from effectd.config import Settings
-from tests.conftest import call, call_error, connected, py
+from effectd.engine import Engine
+from tests.conftest import call, call_error, connected, effectd_bin, py
 
 pytestmark = pytest.mark.anyio
 
@@ -200,3 +203,44 @@ async def test_a_fan_out_cut_by_a_restart_finds_its_children_again_and_never_dis
         assert [c["cancel_reason"] for c in each["children"]] == ["shutdown", "shutdown"]
         group = await call(client, "list_effects", group=flow["flow_id"])
         assert len(group["effects"]) == 3  # the parent and its two children: none dispatched twice
+
+
+async def test_effectd_show_lists_a_flows_children_under_their_step(settings: Settings):
+    async with connected(settings) as (_, client):
+        flow = await call(
+            client,
+            "dispatch_flow",
+            policy="continue",
+            steps=[{"id": "each", "for_each": [0, -0.1, 0], "command": py(SLEEP_OR_FAIL, "{{item}}")}],
+        )
+    done = await anyio.run_process(
+        [effectd_bin(), "show", flow["flow_id"], "--db", str(settings.db)], check=False, env={**os.environ}
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    (each,) = shown["steps"]
+    assert each["status"] == "failed"
+    assert [(c["index"], c["status"]) for c in each["children"]] == [(0, "succeeded"), (1, "failed"), (2, "succeeded")]
+    assert [c["effect_id"] for c in each["children"]] == [c["effect_id"] for c in by_id(flow)["each"]["children"]]
+
+
+@pytest.mark.slow
+async def test_the_dashboard_flow_graph_counts_a_steps_children(engine: Engine, tmp_path: Path):
+    from tests.test_dashboard import _missing, dashboard
+
+    if _missing is not None:
+        pytest.skip(_missing)
+    steps = [
+        {"id": "plan", "command": plan(["a", "b", "c"])},
+        {"id": "work", "needs": ["plan"], "for_each": "{{steps.plan.result.files}}", "command": py(SHOW, "{{item}}")},
+    ]
+    async with dashboard(engine, tmp_path) as (url, client, page):
+        flow = await call(client, "dispatch_flow", steps=steps, flow_id="flw_fan")
+        assert flow["status"] == "succeeded"
+        await page.goto(f"{url}/#flow=flw_fan")
+        node = page.locator('#dag g.node[data-step-id="work"]')
+        await page.wait_for_function(
+            "() => { const n = document.querySelector('#dag g.node[data-step-id=\"work\"] text.node-sub');"
+            " return n !== null && n.textContent.includes('3/3 items'); }"
+        )
+        assert await node.get_attribute("data-children") == "3"
