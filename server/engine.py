@@ -389,6 +389,7 @@ def _attach(
     supervisor.attach_flows(flows.render, ended)
     supervisor.attempts.spent = budgets.observe
     supervisor.attempts.instead = partial(instead_of_running, flows)
+    supervisor.attempts.producer = supervisor.get
     return budgets, load
 
 

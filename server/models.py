@@ -79,6 +79,7 @@ class EffectSpec(BaseModel):
     keep_worktree: bool = False
     for_each: list[Any] | str | None = None  # a flow step that fans out: its items, or a template of them
     item_index: int | None = None  # a fan-out child: the index of its item
+    pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""

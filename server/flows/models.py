@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from effectd.arguments import EffectArguments
 from effectd.models import CancelReason, Status, seconds_between
@@ -38,6 +38,15 @@ StepId = Annotated[
 ]
 
 
+class PipeNeed(BaseModel):
+    """A need whose output is piped into this step's stdin: the step starts when that step starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: StepId
+    pipe: Annotated[Literal[True], Field(description="true: feed that step's output to this step's stdin")]
+
+
 class Step(EffectArguments):
     """One step of a flow: the effect to run, its id in the flow, and the steps it needs first.
 
@@ -57,7 +66,12 @@ class Step(EffectArguments):
 
     id: StepId
     needs: Annotated[
-        list[StepId], Field(max_length=MAX_STEPS, description="ids of the steps that must succeed first")
+        list[StepId | PipeNeed],
+        Field(
+            max_length=MAX_STEPS,
+            description='ids of the steps that must succeed first; at most one {"step": ID, "pipe": true}: '
+            "this step starts when that one starts, its output fed to this step's stdin",
+        ),
     ] = []
     for_each: Annotated[
         list[Any] | str | None,
@@ -66,6 +80,16 @@ class Step(EffectArguments):
             "at most 1,000 items; one effect per item, with {{item}}, {{item.FIELD}} and {{index}} filled"
         ),
     ] = None
+
+    @property
+    def need_ids(self) -> list[str]:
+        """The ids of the steps it needs, piped or not."""
+        return [need.step if isinstance(need, PipeNeed) else need for need in self.needs]
+
+    @property
+    def pipes(self) -> list[str]:
+        """The ids of the steps piped into it."""
+        return [need.step for need in self.needs if isinstance(need, PipeNeed)]
 
 
 class FlowStepRecord(BaseModel):

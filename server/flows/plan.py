@@ -34,17 +34,30 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
             "group": flow_id,
             "flow_id": flow_id,
             "step_id": step.id,
-            "depends_on": [effect_ids[need] for need in dict.fromkeys(step.needs)],
+            "depends_on": [effect_ids[need] for need in dict.fromkeys(step.need_ids)],
         }
         try:
             specs.append(build_spec(settings, request))
         except InvalidRequestError as exc:
             raise type(exc)(f"step {step.id!r}: {exc}") from None
+    for step, spec in zip(steps, specs, strict=True):
+        if step.pipes and spec.prompt_via == "stdin":
+            raise InvalidRequestError(
+                f"step {step.id!r}: harness {spec.harness!r} takes its prompt on stdin, so it cannot also take a "
+                f"piped need ({step.pipes[0]!r})"
+            )
     templated = check_templates(steps, ancestors)
     for step in steps:
         check_for_each(step, ancestors[step.id])
+        check_pipe(step)
     specs = [
-        spec.model_copy(update={"templated": templated[s.id], "for_each": s.for_each})
+        spec.model_copy(
+            update={
+                "templated": templated[s.id],
+                "for_each": s.for_each,
+                "pipe_from": effect_ids[s.pipes[0]] if s.pipes else None,
+            }
+        )
         for s, spec in zip(steps, specs, strict=True)
     ]
     keys: dict[str, str] = {}
@@ -53,7 +66,7 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
             raise InvalidRequestError(f"steps {keys[step.key]!r} and {step.id!r} both use key {step.key!r}")
         if step.key is not None:
             keys[step.key] = step.id
-    refs = [StepRef(step.id, effect_ids[step.id], tuple(dict.fromkeys(step.needs))) for step in steps]
+    refs = [StepRef(step.id, effect_ids[step.id], tuple(dict.fromkeys(step.need_ids))) for step in steps]
     return refs, specs
 
 
@@ -83,4 +96,29 @@ def check_for_each(step: Step, ancestors: frozenset[str]) -> None:
             raise InvalidRequestError(
                 f"{where} for_each: the template names step {ref.step!r}, which step {step.id!r} does not need; "
                 f"add {ref.step!r} to its `needs`"
+            )
+
+
+def check_pipe(step: Step) -> None:
+    """At most one piped need, and then no `stdin` of its own (nor a prompt sent on stdin), no `for_each`,
+    and no template naming the piped step (it is still running when this one starts)."""
+    pipes = step.pipes
+    if not pipes:
+        return
+    where = f"step {step.id!r}"
+    if len(pipes) > 1:
+        raise InvalidRequestError(
+            f"{where} pipes from {', '.join(map(repr, pipes))}; a step has one stdin, so at most one piped need"
+        )
+    if step.stdin is not None:
+        raise InvalidRequestError(
+            f"{where} has both `stdin` and a piped need ({pipes[0]!r}); its stdin is that step's output: drop `stdin`"
+        )
+    if step.for_each is not None:
+        raise InvalidRequestError(f"{where}: a step with `for_each` cannot also take a piped need ({pipes[0]!r})")
+    for name, text in templated_texts(step):
+        if any(ref.step == pipes[0] for ref in parse_templates(text, where)):
+            raise InvalidRequestError(
+                f"{where} {name}: the template names step {pipes[0]!r}, which is piped into it and still runs when "
+                f"it starts; read its output from stdin, or need {pipes[0]!r} without `pipe`"
             )

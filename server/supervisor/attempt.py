@@ -23,6 +23,7 @@ from effectd.runner import ExitStatus, Launch, ProcessHandle, Runner, SpawnError
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
+from effectd.supervisor.pipes import follow_log
 
 log = logging.getLogger("effectd")
 
@@ -64,6 +65,7 @@ class Attempts:
         self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
         self.prepare: Prepare | None = None
         self.instead: Instead | None = None  # flows: told of every flow step once its needs are met (Driver)
+        self.producer: Callable[[str], Awaitable[Effect]] | None = None  # a piped step's producer, by id
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
@@ -113,7 +115,11 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        return Launch(argv, env, cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
+        source = None
+        if spec.pipe_from is not None and self.producer is not None:
+            source, stdin = follow_log(await self.producer(spec.pipe_from)), None
+        data = stdin.encode() if stdin is not None else None
+        return Launch(argv, env, cwd, data, result_file, effect.effect_id, stdin_source=source)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec
@@ -154,6 +160,7 @@ class Attempts:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._pump, effect, handle, parser, parser_done, output_done)
+            tg.start_soon(handle.feed_stdin)  # a piped step's stdin (nothing to do for any other)
             tg.start_soon(on_exit)
             tg.start_soon(on_cancel)
             if spec.timeout_s is not None:

@@ -16,6 +16,7 @@ import anyio
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
+from effectd.supervisor.pipes import until_started
 
 if TYPE_CHECKING:
     from effectd.supervisor.core import Supervisor
@@ -74,6 +75,10 @@ class Driver:
             return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
 
         async def until_done(dependency: Effect, scope: anyio.CancelScope) -> None:
+            if dependency.effect_id == effect.spec.pipe_from:
+                await until_started(dependency)  # piped: this effect runs beside it, reading its output
+                if not dependency.terminal:
+                    return
             await dependency.done.wait()
             if dependency.status != "succeeded":
                 scope.cancel()  # any dependency that fails ends the wait at once, even while others run
