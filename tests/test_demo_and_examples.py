@@ -121,7 +121,8 @@ def test_the_fast_demo_shows_effects_side_by_side_streamed_collected_and_a_runaw
 
     # 7. plan -> fan-out -> review (failing on purpose), then resumed: only the review runs again
     if flow:
-        assert re.search(r"^\s+document\s+succeeded [\d.]+ s, 4 sub-agents side by side$", out, re.M), out
+        fanned = r"^\s+document\s+succeeded [\d.]+ s, 4 sub-agents side by side \([\d.]+ s of work\)$"
+        assert re.search(fanned, out, re.M), out
         assert re.search(r"^\s+review\s+failed .*fake harness failed as asked", out, re.M), out
         assert re.search(r"^\s+document\s+succeeded cached \(taken from the first run\)$", out, re.M), out
         assert "resumed: 2 steps cached, only the review ran again" in out

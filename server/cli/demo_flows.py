@@ -10,6 +10,7 @@ from typing import Any
 from mcp import Client
 
 from effectd.cli.demo_kit import HARNESS, DemoFailed, Pace, Screen, call
+from effectd.models import parse_iso
 
 FILES = ["config.py", "journal.py", "runner.py", "flows.py"]
 
@@ -45,7 +46,13 @@ def agent_steps(pace: Pace, review_fails: bool) -> list[dict[str, Any]]:
 def _line(step: dict[str, Any], screen: Screen) -> str:
     how = "cached (taken from the first run)" if step.get("cached") else f"{step.get('duration_s') or 0:.2f} s"
     children = step.get("children") or []
-    fanned = f", {len(children)} sub-agents side by side" if children else ""
+    fanned = ""
+    if children:  # the step itself runs no process: its time is its children's, side by side
+        starts = [parse_iso(c["started_at"]) for c in children if c.get("started_at")]
+        ends = [parse_iso(c["finished_at"]) for c in children if c.get("finished_at")]
+        span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+        work = sum(c.get("duration_s") or 0.0 for c in children)
+        how, fanned = f"{span:.2f} s", f", {len(children)} sub-agents side by side ({work:.2f} s of work)"
     error = f": {step['error']}" if step.get("error") and step["status"] != "succeeded" else ""
     return f"   {screen.label(step['step_id'])} {screen.status(step['status'])} {how}{fanned}{error}"
 
