@@ -244,3 +244,26 @@ async def test_the_dashboard_flow_graph_counts_a_steps_children(engine: Engine, 
             " return n !== null && n.textContent.includes('3/3 items'); }"
         )
         assert await node.get_attribute("data-children") == "3"
+
+
+async def test_cancelling_a_fanned_out_step_cancels_its_children(client: Client):
+    flow = await call(
+        client,
+        "dispatch_flow",
+        background=True,
+        steps=[{"id": "each", "for_each": [1, 2, 3], "command": py("import time; time.sleep(30)")}],
+    )
+    parent = by_id(flow)["each"]["effect_id"]
+
+    async def running() -> int:
+        record = await call(client, "poll_flow", flow_id=flow["flow_id"])
+        return sum(1 for c in by_id(record)["each"]["children"] if c["status"] == "running")
+
+    with anyio.fail_after(20):
+        while await running() < 3:  # noqa: ASYNC110 - polled over MCP, with a bound
+            await anyio.sleep(0.02)
+    await call(client, "cancel_effect", effect_id=parent)
+    record = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=20)
+    each = by_id(record)["each"]
+    assert record["status"] == "cancelled" and each["status"] == "cancelled" and each["cancel_reason"] == "user"
+    assert [c["status"] for c in each["children"]] == ["cancelled"] * 3

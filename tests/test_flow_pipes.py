@@ -182,3 +182,17 @@ async def test_a_100_mb_stream_through_a_pipe_keeps_the_server_rss_bounded(setti
         assert flow["status"] == "succeeded", flow
         assert (await output(client, by_id(flow)["b"]["effect_id"])).strip() == str(100 << 20)
         assert (peak - before) < 40 * 1024, f"the server grew by {(peak - before) // 1024} MiB for a 100 MiB stream"
+
+
+async def test_a_piped_flow_sent_again_with_its_id_is_the_same_flow_and_resumes_whole(client: Client):
+    steps = [
+        {"id": "a", "command": py(PRODUCE, "3", "0")},
+        {"id": "b", "needs": [{"step": "a", "pipe": True}], "command": py(CONSUME, "0")},
+    ]
+    first = await call(client, "dispatch_flow", steps=steps, flow_id="flw_piped")
+    again = await call(client, "dispatch_flow", steps=steps, flow_id="flw_piped")
+    assert first["status"] == "succeeded" and again["steps"] == first["steps"]
+    resumed = await call(client, "dispatch_flow", steps=steps, resume="flw_piped")
+    assert resumed["cached_steps"] == 2
+    b = by_id(resumed)["b"]["effect_id"]
+    assert await output(client, b) == "got line 0\ngot line 1\ngot line 2\neof\n"

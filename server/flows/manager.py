@@ -33,6 +33,7 @@ from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
+_EFFECT_IDS = {"depends_on", "pipe_from"}  # spec fields naming other effects: new ids each time a flow is planned
 
 
 @dataclass(eq=False)
@@ -81,7 +82,7 @@ class Flow:
         self.changed = anyio.Event()
 
     def finished_steps(self) -> int:
-        return sum(1 for effect in self.effects.values() if effect.terminal)
+        return sum(1 for i in self.effect_ids if i in self.effects and self.effects[i].terminal)  # not fan-out children
 
 
 class FlowManager:
@@ -199,7 +200,7 @@ class FlowManager:
             and (run_id is None or run_id == row["run_id"])
             and [(s.step_id, s.needs) for s in flow.steps] == [(s.step_id, s.needs) for s in refs]
             and all(
-                a.spec.model_dump(exclude={"depends_on"}) == b.model_dump(exclude={"depends_on"})
+                a.spec.model_dump(exclude=_EFFECT_IDS) == b.model_dump(exclude=_EFFECT_IDS)
                 for a, b in zip(old, specs, strict=True)
             )
         )

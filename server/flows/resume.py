@@ -6,8 +6,8 @@ OLD instead of run. All three must hold:
 
 - the step of the same id in OLD `succeeded`;
 - every step it needs was itself taken (is `cached`), so the outputs its templates read are OLD's;
-- its arguments are identical: the spec (but for what names the flow: depends_on, group, flow_id,
-  key, label) and its argv and stdin after templating, each filled from its own flow's steps.
+- its arguments are identical: the spec (but for what names the flow: depends_on, pipe_from, group,
+  flow_id, key, label) and its argv and stdin after templating, each filled from its own flow's steps.
 
 A taken step ends `succeeded` at once, without a process, with `cached: true` and `reused_from` (the
 effect that ran; following a chain of resumes back to it). Its exit code, result and workspace (the
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("effectd")
 
-_NOT_COMPARED = frozenset({"depends_on", "group", "flow_id", "key", "label"})
+# What names the flow rather than the work (the effects it depends on or pipes from are compared as steps).
+_NOT_COMPARED = frozenset({"depends_on", "pipe_from", "group", "flow_id", "key", "label"})
 
 
 async def check_resume(manager: FlowManager, resume: str, flow_id: str) -> None:
