@@ -69,8 +69,8 @@ async def take_cached(manager: FlowManager, effect: Effect) -> Outcome | None:
 
 async def _take(manager: FlowManager, effect: Effect) -> Outcome | None:
     spec = effect.spec
-    if spec.flow_id is None or spec.step_id is None or effect.cancel is not None:
-        return None
+    if spec.flow_id is None or spec.step_id is None or spec.item_index is not None or effect.cancel is not None:
+        return None  # a fan-out child is never taken alone: its step is, whole
     flow = await manager.get(spec.flow_id)
     if flow.resumed_from is None:
         return None
