@@ -9,13 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
 from effectd.api import run_flow
 from effectd.config import Settings
 from effectd.harness import HarnessProfile
-from tests.conftest import call, call_error, connected, open_engine, py, stdio_params
+from tests.conftest import call, call_error, connected, effectd_bin, open_engine, py, stdio_params
 from tests.test_isolation import git, make_repo
 
 pytestmark = pytest.mark.anyio
@@ -156,6 +157,10 @@ async def test_resume_works_after_a_server_restart_and_through_the_python_api(se
         plan = next(s for s in new.steps if s.step_id == "plan")
         assert (await effect(client, plan.effect_id))["cached"] is True
         assert "planned two files" in await output(client, plan.effect_id)
+    shown = await anyio.run_process([effectd_bin(), "show", new.flow_id, "--db", str(settings.db)], check=True)
+    steps = {step["step_id"]: step for step in json.loads(shown.stdout.decode())["steps"]}
+    assert steps["plan"]["cached"] is True and steps["plan"]["reused_from"] == plan.reused_from
+    assert steps["build"]["cached"] is False and steps["build"]["status"] == "succeeded"
 
 
 async def test_a_resumed_isolated_step_names_the_old_branch(settings: Settings, tmp_path: Path):
