@@ -58,15 +58,17 @@ async def run_flow(
     max_concurrency: int | None = None,
     flow_id: str | None = None,
     run_id: str | None = None,
+    resume: str | None = None,
 ) -> FlowRecord:
-    """Runs a flow on the engine and returns its record once it has ended.
+    """Runs a flow on the engine and returns its record once it has ended. `resume`: the id of an
+    earlier flow whose unchanged succeeded steps are taken instead of run (as dispatch_flow's `resume`).
 
     Steps are `Step` objects or dicts with the same fields (as dispatch_flow takes them); bad
     steps raise pydantic's ValidationError or InvalidRequestError before anything runs. Cancelling
     the caller cancels the flow's unfinished steps (reason `client_cancelled`).
     """
     dispatched = await engine.dispatch_flow(
-        _steps(steps), policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id
+        _steps(steps), policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, resume=resume
     )
     return await engine.follow_flow(dispatched.record.flow_id, None, cancel_on_abandon=dispatched.new)
 

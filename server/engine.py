@@ -30,6 +30,7 @@ from effectd.control import ControlChannel
 from effectd.errors import DatabaseBusyError, InvalidRequestError, UnknownEffectError
 from effectd.feed import ChangeFeed, Changes
 from effectd.flows import FlowManager, FlowRecord, Policy, Step
+from effectd.flows.fanout import instead_of_running
 from effectd.follow import ProgressSink, follow_effect, follow_flow
 from effectd.journal import Journal
 from effectd.journal.peers import Peers
@@ -116,12 +117,14 @@ class Engine(EngineQueries):
         flow_id: str | None = None,
         run_id: str | None = None,
         budget: Limits | None = None,
+        resume: str | None = None,
     ) -> FlowDispatched:
         """Checks a flow and journals it with all its steps (and its `budget`) in one commit; a `flow_id`
-        that names a flow with the same arguments gives that flow back (`new` False)."""
+        that names a flow with the same arguments gives that flow back (`new` False). `resume`: see flows.resume."""
         flow, new = await self._flows.submit(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget
-        )
+            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget,
+            resume=resume,
+        )  # fmt: skip
         return FlowDispatched(await self._flows.record(flow), new)
 
     # --- following --------------------------------------------------------------------------------
@@ -280,6 +283,8 @@ def _attach(
 
     supervisor.attach_flows(flows.render, ended)
     supervisor.attempts.spent = budgets.observe
+    supervisor.attempts.instead = partial(instead_of_running, flows)
+    supervisor.attempts.producer = supervisor.get
     return budgets, load
 
 

@@ -23,7 +23,7 @@ STATUSES: tuple[str, ...] = ("pending", "queued", "running", "succeeded", "faile
 # The transitions the supervisor may make; anything else is a bug (see Effect.transition).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"queued", "cancelled", "skipped"}),
-    "queued": frozenset({"running", "failed", "cancelled", "skipped"}),
+    "queued": frozenset({"running", "succeeded", "failed", "cancelled", "skipped"}),  # succeeded: a cached step
     "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),  # queued again: a retry
     "succeeded": frozenset(),
     "failed": frozenset(),
@@ -77,6 +77,9 @@ class EffectSpec(BaseModel):
     isolation: Literal["none", "worktree"] = "none"
     worktree_base: str | None = None
     keep_worktree: bool = False
+    for_each: list[Any] | str | None = None  # a flow step that fans out: its items, or a template of them
+    item_index: int | None = None  # a fan-out child: the index of its item
+    pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -121,6 +124,8 @@ class EffectRecord(BaseModel):
     step_id: str | None = None
     workspace: dict[str, Any] | None = None
     owner: str = ""  # the id of the server that dispatched it ("" for an effect from before sessions)
+    cached: bool = False
+    reused_from: str | None = None
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -119,7 +119,15 @@ def test_the_fast_demo_shows_effects_side_by_side_streamed_collected_and_a_runaw
     )
     assert len(re.findall(r"effectd/eff_\w+", listed)) == 4 and listed.count(" deleted ") == 1, listed
 
-    # 7. the journal is kept and the printed commands work
+    # 7. plan -> fan-out -> review (failing on purpose), then resumed: only the review runs again
+    if flow:
+        fanned = r"^\s+document\s+succeeded [\d.]+ s, 4 sub-agents side by side \([\d.]+ s of work\)$"
+        assert re.search(fanned, out, re.M), out
+        assert re.search(r"^\s+review\s+failed .*fake harness failed as asked", out, re.M), out
+        assert re.search(r"^\s+document\s+succeeded cached \(taken from the first run\)$", out, re.M), out
+        assert "resumed: 2 steps cached, only the review ran again" in out
+
+    # 8. the journal is kept and the printed commands work
     assert "effectd demo OK" in out
     commands: dict[str, str] = {}
     for subcommand, rest in re.findall(r"^\s+\S*effectd (ls|logs|journal|show) (.*)$", out, re.M):
@@ -136,7 +144,8 @@ def test_the_fast_demo_shows_effects_side_by_side_streamed_collected_and_a_runaw
     db = Path(commands["ls"].split()[-1])
     assert db.is_file() and db.is_relative_to(tmp_path)
     listing = printed("ls")
-    assert len(listing.splitlines()) == 1 + (9 if flow else 5) + 4 and "runaway" in listing, listing
+    # effects: 5 (sections 1-4), 4 (the diamond flow), 4 (isolation), 7 + 3 (the agent flow and its resume)
+    assert len(listing.splitlines()) == 1 + (9 + 10 if flow else 5) + 4 and "runaway" in listing, listing
     assert printed("logs").splitlines() == [f"checked {n}/5 modules" for n in range(1, 6)]
     assert '"kind": "harness"' in printed("show")
     assert "EFFECT_CANCELLED" in printed("journal")

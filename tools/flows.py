@@ -37,17 +37,32 @@ async def dispatch_flow(
         Limits | None,
         Field(description="{max_cost_usd?, max_tokens?}: the budget of the flow's group, as set_budget sets one"),
     ] = None,
+    resume: Annotated[
+        Name | None,
+        Field(
+            description="the id of an earlier flow: each step that succeeded there, with the same arguments after "
+            "templating and every step it needs taken too, is taken from it (cached) instead of run again"
+        ),
+    ] = None,
 ) -> FlowRecord:
     """Run a DAG of effects: each step starts as soon as every step it `needs` has succeeded (no level barriers).
 
     Steps form the group named by the flow id, so await_group, stream_effect, cancel_effect and
     cancel_group work on them. Foreground (default) waits up to `wait_s` for the flow to end;
     `background: true` returns at once; then poll_flow(flow_id, wait_s=...) for the record.
+    After a failure, fix the cause and dispatch the same steps with `resume: OLD_FLOW_ID`: only the
+    steps that failed, did not run, or whose inputs changed run again.
     """
     engine = engine_of(ctx)
     with refusals():
         dispatched = await engine.dispatch_flow(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget
+            steps,
+            policy=policy,
+            max_concurrency=max_concurrency,
+            flow_id=flow_id,
+            run_id=run_id,
+            budget=budget,
+            resume=resume,
         )
     if background:
         return dispatched.record

@@ -9,7 +9,9 @@ The demo writes a configuration with a fake Claude-Code-like harness (``effectd.
 4. a runaway process tree that ignores SIGTERM, killed by ``cancel_effect``;
 5. a diamond flow, when the server offers ``dispatch_flow``;
 6. fake sub-agents on one scratch git repository, each in a worktree of its own (``demo_isolation``);
-7. where the journal is, and the commands that read it.
+7. agent work as a flow: plan, one sub-agent per planned file (``for_each``), a review that fails on
+   purpose, then the flow resumed (``resume``): only the review runs again (``demo_flows``);
+8. where the journal is, and the commands that read it.
 
 Everything it starts is stopped before it returns; the work directory (journal, output, config) is kept
 so the commands printed at the end can be tried. Sections 1 to 5 are in ``demo_sections``, 6 in
@@ -31,6 +33,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from effectd.cli.demo_flows import fanout_and_resume
 from effectd.cli.demo_isolation import isolation
 from effectd.cli.demo_kit import FAST, HARNESS, NORMAL, DemoFailed, Pace, Screen, call
 from effectd.cli.demo_sections import diamond_flow, runaway, side_by_side
@@ -109,6 +112,8 @@ async def run(
             flow_id = await diamond_flow(client, screen, pace)
         isolated, _ = await isolation(client, screen, pace, work)
         ids += isolated
+        if "dispatch_flow" in tools:
+            flow_id = await fanout_and_resume(client, screen, pace)
     return ids, flow_id
 
 
@@ -162,7 +167,7 @@ def main(fast: bool = False) -> int:
             return 1
 
     effectd = shown_command()
-    screen.section("7. The journal")
+    screen.section("8. The journal")
     screen.say(f"   {db}: {events} events, {effects} effects, every one finished; the server has stopped")
     screen.say("   inspect it:")
     screen.say(f"     {effectd} ls --db {db}")

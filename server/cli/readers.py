@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from effectd.cli.common import TERMINAL, complain, effect_record, print_json, settings_of
 from effectd.journal.reader import JournalReader
@@ -47,10 +48,35 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     flow = reader.flow(args.id)
     if flow is not None:
-        print_json({**flow, "steps": json.loads(flow["steps"])})
+        print_json({**flow, "steps": flow_steps(json.loads(flow["steps"]), reader.effects(group=args.id))})
         return 0
     complain(f"unknown id {args.id} (database {settings.db})")
     return 1
+
+
+def flow_steps(steps: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A flow's steps as stored, each with its effect's status, whether it was cached (resume), and its
+    fan-out children (for_each) in item order."""
+    by_id = {row["effect_id"]: row for row in rows}
+    children: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for row in rows:
+        index = json.loads(row["spec"]).get("item_index")
+        if index is not None:
+            child = {"index": index, "effect_id": row["effect_id"], "status": row["status"], "error": row["error"]}
+            children.setdefault(row["step_id"], []).append((index, child))
+    shown = []
+    for step in steps:
+        row = by_id.get(step["effect_id"]) or {}
+        shown.append(
+            {
+                **step,
+                "status": row.get("status"),
+                "cached": bool(row.get("cached")),
+                "reused_from": row.get("reused_from"),
+                "children": [child for _, child in sorted(children.get(step["step_id"], []), key=lambda c: c[0])],
+            }
+        )
+    return shown
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

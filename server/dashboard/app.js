@@ -677,7 +677,7 @@ function renderTimeline(rows, flow) {
     box.replaceChildren(h('div', { class: 'muted', text: 'nothing dispatched yet' }));
     return;
   }
-  const labelOf = (row) => (flow && row.step_id ? row.step_id : nameOf(row));
+  const labelOf = (row) => (flow && row.step_id ? (row.label && row.label.startsWith(`${row.step_id}[`) ? row.label : row.step_id) : nameOf(row));
   const now = nowMs();
   const t0 = Math.min(...rows.map((r) => parseTime(r.created_at)));
   const tEnd = Math.max(...rows.map((r) => (r.finished_at ? parseTime(r.finished_at) : now)), t0 + 1000);
@@ -798,8 +798,15 @@ function renderDag(flow) {
     g.append(s('rect', { width: nodeW, height: nodeH, rx: 7, class: 'node-box' }));
     g.append(s('rect', { width: 5, height: nodeH, rx: 2, class: 'node-mark' }));
     g.append(s('text', { x: 14, y: 17, class: 'node-title', text: step.step_id.slice(0, 20) }));
-    g.append(s('text', { x: 14, y: 33, class: 'node-sub', text: `${status}${d !== null ? ` · ${fmtSeconds(d)}` : ''}` }));
-    g.append(s('title', { text: `${step.step_id} (${step.effect_id}): ${status}` }));
+    // Fan-out (for_each): the step's children carry its flow and step id; cached (resume): taken, not run.
+    const kids = [...state.effects.values()].filter(
+      (r) => r.flow_id === flow.flow_id && r.step_id === step.step_id && r.effect_id !== step.effect_id,
+    );
+    const okKids = kids.filter((r) => r.status === 'succeeded').length;
+    const extra = kids.length ? ` · ${okKids}/${kids.length} items` : row && row.cached ? ' · cached' : '';
+    g.dataset.children = String(kids.length);
+    g.append(s('text', { x: 14, y: 33, class: 'node-sub', text: `${status}${d !== null ? ` · ${fmtSeconds(d)}` : ''}${extra}` }));
+    g.append(s('title', { text: `${step.step_id} (${step.effect_id}): ${status}${extra}` }));
     svg.append(g);
   }
   box.replaceChildren(svg);

@@ -24,9 +24,9 @@ def check_graph(steps: Sequence[Step]) -> dict[str, frozenset[str]]:
     for step in steps:
         if step.id in needs:
             raise InvalidRequestError(f"duplicate step id {step.id!r}: every step of a flow needs its own id")
-        needs[step.id] = tuple(dict.fromkeys(step.needs))
+        needs[step.id] = tuple(dict.fromkeys(step.need_ids))
     for step in steps:
-        for need in step.needs:
+        for need in step.need_ids:
             if need not in needs:
                 raise InvalidRequestError(
                     f"step {step.id!r} needs unknown step {need!r}; the steps of this flow are: {', '.join(needs)}"

@@ -22,8 +22,10 @@ from anyio.abc import TaskGroup
 from effectd.budgets import Budgets, Limits
 from effectd.config import Settings
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
+from effectd.flows.fanout import fanned_out
 from effectd.flows.models import FlowRecord, FlowStatus, Policy, Step, StepRef, flow_record, flow_status
 from effectd.flows.plan import plan_steps
+from effectd.flows.resume import check_resume
 from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal import Event, Journal
 from effectd.models import EffectSpec, new_id, now_iso
@@ -31,6 +33,7 @@ from effectd.supervisor import Effect, Supervisor
 from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
+_EFFECT_IDS = {"depends_on", "pipe_from"}  # spec fields naming other effects: new ids each time a flow is planned
 
 
 @dataclass(eq=False)
@@ -48,6 +51,7 @@ class Flow:
     owner: str | None = None
     effects: dict[str, Effect] = field(default_factory=dict)
     stop_why: str | None = None  # set once fail_fast stopped the flow
+    resumed_from: str | None = None  # the flow whose steps this one may take (flows.resume)
     completing: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
@@ -64,7 +68,7 @@ class Flow:
             steps,
             row["status"],
         )
-        flow.finished_at = row["finished_at"]
+        flow.finished_at, flow.resumed_from = row["finished_at"], row.get("resumed_from")
         flow.owner = row.get("owner")
         if flow.finished_at is not None:
             flow.done.set()
@@ -80,7 +84,7 @@ class Flow:
         self.changed = anyio.Event()
 
     def finished_steps(self) -> int:
-        return sum(1 for effect in self.effects.values() if effect.terminal)
+        return sum(1 for i in self.effect_ids if i in self.effects and self.effects[i].terminal)  # not fan-out children
 
 
 class FlowManager:
@@ -118,6 +122,7 @@ class FlowManager:
         flow_id: str | None = None,
         run_id: str | None = None,
         budget: Limits | None = None,
+        resume: str | None = None,
     ) -> tuple[Flow, bool]:
         """Checks a flow and journals it with all its steps in one commit; returns it and whether it is new.
 
@@ -135,6 +140,8 @@ class FlowManager:
                 await check_isolation(spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
+        if resume is not None:
+            await check_resume(self, resume, the_flow_id)
         the_run_id = run_id or self.supervisor.default_run_id
         async with self._submit_lock:
             existing = await self.journal.flow(the_flow_id)
@@ -148,7 +155,14 @@ class FlowManager:
             budgeted = self.budgets.for_flow(the_flow_id, the_run_id, budget)  # refused when a budget is spent
             started_at = now_iso()
             flow = Flow(
-                the_flow_id, the_run_id, policy, max_concurrency, started_at, refs, owner=self.supervisor.server_id
+                the_flow_id,
+                the_run_id,
+                policy,
+                max_concurrency,
+                started_at,
+                refs,
+                owner=self.supervisor.server_id,
+                resumed_from=resume,
             )
             requested = Event(
                 "FLOW_REQUESTED",
@@ -161,6 +175,7 @@ class FlowManager:
                     "started_at": started_at,
                     "steps": [ref.to_json() for ref in refs],
                     "owner": self.supervisor.server_id,
+                    "resumed_from": resume,
                 },
             )
             if max_concurrency is not None:
@@ -197,7 +212,7 @@ class FlowManager:
             and (run_id is None or run_id == row["run_id"])
             and [(s.step_id, s.needs) for s in flow.steps] == [(s.step_id, s.needs) for s in refs]
             and all(
-                a.spec.model_dump(exclude={"depends_on"}) == b.model_dump(exclude={"depends_on"})
+                a.spec.model_dump(exclude=_EFFECT_IDS) == b.model_dump(exclude=_EFFECT_IDS)
                 for a, b in zip(old, specs, strict=True)
             )
         )
@@ -236,7 +251,7 @@ class FlowManager:
         effects = dict(flow.effects)
         if missing:
             effects.update((e.effect_id, e) for e in await self.supervisor.get_many(missing))
-        return flow_record(flow, effects)
+        return flow_record(flow, effects, await fanned_out(self, flow, effects))
 
     async def wait(self, flow: Flow, within_s: float | None = None) -> bool:
         """Waits until the flow has ended (at most `within_s`); True when it has."""
@@ -323,7 +338,7 @@ class FlowManager:
             log.exception("flow %s: settling failed", flow.flow_id)
 
     async def _complete_if_done(self, flow: Flow) -> None:
-        if flow.completing or flow.done.is_set() or len(flow.effects) < len(flow.steps):
+        if flow.completing or flow.done.is_set() or any(i not in flow.effects for i in flow.effect_ids):
             return
         effects = [flow.effects[i] for i in flow.effect_ids]
         if not all(e.terminal for e in effects):

@@ -12,11 +12,11 @@ Flow status, decided once every step is terminal (`flow_status`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from effectd.arguments import EffectArguments
 from effectd.models import CancelReason, Status, seconds_between
@@ -38,6 +38,15 @@ StepId = Annotated[
 ]
 
 
+class PipeNeed(BaseModel):
+    """A need whose output is piped into this step's stdin: the step starts when that step starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: StepId
+    pipe: Annotated[Literal[True], Field(description="true: feed that step's output to this step's stdin")]
+
+
 class Step(EffectArguments):
     """One step of a flow: the effect to run, its id in the flow, and the steps it needs first.
 
@@ -57,8 +66,30 @@ class Step(EffectArguments):
 
     id: StepId
     needs: Annotated[
-        list[StepId], Field(max_length=MAX_STEPS, description="ids of the steps that must succeed first")
+        list[StepId | PipeNeed],
+        Field(
+            max_length=MAX_STEPS,
+            description='ids of the steps that must succeed first; at most one {"step": ID, "pipe": true}: '
+            "this step starts when that one starts, its output fed to this step's stdin",
+        ),
     ] = []
+    for_each: Annotated[
+        list[Any] | str | None,
+        Field(
+            description="fan out: a JSON list, or a template rendering to one (e.g. {{steps.plan.result.files}}), "
+            "at most 1,000 items; one effect per item, with {{item}}, {{item.FIELD}} and {{index}} filled"
+        ),
+    ] = None
+
+    @property
+    def need_ids(self) -> list[str]:
+        """The ids of the steps it needs, piped or not."""
+        return [need.step if isinstance(need, PipeNeed) else need for need in self.needs]
+
+    @property
+    def pipes(self) -> list[str]:
+        """The ids of the steps piped into it."""
+        return [need.step for need in self.needs if isinstance(need, PipeNeed)]
 
 
 class FlowStepRecord(BaseModel):
@@ -75,6 +106,10 @@ class FlowStepRecord(BaseModel):
     exit_code: int | None = None
     cancel_reason: CancelReason | None = None
     error: str | None = None
+    cached: bool = Field(False, description="resume: taken from the resumed flow without running")
+    reused_from: str | None = Field(None, description="resume: the effect whose outcome a cached step carries")
+    index: int | None = Field(None, description="fan-out: a child's item index")
+    children: list[FlowStepRecord] = Field(default_factory=list, description="fan-out: one effect per item")
 
 
 class FlowRecord(BaseModel):
@@ -92,6 +127,8 @@ class FlowRecord(BaseModel):
     sum_step_s: float = Field(0.0, description="the sum of the steps' run times")
     speedup: float | None = Field(None, description="sum_step_s / wall_s, once the flow ended")
     owner: str = Field("", description="the id of the server that dispatched the flow")
+    resumed_from: str | None = Field(None, description="the flow this one resumed (dispatch_flow's `resume`)")
+    cached_steps: int = Field(0, description="resume: steps taken from the resumed flow without running")
 
 
 @dataclass(frozen=True)
@@ -116,27 +153,16 @@ def flow_status(effects: Iterable[Effect]) -> FlowStatus:
     return "failed"
 
 
-def flow_record(flow: Flow, effects: Mapping[str, Effect]) -> FlowRecord:
-    """The flow record from the flow and the current state of its steps' effects."""
-    steps = []
-    for ref in flow.steps:
-        record = effects[ref.effect_id].record()
-        steps.append(
-            FlowStepRecord(
-                step_id=ref.step_id,
-                effect_id=ref.effect_id,
-                needs=list(ref.needs),
-                status=record.status,
-                label=record.label,
-                started_at=record.started_at,
-                finished_at=record.finished_at,
-                duration_s=record.duration_s,
-                exit_code=record.exit_code,
-                cancel_reason=record.cancel_reason,
-                error=record.error,
-            )
-        )
-    sum_step_s = round(sum(s.duration_s or 0.0 for s in steps), 6)
+def flow_record(
+    flow: Flow, effects: Mapping[str, Effect], children: Mapping[str, Sequence[Effect]] | None = None
+) -> FlowRecord:
+    """The flow record from the flow and the current state of its steps' effects (and their fan-out
+    `children`, by step id, in item order)."""
+    steps = [
+        _step_record(ref.step_id, effects[ref.effect_id], list(ref.needs), (children or {}).get(ref.step_id, ()))
+        for ref in flow.steps
+    ]
+    sum_step_s = round(sum(one.duration_s or 0.0 for step in steps for one in (step, *step.children)), 6)
     wall_s = seconds_between(flow.started_at, flow.finished_at)
     return FlowRecord(
         flow_id=flow.flow_id,
@@ -151,4 +177,27 @@ def flow_record(flow: Flow, effects: Mapping[str, Effect]) -> FlowRecord:
         sum_step_s=sum_step_s,
         speedup=round(sum_step_s / wall_s, 3) if wall_s else None,
         owner=flow.owner or "",
+        resumed_from=flow.resumed_from,
+        cached_steps=sum(1 for s in steps if s.cached),
+    )
+
+
+def _step_record(step_id: str, effect: Effect, needs: list[str], children: Sequence[Effect]) -> FlowStepRecord:
+    record = effect.record()
+    return FlowStepRecord(
+        step_id=step_id,
+        effect_id=record.effect_id,
+        needs=needs,
+        status=record.status,
+        label=record.label,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        duration_s=record.duration_s,
+        exit_code=record.exit_code,
+        cancel_reason=record.cancel_reason,
+        error=record.error,
+        cached=record.cached,
+        reused_from=record.reused_from,
+        index=effect.spec.item_index,
+        children=[_step_record(step_id, child, [], ()) for child in children],
     )

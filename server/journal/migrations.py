@@ -198,3 +198,11 @@ async def _control_expiry_and_pruning(db: aiosqlite.Connection) -> None:
 async def _result_error(db: aiosqlite.Connection) -> None:
     """Why a result file that was there was not read (record field `result_error`)."""
     await db.execute("ALTER TABLE effects ADD COLUMN result_error TEXT")
+
+
+@migration("m150_issue15_resume")
+async def _resume(db: aiosqlite.Connection) -> None:
+    """Resume: a cached flow step and the effect it was taken from; the flow a flow resumed."""
+    await db.execute("ALTER TABLE effects ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
+    await db.execute("ALTER TABLE effects ADD COLUMN reused_from TEXT")
+    await db.execute("ALTER TABLE flows ADD COLUMN resumed_from TEXT")

@@ -15,10 +15,11 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace", "owner", "output_pruned", "result_error",
+    "workspace", "owner", "output_pruned", "result_error", "cached", "reused_from",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
+    "resumed_from",
 )  # fmt: skip
 
 # `effectd prune` removed a finished effect's output log and result file: its output is gone (0 bytes).
@@ -83,6 +84,7 @@ def terminal_event(
     cancel_message: str | None = None,
     progress: dict[str, Any] | None = None,
     workspace: dict[str, Any] | None = None,
+    reused_from: str | None = None,
 ) -> Event:
     """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
     data: dict[str, Any] = {
@@ -104,6 +106,8 @@ def terminal_event(
         data["progress"] = progress
     if workspace is not None:
         data["workspace"] = workspace
+    if reused_from is not None:  # a flow step taken from an earlier flow (resume): its outcome is that effect's
+        data.update(cached=True, reused_from=reused_from)
     return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
 
 
@@ -151,6 +155,8 @@ class EffectState:
     workspace: dict[str, Any] | None = None  # isolation: the effect's git worktree (journaled at start and end)
     owner: str | None = None  # the server that dispatched it (EFFECT_REQUESTED's `owner`; None before sessions)
     output_pruned: bool = False
+    cached: bool = False  # resume: a flow step taken from an earlier flow without running
+    reused_from: str | None = None  # resume: the effect whose outcome (and output) a cached step carries
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -217,6 +223,8 @@ class EffectState:
                 self.progress = data["progress"]
             if "workspace" in data:
                 self.workspace = data["workspace"]
+            if data.get("cached"):
+                self.cached, self.reused_from = True, data.get("reused_from")
 
     def to_row(self) -> dict[str, Any]:
         """The effect's row of the projection table."""
@@ -255,6 +263,8 @@ class EffectState:
             "owner": self.owner,
             "output_pruned": int(self.output_pruned),
             "result_error": self.result_error,
+            "cached": int(self.cached),
+            "reused_from": self.reused_from,
         }
 
     def _spec_text(self) -> str:
@@ -291,6 +301,8 @@ class EffectState:
             workspace=_loads(row.get("workspace")),
             owner=row.get("owner"),
             output_pruned=bool(row.get("output_pruned", 0)),
+            cached=bool(row.get("cached")),
+            reused_from=row.get("reused_from"),
             spec_text=row["spec"],
         )
 
@@ -317,6 +329,7 @@ def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None
             "started_at": data["started_at"],
             "finished_at": None,
             "owner": data.get("owner"),
+            "resumed_from": data.get("resumed_from"),
         }
     if row is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,9 @@ class Launch:
     # The effect the process belongs to: what the runner contains it by (its cgroup, its marker).
     effect_id: str | None = None
     result_limit_bytes: int = 1024 * 1024  # a larger result file is refused (ResultFileError), never read
+    # Instead of `stdin`: bytes that arrive while the process runs (a flow pipe), fed by
+    # `ProcessHandle.feed_stdin`; EOF when the source ends.
+    stdin_source: AsyncGenerator[bytes, None] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class ProcessHandle(ABC):
         """The JSON the process wrote to its result file, or None (no file, or an empty one). Raises
         ResultFileError when a file is there but was not read. Never blocks the event loop, whatever
         the process left at that path."""
+
+    async def feed_stdin(self) -> None:
+        """Feeds the launch's `stdin_source` to the process's stdin until the source ends (then EOF) or
+        the process stops reading (it exited or closed stdin). Holds one chunk at a time: a slow
+        reader slows the feeding, never grows memory. The supervisor runs it while the process runs."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

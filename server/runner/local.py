@@ -20,8 +20,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,8 @@ class LocalProcess(ProcessHandle):
         self._watching = False
         self._watch_ended = anyio.Event()
         self._group_gone = False
+        self._stdin_fd: int | None = None  # the write end of a streamed stdin (Launch.stdin_source)
+        self._stdin_source: AsyncGenerator[bytes, None] | None = None
         try:
             self._pidfd: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -190,13 +192,33 @@ class LocalProcess(ProcessHandle):
             return None
         return await anyio.to_thread.run_sync(read_result_file, self._result_file, self._result_limit)
 
+    async def feed_stdin(self) -> None:
+        fd, source = self._stdin_fd, self._stdin_source
+        if fd is None or source is None:
+            return
+        try:
+            async with aclosing(source):
+                async for chunk in source:
+                    view = memoryview(chunk)
+                    while view:
+                        try:
+                            view = view[os.write(fd, view) :]
+                        except BlockingIOError:
+                            await anyio.wait_writable(fd)
+        except OSError as exc:  # mostly EPIPE: the process exited or closed its stdin, the rest is not wanted
+            log.debug("process %s: its stdin feed ended: %s", self.pid, exc)
+        finally:
+            if self._stdin_fd is not None:
+                os.close(self._stdin_fd)  # EOF for the reader
+                self._stdin_fd = None
+
     def close(self) -> None:
         if self._group_gone:
             self.scope.close()
-        for fd in (self._output_fd, self._pidfd):
+        for fd in (self._output_fd, self._pidfd, self._stdin_fd):
             if fd is not None:
                 os.close(fd)
-        self._output_fd = self._pidfd = None
+        self._output_fd = self._pidfd = self._stdin_fd = None
 
 
 class LocalRunner(Runner):
@@ -316,12 +338,16 @@ def _spawn(launch: Launch, gated: bool = False) -> tuple[LocalProcess, int | Non
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     gate_read, gate = os.pipe2(os.O_CLOEXEC) if gated else (None, None)
     stdin_fd: int | None = None
+    stdin_write: int | None = None
     try:
         try:
             fcntl.fcntl(read_fd, _F_SETPIPE_SZ, 1024 * 1024)
         except OSError:
             pass
-        if launch.stdin is not None:
+        if launch.stdin_source is not None:  # streamed: a pipe, fed by LocalProcess.feed_stdin
+            stdin_fd, stdin_write = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(stdin_write, False)
+        elif launch.stdin is not None:
             stdin_fd = os.memfd_create("effectd-stdin", os.MFD_CLOEXEC)
             os.write(stdin_fd, launch.stdin)
             os.lseek(stdin_fd, 0, os.SEEK_SET)
@@ -343,13 +369,15 @@ def _spawn(launch: Launch, gated: bool = False) -> tuple[LocalProcess, int | Non
                 raise SpawnError(f"cwd {launch.cwd!r} does not exist") from exc
             raise SpawnError(f"could not start {launch.argv[0]!r}: {reason}") from exc
     except BaseException:
-        os.close(read_fd)
-        if gate is not None:
-            os.close(gate)
+        for fd in (read_fd, gate, stdin_write):
+            if fd is not None:
+                os.close(fd)
         raise
     finally:
         for fd in (write_fd, stdin_fd, gate_read):
             if fd is not None:
                 os.close(fd)
     os.set_blocking(read_fd, False)
-    return LocalProcess(popen, read_fd, launch.result_file, launch.result_limit_bytes), gate
+    process = LocalProcess(popen, read_fd, launch.result_file, launch.result_limit_bytes)
+    process._stdin_fd, process._stdin_source = stdin_write, launch.stdin_source
+    return process, gate

@@ -24,6 +24,7 @@ from effectd.runner import ExitStatus, Launch, ProcessHandle, ResultFileError, R
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
+from effectd.supervisor.pipes import follow_log
 
 log = logging.getLogger("effectd")
 
@@ -36,6 +37,8 @@ Record = Callable[[Effect, Event], Awaitable[None]]  # journals an event of the 
 Render = Callable[[Effect], Awaitable[tuple[list[str], str | None]]]  # a templated step's argv and stdin
 RequestCancel = Callable[[Effect, str], object]
 Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
+# A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
+Instead = Callable[[Effect], Awaitable[Outcome | None]]
 
 
 class Attempts:
@@ -64,6 +67,8 @@ class Attempts:
         self.render: Render | None = None
         self.spent: Callable[[Effect], None] | None = None  # told when a harness reports more spending
         self.prepare: Prepare | None = None
+        self.instead: Instead | None = None  # flows: told of every flow step once its needs are met (Driver)
+        self.producer: Callable[[str], Awaitable[Effect]] | None = None  # a piped step's producer, by id
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
@@ -113,8 +118,11 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        stdin_bytes = stdin.encode() if stdin is not None else None
-        return Launch(argv, env, cwd, stdin_bytes, result_file, effect.effect_id, self._result_limit)
+        source = None
+        if spec.pipe_from is not None and self.producer is not None:
+            source, stdin = follow_log(await self.producer(spec.pipe_from)), None
+        data = stdin.encode() if stdin is not None else None
+        return Launch(argv, env, cwd, data, result_file, effect.effect_id, self._result_limit, stdin_source=source)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec
@@ -155,6 +163,7 @@ class Attempts:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._pump, effect, handle, parser, parser_done, output_done)
+            tg.start_soon(handle.feed_stdin)  # a piped step's stdin (nothing to do for any other)
             tg.start_soon(on_exit)
             tg.start_soon(on_cancel)
             if spec.timeout_s is not None:

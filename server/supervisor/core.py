@@ -187,7 +187,7 @@ class Supervisor:
         effect.check_transition(outcome.status)
         with anyio.CancelScope(shield=True):
             why = outcome.cancel.reason if outcome.status == "cancelled" and outcome.cancel else outcome.error
-            outcome.workspace = await self.workspaces.finish(effect, outcome.status, why)
+            outcome.workspace = await self.workspaces.finish(effect, outcome.status, why) or outcome.workspace
             await self.record(effect, events.ended(effect, outcome))
 
     # --- lookups ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from effectd.errors import JournalUnavailableError
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
+from effectd.supervisor.pipes import until_started
 
 if TYPE_CHECKING:
     from effectd.supervisor.core import Supervisor
@@ -67,6 +68,11 @@ class Driver:
                 return await self._sup.finish(effect, Outcome("skipped", error=why))
             effect.check_transition("queued")
             await self._sup.record(effect, events.queued(effect))
+        instead = self._sup.attempts.instead
+        if instead is not None and effect.spec.flow_id is not None and effect.attempt == 0:
+            outcome = await instead(effect)  # a flow step resumed (cached) or fanned out: no process of its own
+            if outcome is not None:
+                return await self._sup.finish(effect, outcome)
         while not await self._attempt(effect):
             if effect.spec.retry_backoff_s > 0:
                 with self._interruptible(effect):
@@ -85,6 +91,10 @@ class Driver:
             return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
 
         async def until_done(dependency: Effect, scope: anyio.CancelScope) -> None:
+            if dependency.effect_id == effect.spec.pipe_from:
+                await until_started(dependency)  # piped: this effect runs beside it, reading its output
+                if not dependency.terminal:
+                    return
             await dependency.done.wait()
             if dependency.status != "succeeded":
                 scope.cancel()  # any dependency that fails ends the wait at once, even while others run

@@ -179,6 +179,8 @@ class Effect:
             step_id=self.spec.step_id,
             workspace=state.workspace,
             owner=state.owner or "",
+            cached=state.cached,
+            reused_from=state.reused_from,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

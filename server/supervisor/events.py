@@ -23,6 +23,7 @@ class Outcome:
     cancel: CancelRequest | None = None
     attempt: int | None = None  # the attempt it ended in, when one began
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
+    reused_from: str | None = None  # resume: a cached flow step, the effect whose outcome it carries
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
@@ -83,4 +84,5 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         cancel_message=cancel.message,
         progress=effect.progress,
         workspace=outcome.workspace,
+        reused_from=outcome.reused_from,
     )
