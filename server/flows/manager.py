@@ -146,7 +146,9 @@ class FlowManager:
         async with self._submit_lock:
             existing = await self.journal.flow(the_flow_id)
             if existing is not None:
-                flow = await self._same_flow(existing, refs, specs, policy, max_concurrency, run_id)
+                flow = await _same_flow(
+                    self.supervisor, self._active, existing, refs, specs, policy, max_concurrency, run_id
+                )
                 return flow, False
             if await self.journal.group_ids(the_flow_id):
                 raise InvalidRequestError(
@@ -194,36 +196,6 @@ class FlowManager:
                 flow.effects.setdefault(effect.effect_id, effect)
             await self.budgets.adopt_all(budgeted)
         return flow, True
-
-    async def _same_flow(
-        self,
-        row: Mapping[str, Any],
-        refs: Sequence[StepRef],
-        specs: Sequence[EffectSpec],
-        policy: str,
-        max_concurrency: int | None,
-        run_id: str | None,
-    ) -> Flow:
-        flow = self._active.get(row["flow_id"]) or Flow.from_row(row)
-        old = await self.supervisor.get_many(flow.effect_ids)
-        same = (
-            row["policy"] == policy
-            and row["max_concurrency"] == max_concurrency
-            and (run_id is None or run_id == row["run_id"])
-            and [(s.step_id, s.needs) for s in flow.steps] == [(s.step_id, s.needs) for s in refs]
-            and all(
-                a.spec.model_dump(exclude=_EFFECT_IDS) == b.model_dump(exclude=_EFFECT_IDS)
-                for a, b in zip(old, specs, strict=True)
-            )
-        )
-        if not same:
-            raise ConflictError(
-                f"flow id {row['flow_id']!r} already names a flow with other steps or settings; use a new "
-                "`flow_id`, or the same arguments to get that flow back"
-            )
-        for effect in old:
-            flow.effects.setdefault(effect.effect_id, effect)
-        return flow
 
     # --- following --------------------------------------------------------------------------------
 
@@ -400,3 +372,36 @@ class FlowManager:
         """Settles every flow registered by `load` (the supervisor is running): completes those that ended."""
         for flow in list(self._active.values()):
             await self._settle(flow)
+
+
+async def _same_flow(
+    supervisor: Supervisor,
+    active: Mapping[str, Flow],
+    row: Mapping[str, Any],
+    refs: Sequence[StepRef],
+    specs: Sequence[EffectSpec],
+    policy: str,
+    max_concurrency: int | None,
+    run_id: str | None,
+) -> Flow:
+    """The flow `row` names, when it was submitted with these same arguments; else a ConflictError."""
+    flow = active.get(row["flow_id"]) or Flow.from_row(row)
+    old = await supervisor.get_many(flow.effect_ids)
+    same = (
+        row["policy"] == policy
+        and row["max_concurrency"] == max_concurrency
+        and (run_id is None or run_id == row["run_id"])
+        and [(s.step_id, s.needs) for s in flow.steps] == [(s.step_id, s.needs) for s in refs]
+        and all(
+            a.spec.model_dump(exclude=_EFFECT_IDS) == b.model_dump(exclude=_EFFECT_IDS)
+            for a, b in zip(old, specs, strict=True)
+        )
+    )
+    if not same:
+        raise ConflictError(
+            f"flow id {row['flow_id']!r} already names a flow with other steps or settings; use a new "
+            "`flow_id`, or the same arguments to get that flow back"
+        )
+    for effect in old:
+        flow.effects.setdefault(effect.effect_id, effect)
+    return flow
