@@ -65,6 +65,10 @@ class EffectArguments(_Strict):
     stdin: str | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100, description="attempts for a failing effect")] = 1
     retry_backoff_s: Annotated[float, Field(ge=0, le=3600, description="wait before retry n: this * 2^(n-1)")] = 0
+    resources: Annotated[
+        dict[str, float] | None,
+        Field(description="Ray resources the effect needs, e.g. {'GPU': 1}: it runs on a node that has them"),
+    ] = None
 
     def effect_fields(self) -> dict[str, Any]:
         """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""

@@ -41,6 +41,7 @@ from effectd.models import (
 )
 from effectd.ownership import owning
 from effectd.runner import Runner
+from effectd.runner.choose import open_runner
 from effectd.specs import build_spec
 from effectd.summary import summarize
 from effectd.supervisor import Effect, Supervisor
@@ -79,8 +80,8 @@ class Engine:
     @asynccontextmanager
     async def open(cls, settings: Settings, *, runner: Runner | None = None) -> AsyncIterator[Engine]:
         """Owns the database, recovers it, runs effects; on exit stops them (reason `shutdown`)."""
-        async with owning(settings.db), Journal.open(settings.db) as journal:
-            supervisor = _supervisor(settings, journal, runner)
+        async with owning(settings.db), Journal.open(settings.db) as journal, open_runner(settings, runner) as active:
+            supervisor = _supervisor(settings, journal, active)
             flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
             budgets, loading = _attach(supervisor, flows, flows.budgets)
             engine = cls(settings, journal, supervisor, flows)

@@ -74,6 +74,7 @@ class EffectSpec(BaseModel):
     flow_id: str | None = None
     step_id: str | None = None
     templated: bool = False
+    resources: dict[str, float] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -114,6 +115,7 @@ class EffectRecord(BaseModel):
     stalled: bool = False
     flow_id: str | None = None
     step_id: str | None = None
+    node: str | None = None
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -31,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_commands=args.allow_command or (),
             allow_any_command=args.allow_any_command,
             keep_queued=args.keep_queued,
+            runner=args.runner,
+            ray_address=args.ray_address,
         )
         http: dict[str, Any] = {}
         if args.http:
@@ -72,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-command", action="append", metavar="PROG", help="a program command effects may run")
     serve.add_argument("--allow-any-command", action="store_true", help="let command effects run any program")
     serve.add_argument("--keep-queued", action="store_true", help="on stop, keep waiting effects for the next start")
+    serve.add_argument(
+        "--runner", choices=("local", "ray"), help="where effects run (default local; also $EFFECTD_RUNNER)"
+    )
+    serve.add_argument("--ray-address", help="the Ray cluster of --runner ray (default $RAY_ADDRESS, else a local Ray)")
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)

@@ -134,3 +134,9 @@ async def _budgets(db: aiosqlite.Connection) -> None:
         );
         """
     )
+
+
+@migration("m160_issue16_node")
+async def _node(db: aiosqlite.Connection) -> None:
+    """Where each effect's process ran (EFFECT_STARTED's `node`)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN node TEXT")

@@ -14,7 +14,7 @@ EFFECT_COLUMNS = (
     "effect_id", "run_id", "group_name", "label", "key", "kind", "harness", "command", "spec", "status",
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
-    "terminal_seq", "flow_id", "step_id",
+    "terminal_seq", "flow_id", "step_id", "node",
 )  # fmt: skip
 FLOW_COLUMNS = ("flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at")
 
@@ -126,6 +126,7 @@ class EffectState:
     cancel_message: str | None = None
     pid: int | None = None
     pid_start: int | None = None
+    node: str | None = None  # where the process runs or ran (the runner's word for it)
     attempt: int = 0
     progress: dict[str, Any] | None = None
     terminal_seq: int | None = None
@@ -158,6 +159,7 @@ class EffectState:
             self.status = "running"
             self.started_at = data["started_at"]
             self.pid, self.pid_start = data.get("pid"), data.get("pid_start")
+            self.node = data.get("node")
             self.command = list(data["command"])
             self.attempt = data.get("attempt", 1)
             self.finished_at = self.exit_code = self.signal = self.error = None
@@ -223,6 +225,7 @@ class EffectState:
             "terminal_seq": self.terminal_seq,
             "flow_id": spec.get("flow_id"),
             "step_id": spec.get("step_id"),
+            "node": self.node,
         }
 
     def _spec_text(self) -> str:
@@ -250,6 +253,7 @@ class EffectState:
             cancel_message=row["cancel_message"],
             pid=row["pid"],
             pid_start=row["pid_start"],
+            node=row["node"] if "node" in row.keys() else None,
             attempt=row["attempt"],
             progress=_loads(row["progress"]),
             terminal_seq=row["terminal_seq"],

@@ -22,6 +22,8 @@ class Launch:
     result_file: str | None = None
     # The effect the process belongs to: what the runner contains it by (its cgroup, its marker).
     effect_id: str | None = None
+    # The resources the effect needs where it runs (Ray resources, e.g. {"GPU": 1}); None: nothing special.
+    resources: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ExitStatus:
 
     exit_code: int | None
     signal: int | None
+    # Why the runner cannot say how the process ended: "node_lost" (its node or its executor died).
+    error: str | None = None
 
     @classmethod
     def from_wait_status(cls, status: int) -> ExitStatus:
@@ -56,6 +60,7 @@ class ProcessHandle(ABC):
 
     pid: int
     start_marker: int | None
+    node: str | None = None  # where it runs: the host name, or the Ray node (id and host)
 
     @abstractmethod
     async def read(self) -> bytes:
@@ -84,6 +89,9 @@ class ProcessHandle(ABC):
 
 
 class Runner(ABC):
+    async def aclose(self) -> None:  # noqa: B027 - most runners hold nothing
+        """Releases what the runner holds (a Ray connection it opened); effects are over by then."""
+
     @abstractmethod
     async def start(self, launch: Launch) -> ProcessHandle:
         """Starts the process and returns once it exists; raises SpawnError when it cannot."""

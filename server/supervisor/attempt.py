@@ -75,7 +75,12 @@ class Attempts:
             return Outcome("failed", error=str(exc), attempt=attempt)
         try:
             started = events.started(
-                effect, pid=handle.pid, pid_start=handle.start_marker, command=list(launch.argv), attempt=attempt
+                effect,
+                pid=handle.pid,
+                pid_start=handle.start_marker,
+                command=list(launch.argv),
+                attempt=attempt,
+                node=handle.node,
             )
             effect.check_transition("running")
             await self._record(effect, started)
@@ -98,7 +103,8 @@ class Attempts:
         result_file = self._result_path(effect.effect_id)
         env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
-        return Launch(argv, env, spec.cwd, stdin.encode() if stdin is not None else None, result_file, effect.effect_id)
+        stdin_bytes = stdin.encode() if stdin is not None else None
+        return Launch(argv, env, spec.cwd, stdin_bytes, result_file, effect.effect_id, spec.resources)
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec
@@ -222,6 +228,8 @@ class Attempts:
             output_done.set()
 
     def _outcome(self, exited: ExitStatus, parser: Parser | None, result: object) -> Outcome:
+        if exited.error is not None:  # the runner lost the process (its node died): nothing else is known
+            return Outcome("failed", exited.exit_code, exited.signal, error=exited.error, result=result)
         if parser is not None:
             harness = parser.outcome(exited.exit_code)
             if harness.result is not None:

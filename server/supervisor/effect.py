@@ -159,6 +159,7 @@ class Effect:
             last_output_at=format_iso(datetime.fromtimestamp(last_output_at, UTC)) if last_output_at else None,
             flow_id=self.spec.flow_id,
             step_id=self.spec.step_id,
+            node=state.node,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:
