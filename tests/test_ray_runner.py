@@ -32,6 +32,7 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
+ENDED = ("succeeded", "failed", "cancelled", "skipped")
 SMALL = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 
 
@@ -160,6 +161,15 @@ async def test_killing_a_worker_node_fails_its_effects_with_node_lost_and_the_fl
             ],
         )
         flow_id = flow["flow_id"]
+        retried = await call(
+            client,
+            "dispatch_effect",
+            command=["sleep", "300"],
+            resources={"doomed": 1},
+            max_attempts=2,
+            background=True,
+            grace_s=0.2,
+        )
 
         async def remote_running() -> bool:
             polled = await call(client, "poll_flow", flow_id=flow_id)
@@ -168,15 +178,22 @@ async def test_killing_a_worker_node_fails_its_effects_with_node_lost_and_the_fl
         with anyio.fail_after(90):
             while not await remote_running():  # noqa: ASYNC110
                 await anyio.sleep(0.1)
+            while (await call(client, "poll_effect", effect_id=retried["effect_id"]))["status"] != "running":  # noqa: ASYNC110
+                await anyio.sleep(0.1)
         cluster.remove_node(doomed)
         with anyio.fail_after(90):
             while (polled := await call(client, "poll_flow", flow_id=flow_id))["status"] == "running":  # noqa: ASYNC110
                 await anyio.sleep(0.2)
         steps = {s["step_id"]: s for s in polled["steps"]}
         remote = await call(client, "poll_effect", effect_id=steps["remote"]["effect_id"])
+        with anyio.fail_after(90):
+            while (again := await call(client, "poll_effect", effect_id=retried["effect_id"]))["status"] not in ENDED:  # noqa: ASYNC110
+                await anyio.sleep(0.2)
     assert polled["status"] == "failed"
     assert remote["status"] == "failed" and remote["error"] == "node_lost", remote
     assert steps["after"]["status"] == "skipped"  # fail_fast: what needed it never runs
+    # Retries apply: the second attempt finds no node with `doomed` left, and says so.
+    assert again["status"] == "failed" and again["attempt"] == 2 and "doomed" in again["error"], again
 
 
 async def test_a_sigkilled_server_leaves_no_effect_process_on_the_nodes(cluster, tmp_path):
