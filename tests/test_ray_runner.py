@@ -247,3 +247,22 @@ def _read(server: subprocess.Popen[bytes], wanted: int) -> dict[str, Any]:
         message = json.loads(line)
         if message.get("id") == wanted:
             return message  # type: ignore[no-any-return]
+
+
+async def test_recovery_kills_what_a_recorded_effect_left_on_the_nodes_through_the_runner(cluster):
+    from effectd.runner import RecordedProcess
+    from effectd.runner.ray_runner import RayRunner
+
+    effect_id = "eff_leftover_of_a_dead_server"
+    env = {**os.environ, "EFFECTD_EFFECT_ID": effect_id}
+    left = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)  # noqa: ASYNC220
+    runner = RayRunner(cluster.address)
+    try:
+        runner.connect()  # already connected: the runner shares this process's Ray
+        await runner.kill_leftovers([RecordedProcess(effect_id)])
+        # Gone long before its 300 s (the driver may reap it at once: Ray ignores SIGCHLD in it).
+        await wait_until(lambda: not pid_alive(left.pid), within_s=30)
+    finally:
+        left.kill()
+        left.wait()
+        await runner.aclose()
