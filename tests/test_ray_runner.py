@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,7 @@ from tests.conftest import call, effectd_bin, pid_alive, py, read_until, wait_un
 
 ray = pytest.importorskip("ray", reason="the Ray runner's tests need Ray: pip install -e '.[ray]'")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
+from effectd.runner.ray_runner import RayRunner  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -38,19 +40,22 @@ SMALL = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    os.environ.setdefault("RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper", "true")
     made = cluster_utils.Cluster(
         initialize_head=True,
         head_node_args={**SMALL, "include_dashboard": False, "resources": {"head_only": 1}},
     )
     try:
         made.add_node(**SMALL, resources={"special": 2})
-        ray.init(address=made.address, log_to_driver=False)
         made.wait_for_nodes()
+        RayRunner(made.address).connect()  # as the server joins a cluster (this process is its driver)
         yield made
     finally:
         ray.shutdown()
         made.shutdown()
+    # Ray must not leave this process ignoring SIGCHLD: the local runner's tests run after these.
+    assert "SigIgn" in (status := Path("/proc/self/status").read_text())
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn")).split()[1], 16)
+    assert not ignored & (1 << (signal.SIGCHLD - 1))
 
 
 def node_ids(resource: str) -> set[str]:
@@ -251,14 +256,13 @@ def _read(server: subprocess.Popen[bytes], wanted: int) -> dict[str, Any]:
 
 async def test_recovery_kills_what_a_recorded_effect_left_on_the_nodes_through_the_runner(cluster):
     from effectd.runner import RecordedProcess
-    from effectd.runner.ray_runner import RayRunner
 
     effect_id = "eff_leftover_of_a_dead_server"
     env = {**os.environ, "EFFECTD_EFFECT_ID": effect_id}
     left = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)  # noqa: ASYNC220
     runner = RayRunner(cluster.address)
     try:
-        runner.connect()  # already connected: the runner shares this process's Ray
+        runner.connect()  # already connected: nothing to do, the runner shares this process's Ray
         await runner.kill_leftovers([RecordedProcess(effect_id)])
         # Gone long before its 300 s (the driver may reap it at once: Ray ignores SIGCHLD in it).
         await wait_until(lambda: not pid_alive(left.pid), within_s=30)

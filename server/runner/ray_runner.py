@@ -13,8 +13,10 @@ Ray is imported here only: the default install never loads this module.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -148,18 +150,28 @@ class RayRunner(Runner):
         """Joins the cluster at `address`, or starts a local Ray when there is none (and stops it on close)."""
         if ray.is_initialized():
             return
-        if self.address is None:
-            os.environ.setdefault(_SUBREAPER_ENV, "true")
-            ray.init(
-                address="local",
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=_LOCAL_OBJECT_STORE,
-                log_to_driver=False,
-            )
-            self.started_ray = True
-        else:
-            ray.init(address=self.address, log_to_driver=False)
+        # Ray's backstop for the raylet a local start makes; the flag also makes Ray ignore SIGCHLD in
+        # the process that reads it, this server: its own children would lose their exit status. So it
+        # is set for the start only, and SIGCHLD gets its default disposition back.
+        added = self.address is None and _SUBREAPER_ENV not in os.environ
+        if added:
+            os.environ[_SUBREAPER_ENV] = "true"
+        try:
+            if self.address is None:
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    object_store_memory=_LOCAL_OBJECT_STORE,
+                    log_to_driver=False,
+                )
+                self.started_ray = True
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+        finally:
+            if added:
+                del os.environ[_SUBREAPER_ENV]
+            ctypes.CDLL(None).signal(int(signal.SIGCHLD), int(signal.SIG_DFL))
 
     async def aclose(self) -> None:
         for actor in self._executors.values():
