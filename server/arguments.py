@@ -73,6 +73,10 @@ class EffectArguments(_Strict):
         None
     )
     keep_worktree: Annotated[bool, Field(description="keep the worktree directory when the effect ends")] = False
+    resources: Annotated[
+        dict[str, float] | None,
+        Field(description="Ray resources the effect needs, e.g. {'GPU': 1}: it runs on a node that has them"),
+    ] = None
 
     def effect_fields(self) -> dict[str, Any]:
         """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tomllib
@@ -30,7 +31,14 @@ _KNOWN_KEYS = {
     "harness",
     "groups",
     "http",
+    "runner",
+    "ray_address",
 }
+RUNNERS = ("local", "ray")
+RAY_MISSING = (
+    "the Ray runner needs Ray, which is not installed here: pip install 'effectd[ray]' "
+    "(or pip install 'ray>=2.9' into effectd's environment)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     journal_busy_timeout_s: float = 10.0  # a lock held elsewhere longer than this is a journal fault
     journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
+    runner: str = "local"  # "local" or "ray"
+    ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
 
     @property
     def output_dir(self) -> Path:
@@ -124,6 +134,20 @@ def load_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
+def _runner(file: Mapping[str, Any], flag: str | None, address: str | None) -> dict[str, Any]:
+    """The runner: the --runner flag, else config `runner`, else $EFFECTD_RUNNER, else local; and for Ray
+    its address: --ray-address, else config `ray_address`, else $RAY_ADDRESS, else None (start one)."""
+    runner = flag or file.get("runner") or os.environ.get("EFFECTD_RUNNER") or "local"
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
+    configured = file.get("ray_address")
+    if configured is not None and not isinstance(configured, str):
+        raise ConfigError(f"config `ray_address` must be a string (e.g. 'ray://head:10001'), not {configured!r}")
+    if runner == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(RAY_MISSING)
+    return {"runner": runner, "ray_address": address or configured or os.environ.get("RAY_ADDRESS") or None}
+
+
 def build_settings(
     file: Mapping[str, Any],
     *,
@@ -133,6 +157,8 @@ def build_settings(
     allow_any_command: bool = False,
     keep_queued: bool = False,
     result_limit_bytes: int | None = None,
+    runner: str | None = None,
+    ray_address: str | None = None,
 ) -> Settings:
     """Settings from the file's table, then the environment ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES),
     then the command-line flags laid over it."""
@@ -178,6 +204,7 @@ def build_settings(
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency must be at least 1, not {max_concurrency}")
         values["max_concurrency"] = max_concurrency
+    values.update(_runner(file, runner, ray_address))
     return Settings(
         db=(path or Path(".effectd/journal.db")).expanduser().absolute(),
         allow_commands=(*allow, *allow_commands),

@@ -46,6 +46,7 @@ from effectd.ownership import StartLock, runner_alive
 from effectd.prune import prune_live
 from effectd.queries import EngineQueries
 from effectd.runner import Runner
+from effectd.runner.choose import open_runner
 from effectd.runner.git import Worktrees
 from effectd.sessions import Sessions, joining
 from effectd.specs import build_spec
@@ -293,9 +294,12 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
     # Checked first (JournalUnusableError names what makes it unusable), before anything is written.
     await anyio.to_thread.run_sync(check_journal, settings.db)
     retry = Retry(max_s=settings.journal_retry_max_s)
-    async with joining(settings.db, busy_timeout_s=settings.journal_busy_timeout_s, retry=retry) as joined:
+    async with (
+        open_runner(settings, runner) as active,  # closed last: after the effects were stopped
+        joining(settings.db, busy_timeout_s=settings.journal_busy_timeout_s, retry=retry) as joined,
+    ):
         journal = joined.journal
-        supervisor = _supervisor(settings, journal, runner, joined.me.server_id, joined.owners)
+        supervisor = _supervisor(settings, journal, active, joined.me.server_id, joined.owners)
         flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
         budgets, loading = _attach(supervisor, flows, flows.budgets)
         sessions = Sessions(joined.me, joined.peers, supervisor, flows)

@@ -80,6 +80,7 @@ class EffectSpec(BaseModel):
     for_each: list[Any] | str | None = None  # a flow step that fans out: its items, or a template of them
     item_index: int | None = None  # a fan-out child: the index of its item
     pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
+    resources: dict[str, float] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -126,6 +127,7 @@ class EffectRecord(BaseModel):
     owner: str = ""  # the id of the server that dispatched it ("" for an effect from before sessions)
     cached: bool = False
     reused_from: str | None = None
+    node: str | None = None
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ allow-list, the harness profiles or the machine. Nothing here writes anything.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -80,6 +81,22 @@ def _isolation(request: Mapping[str, Any], fields: dict[str, Any]) -> None:
     fields.setdefault("cwd", os.getcwd())  # the worktree mirrors a repository: which one is fixed now
 
 
+def check_resources(settings: Settings, resources: Mapping[str, float]) -> dict[str, float] | None:
+    """The Ray resources an effect needs: names with positive amounts; only `CPU` on the local runner."""
+    for name, amount in resources.items():
+        if not name or "\0" in name or not math.isfinite(amount) or amount <= 0:
+            raise InvalidRequestError(
+                f"`resources` maps resource names to positive amounts, e.g. {{'GPU': 1}}; not {name!r}: {amount!r}"
+            )
+    other = sorted(set(resources) - {"CPU"})
+    if other and settings.runner != "ray":
+        raise InvalidRequestError(
+            f"resources {', '.join(map(repr, other))} need the Ray runner (`effectd serve --runner ray`); "
+            "the local runner takes only `CPU`"
+        )
+    return {name: float(amount) for name, amount in resources.items()} or None
+
+
 def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     """Validates one effect request (the arguments of dispatch_effect or of a flow step) into a spec.
 
@@ -147,6 +164,8 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
             fields["timeout_s"] = profile.timeout_s
         if request.get("cwd") is None and profile.cwd is not None:
             fields["cwd"] = check_cwd(profile.cwd)
+        if request.get("resources") is None and profile.resources is not None:
+            fields["resources"] = check_resources(settings, profile.resources)
     for name in ("group", "label", "key", "stdin"):
         value = request.get(name)
         if value is not None and name != "stdin":
@@ -160,6 +179,8 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     fields["grace_s"] = float(settings.default_grace_s if grace is None else grace)
     if request.get("cwd") is not None:
         fields["cwd"] = check_cwd(request["cwd"])
+    if request.get("resources") is not None:
+        fields["resources"] = check_resources(settings, request["resources"])
     fields["env"] = env
     _isolation(request, fields)
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))

@@ -35,6 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_any_command=args.allow_any_command,
             keep_queued=args.keep_queued,
             result_limit_bytes=args.result_limit_bytes,
+            runner=args.runner,
+            ray_address=args.ray_address,
         )
         check_journal(settings.db)  # before the server's imports: a journal that cannot be used is told at once
         import anyio
@@ -98,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--result-limit-bytes", type=int, metavar="N", help="largest result file read (default 1048576, 1 MiB)"
     )
+    serve.add_argument(
+        "--runner", choices=("local", "ray"), help="where effects run (default local; also $EFFECTD_RUNNER)"
+    )
+    serve.add_argument("--ray-address", help="the Ray cluster of --runner ray (default $RAY_ADDRESS, else a local Ray)")
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)

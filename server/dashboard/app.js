@@ -939,6 +939,7 @@ function renderDetail() {
     ...field('Duration', fmtSeconds(duration)),
     ...field('Attempt', row.max_attempts > 1 ? `${row.attempt} of ${row.max_attempts}` : null),
     ...field('PID', row.pid),
+    ...field('Node', row.node, 'mono'),
     ...field('Cost', fmtCost(row.cost_usd)),
     ...workspaceFields((state.detail && state.detail.effect_id === row.effect_id && state.detail.workspace) || row.workspace),
     ...field('Output', `${(row.output_bytes || 0).toLocaleString()} bytes${row.output_truncated ? ' (truncated)' : ''}${row.stalled ? ', stalled' : ''}`),

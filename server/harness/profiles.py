@@ -42,6 +42,7 @@ class HarnessProfile:
     prompt_via: PromptVia = "arg"
     max_concurrency: int | None = None
     description: str = ""
+    resources: Mapping[str, float] | None = field(default=None, hash=False)  # Ray resources its effects need
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
@@ -229,6 +230,15 @@ def _prompt_via(name: str, key: str, value: object) -> str:
     return value
 
 
+def _resources(name: str, key: str, value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        for k, v in value.items()
+    ):
+        raise _error(name, key, "must be a table of resource names to positive amounts, e.g. {GPU = 1}")
+    return {k: float(v) for k, v in value.items()}
+
+
 _SETTINGS: dict[str, Callable[[str, str, object], object]] = {
     "command": _command,
     "parser": _parser_name,
@@ -238,6 +248,7 @@ _SETTINGS: dict[str, Callable[[str, str, object], object]] = {
     "prompt_via": _prompt_via,
     "max_concurrency": _positive_int,
     "description": _text,
+    "resources": _resources,
 }
 """Each key a ``[harness.NAME]`` table may hold, with the function that checks and converts its value."""
 

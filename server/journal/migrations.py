@@ -206,3 +206,9 @@ async def _resume(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE effects ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
     await db.execute("ALTER TABLE effects ADD COLUMN reused_from TEXT")
     await db.execute("ALTER TABLE flows ADD COLUMN resumed_from TEXT")
+
+
+@migration("m160_issue16_node")
+async def _node(db: aiosqlite.Connection) -> None:
+    """Where each effect's process ran (EFFECT_STARTED's `node`)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN node TEXT")

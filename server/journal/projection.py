@@ -15,7 +15,7 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace", "owner", "output_pruned", "result_error", "cached", "reused_from",
+    "workspace", "owner", "output_pruned", "result_error", "cached", "reused_from", "node",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
@@ -147,6 +147,7 @@ class EffectState:
     cancel_message: str | None = None
     pid: int | None = None
     pid_start: int | None = None
+    node: str | None = None  # where the process runs or ran (the runner's word for it)
     attempt: int = 0
     progress: dict[str, Any] | None = None
     terminal_seq: int | None = None
@@ -185,6 +186,7 @@ class EffectState:
             self.status = "running"
             self.started_at = data["started_at"]
             self.pid, self.pid_start = data.get("pid"), data.get("pid_start")
+            self.node = data.get("node")
             self.command = list(data["command"])
             self.attempt = data.get("attempt", 1)
             self.finished_at = self.exit_code = self.signal = self.error = None
@@ -265,6 +267,7 @@ class EffectState:
             "result_error": self.result_error,
             "cached": int(self.cached),
             "reused_from": self.reused_from,
+            "node": self.node,
         }
 
     def _spec_text(self) -> str:
@@ -293,6 +296,7 @@ class EffectState:
             cancel_message=row["cancel_message"],
             pid=row["pid"],
             pid_start=row["pid_start"],
+            node=row["node"] if "node" in row.keys() else None,
             attempt=row["attempt"],
             progress=_loads(row["progress"]),
             terminal_seq=row["terminal_seq"],

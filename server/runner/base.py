@@ -26,6 +26,8 @@ class Launch:
     # Instead of `stdin`: bytes that arrive while the process runs (a flow pipe), fed by
     # `ProcessHandle.feed_stdin`; EOF when the source ends.
     stdin_source: AsyncGenerator[bytes, None] | None = None
+    # The resources the effect needs where it runs (Ray resources, e.g. {"GPU": 1}); None: nothing special.
+    resources: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ExitStatus:
 
     exit_code: int | None
     signal: int | None
+    # Why the runner cannot say how the process ended: "node_lost" (its node or its executor died).
+    error: str | None = None
 
     @classmethod
     def from_wait_status(cls, status: int) -> ExitStatus:
@@ -65,6 +69,7 @@ class ProcessHandle(ABC):
 
     pid: int
     start_marker: int | None
+    node: str | None = None  # where it runs: the host name, or the Ray node (id and host)
 
     @abstractmethod
     async def read(self) -> bytes:
@@ -101,6 +106,9 @@ class ProcessHandle(ABC):
 
 
 class Runner(ABC):
+    async def aclose(self) -> None:  # noqa: B027 - most runners hold nothing
+        """Releases what the runner holds (a Ray connection it opened); effects are over by then."""
+
     @abstractmethod
     async def start(self, launch: Launch) -> ProcessHandle:
         """Starts the process and returns once it exists; raises SpawnError when it cannot."""

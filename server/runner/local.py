@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -67,6 +68,7 @@ _GATE = ["/bin/sh", "-c", 'read _ <&2; exec 2>&1; exec "$@"', "sh"]
 REAP_EVERY_S = 1.0
 
 
+_HOST = socket.gethostname()
 _devnull_fd: int | None = None
 
 
@@ -103,6 +105,7 @@ class LocalProcess(ProcessHandle):
         self._result_limit = result_limit_bytes
         self.pid = popen.pid
         self.start_marker: int | None = None
+        self.node = _HOST
         self._output_fd: int | None = output_fd
         self._exit: ExitStatus | None = None
         self._watching = False

@@ -95,7 +95,12 @@ class Attempts:
             return Outcome("failed", error=str(exc), attempt=attempt)
         try:
             started = events.started(
-                effect, pid=handle.pid, pid_start=handle.start_marker, command=list(launch.argv), attempt=attempt
+                effect,
+                pid=handle.pid,
+                pid_start=handle.start_marker,
+                command=list(launch.argv),
+                attempt=attempt,
+                node=handle.node,
             )
             effect.check_transition("running")
             await self._record(effect, started)
@@ -122,7 +127,17 @@ class Attempts:
         if spec.pipe_from is not None and self.producer is not None:
             source, stdin = follow_log(await self.producer(spec.pipe_from)), None
         data = stdin.encode() if stdin is not None else None
-        return Launch(argv, env, cwd, data, result_file, effect.effect_id, self._result_limit, stdin_source=source)
+        return Launch(
+            argv,
+            env,
+            cwd,
+            data,
+            result_file,
+            effect.effect_id,
+            self._result_limit,
+            stdin_source=source,
+            resources=spec.resources,
+        )
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:
         spec = effect.spec
@@ -260,6 +275,8 @@ class Attempts:
         return outcome
 
     def _outcome_of(self, exited: ExitStatus, parser: Parser | None, result: object) -> Outcome:
+        if exited.error is not None:  # the runner lost the process (its node died): nothing else is known
+            return Outcome("failed", exited.exit_code, exited.signal, error=exited.error, result=result)
         if parser is not None:
             harness = parser.outcome(exited.exit_code)
             if harness.result is not None:

@@ -181,6 +181,7 @@ class Effect:
             owner=state.owner or "",
             cached=state.cached,
             reused_from=state.reused_from,
+            node=state.node,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

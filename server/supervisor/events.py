@@ -33,8 +33,12 @@ def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None =
     return Event("EFFECT_REQUESTED", run_id, effect_id, data)
 
 
-def started(effect: Effect, *, pid: int, pid_start: int | None, command: list[str], attempt: int) -> Event:
+def started(
+    effect: Effect, *, pid: int, pid_start: int | None, command: list[str], attempt: int, node: str | None = None
+) -> Event:
     data = {"started_at": now_iso(), "pid": pid, "pid_start": pid_start, "command": command, "attempt": attempt}
+    if node is not None:
+        data["node"] = node
     return Event("EFFECT_STARTED", effect.run_id, effect.effect_id, data)
 
 
