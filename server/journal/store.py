@@ -37,6 +37,22 @@ async def _connect(path: Path, *, readonly: bool = False, busy_timeout_s: float 
     return db
 
 
+def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its parameters) of a run, group and status filter on the `effects` table."""
+    where: list[str] = []
+    params: list[Any] = []
+    if run_id is not None:
+        where.append("run_id = ?")
+        params.append(run_id)
+    if group is not None:
+        where.append("group_name = ?")
+        params.append(group)
+    if statuses:
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(statuses)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
 class Journal:
     """Appends events in order and keeps the projection tables in step, one transaction per batch.
 
@@ -155,17 +171,7 @@ class Journal:
     async def list_effects(
         self, run_id: str | None, group: str | None, statuses: Sequence[str] | None, limit: int
     ) -> list[dict[str, Any]]:
-        where, params = [], []
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if group is not None:
-            where.append("group_name = ?")
-            params.append(group)
-        if statuses:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = effect_filter(run_id, group, statuses)
         return await self.fetch(f"SELECT * FROM effects {clause} ORDER BY effect_id DESC LIMIT ?", [*params, limit])
 
     async def active_effects(self) -> list[dict[str, Any]]:

@@ -6,23 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from effectd.journal.store import Journal
-
-
-def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (with its parameters) of a run, group and status filter on the `effects` table."""
-    where: list[str] = []
-    params: list[Any] = []
-    if run_id is not None:
-        where.append("run_id = ?")
-        params.append(run_id)
-    if group is not None:
-        where.append("group_name = ?")
-        params.append(group)
-    if statuses:
-        where.append(f"status IN ({', '.join('?' * len(statuses))})")
-        params.extend(statuses)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+from effectd.journal.store import Journal, effect_filter
 
 
 def _total(path: str, cast: str) -> str:
