@@ -35,32 +35,29 @@ TASKS = "io.modelcontextprotocol/tasks"
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class CreatedTask(Result):
+class _Task(Result):
+    """The fields of a task, as both `CreateTaskResult` and `tasks/get` carry them."""
+
+    model_config = ConfigDict(extra="allow")
+    task_id: str
+    status: str
+    created_at: str
+    last_updated_at: str
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+    status_message: str | None = None
+
+
+class CreatedTask(_Task):
     """A flat `CreateTaskResult` (2026-07-28 extension shape)."""
 
-    model_config = ConfigDict(extra="allow")
     result_type: Literal["task"] = "task"
-    task_id: str
-    status: str
-    created_at: str
-    last_updated_at: str
-    ttl_ms: int | None
-    poll_interval_ms: int | None = None
-    status_message: str | None = None
 
 
-class TaskState(Result):
+class TaskState(_Task):
     """What `tasks/get` answers: the task, plus `result` once completed."""
 
-    model_config = ConfigDict(extra="allow")
     result_type: Literal["complete"] = "complete"
-    task_id: str
-    status: str
-    created_at: str
-    last_updated_at: str
-    ttl_ms: int | None
-    poll_interval_ms: int | None = None
-    status_message: str | None = None
     result: dict[str, Any] | None = None
 
 

@@ -82,17 +82,32 @@ def assert_sound(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
+async def run_isolated(settings, cwd: Path, command: list[str], wait_s: float = 30, **options) -> dict:
+    """Runs one effect in a worktree of the repository at ``cwd`` on a server of its own; returns its record."""
+    async with connected(settings) as (_, client):
+        return await call(
+            client, "dispatch_effect", command=command, cwd=str(cwd), isolation="worktree", wait_s=wait_s, **options
+        )
+
+
+async def start_writing(client: Client, repo: Path, path: str, text: str) -> str:
+    """Starts an isolated effect that writes ``text`` to ``path`` and waits; returns its id once it wrote."""
+    started = await call(
+        client,
+        "dispatch_effect",
+        command=py(WRITE_AND_WAIT, path, text),
+        cwd=str(repo),
+        isolation="worktree",
+        background=True,
+    )
+    await read_until(client, started["effect_id"], "written")
+    return str(started["effect_id"])
+
+
 async def test_an_isolated_effect_commits_its_change_to_its_own_branch_and_leaves_no_directory(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    async with connected(settings) as (_, client):
-        record = await call(
-            client,
-            "dispatch_effect",
-            command=py(WRITE + "; import os; print(os.getcwd())", "notes.txt", "from the effect\n"),
-            cwd=str(repo / "src"),
-            isolation="worktree",
-            wait_s=30,
-        )
+    command = py(WRITE + "; import os; print(os.getcwd())", "notes.txt", "from the effect\n")
+    record = await run_isolated(settings, repo / "src", command)
     assert record["status"] == "succeeded"
     workspace = record["workspace"]
     branch = f"effectd/{record['effect_id']}"
@@ -119,10 +134,7 @@ async def test_without_a_configured_identity_the_commit_is_made_as_effectd(setti
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-config"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     repo = make_repo(tmp_path / "repo", identity=False)
-    async with connected(settings) as (_, client):
-        record = await call(
-            client, "dispatch_effect", command=py(WRITE, "a.txt", "a"), cwd=str(repo), isolation="worktree", wait_s=30
-        )
+    record = await run_isolated(settings, repo, py(WRITE, "a.txt", "a"))
     branch = record["workspace"]["branch"]
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", branch).strip() == (
         "effectd <effectd@localhost>|effectd <effectd@localhost>"
@@ -131,10 +143,7 @@ async def test_without_a_configured_identity_the_commit_is_made_as_effectd(setti
 
 async def test_an_effect_that_changed_nothing_leaves_no_branch_and_no_directory(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    async with connected(settings) as (_, client):
-        record = await call(
-            client, "dispatch_effect", command=py("print('read only')"), cwd=str(repo), isolation="worktree", wait_s=30
-        )
+    record = await run_isolated(settings, repo, py("print('read only')"))
     workspace = record["workspace"]
     assert record["status"] == "succeeded"
     assert workspace["branch_kept"] is False and workspace["kept"] is False
@@ -146,18 +155,10 @@ async def test_an_effect_that_changed_nothing_leaves_no_branch_and_no_directory(
 async def test_a_cancelled_effects_uncommitted_work_is_on_its_branch(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
     async with connected(settings) as (_, client):
-        started = await call(
-            client,
-            "dispatch_effect",
-            command=py(WRITE_AND_WAIT, "README.md", "rewritten by a cancelled agent\n"),
-            cwd=str(repo),
-            isolation="worktree",
-            background=True,
-        )
-        await read_until(client, started["effect_id"], "written")
-        running = await call(client, "poll_effect", effect_id=started["effect_id"])
+        effect_id = await start_writing(client, repo, "README.md", "rewritten by a cancelled agent\n")
+        running = await call(client, "poll_effect", effect_id=effect_id)
         assert running["workspace"]["kept"] is True and is_dir(running["workspace"]["path"])
-        record = await call(client, "cancel_effect", effect_id=started["effect_id"], reason="enough")
+        record = await call(client, "cancel_effect", effect_id=effect_id, reason="enough")
     assert record["status"] == "cancelled" and record["cancel_reason"] == "user"
     workspace = record["workspace"]
     assert workspace["branch_kept"] is True and workspace["changed_files"] == ["README.md"]
@@ -171,16 +172,7 @@ async def test_a_cancelled_effects_uncommitted_work_is_on_its_branch(settings, t
 
 async def test_keep_worktree_keeps_the_directory_and_the_cli_lists_and_prunes_it(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    async with connected(settings) as (_, client):
-        record = await call(
-            client,
-            "dispatch_effect",
-            command=py(WRITE, "kept.txt", "keep me\n"),
-            cwd=str(repo),
-            isolation="worktree",
-            keep_worktree=True,
-            wait_s=30,
-        )
+    record = await run_isolated(settings, repo, py(WRITE, "kept.txt", "keep me\n"), keep_worktree=True)
     workspace = record["workspace"]
     path = Path(workspace["path"])
     assert workspace["kept"] is True and (path / "kept.txt").read_text() == "keep me\n"
@@ -256,16 +248,8 @@ async def test_an_isolated_effect_can_start_from_another_base(settings, tmp_path
     git(repo, "add", "-A")
     git(repo, "commit", "--quiet", "-m", "feature")
     git(repo, "switch", "--quiet", "main")
-    async with connected(settings) as (_, client):
-        record = await call(
-            client,
-            "dispatch_effect",
-            command=py("import pathlib; print(pathlib.Path('feature.txt').read_text())"),
-            cwd=str(repo),
-            isolation="worktree",
-            worktree_base="feature",
-            wait_s=30,
-        )
+    command = py("import pathlib; print(pathlib.Path('feature.txt').read_text())")
+    record = await run_isolated(settings, repo, command, worktree_base="feature")
     assert record["status"] == "succeeded" and "only on feature" in record["output_tail"]
     assert record["workspace"]["base_commit"] == git(repo, "rev-parse", "feature").strip()
     assert branches(repo) == []
@@ -376,16 +360,7 @@ async def test_a_harness_step_and_a_retry_reuse_one_worktree(settings, tmp_path)
         "import pathlib, sys; p = pathlib.Path('attempts.txt'); "
         "p.write_text(p.read_text() + 'x' if p.exists() else 'x'); sys.exit(0 if p.read_text() == 'xx' else 1)"
     )
-    async with connected(settings) as (_, client):
-        record = await call(
-            client,
-            "dispatch_effect",
-            command=py(code),
-            cwd=str(repo),
-            isolation="worktree",
-            max_attempts=2,
-            wait_s=30,
-        )
+    record = await run_isolated(settings, repo, py(code), max_attempts=2)
     assert record["status"] == "succeeded" and record["attempt"] == 2
     assert git(repo, "show", f"{record['workspace']['branch']}:attempts.txt") == "xx"
     assert_sound(repo)
@@ -393,18 +368,10 @@ async def test_a_harness_step_and_a_retry_reuse_one_worktree(settings, tmp_path)
 
 async def test_shutdown_finishes_the_worktrees_of_the_effects_it_cancels(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    async with connected(settings) as (engine, client):
-        started = await call(
-            client,
-            "dispatch_effect",
-            command=py(WRITE_AND_WAIT, "wip.txt", "work in progress\n"),
-            cwd=str(repo),
-            isolation="worktree",
-            background=True,
-        )
-        await read_until(client, started["effect_id"], "written")
-    async with connected(settings) as (engine, client):
-        record = await call(client, "poll_effect", effect_id=started["effect_id"])
+    async with connected(settings) as (_, client):
+        effect_id = await start_writing(client, repo, "wip.txt", "work in progress\n")
+    async with connected(settings) as (_, client):
+        record = await call(client, "poll_effect", effect_id=effect_id)
     assert record["status"] == "cancelled" and record["cancel_reason"] == "shutdown"
     assert git(repo, "show", f"{record['workspace']['branch']}:wip.txt") == "work in progress\n"
     assert_sound(repo)
@@ -494,8 +461,7 @@ async def test_changed_files_stop_at_a_thousand_and_say_so(settings, tmp_path):
         "import pathlib\npathlib.Path('gen').mkdir()\n"
         "for i in range(1001): pathlib.Path(f'gen/{i:04}.txt').write_text('x\\n')"
     )
-    async with connected(settings) as (_, client):
-        record = await call(client, "dispatch_effect", command=py(many), cwd=str(repo), isolation="worktree", wait_s=50)
+    record = await run_isolated(settings, repo, py(many), wait_s=50)
     workspace = record["workspace"]
     assert len(workspace["changed_files"]) == 1000 and workspace["changed_files_truncated"] is True
     assert workspace["changed_files"][0] == "gen/0000.txt" and workspace["insertions"] == 1001

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import call, pid_alive, wait_until
-from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import PACKAGES, claude_env, require
-from tests.model_server.processes import effect_tree, finished, running
+from tests.conftest import call
+from tests.model_server import Conversation, Error, Script, Text, ToolCall
+from tests.model_server.clis import PACKAGES, claude_env
+from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping, tree_gone
+from tests.model_server.processes import finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -25,8 +25,6 @@ ALLOW_BASH = ["--allowedTools", "Bash"]
 SLOW_COMMAND = "echo waiting; sleep 30; echo done"
 TIMEOUT_S = 60.0
 """The timeout of the run that sleeps 300 s: long enough for the CLI to start and reach its tool call."""
-STARTUP_S = 120
-"""Bound for a real CLI to start and reach its first tool call (generous: 2 shared cores, heavy startup)."""
 
 SCRIPT = Script(
     [
@@ -45,41 +43,15 @@ SCRIPT = Script(
 )
 
 
-@pytest.fixture(scope="module")
-def claude() -> Path:
-    return require("claude")
-
-
-@pytest.fixture(autouse=True)
-def on_path(claude, monkeypatch):
-    """`claude` on the server's PATH, as after `npm install -g` (before the engine starts)."""
-    monkeypatch.setenv("PATH", f"{claude.parent}{os.pathsep}{os.environ['PATH']}")
-
-
-@pytest.fixture
-def model():
-    with ModelServer(SCRIPT) as server:
-        yield server
-
-
-@pytest.fixture
-def env(model, tmp_path):
-    return claude_env(model, tmp_path / "claude-config")
+claude, on_path, model, env = cli_fixtures("claude", SCRIPT, claude_env, "claude-config")
 
 
 async def test_a_real_claude_run_streams_progress_and_reports_its_result(client, model, env):
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        messages.append(message or "")
-
-    result = await client.call_tool(
-        "dispatch_effect",
+    effect_id, messages = await run_with_progress(
+        client,
         {"harness": "claude", "prompt": "TASK-ECHO: check the shell", "args": ALLOW_BASH, "env": env, "wait_s": 55},
-        progress_callback=on_progress,
     )
-    record = result.structured_content
-    record = await finished(client, record["effect_id"])  # on a very loaded machine it may outlast wait_s
+    record = await finished(client, effect_id)  # on a very loaded machine it may outlast wait_s
     assert record["status"] == "succeeded", (record["error"], record["output_tail"])
     assert record["command"][:3] == ["claude", "-p", "TASK-ECHO: check the shell"]
     answer = "The command printed hi, so the shell works."
@@ -122,21 +94,7 @@ async def _sleeping(
     Claude Code starts its Bash tool in a session of its own: the tree is the CLI's process group
     plus that session, which only effectd's environment mark ties to the effect.
     """
-    record = await call(
-        client,
-        "dispatch_effect",
-        harness="claude",
-        prompt=prompt,
-        args=ALLOW_BASH,
-        env=env,
-        background=True,
-        **options,
-    )
-    effect_id = record["effect_id"]
-    await wait_until(lambda: needle in running(effect_id, "sleep").values(), within_s=STARTUP_S)
-    tree = effect_tree(effect_id)
-    record = await call(client, "poll_effect", effect_id=effect_id)
-    assert record["status"] == "running" and record["pid"] in tree
+    record, tree = await sleeping(client, "claude", prompt, needle, args=ALLOW_BASH, env=env, **options)
     assert os.getsid(next(pid for pid, cmd in tree.items() if cmd == needle)) != os.getsid(record["pid"])
     return record, tree
 
@@ -148,14 +106,14 @@ async def test_cancelling_a_real_claude_run_leaves_neither_the_cli_nor_its_tool_
     cancelled = await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=3)
     assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "user"
     assert time.monotonic() - started < 25
-    assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+    tree_gone(record["effect_id"], tree)
 
 
 async def test_a_real_claude_run_past_its_timeout_is_cancelled_with_its_tree(client, model, env):
     record, tree = await _sleeping(client, env, "TASK-LONG: wait", "sleep 300", timeout_s=TIMEOUT_S, grace_s=3)
     record = await finished(client, record["effect_id"])
     assert record["status"] == "cancelled" and record["cancel_reason"] == "timeout", record
-    assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+    tree_gone(record["effect_id"], tree)
 
 
 def test_the_version_run_is_the_pinned_one(claude):

@@ -7,20 +7,18 @@ that names it as the model provider, and ``OPENAI_API_KEY``.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import call, pid_alive, wait_until
-from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import PACKAGES, codex_env, require
-from tests.model_server.processes import effect_tree, finished, running
+from tests.model_server import Conversation, Error, Script, Text, ToolCall
+from tests.model_server.clis import PACKAGES, codex_env
+from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping
+from tests.model_server.processes import effect_tree, finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
-STARTUP_S = 120
 TIMEOUT_S = 45.0
 
 
@@ -45,40 +43,15 @@ SCRIPT = Script(
 )
 
 
-@pytest.fixture(scope="module")
-def codex() -> Path:
-    return require("codex")
-
-
-@pytest.fixture(autouse=True)
-def on_path(codex, monkeypatch):
-    """`codex` on the server's PATH, as after `npm install -g` (before the engine starts)."""
-    monkeypatch.setenv("PATH", f"{codex.parent}{os.pathsep}{os.environ['PATH']}")
-
-
-@pytest.fixture
-def model():
-    with ModelServer(SCRIPT) as server:
-        yield server
-
-
-@pytest.fixture
-def env(model, tmp_path):
-    return codex_env(model, tmp_path / "codex-home")
+codex, on_path, model, env = cli_fixtures("codex", SCRIPT, codex_env, "codex-home")
 
 
 async def test_a_real_codex_run_streams_progress_and_reports_its_result(client, model, env, tmp_path):
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        messages.append(message or "")
-
-    result = await client.call_tool(
-        "dispatch_effect",
+    effect_id, messages = await run_with_progress(
+        client,
         {"harness": "codex", "prompt": "TASK-ECHO: check the shell", "env": env, "cwd": str(tmp_path), "wait_s": 55},
-        progress_callback=on_progress,
     )
-    record = await finished(client, result.structured_content["effect_id"])
+    record = await finished(client, effect_id)
     assert record["status"] == "succeeded", (record["error"], record["output_tail"])
     assert record["command"] == ["codex", "exec", "--json", "--skip-git-repo-check", "--", "TASK-ECHO: check the shell"]
     answer = "The command printed hi, so the shell works."
@@ -105,19 +78,6 @@ async def test_a_scripted_api_error_fails_the_effect_with_codexs_own_message(cli
     print("codex's error:", record["error"])
 
 
-async def _sleeping(client, env, cwd, prompt: str, needle: str, **options) -> tuple[dict, dict[int, str]]:
-    """Starts a run whose tool call sleeps; returns its record and process tree once the sleep runs."""
-    record = await call(
-        client, "dispatch_effect", harness="codex", prompt=prompt, env=env, cwd=cwd, background=True, **options
-    )
-    effect_id = record["effect_id"]
-    await wait_until(lambda: needle in running(effect_id, "sleep").values(), within_s=STARTUP_S)
-    tree = effect_tree(effect_id)
-    record = await call(client, "poll_effect", effect_id=effect_id)
-    assert record["status"] == "running" and record["pid"] in tree
-    return record, tree
-
-
 async def gone(effect_id: str, tree: dict[int, str], needle: str) -> None:
     """The CLI, its sandbox and the tool are dead when the cancel returns; nothing of the effect is left soon after.
 
@@ -131,15 +91,15 @@ async def gone(effect_id: str, tree: dict[int, str], needle: str) -> None:
 
 
 async def test_cancelling_a_real_codex_run_leaves_neither_the_cli_nor_its_tool_alive(client, model, env, tmp_path):
-    record, tree = await _sleeping(client, env, str(tmp_path), "TASK-SLEEP: wait", "sleep 30")
+    record, tree = await sleeping(client, "codex", "TASK-SLEEP: wait", "sleep 30", env=env, cwd=str(tmp_path))
     cancelled = await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=3)
     assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "user"
     await gone(record["effect_id"], tree, "sleep 30")
 
 
 async def test_a_real_codex_run_past_its_timeout_is_cancelled_with_its_tree(client, model, env, tmp_path):
-    record, tree = await _sleeping(
-        client, env, str(tmp_path), "TASK-LONG: wait", "sleep 300", timeout_s=TIMEOUT_S, grace_s=3
+    record, tree = await sleeping(
+        client, "codex", "TASK-LONG: wait", "sleep 300", env=env, cwd=str(tmp_path), timeout_s=TIMEOUT_S, grace_s=3
     )
     record = await finished(client, record["effect_id"])
     assert record["status"] == "cancelled" and record["cancel_reason"] == "timeout", record

@@ -7,20 +7,18 @@ a provider (the bundled ``@ai-sdk/anthropic``) at the server and makes it the mo
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import call, pid_alive, wait_until
-from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import opencode_env, require
-from tests.model_server.processes import effect_tree, finished, kill_marked, running
+from tests.conftest import call, pid_alive
+from tests.model_server import Conversation, Error, Script, Text, ToolCall
+from tests.model_server.clis import opencode_env
+from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping, tree_gone
+from tests.model_server.processes import finished, kill_marked
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
-STARTUP_S = 120
 TIMEOUT_S = 45.0
 ANSWER = "The command printed hi, so the shell works."
 
@@ -43,39 +41,15 @@ SCRIPT = Script(
 )
 
 
-@pytest.fixture(scope="module")
-def opencode() -> Path:
-    return require("opencode")
-
-
-@pytest.fixture(autouse=True)
-def on_path(opencode, monkeypatch):
-    monkeypatch.setenv("PATH", f"{opencode.parent}{os.pathsep}{os.environ['PATH']}")
-
-
-@pytest.fixture
-def model():
-    with ModelServer(SCRIPT) as server:
-        yield server
-
-
-@pytest.fixture
-def env(model, tmp_path):
-    return opencode_env(model, tmp_path / "opencode-home")
+opencode, on_path, model, env = cli_fixtures("opencode", SCRIPT, opencode_env, "opencode-home")
 
 
 async def test_a_real_opencode_run_streams_progress_and_reports_its_result(client, model, env, tmp_path):
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        messages.append(message or "")
-
-    result = await client.call_tool(
-        "dispatch_effect",
+    effect_id, messages = await run_with_progress(
+        client,
         {"harness": "opencode", "prompt": "TASK-ECHO: check the shell", "env": env, "cwd": str(tmp_path), "wait_s": 55},
-        progress_callback=on_progress,
     )
-    record = await finished(client, result.structured_content["effect_id"])
+    record = await finished(client, effect_id)
     assert record["status"] == "succeeded", (record["error"], record["output_tail"][-1000:])
     assert record["command"] == ["opencode", "run", "--format", "json", "TASK-ECHO: check the shell"]
     outcome = record["result"]
@@ -102,37 +76,25 @@ async def test_a_scripted_api_error_fails_the_effect_with_opencodes_own_message(
     print("opencode's error:", record["error"], "exit", record["exit_code"])
 
 
-async def _sleeping(client, env, cwd, prompt: str, needle: str, **options) -> tuple[dict, dict[int, str]]:
-    record = await call(
-        client, "dispatch_effect", harness="opencode", prompt=prompt, env=env, cwd=cwd, background=True, **options
-    )
-    effect_id = record["effect_id"]
-    await wait_until(lambda: needle in running(effect_id, "sleep").values(), within_s=STARTUP_S)
-    tree = effect_tree(effect_id)
-    record = await call(client, "poll_effect", effect_id=effect_id)
-    assert record["status"] == "running" and record["pid"] in tree
-    return record, tree
-
-
 async def test_cancelling_a_real_opencode_run_leaves_neither_the_cli_nor_its_tool_alive(client, model, env, tmp_path):
-    record, tree = await _sleeping(client, env, str(tmp_path), "TASK-SLEEP: wait", "sleep 30")
+    record, tree = await sleeping(client, "opencode", "TASK-SLEEP: wait", "sleep 30", env=env, cwd=str(tmp_path))
     try:
         cancelled = await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=3)
         assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "user"
         assert not pid_alive(record["pid"]), "the CLI itself is gone"
-        assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+        tree_gone(record["effect_id"], tree)
     finally:
         kill_marked(record["effect_id"])  # should an assertion fail, what the test leaves it ends itself
 
 
 async def test_a_real_opencode_run_past_its_timeout_is_cancelled_with_its_tree(client, model, env, tmp_path):
-    record, tree = await _sleeping(
-        client, env, str(tmp_path), "TASK-LONG: wait", "sleep 300", timeout_s=TIMEOUT_S, grace_s=3
+    record, tree = await sleeping(
+        client, "opencode", "TASK-LONG: wait", "sleep 300", env=env, cwd=str(tmp_path), timeout_s=TIMEOUT_S, grace_s=3
     )
     try:
         record = await finished(client, record["effect_id"])
         assert record["status"] == "cancelled" and record["cancel_reason"] == "timeout", record
         assert not pid_alive(record["pid"]), "the CLI itself is gone"
-        assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+        tree_gone(record["effect_id"], tree)
     finally:
         kill_marked(record["effect_id"])

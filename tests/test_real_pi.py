@@ -7,20 +7,18 @@ flags; the server is reached through the effect's ``env``: ``PI_CODING_AGENT_DIR
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import call, pid_alive, wait_until
-from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import pi_env, require
-from tests.model_server.processes import effect_tree, finished, running
+from tests.conftest import call
+from tests.model_server import Conversation, Error, Script, Text, ToolCall
+from tests.model_server.clis import pi_env
+from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping, tree_gone
+from tests.model_server.processes import finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 
-STARTUP_S = 120
 TIMEOUT_S = 30.0
 ANSWER = "The command printed hi, so the shell works."
 
@@ -37,39 +35,15 @@ SCRIPT = Script(
 )
 
 
-@pytest.fixture(scope="module")
-def pi() -> Path:
-    return require("pi")
-
-
-@pytest.fixture(autouse=True)
-def on_path(pi, monkeypatch):
-    monkeypatch.setenv("PATH", f"{pi.parent}{os.pathsep}{os.environ['PATH']}")
-
-
-@pytest.fixture
-def model():
-    with ModelServer(SCRIPT) as server:
-        yield server
-
-
-@pytest.fixture
-def env(model, tmp_path):
-    return pi_env(model, tmp_path / "pi-agent")
+pi, on_path, model, env = cli_fixtures("pi", SCRIPT, pi_env, "pi-agent")
 
 
 async def test_a_real_pi_run_streams_progress_and_reports_its_result(client, model, env, tmp_path):
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        messages.append(message or "")
-
-    result = await client.call_tool(
-        "dispatch_effect",
+    effect_id, messages = await run_with_progress(
+        client,
         {"harness": "pi", "prompt": "TASK-ECHO: check the shell", "env": env, "cwd": str(tmp_path), "wait_s": 55},
-        progress_callback=on_progress,
     )
-    record = await finished(client, result.structured_content["effect_id"])
+    record = await finished(client, effect_id)
     assert record["status"] == "succeeded", (record["error"], record["output_tail"][-1000:])
     assert record["command"] == ["pi", "--mode", "json", "-p", "TASK-ECHO: check the shell"]
     outcome = record["result"]
@@ -93,29 +67,17 @@ async def test_a_scripted_api_error_fails_the_effect_with_pis_own_message(client
     print("pi's error:", record["error"], "exit", record["exit_code"])
 
 
-async def _sleeping(client, env, cwd, prompt: str, needle: str, **options) -> tuple[dict, dict[int, str]]:
-    record = await call(
-        client, "dispatch_effect", harness="pi", prompt=prompt, env=env, cwd=cwd, background=True, **options
-    )
-    effect_id = record["effect_id"]
-    await wait_until(lambda: needle in running(effect_id, "sleep").values(), within_s=STARTUP_S)
-    tree = effect_tree(effect_id)
-    record = await call(client, "poll_effect", effect_id=effect_id)
-    assert record["status"] == "running" and record["pid"] in tree
-    return record, tree
-
-
 async def test_cancelling_a_real_pi_run_leaves_neither_the_cli_nor_its_tool_alive(client, model, env, tmp_path):
-    record, tree = await _sleeping(client, env, str(tmp_path), "TASK-SLEEP: wait", "sleep 30")
+    record, tree = await sleeping(client, "pi", "TASK-SLEEP: wait", "sleep 30", env=env, cwd=str(tmp_path))
     cancelled = await call(client, "cancel_effect", effect_id=record["effect_id"], grace_s=3)
     assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "user"
-    assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+    tree_gone(record["effect_id"], tree)
 
 
 async def test_a_real_pi_run_past_its_timeout_is_cancelled_with_its_tree(client, model, env, tmp_path):
-    record, tree = await _sleeping(
-        client, env, str(tmp_path), "TASK-LONG: wait", "sleep 300", timeout_s=TIMEOUT_S, grace_s=3
+    record, tree = await sleeping(
+        client, "pi", "TASK-LONG: wait", "sleep 300", env=env, cwd=str(tmp_path), timeout_s=TIMEOUT_S, grace_s=3
     )
     record = await finished(client, record["effect_id"])
     assert record["status"] == "cancelled" and record["cancel_reason"] == "timeout", record
-    assert [pid for pid in tree if pid_alive(pid)] == [] and effect_tree(record["effect_id"]) == {}
+    tree_gone(record["effect_id"], tree)

@@ -83,6 +83,13 @@ async def pids_of(client: Client, effect_id: str) -> tuple[int, int, int]:
     return server, child, grandchild
 
 
+async def start_ticking(client: Client) -> tuple[dict, int, int]:
+    """Starts TICKING in the background on ``client``; returns its record, its child's and its grandchild's pids."""
+    record = await call(client, "dispatch_effect", command=py(TICKING), background=True)
+    _, child, grandchild = await pids_of(client, record["effect_id"])
+    return record, child, grandchild
+
+
 async def test_two_servers_see_each_others_effects_and_output_live(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 2) as (a, b):
@@ -177,8 +184,7 @@ async def test_cancel_crosses_servers_and_kills_the_process_group(tmp_path: Path
         owner = await call(a, "poll_effect", effect_id=two["effect_id"])
         assert owner["status"] == "cancelled"
         # `effectd cancel` reaches the one server of the three that runs the effect.
-        four = await call(b, "dispatch_effect", command=py(TICKING), background=True)
-        _, child, grandchild = await pids_of(b, four["effect_id"])
+        four, child, grandchild = await start_ticking(b)
         with anyio.fail_after(30):
             done = await anyio.run_process([effectd_bin(), "cancel", four["effect_id"], "--db", str(db)], check=False)
         assert done.returncode == 0, done.stderr
@@ -190,8 +196,7 @@ async def test_cancel_crosses_servers_and_kills_the_process_group(tmp_path: Path
 async def test_restarting_one_server_never_touches_the_others_running_effects(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 1) as (a,):
-        running = await call(a, "dispatch_effect", command=py(TICKING), background=True)
-        _, child, grandchild = await pids_of(a, running["effect_id"])
+        running, child, grandchild = await start_ticking(a)
         for _ in range(2):  # B starts, works and stops; then starts again
             async with servers(db, 1) as (b,):
                 done = await call(b, "dispatch_effect", command=py("print('b was here')"))
@@ -212,8 +217,7 @@ async def test_a_sigkilled_servers_effects_are_recovered_by_the_next_server_whil
 ) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 1) as (b,):
-        kept = await call(b, "dispatch_effect", command=py(TICKING), background=True)
-        _, kept_child, kept_grandchild = await pids_of(b, kept["effect_id"])
+        kept, kept_child, kept_grandchild = await start_ticking(b)
         with suppress(Exception, BaseExceptionGroup):
             async with servers(db, 1, "--max-concurrency", "1") as (a,):
                 doomed = await call(a, "dispatch_effect", command=py(TICKING), background=True, group="a")
@@ -243,8 +247,7 @@ async def test_a_symlinked_path_and_a_deleted_lock_file_are_still_the_same_journ
     link = tmp_path / "elsewhere.db"
     link.symlink_to(real)
     async with servers(real, 1) as (a,):
-        running = await call(a, "dispatch_effect", command=py(TICKING), background=True)
-        _, child, grandchild = await pids_of(a, running["effect_id"])
+        running, child, grandchild = await start_ticking(a)
         (real.parent / "journal.db.lock").unlink()  # someone tidies up
         async with servers(link, 1) as (b,):
             seen = await call(b, "poll_effect", effect_id=running["effect_id"])
@@ -288,8 +291,7 @@ async def test_a_key_dispatched_at_once_through_two_servers_starts_one_process(t
 async def test_cancelling_a_killed_servers_effect_takes_that_server_over(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 1) as (b,):
-        kept = await call(b, "dispatch_effect", command=py(TICKING), background=True)
-        _, kept_child, _ = await pids_of(b, kept["effect_id"])
+        kept, kept_child, _ = await start_ticking(b)
         with suppress(Exception, BaseExceptionGroup):
             async with servers(db, 1, "--max-concurrency", "1") as (a,):
                 doomed = await call(a, "dispatch_effect", command=py(TICKING), background=True, group="a")
