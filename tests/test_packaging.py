@@ -135,6 +135,8 @@ def undeclared(imports: list[Import], required: set[str], optional: set[str]) ->
     problems: dict[str, list[str]] = {}
     for imported in imports:
         distributions = {canonicalize_name(dist) for dist in owners.get(imported.module, [])}
+        if not distributions and canonicalize_name(imported.module) in optional:
+            distributions = {canonicalize_name(imported.module)}  # an optional extra not installed here (ray)
         if not distributions:
             why = f"{imported.where}: no installed distribution provides {imported.module!r}"
         elif distributions & required:

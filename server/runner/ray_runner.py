@@ -55,7 +55,10 @@ def _executor_actor() -> Any:
     """NodeExecutor as a Ray actor class (made once, when Ray is there)."""
     global _executor_class
     if _executor_class is None:
-        remote = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=0)  # type: ignore[call-overload]
+        # (unused-ignore: without Ray installed, `ray` is Any and the overload cannot mismatch)
+        remote = ray.remote(  # type: ignore[call-overload,unused-ignore]
+            num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=0
+        )
         _executor_class = remote(NodeExecutor)
     return _executor_class
 
