@@ -4,9 +4,9 @@ Two Claude Code sessions in one project each start their own `effectd serve` on 
 This runs the CLI as a user would: one server already running, then `claude mcp add` of a second
 entry for the same journal, and `claude mcp get` must report it connected.
 
-Needs the CLI: `claude` on PATH, or `$EFFECTD_CLAUDE` naming it (e.g. after
-`npm install -g --prefix /tmp/claude @anthropic-ai/claude-code@2.1`, EFFECTD_CLAUDE=/tmp/claude/bin/claude).
-Skipped with that reason otherwise. Claude Code's configuration goes to a temporary HOME.
+Needs the CLI: `$EFFECTD_CLAUDE` naming it, the pinned one `.ci/run` installs into `.ci/node` (`python -m
+tests.model_server.clis`), or `claude` on PATH. Skipped with that reason otherwise. Claude Code's
+configuration goes to a temporary HOME.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import pytest
 
 from tests.conftest import effectd_bin
 
-CLAUDE = os.environ.get("EFFECTD_CLAUDE") or shutil.which("claude")
+PINNED = Path(__file__).resolve().parents[1] / ".ci" / "node" / "node_modules" / ".bin" / "claude"
+CLAUDE = os.environ.get("EFFECTD_CLAUDE") or (str(PINNED) if PINNED.exists() else None) or shutil.which("claude")
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.slow,
     pytest.mark.skipif(
         CLAUDE is None,
-        reason="the Claude Code CLI is not installed: npm install -g @anthropic-ai/claude-code@2.1, "
-        "or set EFFECTD_CLAUDE to its `claude`",
+        reason="the Claude Code CLI is not installed: python -m tests.model_server.clis (or npm install -g "
+        "@anthropic-ai/claude-code@2.1), or set EFFECTD_CLAUDE to its `claude`",
     ),
 ]
 
