@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -10,6 +11,9 @@ import pytest
 from mcp import Client
 
 from effectd.config import Settings
+from effectd.errors import InvalidRequestError
+from effectd.flows import Step
+from effectd.flows.plan import plan_steps
 from tests.conftest import call, call_error, connected, py
 
 pytestmark = pytest.mark.anyio
@@ -196,3 +200,14 @@ async def test_a_piped_flow_sent_again_with_its_id_is_the_same_flow_and_resumes_
     assert resumed["cached_steps"] == 2
     b = by_id(resumed)["b"]["effect_id"]
     assert await output(client, b) == "got line 0\ngot line 1\ngot line 2\neof\n"
+
+
+def test_a_pipe_is_refused_on_a_server_whose_runner_is_not_local(settings: Settings) -> None:
+    # The Ray runner does not feed a piped step's stdin: refused at dispatch, naming the runner.
+    steps = [
+        Step.model_validate({"id": "a", "command": py("print(1)")}),
+        Step.model_validate({"id": "b", "needs": [{"step": "a", "pipe": True}], "command": py("")}),
+    ]
+    plan_steps(settings, steps, "flw_local")  # the local runner takes it
+    with pytest.raises(InvalidRequestError, match="pipes need the local runner .* on 'ray'"):
+        plan_steps(replace(settings, runner="ray"), steps, "flw_ray")

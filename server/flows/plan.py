@@ -50,6 +50,11 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
     for step in steps:
         check_for_each(step, ancestors[step.id])
         check_pipe(step)
+        if step.pipes and settings.runner != "local":
+            raise InvalidRequestError(
+                f"step {step.id!r} pipes from {step.pipes[0]!r}: pipes need the local runner (this server runs "
+                f"effects on {settings.runner!r}); need {step.pipes[0]!r} without `pipe`, and read its output after it"
+            )
     specs = [
         spec.model_copy(
             update={
