@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,16 +33,17 @@ SLOW_TOOL = "echo waiting; sleep 300"
 ORCHESTRATOR_TIMEOUT_S = 600
 
 
-def _dispatch(label: str, prompt: str, sub_env: dict[str, str]) -> ToolCall:
-    arguments = {
+def _dispatch(label: str, prompt: str, sub_env: dict[str, str], background: bool) -> ToolCall:
+    arguments: dict[str, Any] = {
         "harness": "claude",
         "prompt": prompt,
         "args": ["--allowedTools", "Bash"],
         "env": sub_env,
-        "background": True,
         "group": GROUP,
         "label": label,
     }
+    if background:
+        arguments["background"] = True
     return ToolCall(MCP + "dispatch_effect", arguments, text=f"Starting sub-agent {label}.")
 
 
@@ -57,8 +59,12 @@ def tool_results(body: dict[str, Any]) -> list[str]:
     return found
 
 
-def mission_script(server_ref: list[ModelServer], sub_env: dict[str, str]) -> Script:
-    """The orchestrator's conversation (MISSION) and the three sub-agents' (SUB-FAST-1, SUB-FAST-2, SUB-SLOW)."""
+def mission_script(server_ref: list[ModelServer], sub_env: dict[str, str], *, background: bool = True) -> Script:
+    """The orchestrator's conversation (MISSION) and the three sub-agents' (SUB-FAST-1, SUB-FAST-2, SUB-SLOW).
+
+    With ``background=False`` the dispatches are foreground calls, which effectd turns into MCP tasks
+    for a client that declares the tasks extension.
+    """
 
     async def cancel_the_slow_one(body: dict[str, Any]) -> Text | ToolCall | Error:
         # As a model would: read the slow sub-agent's effect id from the dispatch result it got back.
@@ -74,9 +80,9 @@ def mission_script(server_ref: list[ModelServer], sub_env: dict[str, str]) -> Sc
         return ToolCall(MCP + "cancel_effect", {"effect_id": found.group(1)}, text="The slow one is not needed.")
 
     orchestrator = [
-        _dispatch("fast-1", "SUB-FAST-1: summarise", sub_env),
-        _dispatch("fast-2", "SUB-FAST-2: run echo", sub_env),
-        _dispatch("slow", "SUB-SLOW: wait for a long time", sub_env),
+        _dispatch("fast-1", "SUB-FAST-1: summarise", sub_env, background),
+        _dispatch("fast-2", "SUB-FAST-2: run echo", sub_env, background),
+        _dispatch("slow", "SUB-SLOW: wait for a long time", sub_env, background),
         ToolCall(MCP + "await_group", {"group": GROUP, "mode": "any", "timeout_s": 50}, text="Waiting for the first."),
         Dynamic(cancel_the_slow_one),
         Text(FINAL_ANSWER),
@@ -116,8 +122,13 @@ def run_mission(
     *,
     on_event: Callable[[dict[str, Any]], None] = lambda event: None,
     extra_env: dict[str, str] | None = None,
+    wire: Path | None = None,
 ) -> MissionRun:
-    """Runs the orchestrating ``claude -p`` with effectd as its MCP server; returns what happened."""
+    """Runs the orchestrating ``claude -p`` with effectd as its MCP server; returns what happened.
+
+    With ``wire``, effectd runs behind the tee of ``tests/model_server/wire.py``, which records there
+    every JSON-RPC message between Claude Code and effectd.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     journal = workdir / "journal.db"
     server_ref: list[ModelServer] = []
@@ -129,9 +140,10 @@ def run_mission(
         serve_env = {"PATH": path, **(extra_env or {})}
         if "EFFECTD_TEST_SESSION" in os.environ:  # the test session's leftover check sees the sub-agents
             serve_env["EFFECTD_TEST_SESSION"] = os.environ["EFFECTD_TEST_SESSION"]
-        config = {
-            "mcpServers": {"effectd": {"command": effectd, "args": ["serve", "--db", str(journal)], "env": serve_env}}
-        }
+        command, args = effectd, ["serve", "--db", str(journal)]
+        if wire is not None:
+            command, args = sys.executable, [str(Path(__file__).with_name("wire.py")), str(wire), "--", effectd, *args]
+        config = {"mcpServers": {"effectd": {"command": command, "args": args, "env": serve_env}}}
         (workdir / "mcp.json").write_text(json.dumps(config))
         argv = [
             str(claude),
