@@ -204,10 +204,13 @@ class Writer:
             return []
         try:
             async with self.writing:
-                await self._write_batch(batch)
+                try:
+                    await self._write_batch(batch)
+                except Exception:  # rolled back before maintenance (`Journal.exclusive`) may take the connection
+                    with suppress(Exception):
+                        await self.db.rollback()
+                    raise
         except Exception as exc:
-            with suppress(Exception):
-                await self.db.rollback()
             cause = journal_fault(exc)
             if cause is None:
                 if len(batch) == 1:
