@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,14 +53,7 @@ def test_claude_as_the_client_runs_three_sub_agents_awaits_one_and_cancels_the_s
     assert run.answer == FINAL_ANSWER
 
     # The journal, read with effectd's own command line.
-    listed = subprocess.run(
-        [effectd_bin(), "ls", "--db", str(run.journal), "--group", GROUP, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    records = {record["label"]: record for record in json.loads(listed.stdout)}
+    records = sub_agents(run.journal)
     assert sorted(records) == ["fast-1", "fast-2", "slow"]
     assert all(r["kind"] == "harness" and r["harness"] == "claude" for r in records.values())
     assert records["fast-1"]["status"] == "succeeded"
@@ -95,6 +90,18 @@ def test_the_client_example_says_so_when_claude_is_not_installed(tmp_path):
 
 # Claude Code's MCP tasks path (SEP-2663), seen on the wire between Claude Code and effectd.
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+
+
+def sub_agents(journal: Path) -> dict[str, dict[str, Any]]:
+    """The mission's sub-agents by label, read with effectd's own command line (`effectd ls --json`)."""
+    listed = subprocess.run(
+        [effectd_bin(), "ls", "--db", str(journal), "--group", GROUP, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {record["label"]: record for record in json.loads(listed.stdout)}
 
 
 def _requests(wire: list[dict], method: str) -> list[dict]:
@@ -160,14 +167,7 @@ def test_interactive_claude_runs_foreground_dispatches_as_tasks_and_polls_tasks_
     assert fast_1, "tasks/get never returned fast-1 completed"
     assert fast_1[0]["result"]["structuredContent"]["result"]["answer"] == "fast-1: the summary is short."
     # The tasks are effectd's effects: the journal has the three sub-agents, fast-1 succeeded.
-    listed = subprocess.run(
-        [effectd_bin(), "ls", "--db", str(run.journal), "--group", GROUP, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    records = {record["label"]: record for record in json.loads(listed.stdout)}
+    records = sub_agents(run.journal)
     assert sorted(records) == ["fast-1", "fast-2", "slow"]
     assert {r["effect_id"] for r in records.values()} >= task_ids
     assert records["fast-1"]["status"] == "succeeded"
