@@ -110,8 +110,24 @@ async def test_orphans_adopted_by_the_server_are_reaped_while_the_effect_runs(se
         still = await call(client, "poll_effect", effect_id=record["effect_id"])
         await call(client, "cancel_effect", effect_id=record["effect_id"])
     assert still["status"] == "running"
-    zombies = [pid for pid in own_children() if (f := stat(pid)) and f.dead and record["pid"] in (f.session, f.pgrp)]
-    assert not zombies
+
+    def zombies() -> list[int]:
+        return [pid for pid in own_children() if (f := stat(pid)) and f.dead and record["pid"] in (f.session, f.pgrp)]
+
+    # The reaper's pass after an effect ends (within RELEASE_PASS_DELAY_S) takes what its orphans left.
+    await wait_until(lambda: not zombies() and REAPER.settled(), within_s=10)
+
+
+@pytest.mark.parametrize("containment", MODES)
+async def test_the_zombies_an_ended_effect_leaves_are_reaped_after_it(settings, containment):
+    # The leader exits at once; its background child, re-parented to the server, is ended with the
+    # effect and left as a zombie of the server's. The reaper's pass after the effect's end takes it.
+    async with client_with(settings, containment) as (_, client):
+        record = await call(client, "dispatch_effect", command=["sh", "-c", "sleep 30 & echo $!"], grace_s=0.1)
+        child = int(record["output_tail"].split()[-1])
+        assert not pid_alive(child)
+        await wait_until(lambda: stat(child) is None and REAPER.settled(), within_s=10)
+    assert record["pid"] not in REAPER.sessions
 
 
 @pytest.mark.slow

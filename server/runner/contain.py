@@ -43,8 +43,7 @@ class GroupScope:
 
     def close(self) -> None:
         """Releases what the scope holds; every process of the effect is gone."""
-        REAPER.reap()
-        REAPER.sessions.discard(self.leader)
+        REAPER.release(self.leader)
 
 
 class TreeScope(GroupScope):

@@ -24,6 +24,8 @@ from typing import Any
 from effectd.runner.procfs import own_children, stat
 
 _PR_SET_CHILD_SUBREAPER = 36
+RELEASE_PASS_DELAY_S = 0.02
+"""How long the reaper's thread waits, once an effect ends, before its pass over the server's children."""
 
 _prctl: Any
 try:
@@ -42,7 +44,11 @@ class Reaper:
         self.sessions: set[int] = set()  # leaders' pids: their sessions and groups are effects'
         self.adopted: set[int] = set()  # seen alive as an effect's process, now a child of ours
         self.cgroup_prefixes: set[bytes] = set()  # how /proc/PID/cgroup names the effect cgroups' parents
+        self.released: set[int] = set()  # leaders of ended effects: their sessions go after the next pass
+        self.pass_delay_s = RELEASE_PASS_DELAY_S
         self._last = 0.0
+        self._owed = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def become_subreaper(self) -> bool:
         """Makes this process the subreaper of its descendants (once); False where the kernel refuses."""
@@ -58,6 +64,40 @@ class Reaper:
             if fields is not None and fields.ppid == me:
                 self.adopted.add(pid)
 
+    def release(self, leader: int) -> None:
+        """Called when every process of the effect led by `leader` is gone. The zombies its orphans
+        left are reaped by a pass of the reaper's own thread within `pass_delay_s`, one pass for all
+        the effects that ended meanwhile, off the event loop; only after that pass is the leader's
+        session forgotten (until then it marks those zombies as an effect's)."""
+        if not self.subreaper:
+            self.sessions.discard(leader)
+            return
+        with self.lock:
+            self.released.add(leader)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._pass_when_owed, name="effectd-reaper", daemon=True)
+                self._thread.start()
+        self._owed.set()
+
+    def _pass_when_owed(self) -> None:
+        while True:
+            self._owed.wait()
+            time.sleep(self.pass_delay_s)  # effects ending meanwhile share the pass
+            self._owed.clear()
+            with self.lock:
+                released = set(self.released)
+            try:
+                self.reap()
+            finally:
+                with self.lock:
+                    self.released -= released
+                    self.sessions -= released
+
+    def settled(self) -> bool:
+        """Whether every released effect's orphans have been reaped (for tests and shutdown)."""
+        with self.lock:
+            return not self.released
+
     def reap(self, every_s: float = 0.0) -> int:
         """Reaps every zombie child that is an effect's orphan; returns how many. With `every_s`, does
         nothing when the last pass is more recent than that (a watcher calls it periodically)."""
@@ -69,6 +109,8 @@ class Reaper:
         self._last = now
         reaped = 0
         with self.lock:
+            if not self._any_zombie_to_judge():
+                return 0
             for pid in own_children():
                 if pid in self.leaders:
                     continue
@@ -80,6 +122,18 @@ class Reaper:
                         reaped += 1
                 self.adopted.discard(pid)
         return reaped
+
+    def _any_zombie_to_judge(self) -> bool:
+        """False when this process has no zombie child at all: one `waitid` with WNOWAIT (which reaps
+        nothing) instead of reading every thread's children from /proc, the common case when an
+        effect closes."""
+        try:
+            waitable = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return False
+        except OSError:
+            return True
+        return waitable is not None
 
     def _ours(self, pid: int, session: int, pgrp: int) -> bool:
         if pid in self.adopted or session in self.sessions or pgrp in self.sessions:

@@ -17,6 +17,7 @@ from contextlib import suppress
 import anyio
 
 from effectd.errors import JournalUnavailableError
+from effectd.flag import Flag
 from effectd.harness import Parser, make_parser
 from effectd.journal import Event
 from effectd.output import LineSplitter
@@ -143,9 +144,7 @@ class Attempts:
         spec = effect.spec
         parser = make_parser(spec.parser) if spec.parser else None
         exited: ExitStatus | None = None
-        stop = anyio.Event()
-        parser_done = anyio.Event()
-        output_done = anyio.Event()
+        stop, parser_done, output_done = Flag(), Flag(), Flag()
 
         async def on_exit() -> None:
             nonlocal exited
@@ -178,7 +177,8 @@ class Attempts:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._pump, effect, handle, parser, parser_done, output_done)
-            tg.start_soon(handle.feed_stdin)  # a piped step's stdin (nothing to do for any other)
+            if spec.pipe_from is not None:
+                tg.start_soon(handle.feed_stdin)  # a piped step's stdin
             tg.start_soon(on_exit)
             tg.start_soon(on_cancel)
             if spec.timeout_s is not None:
@@ -235,8 +235,8 @@ class Attempts:
         effect: Effect,
         handle: ProcessHandle,
         parser: Parser | None,
-        parser_done: anyio.Event,
-        output_done: anyio.Event,
+        parser_done: Flag,
+        output_done: Flag,
     ) -> None:
         lines_of = LineSplitter(_MAX_LINE_BYTES)
         last_event = 0.0

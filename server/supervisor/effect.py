@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from effectd.flag import Flag
 from effectd.journal import OUTPUT_PRUNED, EffectState, Event
 from effectd.models import TERMINAL, TRANSITIONS, EffectRecord, EffectSpec, format_iso, seconds_between
 from effectd.output import OutputLog
@@ -39,9 +40,9 @@ class Effect:
         self.live_progress: dict[str, Any] | None = None  # the parser's latest, ahead of the journal
         self.final_event_seen = False  # the harness printed its final event: its run is over, its result in
         self.cancel: CancelRequest | None = None
-        self.cancel_event = anyio.Event()
-        self.done = anyio.Event()
-        self.changed = anyio.Event()
+        self.cancel_event = Flag()
+        self.done = Flag()
+        self.changed = Flag()
         self.waiting: anyio.CancelScope | None = None
         self.stall_after_s: float | None = None
         self.on_change: Callable[[Effect], None] | None = None
@@ -195,6 +196,6 @@ class Effect:
     def notify(self) -> None:
         """Wakes whoever waits on this effect (status, output or progress changed)."""
         self.changed.set()
-        self.changed = anyio.Event()
+        self.changed = Flag()
         if self.on_change is not None:
             self.on_change(self)

@@ -1,0 +1,219 @@
+"""The server as its users run it: `effectd serve` over stdio, driven by the official client.
+
+Two cases, each beside plain asyncio in the same run:
+
+- **throughput**: 300 x `/bin/true` dispatched in the background with 32 dispatch calls in flight,
+  then one `await_group` (mode all) until complete; the server's CPU per effect comes from the
+  server process's own user + system time (`/proc/PID/stat`, what its `time.process_time()` reads);
+- **fan-out**: 64 x `sleep 0.5` dispatched at once, then one `await_group`: the wall time, and how
+  long after its dispatch call returned each effect started.
+
+`bench_engine.py` runs these as its section 0; run this file alone for just them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+TRUE = "/bin/true"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class StdioRun:
+    effects: int
+    wall_s: float
+    server_cpu_s: float
+    failed: int
+    start_delays_s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.effects / self.wall_s
+
+    @property
+    def cpu_ms_per_effect(self) -> float:
+        return 1000 * self.server_cpu_s / self.effects
+
+
+def effectd_bin() -> str:
+    beside = Path(sys.executable).parent / "effectd"
+    return str(beside) if beside.exists() else "effectd"
+
+
+def params(workdir: Path, max_concurrency: int) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=effectd_bin(),
+        args=[
+            "serve",
+            "--db",
+            str(workdir / "journal.db"),
+            "--allow-any-command",
+            "--max-concurrency",
+            str(max_concurrency),
+        ],
+        cwd=str(workdir),
+        env=dict(os.environ),
+    )
+
+
+def server_pid(workdir: Path) -> int:
+    """The `effectd serve` process on this work directory's journal (a child of this process)."""
+    needle = str(workdir / "journal.db").encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and needle in argv:
+            return int(entry)
+    raise RuntimeError(f"no effectd serve process found for {workdir}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own user + system CPU (not its children's): what its `time.process_time()` says."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> Any:
+    result = await client.call_tool(tool, arguments)
+    if result.is_error:
+        raise RuntimeError(f"{tool} failed: {result.content}")
+    return result.structured_content
+
+
+async def await_everything(client: Client, group: str) -> list[dict[str, Any]]:
+    done: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        answer = await call(client, "await_group", group=group, mode="all", timeout_s=55, cursor=cursor)
+        done.extend(answer["done"])
+        cursor = answer["cursor"]
+        if answer["complete"]:
+            return done
+
+
+async def effectd_run(root: Path, command: list[str], count: int, in_flight: int) -> StdioRun:
+    """`count` background dispatches, `in_flight` calls outstanding at once, then one await_group."""
+    workdir = Path(tempfile.mkdtemp(dir=root))
+    async with Client(params(workdir, max(in_flight, 16)), read_timeout_seconds=120) as client:
+        await call(client, "dispatch_effect", command=[TRUE])  # warm-up: first-call costs are not throughput
+        pid = server_pid(workdir)
+        returned: dict[str, float] = {}
+        next_index = 0
+
+        async def dispatcher() -> None:
+            nonlocal next_index
+            while next_index < count:
+                next_index += 1
+                record = await call(client, "dispatch_effect", command=command, background=True, group="bench")
+                returned[record["effect_id"]] = time.time()
+
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(in_flight):
+                tg.start_soon(dispatcher)
+        records = await await_everything(client, "bench")
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    delays = [
+        datetime.fromisoformat(r["started_at"]).timestamp() - returned[r["effect_id"]]
+        for r in records
+        if r.get("started_at") and r["effect_id"] in returned
+    ]
+    failed = sum(r["status"] != "succeeded" for r in records) + (count - len(records))
+    return StdioRun(count, wall, cpu, failed, delays)
+
+
+async def asyncio_run(command: list[str], count: int, in_flight: int) -> StdioRun:
+    """The same commands through plain asyncio subprocesses, output captured, a semaphore of `in_flight`."""
+    semaphore = asyncio.Semaphore(in_flight)
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        async with semaphore:
+            proc = await asyncio.create_subprocess_exec(
+                *command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            await proc.communicate()
+            failed += proc.returncode != 0
+
+    await one()
+    failed = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return StdioRun(count, time.perf_counter() - t0, time.process_time() - cpu0, failed, [])
+
+
+@dataclass
+class StdioFigures:
+    throughput: StdioRun
+    throughput_base: StdioRun
+    fanout: StdioRun
+    fanout_base: StdioRun
+    runs: dict[str, list[float]]
+
+
+async def measure(root: Path, repeats: int = 3, count: int = 300, fanout: int = 64) -> StdioFigures:
+    """Each case `repeats` times, effectd and its baseline taking turns; the best of each is kept."""
+    runs: dict[str, list[StdioRun]] = {"stdio": [], "asyncio": [], "fanout": [], "fanout_asyncio": []}
+    sleep = ["sleep", "0.5"]
+    for _ in range(repeats):
+        runs["stdio"].append(await effectd_run(root, [TRUE], count, 32))
+        runs["asyncio"].append(await asyncio_run([TRUE], count, 32))
+        runs["fanout"].append(await effectd_run(root, sleep, fanout, fanout))
+        runs["fanout_asyncio"].append(await asyncio_run(sleep, fanout, fanout))
+    best = {kind: min(kind_runs, key=lambda r: r.wall_s) for kind, kind_runs in runs.items()}
+    return StdioFigures(
+        best["stdio"],
+        best["asyncio"],
+        best["fanout"],
+        best["fanout_asyncio"],
+        {kind: [round(r.wall_s, 3) for r in kind_runs] for kind, kind_runs in runs.items()},
+    )
+
+
+def report(figures: StdioFigures, say: Any = print) -> None:
+    stdio, base = figures.throughput, figures.throughput_base
+    say(
+        f"  stdio, 300 x {TRUE}, 32 in flight, one await_group: {stdio.rate:5.0f} effects/s "
+        f"(plain asyncio {base.rate:.0f}/s: {stdio.rate / base.rate:.2f}x); server CPU "
+        f"{stdio.cpu_ms_per_effect:.2f} ms/effect{f'; {stdio.failed} NOT succeeded' if stdio.failed else ''}"
+    )
+    fan, fan_base = figures.fanout, figures.fanout_base
+    late = max(fan.start_delays_s, default=float("nan"))
+    say(
+        f"  stdio, 64 x sleep 0.5 at once, one await_group: {fan.wall_s:.2f} s wall (plain asyncio "
+        f"{fan_base.wall_s:.2f} s); latest start {1000 * late:.0f} ms after its dispatch returned, median "
+        f"{1000 * statistics.median(fan.start_delays_s or [float('nan')]):.0f} ms"
+    )
+    say(f"  walls of every run (s): {figures.runs}")
+
+
+def main() -> None:
+    async def run() -> StdioFigures:
+        with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
+            return await measure(Path(tmp))
+
+    report(anyio.run(run, backend="asyncio"))
+
+
+if __name__ == "__main__":
+    main()
