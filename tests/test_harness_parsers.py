@@ -23,7 +23,7 @@ CLAUDE_ANSWER = (
 CODEX_ANSWER = (
     "There are two test files. `test_div_by_zero` fails: `div()` returns 0 instead of raising `ZeroDivisionError`."
 )
-GEMINI_ANSWER = "I'll run the test suite to check.There are 2 test files. 2 tests pass and `test_div_by_zero` fails."
+GEMINI_ANSWER = "There are 2 test files. 2 tests pass and `test_div_by_zero` fails."  # the last turn's deltas
 PI_ANSWER = "Two test files; 2 tests pass and `test_div_by_zero` fails."
 OPENCODE_ANSWER = "There are two test files. Two tests pass; `test_div_by_zero` fails because `div()` returns 0."
 

@@ -1,8 +1,8 @@
 """The parsers on streams recorded from the real CLIs (tests/fixtures/real, `python -m tests.model_server.record`).
 
-Printed by Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1 and opencode 1.18.33 themselves, run with the built-in
-profiles' command lines against the scripted model server: one Bash/`exec_command` call of
-`echo hi` then an answer, and a scripted HTTP 400.
+Printed by Claude Code 2.1.332, Codex 0.171.0, pi 0.73.1, opencode 1.18.33 and Gemini CLI 0.61.0 themselves, run
+with the built-in profiles' command lines against the scripted model server: one Bash/`exec_command`/
+`run_shell_command` call of `echo hi` then an answer, and a scripted HTTP 400.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ CLAUDE = PACKAGES["claude"][1]
 CODEX = PACKAGES["codex"][1]
 PI = PACKAGES["pi"][1]
 OPENCODE = PACKAGES["opencode"][1]
+GEMINI = PACKAGES["gemini"][1]
 
 
 def parse(parser_name: str, file: str):
@@ -143,3 +144,31 @@ def test_opencode_api_error_stream():
     parser, _ = parse("opencode", f"opencode-{OPENCODE}-stream-error.jsonl")
     outcome = parser.outcome(1)
     assert outcome.error == "scripted: this model is switched off" and outcome.result["is_error"] is True
+
+
+def test_gemini_success_stream_answers_with_the_last_turn_only():
+    file = f"gemini-{GEMINI}-stream.jsonl"
+    parser, shown = parse("gemini", file)
+    outcome = parser.outcome(0)
+    assert outcome.error is None
+    result = outcome.result
+    # Both turns stream `delta` messages; the answer is the last turn's, as in the CLI's `-o json` response.
+    deltas = [e["content"] for e in events(file) if e["type"] == "message" and e.get("delta")]
+    assert "".join(deltas) == "I will run echo first." + ANSWER
+    assert result["answer"] == ANSWER and result["cost_usd"] is None and result["turns"] == 2
+    assert result["usage"] == {"total_tokens": 300, "input_tokens": 240, "output_tokens": 60, "cached": 0, "input": 240}
+    assert result["session_id"] == events(file)[0]["session_id"]
+    assert "I will run echo first." in shown and shown[-1] == ANSWER
+    assert parser.progress.tool_calls == 1
+
+
+def test_gemini_api_error_stream():
+    parser, _ = parse("gemini", f"gemini-{GEMINI}-stream-error.jsonl")
+    # Gemini CLI 0.61 exits with the HTTP status as its exit code (400 -> 144) and wraps the API's body.
+    outcome = parser.outcome(144)
+    assert outcome.result["is_error"] is True and outcome.error is not None
+    assert outcome.error.startswith("[API Error: ") and outcome.error.endswith("]")
+    assert (
+        json.loads(outcome.error[len("[API Error: ") : -1])["error"]["message"]
+        == "scripted: this model is switched off"
+    )

@@ -141,3 +141,31 @@ def test_unmatched_requests_get_the_default_turn_and_everything_is_recorded(serv
     assert post(server, "/v1/unknown", {}).status_code == 404
     paths = [r.path for r in server.recorded()]
     assert "/v1/unknown" in paths and server.recorded(match=None)[-1].body == {}
+
+
+def test_gemini_stream_generate_content_a_function_call_then_the_answer_and_google_errors(server):
+    path = "/v1beta/models/m:streamGenerateContent?alt=sse"
+    user = {"role": "user", "parts": [{"text": "<session_context>...</session_context>"}, {"text": "ALPHA go"}]}
+    frames = sse(post(server, path, {"contents": [user]}))
+    parts = [p for f in frames for p in f["candidates"][0]["content"]["parts"]]
+    assert "".join(p.get("text", "") for p in parts) == "Let me run it."
+    assert [p["functionCall"] for p in parts if "functionCall" in p] == [
+        {"name": "Bash", "args": {"command": "echo hi"}}
+    ]
+    assert [f["candidates"][0].get("finishReason") for f in frames][-1] == "STOP"
+    assert "usageMetadata" not in frames[0] and frames[-1]["usageMetadata"]["totalTokenCount"] > 0
+    model_turn = {"role": "model", "parts": [{"text": "Let me run it."}, {"functionCall": parts[-1]["functionCall"]}]}
+    answer = {"role": "user", "parts": [{"functionResponse": {"name": "Bash", "response": {"output": "hi"}}}]}
+    frames = sse(post(server, path, {"contents": [user, model_turn, answer]}))
+    assert "".join(p.get("text", "") for f in frames for p in f["candidates"][0]["content"]["parts"]) == "It said hi."
+    assert [(r.query, r.turn_index) for r in server.recorded("/v1beta/models/m:streamGenerateContent")] == [
+        ("alt=sse", 0),
+        ("alt=sse", 1),
+    ]
+    whole = post(server, "/v1beta/models/m:generateContent", {"contents": [user]}).json()
+    assert [list(p) for p in whole["candidates"][0]["content"]["parts"]] == [["text"], ["functionCall"]]
+    broken = post(server, path, {"contents": [{"role": "user", "parts": [{"text": "BROKEN"}]}]})
+    assert broken.status_code == 400 and broken.json() == {
+        "error": {"code": 400, "message": "scripted: prompt is too long", "status": "INVALID_ARGUMENT"}
+    }
+    assert post(server, "/v1beta/models/m:countTokens", {}).status_code == 404

@@ -413,13 +413,18 @@ class GeminiParser(JsonParser):
                 self._on_result(event)
 
     def _on_message(self, event: dict[str, Any]) -> None:
-        """Collects assistant text; a run of assistant messages between tool events is one turn."""
+        """Collects assistant text; a run of assistant messages between tool events is one turn.
+
+        The answer is the last turn's deltas joined, as the CLI's own ``-o json`` ``response``
+        (0.61.0 starts its response text afresh at each turn).
+        """
         if event.get("role") != "assistant":
             self._in_assistant_turn = False
             return
         if not self._in_assistant_turn:
             self._in_assistant_turn = True
             self.progress.turns += 1
+            self._deltas = []
         text = _str(event.get("content"))
         if not text:
             return

@@ -128,7 +128,8 @@ BUILTIN_PROFILES: dict[str, HarnessProfile] = {
             command=("gemini", "-p", PROMPT, "-o", "stream-json", ARGS),
             parser="gemini",
             description=f"Gemini CLI, stream-json output. Node CLI; {_NODE_NOTE}. "
-            "Answer text arrives as delta messages; the run ends at its `result` line.",
+            "Answer text arrives as delta messages (the answer is the last turn's); the run ends at its "
+            "`result` line. Headless, it offers no shell tool unless given e.g. `--approval-mode yolo`.",
         ),
         HarnessProfile(
             name="pi",

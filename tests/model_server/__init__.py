@@ -1,6 +1,6 @@
 """A scripted model server for running the real agent CLIs offline (tests only; not shipped).
 
-It speaks Anthropic Messages, OpenAI Responses and OpenAI Chat Completions, streaming, on loopback;
+It speaks Anthropic Messages, OpenAI Responses, OpenAI Chat Completions and the Gemini API, streaming, on loopback;
 a test gives it a :class:`Script` of turns and reads back every request it :attr:`~ModelServer.requests`.
 """
 

@@ -27,6 +27,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "codex": ("@openai/codex", "0.171.0"),
     "pi": ("@mariozechner/pi-coding-agent", "0.73.1"),
     "opencode": ("opencode-ai", "1.18.33"),
+    "gemini": ("@google/gemini-cli", "0.61.0"),
 }
 """Each covered CLI: its npm package and the version run for real (the newest when this was written)."""
 
@@ -160,6 +161,33 @@ def opencode_env(server: ModelServer, home: Path) -> dict[str, str]:
         "OPENCODE_DISABLE_AUTOUPDATE": "1",
         "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
         **{f"XDG_{kind}_HOME": str(home / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE", "STATE")},
+    }
+
+
+def gemini_env(server: ModelServer, home: Path) -> dict[str, str]:
+    """Gemini CLI on the scripted server (``GOOGLE_GEMINI_BASE_URL``, its ``/v1beta`` API), offline.
+
+    ``GEMINI_CLI_HOME`` holds a ``.gemini/settings.json`` that selects API-key auth: with only the
+    base URL set, 0.61.0 picks the ``gateway`` auth type, which its headless check then refuses
+    ("Invalid auth method selected."). A fixed model skips the router's classifier request;
+    usage statistics off stops its telemetry (else it resolves Google hosts). The workspace is
+    trusted through the environment (headless runs exit 55 in an untrusted folder); ``TMPDIR``
+    keeps its error reports out of /tmp.
+    """
+    (home / ".gemini").mkdir(parents=True, exist_ok=True)
+    settings = {
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "model": {"name": server.model},
+        "privacy": {"usageStatisticsEnabled": False},
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+    }
+    (home / ".gemini" / "settings.json").write_text(json.dumps(settings))
+    return {
+        "GOOGLE_GEMINI_BASE_URL": server.url,
+        "GEMINI_API_KEY": "scripted-key",
+        "GEMINI_CLI_HOME": str(home),
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        "TMPDIR": str(home),
     }
 
 

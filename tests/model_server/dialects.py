@@ -1,10 +1,14 @@
-"""The three wire dialects: how each reads a request's history and streams a scripted turn.
+"""The four wire dialects: how each reads a request's history and streams a scripted turn.
 
 - Anthropic Messages (``POST /v1/messages``; Claude Code adds ``?beta=true``): SSE events
   ``message_start``, ``content_block_start``/``_delta``/``_stop``, ``message_delta`` (usage), ``message_stop``.
 - OpenAI Responses (``POST /v1/responses``, codex): ``response.created``, ``response.output_item.added``,
   ``response.output_text.delta``, ``response.output_item.done``, ``response.completed`` (usage).
 - OpenAI Chat Completions (``POST /v1/chat/completions``): ``chat.completion.chunk`` frames, ``[DONE]``.
+- Gemini (``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``, Gemini CLI): SSE ``data:``
+  frames, each a ``GenerateContentResponse`` (``candidates[0].content.parts`` with ``text`` or
+  ``functionCall``); the last has ``finishReason`` and ``usageMetadata``. ``:generateContent`` is
+  the same turn as one JSON response.
 """
 
 from __future__ import annotations
@@ -224,3 +228,71 @@ async def chat_stream(turn: Turn, model: str) -> AsyncIterator[str]:
         },
     )
     yield "data: [DONE]\n\n"
+
+
+# --- Gemini --------------------------------------------------------------------------------------
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}
+
+
+def gemini_error(turn: Error) -> dict[str, Any]:
+    """Google's error body: ``{"error": {"code", "message", "status"}}``."""
+    status = _GOOGLE_STATUS.get(turn.status, "RESOURCE_EXHAUSTED" if turn.status == 429 else "INTERNAL")
+    return {"error": {"code": turn.status, "message": turn.message, "status": status}}
+
+
+def gemini_position(body: dict[str, Any]) -> tuple[str, int]:
+    """``contents`` alternate ``user`` and ``model``; a turn is a run of consecutive ``model`` contents."""
+    contents = [c for c in body.get("contents") or [] if isinstance(c, dict)]
+    turns, previous_model = 0, False
+    opening: list[str] = []
+    for content in contents:
+        model = content.get("role") == "model"
+        turns += model and not previous_model
+        previous_model = model
+        if not turns:
+            opening.append(text_of(content.get("parts")))
+    return "\n".join(opening), turns
+
+
+def _gemini_usage() -> dict[str, Any]:
+    return {
+        "promptTokenCount": INPUT_TOKENS,
+        "candidatesTokenCount": OUTPUT_TOKENS,
+        "totalTokenCount": INPUT_TOKENS + OUTPUT_TOKENS,
+    }
+
+
+def _gemini_response(parts: list[dict[str, Any]], model: str, response_id: str, final: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    data: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": response_id}
+    if final:
+        candidate["finishReason"] = "STOP"
+        data["usageMetadata"] = _gemini_usage()
+    return data
+
+
+def _gemini_call(turn: ToolCall) -> dict[str, Any]:
+    return {"functionCall": {"name": turn.name, "args": turn.input}}
+
+
+async def gemini_stream(turn: Turn, model: str) -> AsyncIterator[str]:
+    """Text deltas, then the function call, then an empty-parts frame with the finish reason and usage."""
+    response_id = new_id("gemini")
+    text = turn.text if isinstance(turn, Text | ToolCall) else ""
+    delay = turn.delay_s if isinstance(turn, Text) else 0.05
+    for piece in chunks(text) if text else []:
+        await asyncio.sleep(delay)
+        yield f"data: {dumps(_gemini_response([{'text': piece}], model, response_id, False))}\r\n\r\n"
+    last = [_gemini_call(turn)] if isinstance(turn, ToolCall) else []
+    yield f"data: {dumps(_gemini_response(last, model, response_id, True))}\r\n\r\n"
+
+
+def gemini_message(turn: Turn, model: str) -> dict[str, Any]:
+    """The same turn as one ``generateContent`` response."""
+    parts: list[dict[str, Any]] = []
+    if isinstance(turn, Text | ToolCall) and turn.text:
+        parts.append({"text": turn.text})
+    if isinstance(turn, ToolCall):
+        parts.append(_gemini_call(turn))
+    return _gemini_response(parts, model, new_id("gemini"), True)

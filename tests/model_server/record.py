@@ -14,7 +14,16 @@ from pathlib import Path
 
 from effectd.harness.profiles import BUILTIN_PROFILES
 from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
-from tests.model_server.clis import PACKAGES, bin_dir, claude_env, codex_env, install, opencode_env, pi_env
+from tests.model_server.clis import (
+    PACKAGES,
+    bin_dir,
+    claude_env,
+    codex_env,
+    gemini_env,
+    install,
+    opencode_env,
+    pi_env,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
@@ -25,9 +34,16 @@ TOOLS = {
     "codex": ToolCall("exec_command", {"cmd": "echo hi", "yield_time_ms": 60000}, text="I will run echo first."),
     "pi": ToolCall("bash", {"command": "echo hi"}, text="I will run echo first."),
     "opencode": ToolCall("bash", {"command": "echo hi", "description": "Print hi"}, text="I will run echo first."),
+    "gemini": ToolCall("run_shell_command", {"command": "echo hi"}, text="I will run echo first."),
 }
-ARGS: dict[str, list[str]] = {"claude": ["--allowedTools", "Bash"], "codex": [], "pi": [], "opencode": []}
-ENVS = {"claude": claude_env, "codex": codex_env, "pi": pi_env, "opencode": opencode_env}
+ARGS: dict[str, list[str]] = {
+    "claude": ["--allowedTools", "Bash"],
+    "codex": [],
+    "pi": [],
+    "opencode": [],
+    "gemini": ["--approval-mode", "yolo"],
+}
+ENVS = {"claude": claude_env, "codex": codex_env, "pi": pi_env, "opencode": opencode_env, "gemini": gemini_env}
 
 
 def record(name: str, workdir: Path) -> None:

@@ -61,6 +61,7 @@ class ModelServer:
                 Route("/v1/messages", self._anthropic, methods=["POST"]),
                 Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1beta/models/{model_action:path}", self._gemini, methods=["POST"]),
                 Route("/{path:path}", self._other, methods=["GET", "POST", "PUT", "DELETE", "HEAD"]),
             ]
         )
@@ -123,7 +124,15 @@ class ModelServer:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        keep = ("content-type", "user-agent", "anthropic-version", "anthropic-beta", "x-api-key", "authorization")
+        keep = (
+            "content-type",
+            "user-agent",
+            "anthropic-version",
+            "anthropic-beta",
+            "x-api-key",
+            "authorization",
+            "x-goog-api-key",
+        )
         headers = {k: v for k, v in request.headers.items() if k in keep}
         entry = Recorded(request.method, request.url.path, request.url.query, headers, body)
         with self._lock:
@@ -161,6 +170,19 @@ class ModelServer:
         if isinstance(turn, Error):
             return JSONResponse(dialects.openai_error(turn), status_code=turn.status)
         return _stream(dialects.chat_stream(turn, self.model))
+
+    async def _gemini(self, request: Request) -> Response:
+        """``{model}:streamGenerateContent`` (SSE with ``?alt=sse``) or ``{model}:generateContent``."""
+        action = request.path_params["model_action"].rpartition(":")[2]
+        if action not in ("streamGenerateContent", "generateContent"):
+            return await self._other(request)
+        entry = await self._record(request)
+        turn = await self._choose(entry, dialects.gemini_position)
+        if isinstance(turn, Error):
+            return JSONResponse(dialects.gemini_error(turn), status_code=turn.status)
+        if action == "streamGenerateContent":
+            return _stream(dialects.gemini_stream(turn, self.model))
+        return JSONResponse(dialects.gemini_message(turn, self.model))
 
     async def _other(self, request: Request) -> Response:
         await self._record(request)
