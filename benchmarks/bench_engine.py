@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: the project is importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks import bench_stdio  # noqa: E402
 from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
 from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
@@ -210,6 +211,42 @@ async def await_all(client: Client, group: str) -> list[dict[str, Any]]:
         cursor = answer["cursor"]
         if answer["complete"]:
             return done
+
+
+# --- 0. the server over stdio ---------------------------------------------------------------------------
+
+
+async def bench_stdio_case(root: Path, repeats: int, figures: list[Figure]) -> None:
+    say(
+        "\n== 0. `effectd serve` over stdio, the official client: 300 x /bin/true with 32 dispatches in flight, "
+        f"then one await_group; 64 x `sleep 0.5` at once; best of {repeats}, effectd and plain asyncio taking turns"
+    )
+    got = await bench_stdio.measure(root, repeats)
+    bench_stdio.report(got, say)
+    stdio, base, fan, fan_base = got.throughput, got.throughput_base, got.fanout, got.fanout_base
+    late = max(fan.start_delays_s, default=math.nan)
+    figures += [
+        Figure(
+            "stdio",
+            "effects/s, 300 x true, 32 in flight",
+            "1/s",
+            stdio.rate,
+            base.rate,
+            "plain asyncio + semaphore",
+            higher_is_better=True,
+            detail={"walls_s": got.runs},
+        ),
+        Figure(
+            "stdio",
+            "server CPU per effect",
+            "ms",
+            stdio.cpu_ms_per_effect,
+            base.cpu_ms_per_effect,
+            "plain asyncio (its process)",
+        ),
+        Figure("stdio", "64 x sleep 0.5 at once, wall", "s", fan.wall_s, fan_base.wall_s, "plain asyncio"),
+        Figure("stdio", "latest start after its dispatch returned", "ms", 1000 * max(late, 0.0), 50.0, "the goal"),
+    ]
 
 
 # --- 1. throughput ------------------------------------------------------------------------------------
@@ -773,6 +810,7 @@ async def run(plan: Plan, command: str) -> tuple[list[Figure], dict[str, Any]]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
         root = Path(tmp)
+        await bench_stdio_case(root, plan.repeats + 1, figures)
         await bench_throughput(root, plan.effects, plan.concurrencies, plan.repeats, figures)
         await bench_journal(root, plan.appends, figures)
         await bench_dispatch(root, plan.calls, figures)

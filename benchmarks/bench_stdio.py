@@ -13,13 +13,18 @@ Two cases, each beside plain asyncio in the same run:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -110,12 +115,17 @@ async def await_everything(client: Client, group: str) -> list[dict[str, Any]]:
             return done
 
 
-async def effectd_run(root: Path, command: list[str], count: int, in_flight: int) -> StdioRun:
-    """`count` background dispatches, `in_flight` calls outstanding at once, then one await_group."""
+async def effectd_run(
+    root: Path, command: list[str], count: int, in_flight: int, on_server: Callable[[int], None] | None = None
+) -> StdioRun:
+    """`count` background dispatches, `in_flight` calls outstanding at once, then one await_group;
+    `on_server` is called with the server's pid before the clock starts."""
     workdir = Path(tempfile.mkdtemp(dir=root))
     async with Client(params(workdir, max(in_flight, 16)), read_timeout_seconds=120) as client:
         await call(client, "dispatch_effect", command=[TRUE])  # warm-up: first-call costs are not throughput
         pid = server_pid(workdir)
+        if on_server is not None:
+            on_server(pid)
         returned: dict[str, float] = {}
         next_index = 0
 
@@ -207,12 +217,62 @@ def report(figures: StdioFigures, say: Any = print) -> None:
     say(f"  walls of every run (s): {figures.runs}")
 
 
+async def profile(out: Path, count: int) -> StdioRun:
+    """The throughput case with `count` effects while py-spy samples the server process (not the client)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(py_spy, os.X_OK):
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def spy(pid: int) -> None:
+        argv = [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out)]
+        spies.append(subprocess.Popen([*argv, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # py-spy attaches
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
+            return await effectd_run(Path(tmp), [TRUE], count, 32, on_server=spy)
+    finally:
+        for process in spies:
+            process.wait(timeout=60)  # it ends with the server, and writes its file
+
+
+def summarize(raw: Path, top: int = 40) -> None:
+    """Shares of the event loop's thread: each function's own time, and with what it calls."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not stack or frames[0].startswith("Thread._bootstrap"):  # a worker thread: not the event loop
+            continue
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in {re.sub(r":\d+\)$", ")", f) for f in frames[1:]}:
+            inclusive[frame] += int(count)
+    for title, counter in (("own time", own), ("with what it calls", inclusive)):
+        print(f"--- the event loop's thread, {title} (% of {total} samples) ---")
+        for frame, n in counter.most_common(top):
+            print(f"{100 * n / total:5.1f}  {frame}")
+
+
 def main() -> None:
-    async def run() -> StdioFigures:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", metavar="RAW", type=Path, help="py-spy the server instead (raw samples to RAW)")
+    parser.add_argument("--effects", type=int, default=800, help="effects of the profiled run (default 800)")
+    args = parser.parse_args()
+    if args.profile:
+        run = anyio.run(profile, args.profile, args.effects, backend="asyncio")
+        print(f"{run.rate:.0f} effects/s under py-spy; server CPU {run.cpu_ms_per_effect:.2f} ms/effect")
+        summarize(args.profile)
+        return
+
+    async def measured() -> StdioFigures:
         with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
             return await measure(Path(tmp))
 
-    report(anyio.run(run, backend="asyncio"))
+    report(anyio.run(measured, backend="asyncio"))
 
 
 if __name__ == "__main__":

@@ -135,19 +135,23 @@ class Sessions:
         async with self._lock:
             took = False
             while True:
-                events = await self._peers.events_after(self._seen, _BATCH)
+                self._seen, read, events = await self._peers.events_after(self._seen, _BATCH, self._wants)
                 for event in events:
-                    if event.effect_id is not None:
-                        self._take(event)
-                    took = True
-                if events:
-                    self._seen = events[-1].seq
-                if len(events) < _BATCH:
+                    self._take(event)
+                took = took or read > 0
+                if read < _BATCH:
                     break
             if took:
                 self._changed.set()
                 self._changed = anyio.Event()
             return self._seen
+
+    def _wants(self, event_type: str, effect_id: str | None) -> bool:
+        """Whether `_take` does anything with such an event (this server's own effects' events it skips)."""
+        if effect_id is None:
+            return False
+        effect = self._sup.registry.peek(effect_id)
+        return effect is None or (not effect.local and not effect.terminal and event_type != "EFFECT_REQUESTED")
 
     def _take(self, event: Event) -> None:
         """An event committed by any server: applied to its effect if this server holds it and another

@@ -8,7 +8,7 @@ the writer's batches or the tools' reads.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,21 @@ class Peers:
         rows = await self._db.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
         return int(next(iter(rows))[0])
 
-    async def events_after(self, seq: int, limit: int = 2000) -> list[Event]:
-        rows = await self._db.execute_fetchall("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [
+    async def events_after(
+        self, seq: int, limit: int, wanted: Callable[[str, str | None], bool]
+    ) -> tuple[int, int, list[Event]]:
+        """Reads the events committed after `seq`, at most `limit`; returns the last seq read, how many
+        were read, and the events that `wanted(type, effect_id)` keeps, decoded. The rest is never
+        decoded: most events a server reads back are its own."""
+        rows = list(
+            await self._db.execute_fetchall("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        )
+        events = [
             Event(row["type"], row["run_id"], row["effect_id"], json.loads(row["data"]), row["ts"], row["seq"])
             for row in rows
+            if wanted(row["type"], row["effect_id"])
         ]
+        return (rows[-1]["seq"] if rows else seq), len(rows), events
 
     # --- cancels forwarded to another server -------------------------------------------------------
 

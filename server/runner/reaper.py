@@ -49,6 +49,7 @@ class Reaper:
         self._last = 0.0
         self._owed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     def become_subreaper(self) -> bool:
         """Makes this process the subreaper of its descendants (once); False where the kernel refuses."""
@@ -72,20 +73,21 @@ class Reaper:
         if not self.subreaper:
             self.sessions.discard(leader)
             return
-        with self.lock:
-            self.released.add(leader)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._pass_when_owed, name="effectd-reaper", daemon=True)
-                self._thread.start()
-        self._owed.set()
+        self.released.add(leader)  # not under `lock`, which a spawn holds: one set operation is atomic
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._pass_when_owed, name="effectd-reaper", daemon=True)
+                    self._thread.start()
+        if not self._owed.is_set():
+            self._owed.set()
 
     def _pass_when_owed(self) -> None:
         while True:
             self._owed.wait()
             time.sleep(self.pass_delay_s)  # effects ending meanwhile share the pass
             self._owed.clear()
-            with self.lock:
-                released = set(self.released)
+            released = self.released.copy()
             try:
                 self.reap()
             finally:
@@ -95,8 +97,7 @@ class Reaper:
 
     def settled(self) -> bool:
         """Whether every released effect's orphans have been reaped (for tests and shutdown)."""
-        with self.lock:
-            return not self.released
+        return not self.released
 
     def reap(self, every_s: float = 0.0) -> int:
         """Reaps every zombie child that is an effect's orphan; returns how many. With `every_s`, does
