@@ -119,7 +119,10 @@ class Driver:
         try:
             with self._interruptible(effect):
                 for limiter in self._sup.limits.for_spec(effect.spec):
-                    await limiter.acquire_on_behalf_of(effect)
+                    try:  # a free slot (none queued before it) is taken without the awaited form's checkpoint
+                        limiter.acquire_on_behalf_of_nowait(effect)
+                    except anyio.WouldBlock:
+                        await limiter.acquire_on_behalf_of(effect)
                     held.append(limiter)
                 await self._sup.journal.wait_clear()  # no process starts while the journal cannot record it
             if self._sup.closing and effect.cancel is None:
