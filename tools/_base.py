@@ -124,13 +124,14 @@ def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None
 
     # One model, named after the tool, so a validation error says which tool's arguments were wrong
     # (built by the metaclass in one step, as a class statement would: each model built costs start-up).
-    strict = type(shared)(
+    metaclass: Any = type(shared)  # pydantic's ModelMetaclass
+    strict = metaclass(
         f"{tool.name}_arguments",
         (shared,),
         {
             "__module__": __name__,
             "model_config": ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True),
-            "_only_known_names": model_validator(mode="before")(classmethod(_only_known_names)),
+            "_only_known_names": model_validator(mode="before")(_only_known_names),  # a classmethod (by `cls`)
         },
     )
     set_arguments(tool, cast(type[ArgModelBase], strict))
