@@ -98,35 +98,42 @@ def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None
     tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
     base: type[BaseModel] = arguments_of(tool) if arguments is None else arguments
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
-    numeric = _numeric_fields(base.model_json_schema(by_alias=True))
+    numeric: dict[str, str] = {}  # read from the strict model's schema once it is built (below)
 
     # The SDK calls the tool with `model_dump_one_level()` of its argument model: an ArgModelBase.
     shared = base if issubclass(base, ArgModelBase) else create_model(base.__name__, __base__=(ArgModelBase, base))
 
-    class StrictArguments(shared):  # type: ignore[misc,valid-type]
-        model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    def _only_known_names(cls: type[BaseModel], data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(allowed))
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_argument",
+                    "unknown argument {unknown}; {tool} takes: {allowed}",
+                    {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
+                )
+            where = _not_unicode(data, ())
+            if where is not None:
+                raise PydanticCustomError(
+                    "invalid_unicode",
+                    "argument {where} holds text that is not valid Unicode (a lone surrogate); send UTF-8 text",
+                    {"where": where},
+                )
+            return _numbers_from_strings(data, numeric)
+        return data
 
-        @model_validator(mode="before")
-        @classmethod
-        def _only_known_names(cls, data: Any) -> Any:
-            if isinstance(data, dict):
-                unknown = sorted(set(data) - set(allowed))
-                if unknown:
-                    raise PydanticCustomError(
-                        "unknown_argument",
-                        "unknown argument {unknown}; {tool} takes: {allowed}",
-                        {"unknown": ", ".join(unknown), "tool": tool.name, "allowed": ", ".join(allowed)},
-                    )
-                where = _not_unicode(data, ())
-                if where is not None:
-                    raise PydanticCustomError(
-                        "invalid_unicode",
-                        "argument {where} holds text that is not valid Unicode (a lone surrogate); send UTF-8 text",
-                        {"where": where},
-                    )
-                return _numbers_from_strings(data, numeric)
-            return data
-
-    # Named after the tool, so a validation error says which tool's arguments were wrong.
-    set_arguments(tool, cast(type[ArgModelBase], create_model(f"{tool.name}_arguments", __base__=StrictArguments)))
+    # One model, named after the tool, so a validation error says which tool's arguments were wrong
+    # (built by the metaclass in one step, as a class statement would: each model built costs start-up).
+    metaclass: Any = type(shared)  # pydantic's ModelMetaclass
+    strict = metaclass(
+        f"{tool.name}_arguments",
+        (shared,),
+        {
+            "__module__": __name__,
+            "model_config": ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True),
+            "_only_known_names": model_validator(mode="before")(_only_known_names),  # a classmethod (by `cls`)
+        },
+    )
+    set_arguments(tool, cast(type[ArgModelBase], strict))
+    numeric.update(_numeric_fields(tool.parameters))  # the schema set_arguments built: not built twice
     return tool

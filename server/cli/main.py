@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from effectd import log_repeats
-from effectd.cli.cancel import cmd_cancel
 from effectd.cli.common import add_database_options, complain
 from effectd.cli.prune import add_prune_parser
-from effectd.cli.readers import cmd_journal, cmd_logs, cmd_ls, cmd_show
 from effectd.cli.worktrees import add_parser as add_worktrees_parser
 from effectd.errors import ConfigError, EffectdError
 from effectd.http_settings import HttpSettings, resolve_token
@@ -87,6 +86,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(demo_main(fast=args.fast))
 
 
+def _later(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's function, imported only when that subcommand runs: `effectd serve` starts faster
+    for loading none of them (tests/test_startup.py checks what it loads)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="effectd", description="Run effects for agents, supervised and journaled.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -122,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", help="kept as the effect's cancel_message")
     add_database_options(cancel)
     cancel.add_argument("--wait", type=float, default=10.0, help=argparse.SUPPRESS)
-    cancel.set_defaults(func=cmd_cancel)
+    cancel.set_defaults(func=_later("effectd.cli.cancel", "cmd_cancel"))
 
     add_prune_parser(sub)
 
@@ -133,25 +142,25 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
     add_database_options(ls)
-    ls.set_defaults(func=cmd_ls)
+    ls.set_defaults(func=_later("effectd.cli.readers", "cmd_ls"))
 
     show = sub.add_parser("show", help="print an effect's record (or a flow's)")
     show.add_argument("id")
     add_database_options(show)
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=_later("effectd.cli.readers", "cmd_show"))
 
     logs = sub.add_parser("logs", help="print an effect's captured output")
     logs.add_argument("id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the effect ends")
     add_database_options(logs)
-    logs.set_defaults(func=cmd_logs)
+    logs.set_defaults(func=_later("effectd.cli.readers", "cmd_logs"))
 
     journal = sub.add_parser("journal", help="print journal events")
     journal.add_argument("--run")
     journal.add_argument("--follow", "-f", action="store_true")
     journal.add_argument("--json", action="store_true")
     add_database_options(journal)
-    journal.set_defaults(func=cmd_journal)
+    journal.set_defaults(func=_later("effectd.cli.readers", "cmd_journal"))
 
     add_worktrees_parser(sub)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from effectd.cli.cancel import wait_for_answer
 from effectd.cli.common import complain, print_json, settings_of
 from effectd.errors import EffectdError
 from effectd.journal.reader import JournalReader
@@ -23,6 +22,7 @@ PRUNE_WITHIN_S = 3600.0
 def cmd_prune(args: argparse.Namespace) -> int:
     import anyio
 
+    from effectd.cli.cancel import wait_for_answer
     from effectd.ownership import server_alive
     from effectd.prune import cutoff, parse_duration, prune_offline
 
