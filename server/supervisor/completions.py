@@ -113,24 +113,40 @@ class Completions:
         effects that ended at seq 12 waits until seq 11, another server's, has been seen, so a cursor
         returned never passes over a completion not yet reported."""
         seen: float = math.inf
+        waiting = list(effects)  # those not both ended and seen: each wake looks at these only
+
+        def settle() -> bool:
+            """Drops from `waiting` the effects ended and seen (`seen` only grows); True when one has
+            ended past `seen`, committed but not applied here yet."""
+            nonlocal waiting
+            unseen, still = False, []
+            for effect in waiting:
+                if effect.terminal:
+                    if (effect.terminal_seq or 0) <= seen:
+                        continue
+                    unseen = True
+                still.append(effect)
+            waiting = still
+            return unseen
 
         def satisfied() -> bool:
             if mode in RACE_MODES:
                 return race(effects, k).decided
-            complete = all(e.terminal and (e.terminal_seq or 0) <= seen for e in effects)
-            return complete or (mode == "any" and bool(ended_after(effects, cursor, seen)))
+            return not waiting or (mode == "any" and bool(ended_after(effects, cursor, seen)))
 
         with anyio.move_on_after(within_s):
             while True:
                 ended = self._ended
                 if sync is not None:
                     seen = await sync()
+                unseen = settle()
                 if satisfied():
                     break
-                if any(e.terminal and (e.terminal_seq or 0) > seen for e in effects):
+                if unseen:
                     await anyio.sleep(0.005)  # committed already: the next sync takes it in
                     continue
                 await ended.wait()
+        settle()
         return ended_after(effects, cursor, seen), not satisfied(), seen
 
 
