@@ -13,6 +13,7 @@ earlier as one of an effect's processes. `REAPER` is one per process, as the sub
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from effectd.runner.procfs import own_children, stat
+
+log = logging.getLogger("effectd")
 
 _PR_SET_CHILD_SUBREAPER = 36
 RELEASE_PASS_DELAY_S = 0.02
@@ -90,6 +93,8 @@ class Reaper:
             released = self.released.copy()
             try:
                 self.reap()
+            except Exception:  # the thread must live on: later effects' orphans still need their pass
+                log.exception("the reaper's pass failed")
             finally:
                 with self.lock:
                     self.released -= released
