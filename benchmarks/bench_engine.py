@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the project is i
 
 from benchmarks import bench_stdio  # noqa: E402
 from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
+from benchmarks.bench_stdio import await_all, call, effectd_bin  # noqa: E402
 from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
 from effectd.arguments import EffectRequest  # noqa: E402
@@ -176,11 +177,6 @@ async def open_engine(workdir: Path, max_concurrency: int = 16) -> AsyncIterator
         yield engine
 
 
-def effectd_bin() -> str:
-    beside = Path(sys.executable).parent / "effectd"
-    return str(beside) if beside.exists() else str(REPO / ".venv" / "bin" / "effectd")
-
-
 def stdio_params(workdir: Path) -> StdioServerParameters:
     return StdioServerParameters(
         command=effectd_bin(),
@@ -188,29 +184,6 @@ def stdio_params(workdir: Path) -> StdioServerParameters:
         cwd=str(workdir),
         env=dict(os.environ),
     )
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> Any:
-    result = await client.call_tool(tool, arguments)
-    if result.is_error:
-        text = " ".join(getattr(block, "text", "") for block in result.content or [])
-        raise RuntimeError(f"{tool}({arguments}) failed: {text}")
-    data = result.structured_content
-    if data is None:
-        data = json.loads(result.content[0].text)  # type: ignore[union-attr]
-    return data
-
-
-async def await_all(client: Client, group: str) -> list[dict[str, Any]]:
-    """await_group mode all until complete; returns the records (each effect once)."""
-    done: list[dict[str, Any]] = []
-    cursor = 0
-    while True:
-        answer = await call(client, "await_group", group=group, mode="all", timeout_s=55, cursor=cursor)
-        done.extend(answer["done"])
-        cursor = answer["cursor"]
-        if answer["complete"]:
-            return done
 
 
 # --- 0. the server over stdio ---------------------------------------------------------------------------

@@ -36,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere: the project is importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_stdio import effectd_bin  # noqa: E402
+
 PROTOCOL = "2025-11-25"  # what Claude Code 2.x asks for
 
 # effectd's start-up in phases, as `effectd serve` runs them (cli.main.cmd_serve, app.serve).
@@ -102,11 +107,6 @@ GROUPS = [
 OTHER = "standard library and the rest"
 SDK = "python -c 'import mcp.server.mcpserver' (the SDK)"
 BARE = "python -c pass"
-
-
-def effectd_bin() -> str:
-    beside = Path(sys.executable).parent / "effectd"
-    return str(beside) if beside.exists() else str(REPO / ".venv" / "bin" / "effectd")
 
 
 def _message(id_: int, method: str, params: dict[str, Any] | None = None) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -55,9 +56,13 @@ class StdioRun:
         return 1000 * self.server_cpu_s / self.effects
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def effectd_bin() -> str:
+    """The `effectd` of this interpreter's environment, else the checkout's `.venv`."""
     beside = Path(sys.executable).parent / "effectd"
-    return str(beside) if beside.exists() else "effectd"
+    return str(beside) if beside.exists() else str(REPO / ".venv" / "bin" / "effectd")
 
 
 def params(workdir: Path, max_concurrency: int) -> StdioServerParameters:
@@ -98,13 +103,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> Any:
+    """A tool call's structured result (or its JSON text); a tool error raises, with its text."""
     result = await client.call_tool(tool, arguments)
     if result.is_error:
-        raise RuntimeError(f"{tool} failed: {result.content}")
-    return result.structured_content
+        text = " ".join(getattr(block, "text", "") for block in result.content or [])
+        raise RuntimeError(f"{tool}({arguments}) failed: {text}")
+    data = result.structured_content
+    if data is None:
+        data = json.loads(result.content[0].text)  # type: ignore[union-attr]
+    return data
 
 
-async def await_everything(client: Client, group: str) -> list[dict[str, Any]]:
+async def await_all(client: Client, group: str) -> list[dict[str, Any]]:
+    """await_group mode all until complete; returns the records (each effect once)."""
     done: list[dict[str, Any]] = []
     cursor = 0
     while True:
@@ -140,7 +151,7 @@ async def effectd_run(
         async with anyio.create_task_group() as tg:
             for _ in range(in_flight):
                 tg.start_soon(dispatcher)
-        records = await await_everything(client, "bench")
+        records = await await_all(client, "bench")
         wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     delays = [
         datetime.fromisoformat(r["started_at"]).timestamp() - returned[r["effect_id"]]
