@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the project is i
 
 from benchmarks import bench_stdio  # noqa: E402
 from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
-from benchmarks.bench_stdio import await_all, call, effectd_bin  # noqa: E402
+from benchmarks.bench_stdio import await_all, call, effectd_bin, launch_chain  # noqa: E402
 from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
 from effectd.arguments import EffectRequest  # noqa: E402
@@ -198,6 +198,7 @@ async def bench_stdio_case(root: Path, repeats: int, figures: list[Figure]) -> N
     bench_stdio.report(got, say)
     stdio, base, fan, fan_base = got.throughput, got.throughput_base, got.fanout, got.fanout_base
     late = max(fan.start_delays_s, default=math.nan)
+    chain = got.throughput_chain
     figures += [
         Figure(
             "stdio",
@@ -208,6 +209,15 @@ async def bench_stdio_case(root: Path, repeats: int, figures: list[Figure]) -> N
             "plain asyncio + semaphore",
             higher_is_better=True,
             detail={"walls_s": got.runs},
+        ),
+        Figure(
+            "stdio",
+            "effects/s, 300 x true, 32 in flight",
+            "1/s",
+            stdio.rate,
+            chain.rate,
+            "plain asyncio, effectd's launch chain",
+            higher_is_better=True,
         ),
         Figure(
             "stdio",
@@ -287,7 +297,7 @@ async def effectd_throughput(workdir: Path, count: int, concurrency: int, *, via
         )
 
 
-async def asyncio_throughput(count: int, concurrency: int) -> Throughput:
+async def asyncio_throughput(count: int, concurrency: int, command: Sequence[str] = (TRUE,)) -> Throughput:
     """The same commands through plain asyncio subprocesses (output captured too), a semaphore of the same size."""
     semaphore = asyncio.Semaphore(concurrency)
     failed = 0
@@ -296,7 +306,7 @@ async def asyncio_throughput(count: int, concurrency: int) -> Throughput:
         nonlocal failed
         async with semaphore:
             proc = await asyncio.create_subprocess_exec(
-                TRUE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                *command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             await proc.communicate()
             failed += proc.returncode != 0
@@ -318,23 +328,25 @@ async def bench_throughput(
 ) -> None:
     say(
         f"\n== 1. throughput: {count} x `{TRUE}`, dispatched all at once (anyio task group), then await_group "
-        f"mode all; best of {repeats}, the three kinds taking turns"
+        f"mode all; best of {repeats}, the four kinds taking turns"
     )
     for concurrency in concurrencies:
-        runs: dict[str, list[Throughput]] = {"mcp": [], "engine": [], "asyncio": []}
+        runs: dict[str, list[Throughput]] = {"mcp": [], "engine": [], "asyncio": [], "chain": []}
         for _ in range(repeats):
             runs["mcp"].append(await effectd_throughput(Path(tempfile.mkdtemp(dir=root)), count, concurrency))
             runs["engine"].append(
                 await effectd_throughput(Path(tempfile.mkdtemp(dir=root)), count, concurrency, via_mcp=False)
             )
             runs["asyncio"].append(await asyncio_throughput(count, concurrency))
-        mcp, direct, base = best(runs["mcp"]), best(runs["engine"]), best(runs["asyncio"])
+            runs["chain"].append(await asyncio_throughput(count, concurrency, launch_chain([TRUE])))
+        mcp, direct, base, chain = (best(runs[kind]) for kind in ("mcp", "engine", "asyncio", "chain"))
         names = {
             "mcp": "effectd via MCP (in memory)",
             "engine": "effectd engine API (no MCP)",
             "asyncio": "plain asyncio",
+            "chain": "asyncio, the launch chain",
         }
-        for kind, t in (("mcp", mcp), ("engine", direct), ("asyncio", base)):
+        for kind, t in (("mcp", mcp), ("engine", direct), ("asyncio", base), ("chain", chain)):
             extra = f", all dispatched after {t.dispatch_s:.2f} s" if t.dispatch_s else ""
             others = "/".join(f"{r.rate:.0f}" for r in runs[kind])
             say(
@@ -366,6 +378,15 @@ async def bench_throughput(
                 direct.rate,
                 base.rate,
                 "plain asyncio + semaphore",
+                higher_is_better=True,
+            ),
+            Figure(
+                "throughput",
+                f"effects/s, concurrency {concurrency}, engine API",
+                "1/s",
+                direct.rate,
+                chain.rate,
+                "plain asyncio, effectd's launch chain",
                 higher_is_better=True,
             ),
             Figure(

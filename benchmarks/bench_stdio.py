@@ -36,6 +36,20 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 TRUE = "/bin/true"
+
+
+def launch_chain(command: list[str]) -> list[str]:
+    """`command` as effectd's local runner launches it where it has a cgroup per effect: through
+    util-linux `setpriv --pdeathsig KILL` (the parent-death signal without a full fork) and the
+    gate's `/bin/sh` (it holds the child until it is in its cgroup, then execs the command), two
+    execs more than the command. Plain asyncio running this chain is what any server keeping those
+    guarantees could reach at best; without `setpriv` on the machine, just the gate."""
+    from effectd.runner.local import _SETPRIV
+
+    chain = ["/bin/sh", "-c", 'exec 2>&1; exec "$@"', "sh", *command]  # the gate, less its read of one line
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *chain] if _SETPRIV else chain
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -187,6 +201,7 @@ async def asyncio_run(command: list[str], count: int, in_flight: int) -> StdioRu
 class StdioFigures:
     throughput: StdioRun
     throughput_base: StdioRun
+    throughput_chain: StdioRun  # plain asyncio through effectd's launch chain
     fanout: StdioRun
     fanout_base: StdioRun
     runs: dict[str, list[float]]
@@ -194,17 +209,19 @@ class StdioFigures:
 
 async def measure(root: Path, repeats: int = 3, count: int = 300, fanout: int = 64) -> StdioFigures:
     """Each case `repeats` times, effectd and its baseline taking turns; the best of each is kept."""
-    runs: dict[str, list[StdioRun]] = {"stdio": [], "asyncio": [], "fanout": [], "fanout_asyncio": []}
+    runs: dict[str, list[StdioRun]] = {"stdio": [], "asyncio": [], "chain": [], "fanout": [], "fanout_asyncio": []}
     sleep = ["sleep", "0.5"]
     for _ in range(repeats):
         runs["stdio"].append(await effectd_run(root, [TRUE], count, 32))
         runs["asyncio"].append(await asyncio_run([TRUE], count, 32))
+        runs["chain"].append(await asyncio_run(launch_chain([TRUE]), count, 32))
         runs["fanout"].append(await effectd_run(root, sleep, fanout, fanout))
         runs["fanout_asyncio"].append(await asyncio_run(sleep, fanout, fanout))
     best = {kind: min(kind_runs, key=lambda r: r.wall_s) for kind, kind_runs in runs.items()}
     return StdioFigures(
         best["stdio"],
         best["asyncio"],
+        best["chain"],
         best["fanout"],
         best["fanout_asyncio"],
         {kind: [round(r.wall_s, 3) for r in kind_runs] for kind, kind_runs in runs.items()},
@@ -217,6 +234,11 @@ def report(figures: StdioFigures, say: Any = print) -> None:
         f"  stdio, 300 x {TRUE}, 32 in flight, one await_group: {stdio.rate:5.0f} effects/s "
         f"(plain asyncio {base.rate:.0f}/s: {stdio.rate / base.rate:.2f}x); server CPU "
         f"{stdio.cpu_ms_per_effect:.2f} ms/effect{f'; {stdio.failed} NOT succeeded' if stdio.failed else ''}"
+    )
+    chain = figures.throughput_chain
+    say(
+        f"  plain asyncio through effectd's launch chain (setpriv, the gate's sh): {chain.rate:.0f}/s "
+        f"({chain.rate / base.rate:.2f}x plain asyncio); effectd at {stdio.rate / chain.rate:.2f}x of it"
     )
     fan, fan_base = figures.fanout, figures.fanout_base
     late = max(fan.start_delays_s, default=float("nan"))

@@ -58,7 +58,7 @@ class TreeScope(GroupScope):
         self.blocking = not REAPER.subreaper
 
     def _processes(self, leader_alive: bool) -> set[int]:
-        with REAPER.lock:  # the leaders known now: none is taken for one of this effect's orphans
+        with REAPER.lock.exclusive():  # the leaders known now: none is taken for one of this effect's orphans
             others = set(REAPER.leaders)
         found = effect_tree(self.effect_id, self.leader, leader_alive, others, REAPER.subreaper)
         REAPER.adopt(found)

@@ -17,8 +17,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,54 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
+class SpawnLock:
+    """Held shared by each start of a leader (several spawner threads start leaders at once), and
+    exclusively by what must see no leader between its fork and its `leaders.add`: a reaper pass, a
+    tree walk. One waiting for it exclusively goes before starts that come after it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._starting = 0
+        self._exclusive = False
+        self._queued = 0
+
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        with self._changed:
+            while self._exclusive or self._queued:
+                self._changed.wait()
+            self._starting += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._starting -= 1
+                if not self._starting:
+                    self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._changed:
+            self._queued += 1
+            try:
+                while self._exclusive or self._starting:
+                    self._changed.wait()
+            finally:
+                self._queued -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._exclusive = False
+                self._changed.notify_all()
+
+
 class Reaper:
     """Reaps the zombies of effects' orphans adopted by this process, and only those."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()  # held while a leader is started and while zombies are reaped
+        self.lock = SpawnLock()  # shared while leaders are started, exclusive while zombies are reaped
         self.subreaper = False
         self.leaders: set[int] = set()  # started leaders not reaped yet: their runner waits for them
         self.sessions: set[int] = set()  # leaders' pids: their sessions and groups are effects'
@@ -96,7 +139,7 @@ class Reaper:
             except Exception:  # the thread must live on: later effects' orphans still need their pass
                 log.exception("the reaper's pass failed")
             finally:
-                with self.lock:
+                with self.lock.exclusive():
                     self.released -= released
                     self.sessions -= released
 
@@ -114,9 +157,9 @@ class Reaper:
             return 0
         self._last = now
         reaped = 0
-        with self.lock:
-            if not self._any_zombie_to_judge():
-                return 0
+        if not self._any_zombie_to_judge():  # no wait for the starts under way when there is nothing to reap
+            return 0
+        with self.lock.exclusive():
             for pid in own_children():
                 if pid in self.leaders:
                     continue

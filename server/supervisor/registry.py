@@ -35,6 +35,9 @@ class Registry:
         self._adopt = adopt
         self._keep_finished = keep_finished
         self._effects: dict[str, Effect] = {}
+        # Those of `_effects` not seen terminal yet: what `live` and `followed` look at (a server keeps up
+        # to `keep_finished` finished effects, and the journal's follower asks every 0.1 s).
+        self._open: dict[str, Effect] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     def log_path(self, effect_id: str) -> Path:
@@ -59,6 +62,8 @@ class Registry:
         self._effects[effect.effect_id] = effect
         if effect.terminal:
             self.remember_finished(effect)
+        else:
+            self._open[effect.effect_id] = effect
 
     def loaded(self, effect_id: str) -> Effect | None:
         """The effect if it is in memory (None: the journal answers for it)."""
@@ -70,15 +75,23 @@ class Registry:
             effect = self._effects.get(effect_id)
             if effect is not None and effect.terminal:
                 del self._effects[effect_id]
+                self._open.pop(effect_id, None)
                 self._finished.pop(effect_id, None)
 
     def live(self) -> list[Effect]:
         """The effects this server drives that are not terminal."""
-        return [e for e in self._effects.values() if not e.terminal and e.local]
+        return [e for e in self._still_open() if e.local]
 
     def followed(self) -> list[Effect]:
         """The effects of other servers in memory (polled, awaited, depended on) that are not terminal."""
-        return [e for e in self._effects.values() if not e.terminal and not e.local]
+        return [e for e in self._still_open() if not e.local]
+
+    def _still_open(self) -> list[Effect]:
+        """The effects in memory not terminal; forgets those that have ended (an end is for good)."""
+        ended = [effect_id for effect_id, effect in self._open.items() if effect.terminal]
+        for effect_id in ended:
+            del self._open[effect_id]
+        return list(self._open.values())
 
     def peek(self, effect_id: str) -> Effect | None:
         """The effect if it is in memory (never read from the journal)."""
@@ -120,8 +133,10 @@ class Registry:
         return records
 
     def remember_finished(self, effect: Effect) -> None:
+        self._open.pop(effect.effect_id, None)
         self._finished[effect.effect_id] = None
         while len(self._finished) > self._keep_finished:
             old, _ = self._finished.popitem(last=False)
             if (dropped := self._effects.get(old)) is not None and dropped.terminal:
                 del self._effects[old]
+                self._open.pop(old, None)
