@@ -181,7 +181,31 @@ async def test_the_cgroup_of_an_effect_is_removed_when_it_ends(settings):
         record = await call(client, "dispatch_effect", command=["sh", "-c", "echo hi"], timeout_s=30)
         root = runner.cgroup_root
     assert record["status"] == "succeeded"
-    assert root is not None and not (root / record["effect_id"]).exists()
+    assert root is not None
+    await wait_until(lambda: not (root / record["effect_id"]).exists(), within_s=10)  # removed off the loop
+
+
+async def test_every_attempt_of_a_retried_effect_runs_in_its_cgroup(settings):
+    # The cgroup of a failed attempt is removed off the event loop while the retry makes it again at
+    # once (no backoff): the retry must wait for that removal, never lose its cgroup to it.
+    if not CGROUPS:
+        pytest.skip("no writable cgroup v2 here")
+    async with client_with(settings, "cgroup") as (runner, client):
+        for _ in range(3):
+            record = await call(
+                client,
+                "dispatch_effect",
+                command=["sh", "-c", "cat /proc/self/cgroup; exit 1"],
+                max_attempts=4,
+                timeout_s=30,
+            )
+            assert record["status"] == "failed" and record["attempt"] == 4
+            text, cursor, eof = "", 0, False
+            while not eof:
+                chunk = await call(client, "stream_effect", effect_id=record["effect_id"], cursor=cursor)
+                text, cursor, eof = text + chunk["data"], chunk["cursor"], chunk["eof"]
+            lines = [line for line in text.splitlines() if line.startswith("0::")]
+            assert len(lines) == 4 and all(line.endswith(f"/effectd/{record['effect_id']}") for line in lines), text
 
 
 def strays(effect_id: str, root: Path | None) -> tuple[list[subprocess.Popen[bytes]], subprocess.Popen[bytes]]:

@@ -119,3 +119,10 @@ def test_starts_share_the_lock_and_an_exclusive_holder_waits_for_them_and_goes_f
     for thread in [*starts, passer, late]:
         thread.join(10)
     assert sorted(order[:2]) == ["a", "b"] and order[2:] == ["pass", "late"]
+
+
+def test_what_exec_cannot_carry_is_refused_before_anything_starts():
+    with pytest.raises(ValueError):
+        run(["/bin/echo", "a\0b"])
+    with pytest.raises(ValueError):
+        run(["/bin/true"], {"A=B": "c"})

@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,11 @@ SPAWNER = concurrent.futures.ThreadPoolExecutor(SPAWNERS, thread_name_prefix="ef
 """The threads every effect is started from, so that the event loop does not wait out each start (a
 third more effects per second through stdio than starting on the loop). Several, so that a burst of
 starts does not queue behind one: each `posix_spawn` lets go of the GIL for its vfork and exec, and
-the starts overlap (a fan-out of 64 effects: its latest start 145 -> 78 ms after its dispatch returned,
-median of 6 rounds). The parent-death signal fires when the thread that started the child ends, so
-these threads must live as long as the server: an executor's workers do, where anyio's worker
-threads retire when idle and would take their children with them."""
+the starts overlap (a fan-out of 64 effects over stdio: its latest start 110 -> 65 ms after its
+dispatch returned, median of 7 rounds; 8 threads did no better than 4, 2 worse). The parent-death
+signal fires when the thread that started the child ends, so these threads must live as long as the
+server: an executor's workers do, where anyio's worker threads retire when idle and would take
+their children with them."""
 
 
 _HOST = socket.gethostname()
@@ -232,7 +234,11 @@ class LocalProcess(ProcessHandle):
 
     def close(self) -> None:
         if self._group_gone:
-            self.scope.close()
+            if isinstance(self.scope, CgroupScope):
+                _removing[self.scope.cgroup] = removed = SPAWNER.submit(_close_scope, self.scope)
+                removed.add_done_callback(partial(_removed, self.scope.cgroup))
+            else:
+                self.scope.close()
         for fd in (self._output_fd, self._pidfd, self._stdin_fd):
             if fd is not None:
                 os.close(fd)
@@ -265,12 +271,18 @@ class LocalRunner(Runner):
         return self._cgroups.root if self._cgroups is not None else None
 
     async def start(self, launch: Launch) -> ProcessHandle:
-        if launch.result_file is not None:
-            await clear_result_file(launch.result_file)  # an earlier attempt's result is not this one's
         effect_id = launch.effect_id or launch.env.get("EFFECTD_EFFECT_ID")
-        # Shielded: a cancellation cannot lose the handle of a process that already exists.
-        with anyio.CancelScope(shield=True):
-            process, gate, cgroup = await asyncio.wrap_future(SPAWNER.submit(self._spawn_known, launch, effect_id))
+        try:
+            # Shielded: a cancellation cannot lose the handle of a process that already exists.
+            with anyio.CancelScope(shield=True):
+                started = SPAWNER.submit(self._spawn_known, launch, effect_id)
+                process, gate, cgroup = await asyncio.wrap_future(started)
+        except _NotCleared:  # a directory (or worse) where the result goes: removed off the thread, then again
+            assert launch.result_file is not None
+            await clear_result_file(launch.result_file)
+            with anyio.CancelScope(shield=True):
+                started = SPAWNER.submit(self._spawn_known, launch, effect_id, True)
+                process, gate, cgroup = await asyncio.wrap_future(started)
         # Moving it into its cgroup takes the kernel milliseconds, and reading /proc/PID/stat waits
         # while the child is still inside exec: off the event loop, and shielded, so a cancellation
         # cannot lose the handle of a process that already exists.
@@ -284,10 +296,26 @@ class LocalRunner(Runner):
                 cgroups.remove(cgroup)
         return process
 
-    def _spawn_known(self, launch: Launch, effect_id: str | None) -> tuple[LocalProcess, int | None, Path | None]:
-        """On the spawner's thread: makes the effect's cgroup, starts the process (held at its gate
-        when there is a cgroup) and makes it known to the reaper."""
-        cgroup = self._cgroups.create(effect_id) if self._cgroups is not None and effect_id else None
+    def _spawn_known(
+        self, launch: Launch, effect_id: str | None, cleared: bool = False
+    ) -> tuple[LocalProcess, int | None, Path | None]:
+        """On a spawner's thread: removes an earlier attempt's result file (an earlier attempt's result
+        is not this one's), makes the effect's cgroup, starts the process (held at its gate when
+        there is a cgroup) and makes it known to the reaper. Raises _NotCleared, having started
+        nothing, when what is at the result file's path is not removed by one unlink."""
+        if launch.result_file is not None and not cleared:
+            try:
+                os.unlink(launch.result_file)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _NotCleared from exc
+        cgroup = None
+        if self._cgroups is not None and effect_id:
+            path = self._cgroups.path(effect_id)
+            if path is not None and (removal := _removing.get(path)) is not None:
+                removal.result()  # an earlier attempt's cgroup, still being removed
+            cgroup = self._cgroups.create(effect_id)
         try:
             with REAPER.lock.starting():  # a reaper pass never sees this leader before it is known
                 process, gate = _spawn(launch, gated=cgroup is not None)
@@ -304,6 +332,30 @@ class LocalRunner(Runner):
         if not processes:
             return
         await anyio.to_thread.run_sync(_kill_leftovers, list(processes), self.cgroup_root)
+
+
+_removing: dict[Path, concurrent.futures.Future[None]] = {}
+"""The effects' cgroups being removed on a spawner's thread. A retry of the effect, which makes its
+cgroup again, waits for the removal first: the removal was queued before the retry's start, so a
+spawner took it first and it is under way or done (the executor's queue is first in, first out)."""
+
+
+def _removed(cgroup: Path, removal: concurrent.futures.Future[None]) -> None:
+    if _removing.get(cgroup) is removal:
+        del _removing[cgroup]
+
+
+class _NotCleared(Exception):
+    """What is at the result file's path needs more than an unlink (a directory tree, say)."""
+
+
+def _close_scope(scope: GroupScope) -> None:
+    """On a spawner's thread: the effect's cgroup is removed there (a rmdir in cgroupfs takes the
+    kernel a third of a millisecond), not on the event loop."""
+    try:
+        scope.close()
+    except Exception:
+        log.exception("could not release the containment of process %s", scope.leader)
 
 
 def _enter(pid: int, cgroup: Path | None, gate: int | None) -> tuple[bool, int | None]:

@@ -97,6 +97,8 @@ def _posix_spawn(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, f
             _check(libc.posix_spawnattr_setsigdefault(attr, defaults), "posix_spawnattr_setsigdefault")
             args = [os.fsencode(a) for a in argv]
             environ = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+            if any(b"\0" in item for item in (*args, *environ)) or any(b"=" in os.fsencode(k) for k in env):
+                raise ValueError("an argument or an environment variable holds a NUL, or a name holds '='")
             argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
             envp_c = (ctypes.c_char_p * (len(environ) + 1))(*environ, None)
             pid = ctypes.c_int()
