@@ -79,9 +79,9 @@ def effectd_bin() -> str:
     return str(beside) if beside.exists() else str(REPO / ".venv" / "bin" / "effectd")
 
 
-def params(workdir: Path, max_concurrency: int) -> StdioServerParameters:
+def params(workdir: Path, max_concurrency: int, binary: str | None = None) -> StdioServerParameters:
     return StdioServerParameters(
-        command=effectd_bin(),
+        command=binary or effectd_bin(),
         args=[
             "serve",
             "--db",
@@ -141,12 +141,17 @@ async def await_all(client: Client, group: str) -> list[dict[str, Any]]:
 
 
 async def effectd_run(
-    root: Path, command: list[str], count: int, in_flight: int, on_server: Callable[[int], None] | None = None
+    root: Path,
+    command: list[str],
+    count: int,
+    in_flight: int,
+    on_server: Callable[[int], None] | None = None,
+    binary: str | None = None,
 ) -> StdioRun:
     """`count` background dispatches, `in_flight` calls outstanding at once, then one await_group;
-    `on_server` is called with the server's pid before the clock starts."""
+    `on_server` is called with the server's pid before the clock starts; `binary`: another `effectd`."""
     workdir = Path(tempfile.mkdtemp(dir=root))
-    async with Client(params(workdir, max(in_flight, 16)), read_timeout_seconds=120) as client:
+    async with Client(params(workdir, max(in_flight, 16), binary), read_timeout_seconds=120) as client:
         await call(client, "dispatch_effect", command=[TRUE])  # warm-up: first-call costs are not throughput
         pid = server_pid(workdir)
         if on_server is not None:
@@ -290,11 +295,43 @@ def summarize(raw: Path, top: int = 40) -> None:
             print(f"{100 * n / total:5.1f}  {frame}")
 
 
+async def against(other: str, rounds: int) -> None:
+    """This checkout's `effectd` and `other`, taking turns, `rounds` times: the fan-out and the throughput
+    case, medians and ranges (a before/after comparison on one machine)."""
+    kinds = {"this": effectd_bin(), "other": other}
+    runs: dict[tuple[str, str], list[StdioRun]] = {}
+    with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
+        for _ in range(rounds):
+            for name, binary in kinds.items():
+                fan = await effectd_run(Path(tmp), ["sleep", "0.5"], 64, 64, binary=binary)
+                runs.setdefault((name, "fanout"), []).append(fan)
+                runs.setdefault((name, "true"), []).append(await effectd_run(Path(tmp), [TRUE], 300, 32, binary=binary))
+
+    def spread(values: list[float], unit: str, scale: float = 1.0) -> str:
+        return f"{statistics.median(values) * scale:.0f}{unit} ({min(values) * scale:.0f}-{max(values) * scale:.0f})"
+
+    for name, binary in kinds.items():
+        fans, trues = runs[(name, "fanout")], runs[(name, "true")]
+        print(f"{name}: {binary}")
+        print(f"  fan-out 64 x sleep 0.5: wall {spread([r.wall_s for r in fans], ' ms', 1000)}")
+        print(
+            f"    latest start after its dispatch returned {spread([max(r.start_delays_s) for r in fans], ' ms', 1000)}"
+        )
+        print(f"    median start {spread([statistics.median(r.start_delays_s) for r in fans], ' ms', 1000)}")
+        print(f"  300 x true, 32 in flight: {spread([r.rate for r in trues], '/s')}")
+        print(f"    server CPU per effect {spread([r.cpu_ms_per_effect for r in trues], ' us', 1000)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", metavar="RAW", type=Path, help="py-spy the server instead (raw samples to RAW)")
     parser.add_argument("--effects", type=int, default=800, help="effects of the profiled run (default 800)")
+    parser.add_argument("--against", metavar="EFFECTD", help="compare with another checkout's effectd, in turns")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of --against (default 8)")
     args = parser.parse_args()
+    if args.against:
+        anyio.run(against, args.against, args.rounds, backend="asyncio")
+        return
     if args.profile:
         run = anyio.run(profile, args.profile, args.effects, backend="asyncio")
         print(f"{run.rate:.0f} effects/s under py-spy; server CPU {run.cpu_ms_per_effect:.2f} ms/effect")
