@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the project is i
 
 from benchmarks import bench_stdio  # noqa: E402
 from benchmarks.bench_containment import measure as measure_containment  # noqa: E402
-from benchmarks.bench_stdio import await_all, call, effectd_bin, launch_chain  # noqa: E402
+from benchmarks.bench_stdio import asyncio_run, await_all, call, effectd_bin, launch_chain  # noqa: E402
 from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
 from effectd.arguments import EffectRequest  # noqa: E402
@@ -299,24 +299,8 @@ async def effectd_throughput(workdir: Path, count: int, concurrency: int, *, via
 
 async def asyncio_throughput(count: int, concurrency: int, command: Sequence[str] = (TRUE,)) -> Throughput:
     """The same commands through plain asyncio subprocesses (output captured too), a semaphore of the same size."""
-    semaphore = asyncio.Semaphore(concurrency)
-    failed = 0
-
-    async def one() -> None:
-        nonlocal failed
-        async with semaphore:
-            proc = await asyncio.create_subprocess_exec(
-                *command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            await proc.communicate()
-            failed += proc.returncode != 0
-
-    await one()  # warm-up
-    failed = 0
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(count)))
-    t1, cpu1 = time.perf_counter(), time.process_time()
-    return Throughput(count, concurrency, t1 - t0, 0.0, cpu1 - cpu0, failed=failed)
+    run = await asyncio_run(list(command), count, concurrency)
+    return Throughput(count, concurrency, run.wall_s, 0.0, run.server_cpu_s, failed=run.failed)
 
 
 def best(runs: Sequence[Throughput]) -> Throughput:
