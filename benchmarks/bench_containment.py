@@ -19,10 +19,11 @@ from typing import Any
 
 import anyio
 
-from effectd.arguments import EffectRequest
-from effectd.config import build_settings
-from effectd.engine import Engine
-from effectd.runner import Launch, LocalRunner
+from effectd.config.settings import build_settings
+from effectd.engine.core import Engine
+from effectd.model.arguments import EffectRequest
+from effectd.runner.base import Launch
+from effectd.runner.local import LocalRunner
 
 TRUE = "/bin/true"
 

@@ -49,11 +49,12 @@ from benchmarks.bench_containment import measure as measure_containment  # noqa:
 from benchmarks.bench_stdio import asyncio_run, await_all, call, effectd_bin, launch_chain  # noqa: E402
 from benchmarks.bench_tasks import task_client_extensions, task_round_trips  # noqa: E402
 from effectd.app import build_server  # noqa: E402
-from effectd.arguments import EffectRequest  # noqa: E402
-from effectd.config import build_settings  # noqa: E402
-from effectd.engine import Engine  # noqa: E402
-from effectd.journal import Event, Journal  # noqa: E402
-from effectd.models import now_iso  # noqa: E402
+from effectd.config.settings import build_settings  # noqa: E402
+from effectd.engine.core import Engine  # noqa: E402
+from effectd.journal.projection import Event  # noqa: E402
+from effectd.journal.store import Journal  # noqa: E402
+from effectd.model.arguments import EffectRequest  # noqa: E402
+from effectd.model.records import now_iso  # noqa: E402
 
 # Every process this run starts carries this mark, so the end-of-run check finds only our leftovers.
 MARK_NAME = "BENCH_EFFECTD_RUN"  # not EFFECTD_*: effects never inherit those

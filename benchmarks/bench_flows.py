@@ -22,8 +22,8 @@ from typing import Any
 import anyio
 
 from effectd.api import run_effect, run_flow
-from effectd.config import build_settings
-from effectd.engine import Engine
+from effectd.config.settings import build_settings
+from effectd.engine.core import Engine
 
 
 def sleep_command(seconds: float) -> list[str]:

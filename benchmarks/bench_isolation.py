@@ -21,9 +21,9 @@ from typing import Literal
 
 import anyio
 
-from effectd.arguments import EffectRequest
-from effectd.config import build_settings
-from effectd.engine import Engine
+from effectd.config.settings import build_settings
+from effectd.engine.core import Engine
+from effectd.model.arguments import EffectRequest
 
 WRITE = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x\\n')"
 

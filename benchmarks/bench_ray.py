@@ -32,10 +32,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effectd.arguments import EffectRequest  # noqa: E402
-from effectd.config import build_settings  # noqa: E402
-from effectd.engine import Engine  # noqa: E402
+from effectd.config.settings import build_settings  # noqa: E402
+from effectd.engine.core import Engine  # noqa: E402
 from effectd.flows.models import Step  # noqa: E402
+from effectd.model.arguments import EffectRequest  # noqa: E402
 
 TRUE = "/bin/true"
 

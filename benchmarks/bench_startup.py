@@ -53,10 +53,10 @@ t = clock()
 import anyio, mcp.server.mcpserver, mcp.server.stdio
 marks["SDK import (mcp.server.mcpserver, stdio, anyio)"] = clock() - t; t = clock()
 from effectd.cli.main import parser
-from effectd.config import build_settings
+from effectd.config.settings import build_settings
 from effectd.journal.usable import check_journal
 import effectd.app
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from effectd.tools import effects, streams, flows, budgets, resources, tasks, task_legacy, prompts
 marks["effectd's modules"] = clock() - t; t = clock()
 settings = build_settings({}, db=Path(sys.argv[1]))

@@ -15,8 +15,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from effectd.app import build_server
-from effectd.config import Settings, build_settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings, build_settings
+from effectd.engine.core import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 # Every effect started by this test session (in memory or through a stdio server it launched)

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from effectd.runner import ExitStatus, Launch, ProcessHandle, RecordedProcess, ResultFileError, Runner, SpawnError
+from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, ResultFileError, Runner, SpawnError
 
 _pids = itertools.count(10_000_000)
 

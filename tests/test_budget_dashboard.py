@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from tests.conftest import call
 from tests.test_budgets import QUICK
 from tests.test_dashboard import _fake_harness, dashboard, pytestmark  # noqa: F401  (the browser marks)

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from effectd.config import Settings
-from effectd.harness import profile_from_config
-from effectd.journal import Event, Journal, replay_projection
-from effectd.models import now_iso
+from effectd.config.settings import Settings
+from effectd.harness.profiles import profile_from_config
+from effectd.journal.projection import Event
+from effectd.journal.store import Journal, replay_projection
+from effectd.model.records import now_iso
 from tests.conftest import SLEEP, call, call_error, connected, event_count, pid_alive, py, stdio_params, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -17,9 +17,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from effectd.config import Settings
+from effectd.config.settings import Settings
 from effectd.errors import JournalUnusableError
-from effectd.journal import JournalReader
+from effectd.journal.reader import JournalReader
 from tests.conftest import REPO, SLEEP, call, connected, effectd_bin, py
 
 pytestmark = pytest.mark.anyio

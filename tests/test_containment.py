@@ -23,10 +23,10 @@ import pytest
 from mcp import Client
 
 from effectd.app import build_server
-from effectd.config import Settings
-from effectd.engine import Engine
-from effectd.runner import LocalRunner
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.runner.cgroups import Cgroups
+from effectd.runner.local import LocalRunner
 from effectd.runner.procfs import own_children, stat
 from effectd.runner.reaper import REAPER
 from tests.conftest import call, pid_alive, py, read_until, stdio_params, wait_until

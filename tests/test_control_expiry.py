@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from effectd.journal import JournalReader
+from effectd.journal.reader import JournalReader
 from effectd.runner.procfs import process_start_time
 from tests.conftest import SLEEP, call, connected, effectd_bin, py, read_until, wait_until
 

@@ -25,9 +25,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.config import Settings
-from effectd.engine import Engine
-from effectd.harness import profile_from_config
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
+from effectd.harness.profiles import profile_from_config
 from tests.conftest import call, pid_alive, py, read_until
 from tests.test_http import TOKEN, WAIT_FOR_FILE, http_client, serving
 

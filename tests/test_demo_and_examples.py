@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from effectd.cli import demo, demo_kit
-from effectd.config import build_settings, load_file
+from effectd.config.settings import build_settings, load_file
 from tests.conftest import REPO, effectd_bin, pid_alive
 
 

@@ -16,9 +16,9 @@ import httpx2
 import pytest
 from mcp import Client
 
-from effectd.config import build_settings
+from effectd.config.settings import build_settings
 from effectd.errors import ConfigError
-from effectd.journal import replay_projection
+from effectd.journal.store import replay_projection
 from tests.conftest import call, connected, effectd_bin, open_engine, py, read_until, stdio_params
 from tests.test_http import serving, sse_events
 

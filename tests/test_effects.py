@@ -504,7 +504,7 @@ async def test_the_grace_of_a_cancel_covers_the_whole_group_not_only_its_leader(
 
 
 async def test_a_cancel_that_comes_before_the_effect_begins_to_wait_is_not_lost(engine):
-    from effectd.arguments import EffectRequest
+    from effectd.model.arguments import EffectRequest
 
     first = (await engine.dispatch(EffectRequest(command=py(SLEEP, "30")))).record
     second = (await engine.dispatch(EffectRequest(command=py("pass"), depends_on=[first.effect_id]))).record

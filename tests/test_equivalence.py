@@ -30,15 +30,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from effectd.arguments import EffectRequest
-from effectd.config import Settings, build_settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings, build_settings
+from effectd.engine.core import Engine
 from effectd.errors import EffectdError
-from effectd.journal import EffectState, Event, fold_effect, replay_projection
-from effectd.journal.projection import EFFECT_COLUMNS, TERMINAL_EVENTS
-from effectd.models import EffectSpec
-from effectd.output import OutputLog
-from effectd.supervisor import Effect
+from effectd.journal.projection import EFFECT_COLUMNS, TERMINAL_EVENTS, EffectState, Event, fold_effect
+from effectd.journal.store import replay_projection
+from effectd.model.arguments import EffectRequest
+from effectd.model.records import EffectSpec
+from effectd.supervisor.effect import Effect
+from effectd.supervisor.output import OutputLog
 from tests.fakes import FakeRunner
 
 pytestmark = pytest.mark.slow

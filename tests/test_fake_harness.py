@@ -16,15 +16,9 @@ from typing import Any
 
 import pytest
 
-from effectd.harness import (
-    BUILTIN_PROFILES,
-    MISSING_FINAL_EVENT,
-    HarnessOutcome,
-    HarnessProfile,
-    Parser,
-    fake,
-    make_parser,
-)
+from effectd.harness import fake
+from effectd.harness.parsers import MISSING_FINAL_EVENT, HarnessOutcome, Parser, make_parser
+from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = [sys.executable, "-m", "effectd.harness.fake"]

@@ -12,8 +12,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from tests.conftest import call, call_error, connected, effectd_bin, py
 
 pytestmark = pytest.mark.anyio

@@ -10,9 +10,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.config import Settings
+from effectd.config.settings import Settings
 from effectd.errors import InvalidRequestError
-from effectd.flows import Step
+from effectd.flows.models import Step
 from effectd.flows.plan import plan_steps
 from tests.conftest import call, call_error, connected, py
 

@@ -14,8 +14,8 @@ import pytest
 from mcp import Client
 
 from effectd.api import run_flow
-from effectd.config import Settings
-from effectd.harness import HarnessProfile
+from effectd.config.settings import Settings
+from effectd.harness.profiles import HarnessProfile
 from tests.conftest import call, call_error, connected, effectd_bin, open_engine, py, stdio_params
 from tests.test_isolation import git, make_repo
 

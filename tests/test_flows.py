@@ -15,13 +15,15 @@ import pytest
 from mcp import Client
 
 from effectd.api import await_effect, run, run_effect, run_flow
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.errors import EffectCancelledError, EffectFailedError, InvalidRequestError
-from effectd.flows import FlowRecord, FlowStepRecord, Step, check_graph
-from effectd.harness import HarnessProfile
-from effectd.journal import Event, Journal, replay_projection
-from effectd.models import EffectSpec, new_id, now_iso, parse_iso
+from effectd.flows.graph import check_graph
+from effectd.flows.models import FlowRecord, FlowStepRecord, Step
+from effectd.harness.profiles import HarnessProfile
+from effectd.journal.projection import Event
+from effectd.journal.store import Journal, replay_projection
+from effectd.model.records import EffectSpec, new_id, now_iso, parse_iso
 from tests.conftest import SLEEP, call, call_error, open_engine, py, read_until, stdio_params
 
 pytestmark = pytest.mark.anyio

@@ -26,9 +26,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.config import Settings, build_settings
-from effectd.harness import HarnessProfile
-from effectd.journal import TERMINAL_EVENTS, replay_projection
+from effectd.config.settings import Settings, build_settings
+from effectd.harness.profiles import HarnessProfile
+from effectd.journal.projection import TERMINAL_EVENTS
+from effectd.journal.store import replay_projection
 from effectd.runner.procfs import process_start_time
 from tests.conftest import SLEEP, call, connected, pid_alive, py, read_until, stdio_params
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from effectd.harness import MISSING_FINAL_EVENT, PARSERS, HarnessProgress, Parser, make_parser
-from effectd.harness.parsers import TEXT_LIMIT
+from effectd.harness.parsers import MISSING_FINAL_EVENT, PARSERS, TEXT_LIMIT, HarnessProgress, Parser, make_parser
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "harness"  # copied from ../shared/fixtures/harness
 JSON_PARSERS = sorted(name for name in PARSERS if name != "lines")

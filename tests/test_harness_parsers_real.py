@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from effectd.harness import make_parser
+from effectd.harness.parsers import make_parser
 from tests.model_server.clis import PACKAGES
 
 REAL = Path(__file__).resolve().parent / "fixtures" / "real"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from effectd.harness import BUILTIN_PROFILES, PARSERS, HarnessProfile, profile_from_config
+from effectd.harness.parsers import PARSERS
+from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
 
 TRICKY_PROMPT = "fix \"it\" {args} {prompt} $(rm -rf ~) 'now' `id` {x}\n-- --help ; | &"
 ARGS = ["--model", "m 1", "{prompt}"]

@@ -24,9 +24,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from mcp import Client
 
-from effectd.config import MAX_ARGV_BYTES, build_settings
-from effectd.engine import Engine
-from effectd.harness import HarnessProfile
+from effectd.config.settings import MAX_ARGV_BYTES, build_settings
+from effectd.engine.core import Engine
+from effectd.harness.profiles import HarnessProfile
 from tests.conftest import call, connected, effectd_bin, event_count, py, structured, text_of
 
 OK, EITHER, BAD = 0, 1, 2  # verdicts, combined with max(): one bad argument makes the call bad

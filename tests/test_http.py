@@ -27,8 +27,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 import effectd.http
 from effectd.app import build_server
-from effectd.engine import Engine
-from effectd.http import open_listener, serve_http
+from effectd.engine.core import Engine
+from effectd.http.security import open_listener
+from effectd.http.serve import serve_http
 from tests.conftest import call, effectd_bin, pid_alive, py, read_until
 
 pytestmark = pytest.mark.anyio
@@ -441,7 +442,7 @@ async def test_the_output_stream_sends_the_output_then_the_end(engine: Engine, t
 def test_the_http_package_reaches_the_engine_only_through_its_public_api() -> None:
     """The HTTP front-end translates requests into `Engine` calls: no SQL, no engine internals (the
     supervisor, journal, flows or feed), and no private attribute of anything but itself (the MCP SDK's
-    private parts are reached through `effectd.mcp_compat`)."""
+    private parts are reached through `effectd.protocol.compat`)."""
     public = {name for name in dir(Engine) if not name.startswith("_")}
     internals = ("sqlite3", "aiosqlite", "effectd.journal", "effectd.supervisor", "effectd.runner", "effectd.flows")
     modules = sorted(Path(effectd.http.__file__).parent.glob("*.py"))

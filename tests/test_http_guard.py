@@ -21,7 +21,7 @@ import anyio
 import httpx2
 import pytest
 
-from effectd.log_repeats import RepeatFilter
+from effectd.support.log_repeats import RepeatFilter
 from tests.conftest import call, effectd_bin, py
 from tests.test_http import free_port, http_client, stop, wait_for_port
 
@@ -237,7 +237,8 @@ async def test_the_header_timeout_and_the_bound_are_parameters_of_serve_http(eng
     from functools import partial
 
     from effectd.app import build_server
-    from effectd.http import open_listener, serve_http
+    from effectd.http.security import open_listener
+    from effectd.http.serve import serve_http
 
     sock = open_listener("127.0.0.1", 0, None)
     port = sock.getsockname()[1]

@@ -15,9 +15,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.engine import cancel_offline
-from effectd.harness import profile_from_config
-from effectd.journal import replay_projection
+from effectd.engine.core import cancel_offline
+from effectd.harness.profiles import profile_from_config
+from effectd.journal.store import replay_projection
 from tests.conftest import call, call_error, connected, event_count, pid_alive, py, read_until, stdio_params
 
 pytestmark = [

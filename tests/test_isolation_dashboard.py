@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from tests.conftest import call, py
 from tests.test_dashboard import dashboard, wait_for_status
 from tests.test_dashboard import pytestmark as dashboard_marks

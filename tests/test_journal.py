@@ -7,8 +7,8 @@ import sqlite3
 import anyio
 import pytest
 
-from effectd.journal import Journal, replay_projection
 from effectd.journal.migrations import MIGRATIONS
+from effectd.journal.store import Journal, replay_projection
 from tests.conftest import SLEEP, call, connected, py
 
 pytestmark = pytest.mark.anyio

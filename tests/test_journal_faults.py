@@ -18,10 +18,11 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.errors import JournalUnavailableError
-from effectd.journal import Event, Journal, replay_projection
+from effectd.journal.projection import Event
+from effectd.journal.store import Journal, replay_projection
 from effectd.journal.writer import Retry
 from tests.conftest import call, call_error, connected, pid_alive, py, wait_until
 

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from effectd.app import build_server
-from effectd.engine import Engine
-from effectd.flag import Flag
+from effectd.engine.core import Engine
 from effectd.runner.local import SPAWNERS
+from effectd.support.flag import Flag
 from tests.conftest import call, py, read_until
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""effectd.mcp_compat against the installed MCP SDK: each private object effectd reaches for is still there
+"""effectd.protocol.compat against the installed MCP SDK: each private object effectd reaches for is still there
 and still means what effectd relies on, so an SDK release that moves one fails here, loudly.
 
 - `lowlevel(server)`: the SDK's low-level `Server` inside an `MCPServer`, which the stdio and HTTP transports
@@ -31,7 +31,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 from mcp_types import EmptyResult, ResourceUpdatedNotification, SubscribeRequestParams
 from pydantic import ConfigDict, Field, ValidationError
 
-from effectd.mcp_compat import (
+from effectd.protocol.compat import (
     arguments_of,
     connection_of,
     lowlevel,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from effectd.output import LineSplitter, OutputLog
+from effectd.supervisor.output import LineSplitter, OutputLog
 
 
 def test_the_line_splitter_joins_a_line_that_arrives_in_many_chunks():

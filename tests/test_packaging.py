@@ -100,9 +100,9 @@ def imports_in(source: str, name: str) -> list[Import]:
 
 
 def effectd_sources() -> dict[Path, str]:
-    """Every .py file of the package (server/, and tools/ once although server/tools links to it)."""
+    """Every .py file of the package: its two portions, server/effectd/ and tools/effectd/."""
     files: set[Path] = set()
-    for root in (SERVER, TOOLS):
+    for root in (SERVER / "effectd", TOOLS / "effectd"):
         for folder, _, names in os.walk(root):
             files.update((Path(folder) / name).resolve() for name in names if name.endswith(".py"))
     return {path: path.read_text(encoding="utf-8") for path in sorted(files)}
@@ -260,9 +260,9 @@ class Venvs:
 
 
 def package_files() -> set[str]:
-    """The files of the repository's server/ and tools/ as they are named inside the installed package."""
+    """The files of the repository's two portions of `effectd` as they are named inside the installed package."""
     found = set()
-    for base, prefix in ((SERVER, ""), (TOOLS, "tools/")):
+    for base, prefix in ((SERVER / "effectd", ""), (TOOLS / "effectd", "")):
         for folder, dirs, names in os.walk(base):
             dirs[:] = [d for d in dirs if d != "__pycache__" and not (Path(folder) / d).is_symlink()]
             for name in names:
@@ -322,7 +322,7 @@ if sys.argv[1] == "all":
         if not module.name.endswith(".__main__"):  # importing one runs the program
             importlib.import_module(module.name)
 print(json.dumps({{
-    "effectd": effectd.__file__,
+    "effectd": list(effectd.__path__),  # a namespace package (PEP 420): its portions
     "tools": effectd.tools.__file__,
     "api": effectd.api.__file__,
     "shadowed": sorted(name for name in sys.modules if name.split(".")[0] in ("server", "tools")),
@@ -361,7 +361,7 @@ def test_a_clean_install_imports_the_api_beside_a_users_own_server_and_tools(
     venv = venvs.installed
     loaded = json.loads(checked([venv.python, "-c", IMPORT_EFFECTD, "all"], user_project))
     package = (venv.site_packages / "effectd").resolve()
-    assert Path(loaded["effectd"]).resolve() == package / "__init__.py"
+    assert [Path(p).resolve() for p in loaded["effectd"]] == [package]
     assert Path(loaded["tools"]).resolve() == package / "tools" / "__init__.py"
     assert Path(loaded["api"]).resolve() == package / "api.py"
     assert loaded["shadowed"] == []
@@ -387,10 +387,10 @@ def test_an_editable_install_imports_effectd_from_the_repository_beside_a_users_
 ) -> None:
     editable = venvs.editable
     loaded = json.loads(checked([editable.python, "-c", IMPORT_EFFECTD, "some"], user_project))
-    assert Path(loaded["effectd"]).resolve() == SERVER / "__init__.py"
-    assert Path(loaded["tools"]).resolve() == TOOLS / "__init__.py"
-    assert Path(loaded["api"]).resolve() == SERVER / "api.py"
-    assert Path(loaded["effectd"]).is_relative_to(REPO)
+    # Each module from the folder its import path names: server/effectd/api.py, tools/effectd/tools/.
+    assert {Path(p).resolve() for p in loaded["effectd"]} == {SERVER / "effectd", TOOLS / "effectd"}
+    assert Path(loaded["tools"]).resolve() == TOOLS / "effectd" / "tools" / "__init__.py"
+    assert Path(loaded["api"]).resolve() == SERVER / "effectd" / "api.py"
     assert loaded["shadowed"] == []
     empty = tmp_path_factory.mktemp("empty")
     provided = json.loads(checked([editable.python, "-c", TOP_LEVEL, "server", "tools", "effectd"], empty))

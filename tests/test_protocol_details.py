@@ -8,7 +8,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from tests.conftest import call, call_error, py
 from tests.test_http import http_client, serving
 

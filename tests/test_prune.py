@@ -14,8 +14,9 @@ from typing import Any
 import anyio
 import pytest
 
-from effectd.journal import JournalReader, replay_projection
-from effectd.prune import journal_bytes
+from effectd.engine.prune import journal_bytes
+from effectd.journal.reader import JournalReader
+from effectd.journal.store import replay_projection
 from tests.conftest import SLEEP, call, call_error, connected, effectd_bin, py, read_until
 
 pytestmark = pytest.mark.anyio

@@ -24,8 +24,8 @@ import pytest
 from mcp import Client
 
 from effectd.app import build_server
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from tests.conftest import call, effectd_bin, pid_alive, py, read_until, wait_until
 
 ray = pytest.importorskip("ray", reason="the Ray runner's tests need Ray: pip install -e '.[ray]'")
@@ -255,7 +255,7 @@ def _read(server: subprocess.Popen[bytes], wanted: int) -> dict[str, Any]:
 
 
 async def test_recovery_kills_what_a_recorded_effect_left_on_the_nodes_through_the_runner(cluster):
-    from effectd.runner import RecordedProcess
+    from effectd.runner.base import RecordedProcess
 
     effect_id = "eff_leftover_of_a_dead_server"
     env = {**os.environ, "EFFECTD_EFFECT_ID": effect_id}

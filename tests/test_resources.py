@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ResourceUpdatedNotification
 
 from effectd.app import build_server
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from tests.conftest import call, py, wait_until
 from tests.test_http import WAIT_FOR_FILE, http_client, serving
 

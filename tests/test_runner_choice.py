@@ -12,9 +12,9 @@ from dataclasses import replace
 import pytest
 
 from effectd.cli.main import main
-from effectd.config import RAY_MISSING, build_settings
+from effectd.config.settings import RAY_MISSING, build_settings
 from effectd.errors import ConfigError
-from effectd.harness import profile_from_config
+from effectd.harness.profiles import profile_from_config
 from tests.conftest import call, call_error, connected
 
 pytestmark = pytest.mark.anyio
@@ -65,8 +65,8 @@ def test_the_ray_missing_message_names_the_extra() -> None:
 
 def test_the_default_path_never_imports_ray(tmp_path):
     code = (
-        "import sys, effectd.app, effectd.engine, effectd.cli.main, effectd.runner.choose;"
-        "from effectd.config import build_settings; build_settings({}, db=sys.argv[1]);"
+        "import sys, effectd.app, effectd.engine.core, effectd.cli.main, effectd.runner.choose;"
+        "from effectd.config.settings import build_settings; build_settings({}, db=sys.argv[1]);"
         "print('ray' in sys.modules)"
     )
     local = subprocess.run([sys.executable, "-c", code, str(tmp_path / "j.db")], capture_output=True, text=True)

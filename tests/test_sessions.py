@@ -20,7 +20,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from effectd.journal import TERMINAL_EVENTS
+from effectd.journal.projection import TERMINAL_EVENTS
 from tests.conftest import SLEEP, call, effectd_bin, pid_alive, py, read_until, stdio_params
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from effectd.arguments import EffectRequest
-from effectd.config import Settings
+from effectd.config.settings import Settings
+from effectd.model.arguments import EffectRequest
 from tests.conftest import call, open_engine, py
 from tests.test_dashboard import browser, wait_for_status
 from tests.test_dashboard import pytestmark as dashboard_marks

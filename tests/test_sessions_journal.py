@@ -18,14 +18,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from effectd.arguments import EffectRequest
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.errors import DatabaseBusyError
-from effectd.journal import Event, Journal, replay_projection
-from effectd.journal.shared import KeyTakenError
-from effectd.models import EffectSpec
-from effectd.ownership import StartLock, server_alive
+from effectd.journal.peer_writes import KeyTakenError
+from effectd.journal.projection import Event
+from effectd.journal.store import Journal, replay_projection
+from effectd.model.arguments import EffectRequest
+from effectd.model.records import EffectSpec
+from effectd.peers.ownership import StartLock, server_alive
 from effectd.runner.procfs import process_start_time
 from effectd.supervisor import events
 from tests.conftest import SLEEP, open_engine, py
@@ -201,7 +202,7 @@ async def test_recovery_takes_effects_of_gone_and_pre_session_servers_never_of_a
 
 
 async def test_another_servers_flow_is_polled_and_awaited_until_it_ends(settings: Settings, tmp_path: Path) -> None:
-    from effectd.flows import Step
+    from effectd.flows.models import Step
 
     gate = tmp_path / "gate"
     wait_gate = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)\nprint('through')"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from effectd.budgets import Spend, spend_of
-from effectd.harness import fake, make_parser
+from effectd.engine.budgets import Spend, spend_of
+from effectd.harness import fake
+from effectd.harness.parsers import make_parser
 from tests.test_fake_harness import clean_env, run_fake
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harness"

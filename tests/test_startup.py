@@ -30,11 +30,11 @@ NOT_FOR_STDIO = (
     "effectd.runner.ray_node",
     "effectd.runner.ray_guard",
     "effectd.api",
-    "effectd.cli.demo",
-    "effectd.cli.demo_flows",
-    "effectd.cli.demo_isolation",
-    "effectd.cli.demo_kit",
-    "effectd.cli.demo_sections",
+    "effectd.demo.main",
+    "effectd.demo.flows",
+    "effectd.demo.isolation",
+    "effectd.demo.kit",
+    "effectd.demo.sections",
     "effectd.cli.cancel",
     "effectd.cli.readers",
     "effectd.harness.fake",
@@ -111,7 +111,7 @@ def serve_modules(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def test_a_stdio_serve_loads_no_http_dashboard_ray_api_demo_or_reading_subcommand(serve_modules):
-    assert "effectd.engine" in serve_modules and "effectd.cli.main" in serve_modules  # the report is real
+    assert "effectd.engine.core" in serve_modules and "effectd.cli.main" in serve_modules  # the report is real
     loaded = [name for name in serve_modules if any(name == p or name.startswith(f"{p}.") for p in NOT_FOR_STDIO)]
     assert loaded == []
 

@@ -9,8 +9,8 @@ import pytest
 from mcp import Client
 
 from effectd.app import build_server
-from effectd.config import build_settings
-from effectd.engine import Engine
+from effectd.config.settings import build_settings
+from effectd.engine.core import Engine
 from tests.conftest import call, py
 
 pytestmark = pytest.mark.anyio

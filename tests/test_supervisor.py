@@ -11,9 +11,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from effectd.arguments import EffectRequest
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
+from effectd.model.arguments import EffectRequest
 from tests.fakes import FakeRunner
 
 pytestmark = pytest.mark.anyio

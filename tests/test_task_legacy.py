@@ -15,7 +15,7 @@ import anyio
 import httpx2
 import pytest
 
-from effectd.engine import Engine
+from effectd.engine.core import Engine
 from tests.conftest import pid_alive, py
 from tests.test_effects import CHILD_WITH_GRANDCHILD
 from tests.test_http import WAIT_FOR_FILE, serving

@@ -20,8 +20,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, GetTaskRequest, GetTaskRequestParams, GetTaskResult
 
 from effectd.app import build_server
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from tests.conftest import SLEEP, call, event_count, pid_alive, py, stdio_params, structured
 from tests.tasks_client import (
     TASKS,

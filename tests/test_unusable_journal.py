@@ -18,8 +18,8 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import stdio_client
 
-from effectd.config import Settings
-from effectd.engine import Engine
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.errors import JournalUnusableError
 from tests.conftest import call, connected, effectd_bin, py, stdio_params
 from tests.test_journal_faults import mount_tmpfs, unmount

@@ -1,0 +1,233 @@
+"""Settings: defaults, then the TOML file, then command-line flags, into one object."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effectd.config.http import HttpSettings, http_settings_of
+from effectd.errors import ConfigError
+from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from effectd.model.records import MAX_GRACE_S
+
+MAX_ARGV_BYTES = 256 * 1024
+MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
+
+_KNOWN_KEYS = {
+    "max_concurrency",
+    "default_grace_s",
+    "output_limit_bytes",
+    "stall_after_s",
+    "result_grace_s",
+    "result_limit_bytes",
+    "db",
+    "commands",
+    "harness",
+    "groups",
+    "http",
+    "runner",
+    "ray_address",
+}
+RUNNERS = ("local", "ray")
+RAY_MISSING = (
+    "the Ray runner needs Ray, which is not installed here: pip install 'effectd[ray]' "
+    "(or pip install 'ray>=2.9' into effectd's environment)"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine needs to know about its environment, resolved once at start."""
+
+    db: Path = Path(".effectd/journal.db")
+    max_concurrency: int = 16
+    default_grace_s: float = 5.0
+    output_limit_bytes: int = 64 * 1024 * 1024
+    stall_after_s: float = 60.0
+    result_grace_s: float = 2.0
+    result_limit_bytes: int = 1024 * 1024  # a larger result file is not read (`result_error` says so)
+    allow_commands: tuple[str, ...] = ()
+    allow_any_command: bool = False
+    keep_queued: bool = False
+    harnesses: Mapping[str, HarnessProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
+    poll_control_s: float = 0.2
+    http: HttpSettings = field(default_factory=HttpSettings)
+    journal_busy_timeout_s: float = 10.0  # a lock held elsewhere longer than this is a journal fault
+    journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
+    runner: str = "local"  # "local" or "ray"
+    ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
+
+    @property
+    def output_dir(self) -> Path:
+        """Beside the journal file itself (symlinks resolved): every server on one journal shares it."""
+        real = self.db.resolve()
+        return real.parent / f"{real.stem}.output"
+
+    @property
+    def worktree_dir(self) -> Path:
+        """Where isolated effects' git worktrees live, one directory per effect."""
+        return self.db.parent / f"{self.db.stem}.worktrees"
+
+
+def resolve_program(argv0: str, path: str | None = None, cwd: str | None = None) -> str | None:
+    """The file exec would run for `argv0`: a path (relative to `cwd`), or a name looked up in `path`
+    (default: the server's PATH). None when there is no such executable file."""
+    if "/" in argv0:
+        candidate = os.path.join(cwd or os.getcwd(), argv0)
+        return os.path.abspath(candidate) if os.access(candidate, os.X_OK) and not os.path.isdir(candidate) else None
+    found = shutil.which(argv0, path=path)
+    return os.path.abspath(found) if found else None
+
+
+def allowed_program(
+    argv0: str, allowed: Sequence[str], *, path: str | None = None, cwd: str | None = None
+) -> str | None:
+    """What to run for `argv0` if it is one of the allowed programs, else None.
+
+    The program is resolved the way the effect's own exec would resolve it (its PATH and cwd) and
+    compared, as a file, with what the allowed names resolve to for the server: an effect cannot
+    reach another `make` by bringing its own PATH. A listed name that resolves to nothing is let
+    through as it is (its spawn then fails, and the effect with it).
+    """
+    resolved = resolve_program(argv0, path, cwd)
+    if resolved is None:
+        return argv0 if argv0 in allowed else None
+    real = os.path.realpath(resolved)
+    for program in allowed:
+        target = resolve_program(program)
+        if target is not None and (target == resolved or os.path.realpath(target) == real):
+            return resolved
+    return None
+
+
+def _number(table: Mapping[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"config `{key}` must be a {kind.__name__}, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"config `{key}` must be {bound}, not {value!r}")
+    return kind(value)
+
+
+def load_file(path: Path | None) -> dict[str, Any]:
+    """The TOML configuration: `path`, else $EFFECTD_CONFIG, else ./effectd.toml if present, else empty."""
+    if path is None and os.environ.get("EFFECTD_CONFIG"):
+        path = Path(os.environ["EFFECTD_CONFIG"])
+    if path is None:
+        default = Path("effectd.toml")
+        if not default.is_file():
+            return {}
+        path = default
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _runner(file: Mapping[str, Any], flag: str | None, address: str | None) -> dict[str, Any]:
+    """The runner: the --runner flag, else config `runner`, else $EFFECTD_RUNNER, else local; and for Ray
+    its address: --ray-address, else config `ray_address`, else $RAY_ADDRESS, else None (start one)."""
+    runner = flag or file.get("runner") or os.environ.get("EFFECTD_RUNNER") or "local"
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
+    configured = file.get("ray_address")
+    if configured is not None and not isinstance(configured, str):
+        raise ConfigError(f"config `ray_address` must be a string (e.g. 'ray://head:10001'), not {configured!r}")
+    if runner == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(RAY_MISSING)
+    return {"runner": runner, "ray_address": address or configured or os.environ.get("RAY_ADDRESS") or None}
+
+
+def build_settings(
+    file: Mapping[str, Any],
+    *,
+    db: str | Path | None = None,
+    max_concurrency: int | None = None,
+    allow_commands: Sequence[str] = (),
+    allow_any_command: bool = False,
+    keep_queued: bool = False,
+    result_limit_bytes: int | None = None,
+    runner: str | None = None,
+    ray_address: str | None = None,
+) -> Settings:
+    """Settings from the file's table, then the environment ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES),
+    then the command-line flags laid over it."""
+    unknown = set(file) - _KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
+    values: dict[str, Any] = {}
+    if "max_concurrency" in file:
+        values["max_concurrency"] = _number(file, "max_concurrency", int, 1, 10_000)
+    if "default_grace_s" in file:
+        values["default_grace_s"] = _number(file, "default_grace_s", float, 0, MAX_GRACE_S)
+    if "output_limit_bytes" in file:
+        values["output_limit_bytes"] = _number(file, "output_limit_bytes", int, 0)
+    if "stall_after_s" in file:
+        values["stall_after_s"] = _number(file, "stall_after_s", float, 0)
+    if "result_grace_s" in file:
+        values["result_grace_s"] = _number(file, "result_grace_s", float, 0, MAX_GRACE_S)
+    if "result_limit_bytes" in file:
+        values["result_limit_bytes"] = _number(file, "result_limit_bytes", int, 0, MAX_RESULT_LIMIT_BYTES)
+    commands = file.get("commands", {})
+    if not isinstance(commands, Mapping) or not set(commands) <= {"allow", "allow_any"}:
+        raise ConfigError("config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)")
+    allow = commands.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
+        raise ConfigError("config [commands] allow must be a list of program names or paths")
+    harnesses = dict(BUILTIN_PROFILES)
+    tables = file.get("harness", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError("config [harness.NAME] must be tables")
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config [harness.{name}] must be a table")
+        try:
+            harnesses[name] = profile_from_config(name, table)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    path = Path(db) if db is not None else None
+    path = path or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
+    if path is None and isinstance(file.get("db"), str):
+        path = Path(file["db"])
+    values.update(_result_limit(result_limit_bytes))
+    if max_concurrency is not None:
+        if max_concurrency < 1:
+            raise ConfigError(f"--max-concurrency must be at least 1, not {max_concurrency}")
+        values["max_concurrency"] = max_concurrency
+    values.update(_runner(file, runner, ray_address))
+    return Settings(
+        db=(path or Path(".effectd/journal.db")).expanduser().absolute(),
+        allow_commands=(*allow, *allow_commands),
+        allow_any_command=allow_any_command or bool(commands.get("allow_any", False)),
+        keep_queued=keep_queued,
+        harnesses=harnesses,
+        http=http_settings_of(file.get("http", {})),
+        **values,
+    )
+
+
+def _result_limit(flag: int | None) -> dict[str, int]:
+    """`result_limit_bytes` from --result-limit-bytes, else $EFFECTD_RESULT_LIMIT_BYTES (else the file's)."""
+    if flag is not None:
+        source, value = "--result-limit-bytes", str(flag)
+    elif os.environ.get("EFFECTD_RESULT_LIMIT_BYTES"):
+        source, value = "$EFFECTD_RESULT_LIMIT_BYTES", os.environ["EFFECTD_RESULT_LIMIT_BYTES"]
+    else:
+        return {}
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_RESULT_LIMIT_BYTES:
+        raise ConfigError(f"{source} must be a number of bytes between 0 and {MAX_RESULT_LIMIT_BYTES}, not {value!r}")
+    return {"result_limit_bytes": number}

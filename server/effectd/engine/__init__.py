@@ -1,0 +1,1 @@
+"""The engine: the one API every front-end calls (`core.Engine`) and the services behind it."""

@@ -1,0 +1,382 @@
+"""The engine: the one API that every front-end calls.
+
+The MCP tools, the MCP resources, the Python API (`effectd.api`), the HTTP dashboard and the
+command line all drive effectd through an `Engine`. They translate: arguments in, records out. None
+of them holds SQL, observer wiring or cancel logic of its own; what they share is written here once:
+dispatch (one effect, or a flow), following an effect in the foreground (progress, and the cancel
+when the caller abandons), group waits, output reads, cancels, queries, and the change feed.
+
+`Engine.open` joins the servers on the journal (see `effectd.peers.sessions`), recovers what the servers that
+are gone left, and runs its components, each in its own task group: the supervisor (every running
+effect), the flow manager, the control channel (`effectd cancel`, and cancels other servers forward)
+and the watch on the other servers' events. Closing stops the effects (reason `shutdown`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from effectd.config.settings import Settings
+from effectd.engine.budgets import BudgetRecord, Budgets, Limits, scope_of
+from effectd.engine.follow import ProgressSink, follow_effect, follow_flow
+from effectd.engine.prune import prune_live
+from effectd.engine.queries import EngineQueries
+from effectd.errors import DatabaseBusyError, InvalidRequestError, UnknownEffectError
+from effectd.flows.fanout import instead_of_running
+from effectd.flows.manager import FlowManager
+from effectd.flows.models import FlowRecord, Policy, Step
+from effectd.journal.peers import Peers
+from effectd.journal.store import Journal
+from effectd.journal.usable import check_journal
+from effectd.journal.writer import Retry
+from effectd.model.arguments import EffectRequest
+from effectd.model.records import (
+    CANCEL_WAIT_S,
+    CancelledGroup,
+    EffectRecord,
+    GroupWait,
+)
+from effectd.model.specs import build_spec
+from effectd.peers.control import ControlChannel
+from effectd.peers.ownership import StartLock, runner_alive
+from effectd.peers.sessions import Sessions, joining
+from effectd.runner.base import Runner
+from effectd.runner.choose import open_runner
+from effectd.runner.git import Worktrees
+from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
+from effectd.supervisor.core import Supervisor
+from effectd.supervisor.effect import Effect
+from effectd.supervisor.recovery import cancel_waiting
+from effectd.supervisor.workspaces import check as check_isolation
+from effectd.support.feed import ChangeFeed, Changes
+
+ABANDONED = "the client abandoned the call"
+GIVE_UP_S = 5.0  # on close, how long ends that a journal fault holds back may still wait for it
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """A dispatch's answer: the effect's record, and whether this call created it (False: same key)."""
+
+    record: EffectRecord
+    new: bool
+
+
+@dataclass(frozen=True)
+class FlowDispatched:
+    record: FlowRecord
+    new: bool
+
+
+class Engine(EngineQueries):
+    """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
+
+    def __init__(
+        self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, sessions: Sessions
+    ) -> None:
+        self.settings = settings
+        self._budgets = flows.budgets  # one keeper: a flow's `budget` is its group's
+        self._journal = journal
+        self._supervisor = supervisor
+        self._flows = flows
+        self._sessions = sessions
+        self._feed = supervisor.feed
+
+    @classmethod
+    def open(cls, settings: Settings, *, runner: Runner | None = None) -> AbstractAsyncContextManager[Engine]:
+        """Joins the servers on the database, recovers what gone servers left, runs effects; on exit
+        stops them (reason `shutdown`). `async with Engine.open(settings) as engine: ...`"""
+        return _open(cls, settings, runner)
+
+    # --- dispatching ------------------------------------------------------------------------------
+
+    async def dispatch(self, request: EffectRequest) -> Dispatched:
+        """Checks and journals one effect and schedules it. Raises InvalidRequestError (and its kin)
+        before anything is written when the request cannot work."""
+        fields = request.effect_fields() | {
+            "group": request.group,
+            "depends_on": request.depends_on,
+            "group_max_concurrency": request.group_max_concurrency,
+        }
+        spec = build_spec(self.settings, fields)
+        self._budgets.check(request.run_id or self.default_run_id, spec.group)
+        await check_isolation(spec)
+        effect, new = await self._supervisor.dispatch(spec, request.run_id)
+        return Dispatched(effect.record(), new)
+
+    async def dispatch_flow(
+        self,
+        steps: Sequence[Step],
+        *,
+        policy: Policy = "fail_fast",
+        max_concurrency: int | None = None,
+        flow_id: str | None = None,
+        run_id: str | None = None,
+        budget: Limits | None = None,
+        resume: str | None = None,
+    ) -> FlowDispatched:
+        """Checks a flow and journals it with all its steps (and its `budget`) in one commit; a `flow_id`
+        that names a flow with the same arguments gives that flow back (`new` False). `resume`: see flows.resume."""
+        flow, new = await self._flows.submit(
+            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget,
+            resume=resume,
+        )  # fmt: skip
+        return FlowDispatched(await self._flows.record(flow), new)
+
+    # --- following --------------------------------------------------------------------------------
+
+    async def follow(
+        self,
+        effect_id: str,
+        wait_s: float | None,
+        *,
+        progress: ProgressSink | None = None,
+        cancel_on_abandon: bool = False,
+    ) -> EffectRecord:
+        """Waits up to `wait_s` (None: no bound) for the effect to end, reporting its latest output line
+        (or the harness's latest text) to `progress`, at most ten times a second; returns its record.
+
+        With `cancel_on_abandon`, a caller that is cancelled while it waits cancels the effect
+        (reason `client_cancelled`): a foreground call the client gave up on.
+        """
+        effect = await self._supervisor.get(effect_id)
+        abandon = None
+        if cancel_on_abandon:
+            abandon = partial(self._supervisor.request_cancel, effect, "client_cancelled", ABANDONED)
+        await follow_effect(effect, wait_s, progress, abandon)
+        return effect.record()
+
+    async def follow_flow(
+        self,
+        flow_id: str,
+        wait_s: float | None,
+        *,
+        progress: ProgressSink | None = None,
+        cancel_on_abandon: bool = False,
+    ) -> FlowRecord:
+        """Waits up to `wait_s` (None: no bound) for the flow to end, reporting each step's end to
+        `progress`; with `cancel_on_abandon`, a cancelled caller cancels the flow (`client_cancelled`)."""
+        flow = await self._flows.get(flow_id)
+        abandon = partial(self._flows.cancel, flow, "client_cancelled", ABANDONED) if cancel_on_abandon else None
+        await follow_flow(flow, wait_s, progress, abandon)
+        return await self._flows.record(flow)
+
+    async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:
+        """Sets or replaces the budget of a run or a group (`max_cost_usd`, `max_tokens`): see `budgets`."""
+        return await self._budgets.set(scope_of(run_id, group), Limits(**limits))
+
+    async def _members(self, group: str | None, effect_ids: Sequence[str] | None) -> list[Effect]:
+        if (group is None) == (effect_ids is None):
+            raise InvalidRequestError("give exactly one of `group` (a group or flow id) or `effect_ids` (a list)")
+        if group is not None:
+            ids = await self._journal.group_ids(group)
+            if not ids:
+                raise UnknownEffectError(f"unknown group {group!r}: no effect was ever dispatched to it")
+        else:
+            ids = list(dict.fromkeys(effect_ids or []))
+        return await self._supervisor.get_many(ids)
+
+    async def await_group(
+        self,
+        *,
+        group: str | None = None,
+        effect_ids: Sequence[str] | None = None,
+        mode: AwaitMode = "all",
+        timeout_s: float = 25.0,
+        cursor: int = 0,
+        k: int | None = None,
+        cancel_rest: bool | None = None,
+    ) -> GroupWait:
+        """`await_group`: waits up to `timeout_s` for all (`all`), one more after `cursor` (`any`), one
+        success (`first_success`) or `k` (`quorum`); see `completions.wait_group`."""
+        check_await_arguments(mode, k, cancel_rest)
+        effects = await self._members(group, effect_ids)
+        return await wait_group(
+            self._supervisor,
+            effects,
+            mode,
+            cursor,
+            timeout_s,
+            k,
+            cancel_rest,
+            sync=self._sessions.catch_up,
+            cancel=self._cancel_losers,
+        )
+
+    # --- cancelling -------------------------------------------------------------------------------
+
+    async def cancel(
+        self, effect_id: str, *, reason: str = "user", message: str | None = None, grace_s: float | None = None
+    ) -> EffectRecord:
+        """Cancels the effect: pending or queued at once; running: SIGTERM to its process group, SIGKILL
+        after the grace. Returns once the group is gone (at most 50 s: then still `running`, the kill
+        under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
+        the caller goes away."""
+        effect = await self._supervisor.get(effect_id)
+        self._journal.check_writable(needed=not effect.terminal)
+        if not effect.local and not effect.terminal:  # another server's: forwarded to it
+            if await self._sessions.forward_cancel(effect, message, grace_s, CANCEL_WAIT_S) or effect.terminal:
+                return effect.record()  # else its server was gone: taken over, it is this server's now
+        with anyio.CancelScope(shield=True):
+            await self._supervisor.cancel(effect, reason, message, grace_s, within_s=CANCEL_WAIT_S)
+        return effect.record()
+
+    async def cancel_group(self, group: str, *, message: str | None = None) -> CancelledGroup:
+        """Cancels every unfinished effect of the group (a flow id names its steps); returns once they ended."""
+        return await self._cancel_all(await self._members(group, None), message)
+
+    async def cancel_flow(self, flow_id: str, *, message: str | None = None) -> CancelledGroup:
+        """Cancels every unfinished step of the flow; returns once they ended."""
+        flow = await self._flows.get(flow_id)
+        self._journal.check_writable(needed=not all(e.terminal for e in flow.effects.values()))
+        self._flows.cancel(flow, "user", message)
+        return await self._cancel_all(await self._supervisor.get_many(flow.effect_ids), message)
+
+    async def _cancel_all(self, effects: list[Effect], message: str | None) -> CancelledGroup:
+        self._journal.check_writable(needed=not all(e.terminal for e in effects))
+        with anyio.CancelScope(shield=True):
+            cancelled = await self._cancel_losers(effects, "user", message, CANCEL_WAIT_S)
+        return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
+
+    async def _cancel_losers(
+        self, effects: list[Effect], reason: str, message: str | None, within_s: float
+    ) -> list[str]:
+        """Cancels `effects`, this server's with `reason` and other servers' forwarded to them (which
+        cancel them as `effectd cancel` asks, reason `user`); returns the ids that were cancelled."""
+        async with anyio.create_task_group() as tg:  # other servers' effects: forwarded, side by side
+            forwarded = await self._sessions.forward_cancels(tg, effects, message, within_s)
+            ours = [e for e in effects if e.local or e.terminal]
+            targets = await self._supervisor.cancel_many(ours, reason, message, within_s=within_s)
+        return [e.effect_id for e in effects if e in targets or e in forwarded]
+
+    async def prune(self, before: str, forget_journal: bool = False) -> dict[str, Any]:
+        """`effectd prune`: removes the output of the effects that ended before `before` (ISO time), and with
+        `forget_journal` their events and rows (see `effectd.engine.prune`); effects in memory follow."""
+        registry = self._supervisor.registry
+        return await prune_live(self._journal, self.settings.output_dir, registry, before, forget_journal)
+
+    async def stop_effects(self) -> None:
+        """Cancels the effects (reason `shutdown`, each within its grace) as closing the engine would,
+        but while the transport still serves, so a call waiting on an effect returns its record instead
+        of being cut. Closing later finds nothing left."""
+        self._flows.closing = True
+        await self._supervisor.shutdown()
+
+
+def _attach(
+    supervisor: Supervisor, flows: FlowManager, budgets: Budgets
+) -> tuple[Budgets, Callable[[], Awaitable[None]]]:
+    """Wires the flow manager and the budget keeper into the supervisor (templates, ends, spending);
+    returns the keeper and what loads both at start, after recovery and before any waiting effect runs."""
+
+    def ended(effect: Effect) -> None:
+        budgets.observe(effect)
+        flows.step_ended(effect)
+
+    async def load() -> None:
+        await flows.load()
+        await budgets.load()
+
+    supervisor.attach_flows(flows.render, ended)
+    supervisor.attempts.spent = budgets.observe
+    supervisor.attempts.instead = partial(instead_of_running, flows)
+    supervisor.attempts.producer = supervisor.get
+    return budgets, load
+
+
+@asynccontextmanager
+async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) -> AsyncIterator[Engine]:
+    # Checked first (JournalUnusableError names what makes it unusable), before anything is written.
+    await anyio.to_thread.run_sync(check_journal, settings.db)
+    retry = Retry(max_s=settings.journal_retry_max_s)
+    async with (
+        open_runner(settings, runner) as active,  # closed last: after the effects were stopped
+        joining(settings.db, busy_timeout_s=settings.journal_busy_timeout_s, retry=retry) as joined,
+    ):
+        journal = joined.journal
+        supervisor = _supervisor(settings, journal, active, joined.me.server_id, joined.owners)
+        flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
+        budgets, loading = _attach(supervisor, flows, flows.budgets)
+        sessions = Sessions(joined.me, joined.peers, supervisor, flows)
+        engine = cls(settings, journal, supervisor, flows, sessions)
+        control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
+
+        async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
+            await loading()
+            joined.release()
+
+        async with (
+            budgets.running(),
+            supervisor.running(before_start=loaded),
+            flows.running(),
+            anyio.create_task_group() as tg,
+        ):
+            await flows.recover()
+            await sessions.start()
+            tg.start_soon(control.run)
+            tg.start_soon(sessions.run)
+            try:
+                yield engine
+            finally:
+                flows.closing = True
+                journal.give_up(within_s=GIVE_UP_S)
+                tg.cancel_scope.cancel()
+
+
+def _supervisor(
+    settings: Settings, journal: Journal, runner: Runner | None, owner: str, owners: set[str]
+) -> Supervisor:
+    return Supervisor(
+        journal,
+        owner=owner,
+        owners=owners,
+        feed=ChangeFeed(),
+        output_dir=settings.output_dir,
+        worktree_dir=settings.worktree_dir,
+        max_concurrency=settings.max_concurrency,
+        output_limit_bytes=settings.output_limit_bytes,
+        stall_after_s=settings.stall_after_s,
+        result_grace_s=settings.result_grace_s,
+        result_limit_bytes=settings.result_limit_bytes,
+        harness_limits={
+            name: profile.max_concurrency
+            for name, profile in settings.harnesses.items()
+            if profile.max_concurrency is not None
+        },
+        keep_queued=settings.keep_queued,
+        runner=runner,
+    )
+
+
+async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree_dir: Path | None = None) -> bool:
+    """With no live server running the effect: cancels it in the journal itself if it is pending or
+    queued (holding the journal's start-up lock, so no server takes it over meanwhile). Returns False
+    when the effect is not waiting (unknown, running, ended). Raises DatabaseBusyError when a live
+    server runs it: ask that server instead (`effectd cancel`). An earlier attempt's git worktree is
+    finished as an ending effect's is (`worktree_dir`: the settings' `worktree_dir`)."""
+    worktrees = Worktrees(worktree_dir or db.parent / f"{db.stem}.worktrees")
+    await anyio.to_thread.run_sync(check_journal, db)
+    lock = StartLock(db)
+    await lock.acquire()
+    try:
+        async with Journal.open(db) as journal, Peers.open(db) as peers:
+            row = await journal.effect(effect_id)
+            if row is not None and await _runner_alive(peers, row.get("owner")):
+                raise DatabaseBusyError(f"a live effectd server runs {effect_id}; ask it with `effectd cancel`")
+            return await cancel_waiting(journal, effect_id, message, worktrees)
+    finally:
+        lock.release()
+
+
+async def _runner_alive(peers: Peers, owner: str | None) -> bool:
+    return runner_alive(owner, {row["server_id"]: row for row in await peers.servers()}, peers.path)
+
+
+__all__ = ["Changes", "Dispatched", "Engine", "FlowDispatched", "ProgressSink", "cancel_offline"]

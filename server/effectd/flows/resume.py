@@ -1,0 +1,117 @@
+"""Resume: a new flow that takes from an earlier one every step that would only do the same work again.
+
+`dispatch_flow(..., resume=OLD)` runs a new flow (a new flow id, new effects). When one of its steps
+is about to start (its needs met, a slot held), `take_cached` decides whether it is taken from flow
+OLD instead of run. All three must hold:
+
+- the step of the same id in OLD `succeeded`;
+- every step it needs was itself taken (is `cached`), so the outputs its templates read are OLD's;
+- its arguments are identical: the spec (but for what names the flow: depends_on, pipe_from, group,
+  flow_id, key, label) and its argv and stdin after templating, each filled from its own flow's steps.
+
+A taken step ends `succeeded` at once, without a process, with `cached: true` and `reused_from` (the
+effect that ran; following a chain of resumes back to it). Its exit code, result and workspace (the
+old branch, with isolation) are that effect's, in its terminal event. Its output is not copied: the
+step's log file is a hard link to the old effect's, so stream_effect, output_tail, templates and a
+restarted server all read the same bytes from disk, stored once. Where a hard link cannot be made
+the step simply runs.
+
+Anything unexpected (the old flow's effects unreadable, a template of the old step that no longer
+fills) makes the step run: resume only ever saves work, it never fails a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from effectd.errors import InvalidRequestError
+from effectd.supervisor.effect import Effect
+from effectd.supervisor.events import Outcome
+
+if TYPE_CHECKING:
+    from effectd.flows.manager import FlowManager
+
+log = logging.getLogger("effectd")
+
+# What names the flow rather than the work (the effects it depends on or pipes from are compared as steps).
+_NOT_COMPARED = frozenset({"depends_on", "pipe_from", "group", "flow_id", "key", "label"})
+
+
+async def check_resume(manager: FlowManager, resume: str, flow_id: str) -> None:
+    """InvalidRequestError when `resume` names no flow of the journal, or names the new flow itself."""
+    if resume == flow_id:
+        raise InvalidRequestError(
+            f"resume {resume!r} names the new flow itself; give the new flow another `flow_id` (or none)"
+        )
+    if await manager.journal.flow(resume) is None:
+        raise InvalidRequestError(
+            f"resume: unknown flow id {resume!r}: no flow with this id in the journal; give the id of an earlier flow"
+        )
+
+
+def same_spec(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The two specs (as journaled) ask for the same work."""
+    return {k: v for k, v in old.items() if k not in _NOT_COMPARED} == {
+        k: v for k, v in new.items() if k not in _NOT_COMPARED
+    }
+
+
+async def take_cached(manager: FlowManager, effect: Effect) -> Outcome | None:
+    """The outcome of a step taken from the flow its flow resumes, or None when it must run."""
+    try:
+        return await _take(manager, effect)
+    except Exception as exc:  # resume only saves work: whatever goes wrong, the step runs
+        log.warning("effect %s: not taken from the resumed flow, it runs: %s", effect.effect_id, exc)
+        return None
+
+
+async def _take(manager: FlowManager, effect: Effect) -> Outcome | None:
+    spec = effect.spec
+    if spec.flow_id is None or spec.step_id is None or spec.item_index is not None or effect.cancel is not None:
+        return None  # a fan-out child is never taken alone: its step is, whole
+    flow = await manager.get(spec.flow_id)
+    if flow.resumed_from is None:
+        return None
+    old_flow = await manager.get(flow.resumed_from)
+    old_id = next((ref.effect_id for ref in old_flow.steps if ref.step_id == spec.step_id), None)
+    if old_id is None:
+        return None
+    supervisor = manager.supervisor
+    old = await supervisor.get(old_id)
+    if old.status != "succeeded":
+        return None
+    needs = await supervisor.get_many(spec.depends_on)
+    if not all(need.state.cached for need in needs):
+        return None
+    if not same_spec(old.state.spec, effect.state.spec):
+        return None
+    if await manager.render(old) != await manager.render(effect):
+        return None
+    if not _share_output(manager, old, effect):
+        return None
+    return Outcome(
+        "succeeded",
+        old.state.exit_code,
+        old.state.signal,
+        result=old.result,
+        workspace=old.state.workspace,
+        reused_from=old.state.reused_from or old.effect_id,
+    )
+
+
+def _share_output(manager: FlowManager, old: Effect, effect: Effect) -> bool:
+    """Gives `effect` the old effect's output: its log file becomes a hard link to the old one."""
+    registry = manager.supervisor.registry
+    source, target = registry.log_path(old.effect_id), registry.log_path(effect.effect_id)
+    if source.exists():
+        try:
+            target.unlink(missing_ok=True)
+            os.link(source, target)
+        except OSError as exc:
+            log.info("effect %s: cannot link the output of %s (%s); it runs", effect.effect_id, old.effect_id, exc)
+            return False
+    previous, effect.output = effect.output, registry.existing_output(effect.effect_id)
+    previous.close()  # wakes whoever waited on the empty log
+    return True

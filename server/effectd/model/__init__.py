@@ -1,0 +1,1 @@
+"""Records, arguments and the effect spec: the data every layer shares."""

@@ -1,0 +1,105 @@
+"""The arguments of an effect, declared once: `dispatch_effect` and flow steps both take `EffectArguments`.
+
+- `EffectArguments`: what to run and under which limits (shared by every front-end and by flow steps).
+- `EffectRequest`: those plus where the effect goes (run, group, dependencies): what `Engine.dispatch` takes.
+- `DispatchArguments`: those plus how the MCP caller waits: the `dispatch_effect` tool's arguments.
+
+The models are strict (no coercion of a string into a number, no silently dropped unknown name), so a
+misspelled `timout_s` is refused with the list of the names allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from effectd.model.records import Duration, Grace, Name, Wait
+
+
+class _Strict(BaseModel):
+    """Refuses unknown names, naming the allowed ones (and, where one is known, saying where it belongs)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # Names that belong elsewhere, with the reason given when they are sent here.
+    _misplaced: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_names(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                where = f"step {data.get('id')!r}" if "id" in cls.model_fields else "an effect"
+                notes = "".join(f" (`{name}` is {cls._misplaced[name]})" for name in unknown if name in cls._misplaced)
+                raise PydanticCustomError(
+                    "unknown_argument",
+                    "unknown argument {unknown} in {where}{notes}; it takes: {allowed}",
+                    {
+                        "unknown": ", ".join(unknown),
+                        "where": where,
+                        "notes": notes,
+                        "allowed": ", ".join(sorted(cls.model_fields)),
+                    },
+                )
+        return data
+
+
+class EffectArguments(_Strict):
+    """The arguments of one effect, as dispatch_effect and a flow step take them."""
+
+    command: Annotated[list[str] | None, Field(description="argv list, never a shell string")] = None
+    harness: Annotated[Name | None, Field(description="harness profile name (see list_harnesses)")] = None
+    prompt: Annotated[str | None, Field(description="the prompt for the harness")] = None
+    args: Annotated[list[str] | None, Field(description="extra arguments for the harness CLI")] = None
+    label: Annotated[str | None, Field(max_length=1000)] = None
+    key: Annotated[Name | None, Field(description="idempotency key within the run")] = None
+    timeout_s: Annotated[Duration | None, Field(description="cancel after this long running")] = None
+    idle_timeout_s: Annotated[Duration | None, Field(description="cancel after this long with no output")] = None
+    grace_s: Annotated[Grace | None, Field(description="SIGTERM to SIGKILL, default 5")] = None
+    cwd: str | None = None
+    env: Annotated[dict[str, str] | None, Field(description="merged over the server's environment")] = None
+    stdin: str | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100, description="attempts for a failing effect")] = 1
+    retry_backoff_s: Annotated[float, Field(ge=0, le=3600, description="wait before retry n: this * 2^(n-1)")] = 0
+    isolation: Annotated[
+        Literal["none", "worktree"],
+        Field(description='"worktree": run in a git worktree of its own, on branch effectd/<effect_id>'),
+    ] = "none"
+    worktree_base: Annotated[Name | None, Field(description="git ref the worktree starts at (default HEAD of cwd)")] = (
+        None
+    )
+    keep_worktree: Annotated[bool, Field(description="keep the worktree directory when the effect ends")] = False
+    resources: Annotated[
+        dict[str, float] | None,
+        Field(description="Ray resources the effect needs, e.g. {'GPU': 1}: it runs on a node that has them"),
+    ] = None
+
+    def effect_fields(self) -> dict[str, Any]:
+        """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""
+        return self.model_dump(include=set(EffectArguments.model_fields))
+
+
+class EffectRequest(EffectArguments):
+    """One effect and where it goes: the argument of `Engine.dispatch`."""
+
+    group: Name | None = None
+    run_id: Name | None = None
+    depends_on: Annotated[list[str] | None, Field(description="effect ids that must succeed first")] = None
+    group_max_concurrency: Annotated[
+        int | None, Field(ge=1, le=10_000, description="cap on running effects of `group` (first dispatch sets it)")
+    ] = None
+
+
+class DispatchArguments(EffectRequest):
+    """The `dispatch_effect` tool's arguments: an effect request and how the caller waits for it."""
+
+    background: Annotated[bool, Field(description="return at once instead of waiting")] = False
+    wait_s: Annotated[Wait, Field(description="foreground: wait at most this long (<= 55 s)")] = 25.0
+
+    def request(self) -> EffectRequest:
+        # Already validated: the same fields, without a second validation.
+        return EffectRequest.model_construct(**{name: getattr(self, name) for name in EffectRequest.model_fields})

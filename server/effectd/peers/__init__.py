@@ -1,0 +1,1 @@
+"""Several servers on one journal: ownership, sessions and requests between them."""

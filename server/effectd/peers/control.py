@@ -1,0 +1,89 @@
+"""Requests from other processes to the live server: `effectd cancel` and `effectd prune` write a row,
+the server acts on it.
+
+The channel runs in its own task, polling the journal's `control` table every `poll_s`; one bad
+request or a busy database never stops it.
+
+A request is carried out only within its window (`expires_at`, 10 s for `effectd cancel`): the server
+first answers it with a conditional write that fails once the window has passed or the command has
+withdrawn it (`JournalReader.expire_request`), and acts only when its answer is the one that counts.
+So a command that reported "no live server answered" is never contradicted by a cancel carried out
+later, by this server or by one started afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from effectd.errors import UnknownEffectError
+from effectd.journal.control import answer_request, open_requests, request_result
+from effectd.journal.store import Journal
+from effectd.supervisor.core import Supervisor
+
+log = logging.getLogger("effectd")
+
+# Given the cutoff (ISO time) and whether to forget the journal's records too: the prune's report.
+PruneHandler = Callable[[str, bool], Awaitable[dict[str, Any]]]
+
+
+class ControlChannel:
+    def __init__(
+        self,
+        journal: Journal,
+        supervisor: Supervisor,
+        on_prune: PruneHandler,
+        poll_s: float,
+        server_id: str | None = None,
+    ) -> None:
+        self._journal = journal
+        self._supervisor = supervisor
+        self._on_prune = on_prune
+        self._server_id = server_id  # set: only the requests for this server's effects (other servers share the table)
+        self._poll_s = poll_s
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self._poll_s)
+            try:
+                requests = await open_requests(self._journal, self._server_id)
+            except Exception:  # a busy database: try again on the next tick
+                log.exception("reading control requests failed")
+                continue
+            for request in requests:
+                try:
+                    await self._answer(request)
+                except Exception:  # one bad request must not stop the server
+                    log.exception("answering control request %s failed", request.get("id"))
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        request_id = int(request["id"])
+        if request["action"] == "prune":
+            await self._prune(request_id, json.loads(request["args"] or "{}"))
+            return
+        effect = None
+        if request["action"] == "cancel":
+            try:
+                effect = await self._supervisor.get(str(request["effect_id"]))
+            except UnknownEffectError:
+                pass
+        # Answered first, acted on only if the answer counts (the window has not passed meanwhile); the
+        # command then follows the effect in the journal until it is terminal.
+        if await answer_request(self._journal, request_id, "unknown" if effect is None else "accepted") and effect:
+            reason, grace = request["reason"], request.get("grace_s")
+            message = str(reason) if reason is not None else None
+            self._supervisor.request_cancel(effect, "user", message, float(grace) if grace is not None else None)
+
+    async def _prune(self, request_id: int, args: dict[str, Any]) -> None:
+        if not await answer_request(self._journal, request_id, "accepted"):
+            return
+        try:
+            report = await self._on_prune(str(args["before"]), bool(args.get("journal")))
+        except Exception as exc:
+            log.exception("effectd prune failed")
+            report = {"error": str(exc) or type(exc).__name__}
+        await request_result(self._journal, request_id, report)

@@ -1,0 +1,1 @@
+"""The supervisor: schedules, runs, cancels and recovers effects (see `core.py`)."""

@@ -1,0 +1,1 @@
+"""Small infrastructure that knows nothing of effects: one-shot flags, log throttling."""

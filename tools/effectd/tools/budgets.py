@@ -1,0 +1,39 @@
+"""The budget tool: set_budget (a flow's budget is `dispatch_flow`'s `budget` argument)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.tools import Tool
+from pydantic import Field
+
+from effectd.engine.budgets import BudgetRecord
+from effectd.model.records import Name
+from effectd.tools._base import engine_of, refusals, strict_tool
+
+
+async def set_budget(
+    ctx: Context[Any, Any],
+    run_id: Annotated[Name | None, Field(description="the run whose budget this is (or give `group`)")] = None,
+    group: Annotated[Name | None, Field(description="the group (or flow id) whose budget this is")] = None,
+    max_cost_usd: Annotated[float | None, Field(ge=0, le=1e9, description="US dollars; null: no cost limit")] = None,
+    max_tokens: Annotated[
+        int | None, Field(ge=0, le=10**15, description="input plus output tokens; null: no token limit")
+    ] = None,
+) -> BudgetRecord:
+    """Set or replace the spending budget of a run or a group of harness effects (sub-agents).
+
+    Spending counts the cost and tokens the harness effects of the scope report: their final results,
+    plus their live usage while they run. Once it reaches a limit, the scope's running harness effects
+    and its pending and queued effects are cancelled (reason `budget`), and any later dispatch into it
+    is refused, until the limit is raised here. Returns what was spent against the limits.
+    """
+    with refusals():
+        return await engine_of(ctx).set_budget(
+            run_id=run_id, group=group, max_cost_usd=max_cost_usd, max_tokens=max_tokens
+        )
+
+
+def tools() -> list[Tool]:
+    return [strict_tool(set_budget)]
