@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -146,8 +147,17 @@ async def test_python_m_effectd_cli_runs_the_command(project):
     assert done.stdout.decode().strip() == f"no effects in {project / 'state' / 'journal.db'}"
 
 
+def test_effectd_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    done = subprocess.run([effectd_bin(), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"effectd {version('effectd')}\n"), done.stderr
+
+
 def test_the_command_line_holds_no_sql():
-    for module in (REPO / "server" / "cli").glob("*.py"):
+    modules = sorted((REPO / "server" / "effectd" / "cli").glob("*.py"))
+    assert len(modules) > 3
+    for module in modules:
         text = module.read_text()
         assert "sqlite" not in text and not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\b", text), module
 
