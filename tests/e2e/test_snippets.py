@@ -196,9 +196,15 @@ def claude() -> str | None:
 
 @pytest.mark.real
 @pytest.mark.parametrize("block", [b for b in ALL if b.kind == "real"], ids=lambda b: b.where)
-def test_the_real_snippet_runs(block: Block, tmp_path: Path) -> None:
+def test_the_real_snippet_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Install commands run in a copy of the repository; the others in a scratch directory whose `.venv`
-    is this venv, with the npm clients of tests/node (`cd tests/node && npm install`) on PATH."""
+    is this venv, with the npm clients of tests/node (`cd tests/node && npm install`) on PATH.
+
+    They install packages and start npm programs, so they run only when the real tier is asked for
+    (`-m real`, or `EFFECTD_REAL_SNIPPETS=1`), never in the fast command."""
+    asked = re.sub(r"\bnot\s+real\b", "", request.config.getoption("markexpr") or "")
+    if not re.search(r"\breal\b", asked) and os.environ.get("EFFECTD_REAL_SNIPPETS") != "1":
+        pytest.skip("the real tier: run with -m real (or EFFECTD_REAL_SNIPPETS=1)")
     if "python3 -m venv .venv" in block.code:
         scratch = copy_of_the_repository(tmp_path / "clone")
     else:
