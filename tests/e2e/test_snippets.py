@@ -205,6 +205,9 @@ def test_the_real_snippet_runs(block: Block, tmp_path: Path, request: pytest.Fix
     asked = re.sub(r"\bnot\s+real\b", "", request.config.getoption("markexpr") or "")
     if not re.search(r"\breal\b", asked) and os.environ.get("EFFECTD_REAL_SNIPPETS") != "1":
         pytest.skip("the real tier: run with -m real (or EFFECTD_REAL_SNIPPETS=1)")
+    if "/path/to/effectd" in block.code:
+        install_as_a_tool(block, copy_of_the_repository(tmp_path / "clone"), tmp_path)
+        return
     if "python3 -m venv .venv" in block.code:
         scratch = copy_of_the_repository(tmp_path / "clone")
     else:
@@ -227,3 +230,24 @@ def test_the_real_snippet_runs(block: Block, tmp_path: Path, request: pytest.Fix
     for what, said in EXPECT.items():
         if what in block.code:
             assert said in out, f"{block.where}: expected {said!r} in its output:\n{out}"
+
+
+def install_as_a_tool(block: Block, clone: Path, tmp_path: Path) -> None:
+    """Each line is one way to install (`uv tool install`, `pipx install`): each runs in a home of its own,
+    from a clean copy of the repository, and must leave a working `~/.local/bin/effectd`."""
+    for n, line in enumerate(filter(None, (line.strip() for line in block.code.splitlines()))):
+        program = line.split()[0]
+        if shutil.which(program, path=env_for(tmp_path)["PATH"]) is None:
+            pytest.skip(f"{program} is not installed (pip install {program})")
+        home = tmp_path / f"installs-{n}"
+        home.mkdir()
+        env = env_for(home)
+        env.update(UV_TOOL_DIR=str(home / "uv-tools"), PIPX_HOME=str(home / "pipx"))
+        single = Block(
+            block.page, block.line, block.lang, block.kind, block.why, line.replace("/path/to/effectd", str(clone))
+        )
+        run_shell(single, home, env, timeout_s=600)
+        version = subprocess.run(
+            [str(home / "home" / ".local" / "bin" / "effectd"), "--version"], capture_output=True, text=True, timeout=60
+        )
+        assert version.returncode == 0 and version.stdout.startswith("effectd "), f"{line}: {version}"
