@@ -218,3 +218,31 @@ def test_only_the_runner_touches_processes() -> None:
         if found:
             offenders[name] = found
     assert not offenders, f"process handling above the runner: {offenders}"
+
+
+def test_the_architecture_diagram_draws_exactly_the_imports_between_layers() -> None:
+    """docs/design/architecture.md's mermaid diagram is the code's: every arrow is an import that
+    exists, and every import from one layer into another is drawn (arrows into the layers most use,
+    `model`, `config`, `errors` and `support`, may be left out)."""
+    page = (REPO / "docs" / "design" / "architecture.md").read_text()
+    found = re.search(r"```mermaid\n(.*?)```", page, re.S)
+    assert found, "the architecture page has its diagram"
+    drawn = set()
+    for line in found.group(1).splitlines():
+        arrow = re.match(r'\s*(\w+)\s+--(?:\s+"[^"]*"\s+--)?>\s+(.+)$', line)
+        if arrow:
+            drawn |= {(arrow.group(1), target.strip()) for target in arrow.group(2).split("&")}
+    assert drawn
+
+    def layer(module: str) -> str:
+        return module.split(".")[1].removesuffix(".py")
+
+    imports = set()
+    for path in SOURCES:
+        source = layer(module_name(path) + ".x")
+        for target in imported(ast.parse(path.read_text())):
+            if target.startswith("effectd.") and layer(target) != source:
+                imports.add((source, layer(target)))
+    assert drawn - imports == set(), "arrows in the diagram that no import makes"
+    undrawn = {edge for edge in imports - drawn if edge[1] not in {"model", "config", "errors", "support"}}
+    assert undrawn == set(), "imports between layers the diagram does not draw"
