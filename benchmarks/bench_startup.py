@@ -57,7 +57,9 @@ from effectd.config.settings import build_settings
 from effectd.journal.usable import check_journal
 import effectd.app
 from effectd.engine.core import Engine
-from effectd.tools import effects, streams, flows, budgets, resources, tasks, task_legacy, prompts
+from effectd.tools import effects, streams, flows, budgets
+from effectd.protocol import resources, prompts
+from effectd.protocol.tasks import extension, legacy
 marks["effectd's modules"] = clock() - t; t = clock()
 settings = build_settings({}, db=Path(sys.argv[1]))
 check_journal(settings.db)
