@@ -199,15 +199,15 @@ class Engine(EngineQueries):
         check_await_arguments(mode, k, cancel_rest)
         effects = await self._members(group, effect_ids)
         return await wait_group(
-            self._supervisor,
+            self._supervisor.completions,
             effects,
             mode,
             cursor,
             timeout_s,
             k,
             cancel_rest,
-            sync=self._sessions.catch_up,
             cancel=self._cancel_losers,
+            sync=self._sessions.catch_up,
         )
 
     # --- cancelling -------------------------------------------------------------------------------

@@ -94,7 +94,11 @@ class Supervisor:
         self._idle = anyio.Event()
         self._idle.set()
         self._step_ended: Callable[[Effect], None] | None = None
-        self._driver = Driver(self)
+        self._driver = Driver(
+            record=self.record, finish=self.finish, get_many=self.registry.get_many, attempts=self.attempts,
+            limits=self.limits, journal_clear=journal.wait_clear, closing=lambda: self._closing,
+            keep_queued=keep_queued,
+        )  # fmt: skip
 
     def attach_flows(self, render: Render, step_ended: Callable[[Effect], None]) -> None:
         """Wires the flow manager in (the engine does, once): `render` fills a templated step's argv
