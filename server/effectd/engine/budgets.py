@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from effectd.errors import BudgetExceededError, InvalidRequestError
 from effectd.harness.parsers import usage_tokens
 from effectd.journal.budgets import budget_rows, spending_rows
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
+from effectd.model.arguments import Limits
 from effectd.model.records import now_iso
 from effectd.supervisor.runs import check_run_id
 
@@ -39,15 +40,6 @@ if TYPE_CHECKING:
     from effectd.supervisor.effect import Effect
 
 log = logging.getLogger("effectd")
-
-
-class Limits(BaseModel):
-    """`dispatch_flow`'s `budget`: the limits on what the flow's harness steps may spend."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_cost_usd: float | None = Field(default=None, ge=0, le=1e9, description="US dollars")
-    max_tokens: int | None = Field(default=None, ge=0, le=10**15, description="input plus output tokens")
 
 
 class BudgetRecord(BaseModel):
