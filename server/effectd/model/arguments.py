@@ -107,8 +107,9 @@ class DispatchArguments(EffectRequest):
 
 
 class Limits(BaseModel):
-    """A budget's limits: `set_budget`'s, and `dispatch_flow`'s `budget` (what the flow's harness steps
-    may spend). None: no limit of that kind."""
+    # Also what `set_budget` sets. The docstring is the tool schema's description: changing it changes
+    # dispatch_flow's inputSchema.
+    """`dispatch_flow`'s `budget`: the limits on what the flow's harness steps may spend."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
