@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ class HttpSettings(BaseModel):
 
 
 HTTP_KEYS = tuple(HttpSettings.model_fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpListen:
+    """Where and how `effectd serve --http` listens: the flags over the `[http]` table, resolved once
+    (by the command line) and taken as one by `effectd.app.serve` and `serve_http`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port
+    token: str | None = None  # None: no token (refused off loopback)
+    max_connections: int = 256  # open connections at most
+    header_timeout_s: float = 10.0  # a connection without its request headers by then is closed
 
 
 def http_error(key: str | None, value: Any) -> str:

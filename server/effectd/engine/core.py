@@ -39,6 +39,7 @@ from effectd.model.arguments import EffectRequest, Limits
 from effectd.model.records import (
     CANCEL_WAIT_S,
     CancelledGroup,
+    CancelReason,
     EffectRecord,
     GroupWait,
 )
@@ -199,7 +200,7 @@ class Engine(EngineQueries):
     # --- cancelling -------------------------------------------------------------------------------
 
     async def cancel(
-        self, effect_id: str, *, reason: str = "user", message: str | None = None, grace_s: float | None = None
+        self, effect_id: str, *, reason: CancelReason = "user", message: str | None = None, grace_s: float | None = None
     ) -> EffectRecord:
         """Cancels the effect: pending or queued at once; running: SIGTERM to its process group, SIGKILL
         after the grace. Returns once the group is gone (at most 50 s: then still `running`, the kill
@@ -232,7 +233,7 @@ class Engine(EngineQueries):
         return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
 
     async def _cancel_losers(
-        self, effects: list[Effect], reason: str, message: str | None, within_s: float
+        self, effects: list[Effect], reason: CancelReason, message: str | None, within_s: float
     ) -> list[str]:
         """Cancels `effects`, this server's with `reason` and other servers' forwarded to them (which
         cancel them as `effectd cancel` asks, reason `user`); returns the ids that were cancelled."""

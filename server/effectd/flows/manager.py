@@ -27,7 +27,7 @@ from effectd.flows.resume import check_resume
 from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
-from effectd.model.records import EffectSpec, new_id, now_iso
+from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.workspaces import check as check_isolation
@@ -184,7 +184,7 @@ class FlowManager:
             await flow.done.wait()
         return flow.done.is_set()
 
-    def cancel(self, flow: Flow, reason: str = "user", message: str | None = None) -> list[Effect]:
+    def cancel(self, flow: Flow, reason: CancelReason = "user", message: str | None = None) -> list[Effect]:
         """Asks every unfinished step of the flow to stop (pending and queued ones at once); returns them."""
         targets = [e for e in flow.effects.values() if not e.terminal]
         for effect in targets:

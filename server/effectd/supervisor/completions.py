@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import anyio
 
 from effectd.errors import InvalidRequestError
-from effectd.model.records import CANCEL_WAIT_S, MAX_WAIT_S, EffectRecord, GroupWait
+from effectd.model.records import CANCEL_WAIT_S, MAX_WAIT_S, CancelReason, EffectRecord, GroupWait
 from effectd.supervisor.effect import Effect
 
 AwaitMode = Literal["all", "any", "first_success", "quorum"]
@@ -42,7 +42,7 @@ def check_await_arguments(mode: str, k: int | None, cancel_rest: bool | None) ->
         )
 
 
-def race_size(mode: str, k: int | None, size: int) -> int:
+def race_size(mode: AwaitMode, k: int | None, size: int) -> int:
     """How many successes decide the race: `k` for quorum (1 to `size`), 1 otherwise."""
     if mode != "quorum":
         return 1
@@ -72,7 +72,7 @@ def race(effects: Sequence[Effect], k: int) -> Race:
 
 
 Sync = Callable[[], Awaitable[int]]
-Cancel = Callable[[list[Effect], str, str, float], Awaitable[object]]
+Cancel = Callable[[list[Effect], CancelReason, str, float], Awaitable[object]]
 
 
 def ended_after(effects: Sequence[Effect], cursor: int, seen: float = math.inf) -> list[Effect]:
@@ -95,7 +95,7 @@ class Completions:
     async def wait(
         self,
         effects: Sequence[Effect],
-        mode: str,
+        mode: AwaitMode,
         cursor: int,
         within_s: float,
         k: int = 1,
@@ -150,7 +150,7 @@ class Completions:
 async def wait_group(
     completions: Completions,
     effects: Sequence[Effect],
-    mode: str,
+    mode: AwaitMode,
     cursor: int,
     timeout_s: float,
     k: int | None = None,
