@@ -38,7 +38,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     from effectd.protocol.resources import ResourceFeed
     from effectd.protocol.tasks.extension import TasksExtension
     from effectd.protocol.tasks.legacy import LegacyTasks
-    from effectd.tools import all_tools
+    from effectd.tools.surface import all_tools
 
     feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
     tools = all_tools()

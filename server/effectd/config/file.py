@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
-from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -96,9 +95,8 @@ def _number_message(key: str, value: Any) -> str:
     whole = "int" in str(field.annotation)
     if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
         return f"config `{key}` must be {'an integer' if whole else 'a number'}, not {value!r}"
-    low = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
-    above = next((m.gt for m in field.metadata if isinstance(m, Gt)), None)
-    high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
+    bounds = {name: getattr(m, name) for m in field.metadata for name in ("ge", "gt", "le") if hasattr(m, name)}
+    low, above, high = bounds.get("ge"), bounds.get("gt"), bounds.get("le")
     if low is not None and high is not None:
         bound = f"between {low} and {high}"
     elif low is not None:
