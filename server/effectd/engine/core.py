@@ -289,7 +289,8 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
     ):
         journal = joined.journal
         supervisor = _supervisor(settings, journal, active, joined.me.server_id, joined.owners)
-        flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
+        budgets = Budgets(journal, live_effects=supervisor.live_effects, request_cancel=supervisor.request_cancel)
+        flows = FlowManager(settings, journal, supervisor, budgets=budgets)
         budgets, loading = _attach(supervisor, flows, flows.budgets)
         sessions = Sessions(joined.me, joined.peers, supervisor, flows)
         engine = cls(settings, journal, supervisor, flows, sessions)
