@@ -69,6 +69,8 @@ def _message(errors: list[ErrorDetails]) -> str:
         return f"unknown config keys {unknown}; allowed: {sorted(ConfigFile.model_fields)}"
     error = errors[0]
     loc, value = error["loc"], error["input"]
+    if not loc:
+        return f"the configuration must be a table of keys, not {value!r}"
     table, key = str(loc[0]), ".".join(str(part) for part in loc[1:])
     if table == "commands":
         if key.startswith("allow") and key != "allow_any":
