@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from effectd.config.settings import build_settings  # noqa: E402
 from effectd.engine.core import Engine  # noqa: E402
-from effectd.flows.models import Step  # noqa: E402
+from effectd.flows.models import FlowRequest, Step  # noqa: E402
 from effectd.model.arguments import EffectRequest  # noqa: E402
 
 TRUE = "/bin/true"
@@ -85,7 +85,7 @@ async def measure(runner: str, db: Path, n: int, cancels: int) -> dict[str, Any]
 
         steps = [Step(id=f"s{i}", command=["sleep", "1"]) for i in range(64)]
         began = time.perf_counter()
-        flow = (await engine.dispatch_flow(steps, max_concurrency=64)).record
+        flow = (await engine.dispatch_flow(FlowRequest(steps=steps, max_concurrency=64))).record
         flow = await engine.poll_flow(flow.flow_id, wait_s=120)
         out["fanout64_wall_s"] = time.perf_counter() - began
         out["fanout64_status"] = flow.status

@@ -19,7 +19,7 @@ from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.errors import EffectCancelledError, EffectFailedError, InvalidRequestError
 from effectd.flows.graph import check_graph
-from effectd.flows.models import FlowRecord, FlowStepRecord, Step
+from effectd.flows.models import FlowRecord, FlowRequest, FlowStepRecord, Step
 from effectd.harness.profiles import HarnessProfile
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal, replay_projection
@@ -498,7 +498,7 @@ async def test_a_flow_survives_a_restart_and_its_waiting_steps_run_after_it(sett
         Step(id="c", needs=["b"], command=py(SHOW), stdin="got {{steps.b.output}}"),
     ]
     async with open_engine(settings) as engine:
-        flow = (await engine.dispatch_flow(steps, policy="continue", max_concurrency=1)).record
+        flow = (await engine.dispatch_flow(FlowRequest(steps=steps, policy="continue", max_concurrency=1))).record
         long = await engine.read_output(flow.steps[0].effect_id, wait_s=10)
         assert long.status == "running" and long.data
     async with open_engine(settings) as engine:
@@ -520,7 +520,7 @@ async def test_a_fail_fast_flow_stopped_by_a_restart_skips_its_waiting_steps_wit
         Step(id="c", needs=["b"], command=py("print('from c')")),
     ]
     async with open_engine(settings) as engine:
-        flow = (await engine.dispatch_flow(steps, max_concurrency=1)).record
+        flow = (await engine.dispatch_flow(FlowRequest(steps=steps, max_concurrency=1))).record
         assert (await engine.read_output(flow.steps[0].effect_id, wait_s=10)).data
     async with open_engine(settings) as engine:
         record = await engine.poll_flow(flow.flow_id, wait_s=10)

@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 import effectd.http
 from effectd.app import build_server
+from effectd.config.http import HttpListen
 from effectd.engine.core import Engine
 from effectd.http.security import open_listener
 from effectd.http.serve import serve_http
@@ -57,7 +58,9 @@ async def serving(engine: Engine, *, token: str | None = None) -> AsyncIterator[
     sock = open_listener("127.0.0.1", 0, token)
     port = sock.getsockname()[1]
     async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve_http, build_server(engine), engine, host="127.0.0.1", token=token, sock=sock))
+        tg.start_soon(
+            partial(serve_http, build_server(engine), engine, HttpListen(host="127.0.0.1", token=token), sock=sock)
+        )
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

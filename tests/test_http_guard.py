@@ -237,12 +237,15 @@ async def test_the_header_timeout_and_the_bound_are_parameters_of_serve_http(eng
     from functools import partial
 
     from effectd.app import build_server
+    from effectd.config.http import HttpListen
     from effectd.http.security import open_listener
     from effectd.http.serve import serve_http
 
     sock = open_listener("127.0.0.1", 0, None)
     port = sock.getsockname()[1]
-    serve = partial(serve_http, build_server(engine), engine, sock=sock, max_connections=8, header_timeout_s=0.5)
+    serve = partial(
+        serve_http, build_server(engine), engine, HttpListen(max_connections=8, header_timeout_s=0.5), sock=sock
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
         strangers = []

@@ -131,7 +131,7 @@ def test_package_inits_hold_only_their_docstring_so_importing_one_module_imports
     """A re-exporting `__init__` runs whenever any module of its package is imported: that is how
     `from effectd.supervisor import events` inside `supervisor.core` made a runtime import cycle."""
     for path in SOURCES:
-        if path.name == "__init__.py" and path.parent.name != "tools":
+        if path.name == "__init__.py":
             body = ast.parse(path.read_text()).body
             assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{relative(path)} holds more than a docstring"
 
@@ -158,6 +158,56 @@ def test_no_runtime_import_cycle() -> None:
 
     for name in sorted(graph):
         walk(name, [])
+
+
+def test_no_import_cycle_even_for_types_or_inside_functions() -> None:
+    """A part that imports its owner's type (under TYPE_CHECKING) or its owner's module (inside a
+    function, to dodge the cycle) still holds its owner: it takes narrow dependencies instead."""
+    modules = {module_name(path): path for path in SOURCES}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            for target in targets:
+                parts = target.split(".")
+                deps |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & modules.keys()
+        graph[name] = deps - {name}
+    done: set[str] = set()
+
+    def walk(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node) :], node]))
+        if node in done:
+            return
+        for dep in sorted(graph[node]):
+            walk(dep, [*trail, node])
+        done.add(node)
+
+    for name in sorted(graph):
+        walk(name, [])
+
+
+# Below the front-ends, arguments are typed: a request object or named parameters, never `**kwargs: Any`
+# relayed by hand (the front-ends map a tool's or a flag's arguments onto them).
+TYPED_LAYERS = ("config", "engine", "flows", "harness", "journal", "model", "peers", "runner", "supervisor", "support")
+
+
+def test_the_engine_and_the_layers_below_it_take_no_untyped_keyword_arguments() -> None:
+    offenders = []
+    for path in SOURCES:
+        if module_name(path).split(".")[1] not in TYPED_LAYERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.args.kwarg is not None:
+                annotation = node.args.kwarg.annotation
+                if annotation is None or ast.unparse(annotation) == "Any":
+                    offenders.append(f"{relative(path)}:{node.lineno} {node.name}(**{node.args.kwarg.arg})")
+    assert not offenders, "\n".join(offenders)
 
 
 def test_layers_depend_one_way() -> None:

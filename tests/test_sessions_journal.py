@@ -21,6 +21,7 @@ import pytest
 from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.errors import DatabaseBusyError
+from effectd.flows.models import FlowRequest
 from effectd.journal.peer_writes import KeyTakenError
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal, replay_projection
@@ -211,7 +212,7 @@ async def test_another_servers_flow_is_polled_and_awaited_until_it_ends(settings
             Step(id="first", command=py(wait_gate, str(gate))),
             Step(id="second", command=py("print('after')"), needs=["first"]),
         ]
-        flow = (await one.dispatch_flow(steps)).record
+        flow = (await one.dispatch_flow(FlowRequest(steps=steps))).record
         seen = await two.poll_flow(flow.flow_id)
         assert (seen.status, seen.owner) == ("running", one.info()["server_id"])
         gate.touch()  # the flow goes on in `one`; `two` waits for its end through the journal

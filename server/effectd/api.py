@@ -28,7 +28,7 @@ import anyio
 from effectd.config.settings import build_settings, load_file
 from effectd.engine.core import Engine
 from effectd.errors import EffectCancelledError, EffectFailedError
-from effectd.flows.models import FlowRecord, Policy, Step
+from effectd.flows.models import FlowRecord, FlowRequest, Policy, Step
 from effectd.model.arguments import EffectRequest
 from effectd.model.records import EffectRecord
 
@@ -68,7 +68,14 @@ async def run_flow(
     the caller cancels the flow's unfinished steps (reason `client_cancelled`).
     """
     dispatched = await engine.dispatch_flow(
-        _steps(steps), policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, resume=resume
+        FlowRequest(
+            steps=_steps(steps),
+            policy=policy,
+            max_concurrency=max_concurrency,
+            flow_id=flow_id,
+            run_id=run_id,
+            resume=resume,
+        )
     )
     return await engine.follow_flow(dispatched.record.flow_id, None, cancel_on_abandon=dispatched.new)
 

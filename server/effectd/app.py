@@ -9,11 +9,11 @@ import signal
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
 
+from effectd.config.http import HttpListen
 from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.protocol.compat import lowlevel
@@ -38,7 +38,7 @@ def build_server(engine: Engine) -> MCPServer[Engine]:
     from effectd.protocol.resources import ResourceFeed
     from effectd.protocol.tasks.extension import TasksExtension
     from effectd.protocol.tasks.legacy import LegacyTasks
-    from effectd.tools import all_tools
+    from effectd.tools.surface import all_tools
 
     feed = ResourceFeed(engine)  # effectd://effects/{id}[/output], with updates to subscribers
     tools = all_tools()
@@ -223,12 +223,14 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
         os.close(wire_out)
 
 
-async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> None:
-    """Runs `effectd serve`: the engine, the transport, and a graceful stop on SIGTERM, SIGINT or EOF."""
-    if transport == "http":
-        from effectd.http.security import prepare_http
+async def serve(settings: Settings, http: HttpListen | None = None) -> None:
+    """Runs `effectd serve`: the engine, the transport (stdio, or HTTP as `http` says), and a graceful
+    stop on SIGTERM, SIGINT or EOF."""
+    sock = None
+    if http is not None:
+        from effectd.http.security import open_listener
 
-        http = prepare_http(**http)  # refuses a bad bind (ConfigError: exit 2) before the database is opened
+        sock = open_listener(http.host, http.port, http.token)  # a bad bind: ConfigError (exit 2), nothing opened
     async with Engine.open(settings) as engine:
         server = build_server(engine)
         async with anyio.create_task_group() as tg:
@@ -237,16 +239,16 @@ async def serve(settings: Settings, transport: str = "stdio", **http: Any) -> No
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     async for signum in signals:
                         log.warning("%s: stopping effects, then exiting", signal.Signals(signum).name)
-                        if transport != "http":  # the HTTP transport stops its effects itself, in order
+                        if http is None:  # the HTTP transport stops its effects itself, in order
                             await engine.stop_effects()
                         tg.cancel_scope.cancel()
                         return
 
             async def run_transport() -> None:
-                if transport == "http":
+                if http is not None:
                     from effectd.http.serve import serve_http
 
-                    await serve_http(server, engine, **http)
+                    await serve_http(server, engine, http, sock=sock)
                 else:
                     await serve_stdio(server, on_end=engine.stop_effects)
                 tg.cancel_scope.cancel()

@@ -13,7 +13,7 @@ from typing import Any
 from effectd.cli.common import add_database_options, complain
 from effectd.cli.prune import add_prune_parser
 from effectd.cli.worktrees import add_parser as add_worktrees_parser
-from effectd.config.http import HttpSettings, resolve_token
+from effectd.config.http import HttpListen, HttpSettings, resolve_token
 from effectd.errors import ConfigError, EffectdError
 from effectd.support import log_repeats
 
@@ -42,10 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from effectd.app import serve
 
-        http: dict[str, Any] = {}
-        if args.http:
-            http = _http_options(args, settings.http)
-        anyio.run(lambda: serve(settings, "http" if args.http else "stdio", **http))
+        http = _http_options(args, settings.http) if args.http else None
+        anyio.run(lambda: serve(settings, http))
     except BaseException as exc:  # errors raised in the server's task group arrive grouped
         refusals = _effectd_errors(exc)
         if refusals:
@@ -58,18 +56,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _http_options(args: argparse.Namespace, configured: HttpSettings) -> dict[str, Any]:
-    """`serve_http`'s options: the flags over the `[http]` table; the token from --token, --token-file,
+def _http_options(args: argparse.Namespace, configured: HttpSettings) -> HttpListen:
+    """How to serve HTTP: the flags over the `[http]` table; the token from --token, --token-file,
     $EFFECTD_TOKEN or `token_file`, in that order."""
     if args.max_connections is not None and args.max_connections < 1:
         raise ConfigError(f"--max-connections must be at least 1, not {args.max_connections}")
-    return {
-        "host": args.host,
-        "port": args.port,
-        "token": resolve_token(args.token, args.token_file, configured),
-        "max_connections": args.max_connections or configured.max_connections,
-        "header_timeout_s": configured.header_timeout_s,
-    }
+    return HttpListen(
+        host=args.host,
+        port=args.port,
+        token=resolve_token(args.token, args.token_file, configured) or None,
+        max_connections=args.max_connections or configured.max_connections,
+        header_timeout_s=configured.header_timeout_s,
+    )
 
 
 def _effectd_errors(exc: BaseException) -> list[EffectdError]:

@@ -11,48 +11,59 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from effectd.errors import ConfigError
 
 log = logging.getLogger("effectd")
 
-_KEYS = ("token_file", "max_connections", "header_timeout_s")
 
-
-@dataclass(frozen=True)
-class HttpSettings:
+class HttpSettings(BaseModel):
     """`[http]`: `token_file`, `max_connections` (open connections at most), `header_timeout_s` (a
     connection that has not sent its request headers within it is closed)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
     token_file: Path | None = None
-    max_connections: int = 256
-    header_timeout_s: float = 10.0
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+    @field_validator("token_file", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a path")
+        return Path(value).expanduser()
 
 
-def http_settings_of(table: Any) -> HttpSettings:
-    """The `[http]` table, checked (ConfigError names the key and what it takes)."""
-    if not isinstance(table, Mapping) or not set(table) <= set(_KEYS):
-        raise ConfigError(f"config [http] takes {', '.join(f'`{k}`' for k in _KEYS)}")
-    values: dict[str, Any] = {}
-    if "token_file" in table:
-        if not isinstance(table["token_file"], str) or not table["token_file"]:
-            raise ConfigError("config [http] token_file must be the path of a file holding the token")
-        values["token_file"] = Path(table["token_file"]).expanduser()
-    if "max_connections" in table:
-        value = table["max_connections"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-            raise ConfigError(f"config [http] max_connections must be an integer from 1 to 100000, not {value!r}")
-        values["max_connections"] = value
-    if "header_timeout_s" in table:
-        value = table["header_timeout_s"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
-            raise ConfigError(f"config [http] header_timeout_s must be seconds above 0, at most 600, not {value!r}")
-        values["header_timeout_s"] = float(value)
-    return HttpSettings(**values)
+HTTP_KEYS = tuple(HttpSettings.model_fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpListen:
+    """Where and how `effectd serve --http` listens: the flags over the `[http]` table, resolved once
+    (by the command line) and taken as one by `effectd.app.serve` and `serve_http`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port
+    token: str | None = None  # None: no token (refused off loopback)
+    max_connections: int = 256  # open connections at most
+    header_timeout_s: float = 10.0  # a connection without its request headers by then is closed
+
+
+def http_error(key: str | None, value: Any) -> str:
+    """What is wrong with `[http]` `key` (None: an unknown key, or not a table), and what it takes."""
+    if key == "token_file":
+        return "config [http] token_file must be the path of a file holding the token"
+    if key == "max_connections":
+        return f"config [http] max_connections must be an integer from 1 to 100000, not {value!r}"
+    if key == "header_timeout_s":
+        return f"config [http] header_timeout_s must be seconds above 0, at most 600, not {value!r}"
+    return f"config [http] takes {', '.join(f'`{k}`' for k in HTTP_KEYS)}"
 
 
 def read_token_file(path: Path) -> str:

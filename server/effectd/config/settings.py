@@ -11,30 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effectd.config.http import HttpSettings, http_settings_of
+from effectd.config.file import MAX_RESULT_LIMIT_BYTES, RUNNERS, ConfigFile, RunnerName, parse_config
+from effectd.config.http import HttpSettings
 from effectd.errors import ConfigError
 from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
-from effectd.model.records import MAX_GRACE_S
 
 MAX_ARGV_BYTES = 256 * 1024
-MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
-
-_KNOWN_KEYS = {
-    "max_concurrency",
-    "default_grace_s",
-    "output_limit_bytes",
-    "stall_after_s",
-    "result_grace_s",
-    "result_limit_bytes",
-    "db",
-    "commands",
-    "harness",
-    "groups",
-    "http",
-    "runner",
-    "ray_address",
-}
-RUNNERS = ("local", "ray")
 RAY_MISSING = (
     "the Ray runner needs Ray, which is not installed here: pip install 'effectd[ray]' "
     "(or pip install 'ray>=2.9' into effectd's environment)"
@@ -60,7 +42,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     journal_busy_timeout_s: float = 10.0  # a lock held elsewhere longer than this is a journal fault
     journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
-    runner: str = "local"  # "local" or "ray"
+    runner: RunnerName = "local"
     ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
 
     @property
@@ -106,50 +88,38 @@ def allowed_program(
     return None
 
 
-def _number(table: Mapping[str, Any], key: str, kind: type, low: float, high: float | None = None) -> Any:
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(f"config `{key}` must be a {kind.__name__}, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"config `{key}` must be {bound}, not {value!r}")
-    return kind(value)
-
-
-def load_file(path: Path | None) -> dict[str, Any]:
-    """The TOML configuration: `path`, else $EFFECTD_CONFIG, else ./effectd.toml if present, else empty."""
+def load_file(path: Path | None) -> ConfigFile:
+    """The TOML configuration, checked: `path`, else $EFFECTD_CONFIG, else ./effectd.toml if present, else empty."""
     if path is None and os.environ.get("EFFECTD_CONFIG"):
         path = Path(os.environ["EFFECTD_CONFIG"])
     if path is None:
         default = Path("effectd.toml")
         if not default.is_file():
-            return {}
+            return ConfigFile()
         path = default
     try:
         with open(path, "rb") as file:
-            return tomllib.load(file)
+            table = tomllib.load(file)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return parse_config(table, str(path))
 
 
-def _runner(file: Mapping[str, Any], flag: str | None, address: str | None) -> dict[str, Any]:
+def _runner(file: ConfigFile, flag: str | None, address: str | None) -> dict[str, Any]:
     """The runner: the --runner flag, else config `runner`, else $EFFECTD_RUNNER, else local; and for Ray
     its address: --ray-address, else config `ray_address`, else $RAY_ADDRESS, else None (start one)."""
-    runner = flag or file.get("runner") or os.environ.get("EFFECTD_RUNNER") or "local"
+    runner = flag or file.runner or os.environ.get("EFFECTD_RUNNER") or "local"
     if runner not in RUNNERS:
         raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
-    configured = file.get("ray_address")
-    if configured is not None and not isinstance(configured, str):
-        raise ConfigError(f"config `ray_address` must be a string (e.g. 'ray://head:10001'), not {configured!r}")
     if runner == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError(RAY_MISSING)
-    return {"runner": runner, "ray_address": address or configured or os.environ.get("RAY_ADDRESS") or None}
+    return {"runner": runner, "ray_address": address or file.ray_address or os.environ.get("RAY_ADDRESS") or None}
 
 
 def build_settings(
-    file: Mapping[str, Any],
+    file: ConfigFile | Mapping[str, Any],
     *,
     db: str | Path | None = None,
     max_concurrency: int | None = None,
@@ -160,58 +130,34 @@ def build_settings(
     runner: str | None = None,
     ray_address: str | None = None,
 ) -> Settings:
-    """Settings from the file's table, then the environment ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES),
-    then the command-line flags laid over it."""
-    unknown = set(file) - _KNOWN_KEYS
-    if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
-    values: dict[str, Any] = {}
-    if "max_concurrency" in file:
-        values["max_concurrency"] = _number(file, "max_concurrency", int, 1, 10_000)
-    if "default_grace_s" in file:
-        values["default_grace_s"] = _number(file, "default_grace_s", float, 0, MAX_GRACE_S)
-    if "output_limit_bytes" in file:
-        values["output_limit_bytes"] = _number(file, "output_limit_bytes", int, 0)
-    if "stall_after_s" in file:
-        values["stall_after_s"] = _number(file, "stall_after_s", float, 0)
-    if "result_grace_s" in file:
-        values["result_grace_s"] = _number(file, "result_grace_s", float, 0, MAX_GRACE_S)
-    if "result_limit_bytes" in file:
-        values["result_limit_bytes"] = _number(file, "result_limit_bytes", int, 0, MAX_RESULT_LIMIT_BYTES)
-    commands = file.get("commands", {})
-    if not isinstance(commands, Mapping) or not set(commands) <= {"allow", "allow_any"}:
-        raise ConfigError("config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)")
-    allow = commands.get("allow", [])
-    if not isinstance(allow, list) or not all(isinstance(p, str) and p for p in allow):
-        raise ConfigError("config [commands] allow must be a list of program names or paths")
+    """Settings from the file (`load_file`'s, or a table checked here), then the environment
+    ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES), then the command-line flags laid over it."""
+    config = file if isinstance(file, ConfigFile) else parse_config(file)
+    limits = ("max_concurrency", "default_grace_s", "output_limit_bytes", "stall_after_s", "result_grace_s")
+    values: dict[str, Any] = {k: v for k in (*limits, "result_limit_bytes") if (v := getattr(config, k)) is not None}
     harnesses = dict(BUILTIN_PROFILES)
-    tables = file.get("harness", {})
-    if not isinstance(tables, Mapping):
-        raise ConfigError("config [harness.NAME] must be tables")
-    for name, table in tables.items():
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"config [harness.{name}] must be a table")
+    for name, table in config.harness.items():
         try:
             harnesses[name] = profile_from_config(name, table)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     path = Path(db) if db is not None else None
     path = path or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
-    if path is None and isinstance(file.get("db"), str):
-        path = Path(file["db"])
+    if path is None and config.db is not None:
+        path = Path(config.db)
     values.update(_result_limit(result_limit_bytes))
     if max_concurrency is not None:
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency must be at least 1, not {max_concurrency}")
         values["max_concurrency"] = max_concurrency
-    values.update(_runner(file, runner, ray_address))
+    values.update(_runner(config, runner, ray_address))
     return Settings(
         db=(path or Path(".effectd/journal.db")).expanduser().absolute(),
-        allow_commands=(*allow, *allow_commands),
-        allow_any_command=allow_any_command or bool(commands.get("allow_any", False)),
+        allow_commands=(*config.commands.allow, *allow_commands),
+        allow_any_command=allow_any_command or config.commands.allow_any,
         keep_queued=keep_queued,
         harnesses=harnesses,
-        http=http_settings_of(file.get("http", {})),
+        http=config.http,
         **values,
     )
 

@@ -18,36 +18,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from effectd.errors import BudgetExceededError, InvalidRequestError
 from effectd.harness.parsers import usage_tokens
 from effectd.journal.budgets import budget_rows, spending_rows
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
-from effectd.model.records import now_iso
+from effectd.model.arguments import Limits
+from effectd.model.records import CancelReason, now_iso
+from effectd.supervisor.effect import Effect
 from effectd.supervisor.runs import check_run_id
 
-if TYPE_CHECKING:
-    from effectd.supervisor.core import Supervisor
-    from effectd.supervisor.effect import Effect
-
 log = logging.getLogger("effectd")
-
-
-class Limits(BaseModel):
-    """`dispatch_flow`'s `budget`: the limits on what the flow's harness steps may spend."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_cost_usd: float | None = Field(default=None, ge=0, le=1e9, description="US dollars")
-    max_tokens: int | None = Field(default=None, ge=0, le=10**15, description="input plus output tokens")
 
 
 class BudgetRecord(BaseModel):
@@ -176,9 +165,17 @@ def scope_of(run_id: str | None, group: str | None) -> Scope:
 class Budgets:
     """Keeps the budgets: counts spending, stops a scope that reached its limit, refuses dispatches into it."""
 
-    def __init__(self, journal: Journal, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        live_effects: Callable[[], list[Effect]],
+        request_cancel: Callable[[Effect, CancelReason, str], object],
+    ) -> None:
+        """`live_effects`: the effects in memory (a scope's spending, what a spent scope stops);
+        `request_cancel`: asks one of them to stop (the supervisor's)."""
         self._journal = journal
-        self._supervisor = supervisor
+        self._live_effects, self._request_cancel = live_effects, request_cancel
         self._budgets: dict[tuple[str, str], Budget] = {}
         self._send, self._recv = anyio.create_memory_object_stream[Event](math.inf)
 
@@ -248,7 +245,7 @@ class Budgets:
                 self._exceed(budget, journal=not budget.exceeded)
 
     async def _count(self, budget: Budget) -> None:
-        live = {e.effect_id: e for e in self._supervisor.live_effects() if budget.scope.holds(e)}
+        live = {e.effect_id: e for e in self._live_effects() if budget.scope.holds(e)}
         for row in await spending_rows(self._journal, *budget.scope.key):
             if row["effect_id"] not in live and row["effect_id"] not in budget.by_effect:
                 spend = spend_of(row["kind"], _loads(row["result"]), _loads(row["progress"]))
@@ -279,12 +276,12 @@ class Budgets:
         harness that already printed its final event is left to end: its work is done and paid for."""
         budget.exceeded = True
         message = f"budget of {budget.scope} reached: {budget.describe()}"
-        for effect in self._supervisor.live_effects():
+        for effect in self._live_effects():
             running = effect.status == "running"
             if budget.scope.holds(effect) and (
                 not running or (effect.spec.kind == "harness" and not effect.final_event_seen)
             ):
-                self._supervisor.request_cancel(effect, "budget", message)
+                self._request_cancel(effect, "budget", message)
         if journal:
             spent = budget.spent
             data: dict[str, Any] = {"kind": budget.scope.kind, "name": budget.scope.name, "exceeded_at": now_iso()}

@@ -24,22 +24,22 @@ from typing import Any
 import anyio
 
 from effectd.config.settings import Settings
-from effectd.engine.budgets import BudgetRecord, Budgets, Limits, scope_of
+from effectd.engine.budgets import BudgetRecord, Budgets, scope_of
 from effectd.engine.follow import ProgressSink, follow_effect, follow_flow
 from effectd.engine.prune import prune_live
 from effectd.engine.queries import EngineQueries
 from effectd.errors import DatabaseBusyError, InvalidRequestError, UnknownEffectError
-from effectd.flows.fanout import instead_of_running
 from effectd.flows.manager import FlowManager
-from effectd.flows.models import FlowRecord, Policy, Step
+from effectd.flows.models import FlowRecord, FlowRequest
 from effectd.journal.peers import Peers
 from effectd.journal.store import Journal
 from effectd.journal.usable import check_journal
 from effectd.journal.writer import Retry
-from effectd.model.arguments import EffectRequest
+from effectd.model.arguments import EffectRequest, Limits
 from effectd.model.records import (
     CANCEL_WAIT_S,
     CancelledGroup,
+    CancelReason,
     EffectRecord,
     GroupWait,
 )
@@ -111,23 +111,10 @@ class Engine(EngineQueries):
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
-    async def dispatch_flow(
-        self,
-        steps: Sequence[Step],
-        *,
-        policy: Policy = "fail_fast",
-        max_concurrency: int | None = None,
-        flow_id: str | None = None,
-        run_id: str | None = None,
-        budget: Limits | None = None,
-        resume: str | None = None,
-    ) -> FlowDispatched:
+    async def dispatch_flow(self, request: FlowRequest) -> FlowDispatched:
         """Checks a flow and journals it with all its steps (and its `budget`) in one commit; a `flow_id`
         that names a flow with the same arguments gives that flow back (`new` False). `resume`: see flows.resume."""
-        flow, new = await self._flows.submit(
-            steps, policy=policy, max_concurrency=max_concurrency, flow_id=flow_id, run_id=run_id, budget=budget,
-            resume=resume,
-        )  # fmt: skip
+        flow, new = await self._flows.submit(request)
         return FlowDispatched(await self._flows.record(flow), new)
 
     # --- following --------------------------------------------------------------------------------
@@ -168,9 +155,9 @@ class Engine(EngineQueries):
         await follow_flow(flow, wait_s, progress, abandon)
         return await self._flows.record(flow)
 
-    async def set_budget(self, *, run_id: str | None = None, group: str | None = None, **limits: Any) -> BudgetRecord:
-        """Sets or replaces the budget of a run or a group (`max_cost_usd`, `max_tokens`): see `budgets`."""
-        return await self._budgets.set(scope_of(run_id, group), Limits(**limits))
+    async def set_budget(self, limits: Limits, *, run_id: str | None = None, group: str | None = None) -> BudgetRecord:
+        """Sets or replaces the budget of a run or a group (give one of them): see `budgets`."""
+        return await self._budgets.set(scope_of(run_id, group), limits)
 
     async def _members(self, group: str | None, effect_ids: Sequence[str] | None) -> list[Effect]:
         if (group is None) == (effect_ids is None):
@@ -199,21 +186,21 @@ class Engine(EngineQueries):
         check_await_arguments(mode, k, cancel_rest)
         effects = await self._members(group, effect_ids)
         return await wait_group(
-            self._supervisor,
+            self._supervisor.completions,
             effects,
             mode,
             cursor,
             timeout_s,
             k,
             cancel_rest,
-            sync=self._sessions.catch_up,
             cancel=self._cancel_losers,
+            sync=self._sessions.catch_up,
         )
 
     # --- cancelling -------------------------------------------------------------------------------
 
     async def cancel(
-        self, effect_id: str, *, reason: str = "user", message: str | None = None, grace_s: float | None = None
+        self, effect_id: str, *, reason: CancelReason = "user", message: str | None = None, grace_s: float | None = None
     ) -> EffectRecord:
         """Cancels the effect: pending or queued at once; running: SIGTERM to its process group, SIGKILL
         after the grace. Returns once the group is gone (at most 50 s: then still `running`, the kill
@@ -246,7 +233,7 @@ class Engine(EngineQueries):
         return CancelledGroup(cancelled=cancelled, effects=[e.record() for e in effects])
 
     async def _cancel_losers(
-        self, effects: list[Effect], reason: str, message: str | None, within_s: float
+        self, effects: list[Effect], reason: CancelReason, message: str | None, within_s: float
     ) -> list[str]:
         """Cancels `effects`, this server's with `reason` and other servers' forwarded to them (which
         cancel them as `effectd cancel` asks, reason `user`); returns the ids that were cancelled."""
@@ -286,7 +273,7 @@ def _attach(
 
     supervisor.attach_flows(flows.render, ended)
     supervisor.attempts.spent = budgets.observe
-    supervisor.attempts.instead = partial(instead_of_running, flows)
+    supervisor.attempts.instead = flows.fan_out.instead_of_running
     supervisor.attempts.producer = supervisor.get
     return budgets, load
 
@@ -302,7 +289,8 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
     ):
         journal = joined.journal
         supervisor = _supervisor(settings, journal, active, joined.me.server_id, joined.owners)
-        flows = FlowManager(settings, journal, supervisor, budgets=Budgets(journal, supervisor))
+        budgets = Budgets(journal, live_effects=supervisor.live_effects, request_cancel=supervisor.request_cancel)
+        flows = FlowManager(settings, journal, supervisor, budgets=budgets)
         budgets, loading = _attach(supervisor, flows, flows.budgets)
         sessions = Sessions(joined.me, joined.peers, supervisor, flows)
         engine = cls(settings, journal, supervisor, flows, sessions)

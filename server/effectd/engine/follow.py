@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from effectd.flows.manager import Flow
+from effectd.flows.models import Flow
 from effectd.supervisor.effect import Effect
 
 # How a foreground caller is told of progress: (progress, total, message), as MCP progress carries it.

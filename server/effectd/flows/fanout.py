@@ -21,34 +21,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 
 from effectd.errors import InvalidRequestError
+from effectd.flows.models import Flow, Flows
 from effectd.flows.resume import take_cached
 from effectd.flows.templates import fill, parse_templates
+from effectd.harness.profiles import HarnessProfile
+from effectd.journal.store import Journal
 from effectd.model.records import EffectSpec, new_id
 from effectd.model.specs import check_argv
 from effectd.supervisor.effect import CancelRequest, Effect
 from effectd.supervisor.events import Outcome
-
-if TYPE_CHECKING:
-    from effectd.flows.manager import Flow, FlowManager
+from effectd.supervisor.registry import Registry
 
 MAX_ITEMS = 1000
 ITEM_TEMPLATE = re.compile(r"\{\{\s*(?:(?P<item>item(?:\.[^.\s{}]+)*)|(?P<index>index))\s*\}\}")
 _FAILED = frozenset({"timeout", "idle_timeout"})  # a child cancelled for these failed
 
-
-async def instead_of_running(manager: FlowManager, effect: Effect) -> Outcome | None:
-    """A flow step's outcome without a process of its own: taken from the flow it resumes, or its
-    fan-out's. None: the step runs."""
-    taken = await take_cached(manager, effect)
-    if taken is not None or effect.spec.for_each is None or effect.spec.item_index is not None:
-        return taken
-    return await fan_out(manager, effect)
+DispatchMany = Callable[[Sequence[tuple[str, EffectSpec]], str | None], Awaitable[list[Effect]]]
 
 
 def has_item_templates(text: str) -> bool:
@@ -86,7 +80,7 @@ def fill_item(text: str, item: Any, index: int) -> str:
     return ITEM_TEMPLATE.sub(value, text)
 
 
-def child_spec(manager: FlowManager, parent: EffectSpec, index: int, item: Any) -> EffectSpec:
+def child_spec(harnesses: Mapping[str, HarnessProfile], parent: EffectSpec, index: int, item: Any) -> EffectSpec:
     """The spec of the child of `parent` for item `index`. ValueError when the item lacks a field named."""
 
     def filled(text: str) -> str:
@@ -95,7 +89,7 @@ def child_spec(manager: FlowManager, parent: EffectSpec, index: int, item: Any) 
     prompt = filled(parent.prompt) if parent.prompt is not None else None
     args = [filled(arg) for arg in parent.args]
     if parent.kind == "harness":
-        profile = manager.settings.harnesses.get(parent.harness or "")
+        profile = harnesses.get(parent.harness or "")
         if profile is None:
             raise ValueError(f"harness profile {parent.harness!r} is no longer configured")
         command = profile.build_argv(prompt or "", args)
@@ -117,79 +111,103 @@ def child_spec(manager: FlowManager, parent: EffectSpec, index: int, item: Any) 
     )
 
 
-async def items_of(manager: FlowManager, flow: Flow, spec: EffectSpec) -> list[Any]:
-    """The items of a fan-out step, its `for_each` rendered from the steps it needs. ValueError says why not."""
-    if isinstance(spec.for_each, list):
-        return check_items(spec.for_each, "for_each")
-    text = spec.for_each or ""
-    refs = parse_templates(text, f"step {spec.step_id!r} for_each")
-    effect_of = {ref.step_id: ref.effect_id for ref in flow.steps}
-    sources = {step: await manager.supervisor.get(effect_of[step]) for step in dict.fromkeys(r.step for r in refs)}
-    outputs = {
-        step: source.output.read(0, source.output.size)[0].rstrip()
-        for step, source in sources.items()
-        if any(r.step == step and r.what == "output" for r in refs)
-    }
-    results = {step: source.result for step, source in sources.items()}
-    workspaces = {step: source.state.workspace for step, source in sources.items()}
-    rendered = fill(text, outputs, results, workspaces)
-    try:
-        items = json.loads(rendered)
-    except ValueError:
-        shown = rendered if len(rendered) <= 80 else rendered[:77] + "..."
-        raise ValueError(f"for_each {text!r} rendered to {shown!r}, not JSON; it must be a JSON list") from None
-    return check_items(items, f"for_each {text!r}")
+class FanOut:
+    """A flow step's work when it runs no process of its own (resumed, or fanned out), given what it
+    needs by name: `flows` (a flow by id, a step's rendered arguments), `registry` (the effects and
+    their output), `journal` (a group's effect ids), `harnesses` (a child's argv), `dispatch_many`
+    (the supervisor's, for the children), `closing` (whether the server is stopping)."""
 
+    def __init__(
+        self,
+        *,
+        flows: Flows,
+        registry: Registry,
+        journal: Journal,
+        harnesses: Mapping[str, HarnessProfile],
+        dispatch_many: DispatchMany,
+        closing: Callable[[], bool],
+    ) -> None:
+        self._flows, self._registry, self._journal = flows, registry, journal
+        self._harnesses, self._dispatch_many, self._closing = harnesses, dispatch_many, closing
 
-async def children_of(manager: FlowManager, flow: Flow, step_id: str | None = None) -> list[Effect]:
-    """The fan-out children of the flow's steps (of `step_id` only, if given), from memory and the journal."""
-    steps = set(flow.effect_ids)
-    ids = [i for i in await manager.journal.group_ids(flow.flow_id) if i not in steps]
-    children = [e for e in await manager.supervisor.get_many(ids) if e.spec.item_index is not None]
-    if step_id is not None:
-        children = [e for e in children if e.spec.step_id == step_id]
-    return sorted(children, key=lambda e: e.spec.item_index or 0)
+    async def instead_of_running(self, effect: Effect) -> Outcome | None:
+        """A flow step's outcome without a process of its own: taken from the flow it resumes, or its
+        fan-out's. None: the step runs."""
+        taken = await take_cached(effect, flows=self._flows, registry=self._registry)
+        if taken is not None or effect.spec.for_each is None or effect.spec.item_index is not None:
+            return taken
+        return await self.fan_out(effect)
 
-
-async def fanned_out(manager: FlowManager, flow: Flow, effects: Mapping[str, Effect]) -> dict[str, list[Effect]]:
-    """The children of the flow's fan-out steps, by step id, in item order (nothing to read for a flow
-    without `for_each`)."""
-    if not any(effects[i].spec.for_each is not None for i in flow.effect_ids):
-        return {}
-    grouped: dict[str, list[Effect]] = {}
-    for child in await children_of(manager, flow):
-        grouped.setdefault(child.spec.step_id or "", []).append(child)
-    return grouped
-
-
-async def fan_out(manager: FlowManager, effect: Effect) -> Outcome | None:
-    """Expands a `for_each` step into its children (or finds them after a restart), waits for them all,
-    and returns the step's outcome. None when it was cancelled before it expanded (the driver ends it)."""
-    spec = effect.spec
-    if effect.cancel is not None or spec.flow_id is None:
-        return None
-    flow = await manager.get(spec.flow_id)
-    children = await children_of(manager, flow, spec.step_id)
-    if not children:
+    async def items_of(self, flow: Flow, spec: EffectSpec) -> list[Any]:
+        """The items of a fan-out step, its `for_each` rendered from the steps it needs. ValueError says why not."""
+        if isinstance(spec.for_each, list):
+            return check_items(spec.for_each, "for_each")
+        text = spec.for_each or ""
+        refs = parse_templates(text, f"step {spec.step_id!r} for_each")
+        effect_of = {ref.step_id: ref.effect_id for ref in flow.steps}
+        sources = {step: await self._registry.get(effect_of[step]) for step in dict.fromkeys(r.step for r in refs)}
+        outputs = {
+            step: source.output.read(0, source.output.size)[0].rstrip()
+            for step, source in sources.items()
+            if any(r.step == step and r.what == "output" for r in refs)
+        }
+        results = {step: source.result for step, source in sources.items()}
+        workspaces = {step: source.state.workspace for step, source in sources.items()}
+        rendered = fill(text, outputs, results, workspaces)
         try:
-            items = await items_of(manager, flow, spec)
-            specs = [child_spec(manager, spec, index, item) for index, item in enumerate(items)]
-        except (ValueError, InvalidRequestError) as exc:
-            return Outcome("failed", error=f"for_each: {exc}")
-        if not specs:
-            return Outcome("succeeded", result=[])
-        if effect.cancel is not None or manager.supervisor.closing:
+            items = json.loads(rendered)
+        except ValueError:
+            shown = rendered if len(rendered) <= 80 else rendered[:77] + "..."
+            raise ValueError(f"for_each {text!r} rendered to {shown!r}, not JSON; it must be a JSON list") from None
+        return check_items(items, f"for_each {text!r}")
+
+    async def children_of(self, flow: Flow, step_id: str | None = None) -> list[Effect]:
+        """The fan-out children of the flow's steps (of `step_id` only, if given), from memory and the journal."""
+        steps = set(flow.effect_ids)
+        ids = [i for i in await self._journal.group_ids(flow.flow_id) if i not in steps]
+        children = [e for e in await self._registry.get_many(ids) if e.spec.item_index is not None]
+        if step_id is not None:
+            children = [e for e in children if e.spec.step_id == step_id]
+        return sorted(children, key=lambda e: e.spec.item_index or 0)
+
+    async def fanned_out(self, flow: Flow, effects: Mapping[str, Effect]) -> dict[str, list[Effect]]:
+        """The children of the flow's fan-out steps, by step id, in item order (nothing to read for a flow
+        without `for_each`)."""
+        if not any(effects[i].spec.for_each is not None for i in flow.effect_ids):
+            return {}
+        grouped: dict[str, list[Effect]] = {}
+        for child in await self.children_of(flow):
+            grouped.setdefault(child.spec.step_id or "", []).append(child)
+        return grouped
+
+    async def fan_out(self, effect: Effect) -> Outcome | None:
+        """Expands a `for_each` step into its children (or finds them after a restart), waits for them all,
+        and returns the step's outcome. None when it was cancelled before it expanded (the driver ends it)."""
+        spec = effect.spec
+        if effect.cancel is not None or spec.flow_id is None:
             return None
-        children = await manager.supervisor.dispatch_many([(new_id("eff_"), s) for s in specs], effect.run_id)
-    for child in children:
-        flow.effects.setdefault(child.effect_id, child)  # the flow's policy reaches them
-    await _wait(manager, effect, children)
-    if manager.supervisor.closing and effect.cancel is None:
-        return None  # the server stops: the driver ends the step (or leaves it queued for the next server)
-    return _outcome(effect, children)
+        flow = await self._flows.get(spec.flow_id)
+        children = await self.children_of(flow, spec.step_id)
+        if not children:
+            try:
+                items = await self.items_of(flow, spec)
+                specs = [child_spec(self._harnesses, spec, index, item) for index, item in enumerate(items)]
+            except (ValueError, InvalidRequestError) as exc:
+                return Outcome("failed", error=f"for_each: {exc}")
+            if not specs:
+                return Outcome("succeeded", result=[])
+            if effect.cancel is not None or self._closing():
+                return None
+            children = await self._dispatch_many([(new_id("eff_"), s) for s in specs], effect.run_id)
+        for child in children:
+            flow.effects.setdefault(child.effect_id, child)  # the flow's policy reaches them
+        await _wait(effect, children)
+        if self._closing() and effect.cancel is None:
+            return None  # the server stops: the driver ends the step (or leaves it queued for the next server)
+        return _outcome(effect, children)
 
 
-async def _wait(manager: FlowManager, effect: Effect, children: Sequence[Effect]) -> None:
+async def _wait(effect: Effect, children: Sequence[Effect]) -> None:
     """Waits until every child has ended; a cancel of the parent cancels them all."""
 
     async def on_cancel() -> None:
@@ -197,7 +215,7 @@ async def _wait(manager: FlowManager, effect: Effect, children: Sequence[Effect]
         cancel = effect.cancel
         for child in children:
             if cancel is not None:
-                manager.supervisor.request_cancel(child, cancel.reason, cancel.message)
+                child.request_cancel(CancelRequest(cancel.reason, cancel.message, None))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(on_cancel)

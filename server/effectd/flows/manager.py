@@ -9,84 +9,31 @@ the flow record.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from effectd.config.settings import Settings
-from effectd.engine.budgets import Budgets, Limits
+from effectd.engine.budgets import Budgets
 from effectd.errors import ConflictError, InvalidRequestError, UnknownEffectError
-from effectd.flows.fanout import fanned_out
-from effectd.flows.models import FlowRecord, FlowStatus, Policy, Step, StepRef, flow_record, flow_status
+from effectd.flows.fanout import FanOut
+from effectd.flows.models import Flow, FlowRecord, FlowRequest, StepRef, flow_record, flow_status
 from effectd.flows.plan import plan_steps
 from effectd.flows.resume import check_resume
 from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
-from effectd.model.records import EffectSpec, new_id, now_iso
+from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
 _EFFECT_IDS = {"depends_on", "pipe_from"}  # spec fields naming other effects: new ids each time a flow is planned
-
-
-@dataclass(eq=False)
-class Flow:
-    """One flow's state while it runs (and the handle a foreground caller waits on)."""
-
-    flow_id: str
-    run_id: str
-    policy: Policy
-    max_concurrency: int | None
-    started_at: str
-    steps: list[StepRef]
-    status: FlowStatus = "running"
-    finished_at: str | None = None
-    owner: str | None = None
-    effects: dict[str, Effect] = field(default_factory=dict)
-    stop_why: str | None = None  # set once fail_fast stopped the flow
-    resumed_from: str | None = None  # the flow whose steps this one may take (flows.resume)
-    completing: bool = False
-    done: anyio.Event = field(default_factory=anyio.Event)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Flow:
-        steps = [StepRef(s["step_id"], s["effect_id"], tuple(s["needs"])) for s in json.loads(row["steps"])]
-        flow = cls(
-            row["flow_id"],
-            row["run_id"],
-            row["policy"],
-            row["max_concurrency"],
-            row["started_at"],
-            steps,
-            row["status"],
-        )
-        flow.finished_at, flow.resumed_from = row["finished_at"], row.get("resumed_from")
-        flow.owner = row.get("owner")
-        if flow.finished_at is not None:
-            flow.done.set()
-        return flow
-
-    @property
-    def effect_ids(self) -> list[str]:
-        return [step.effect_id for step in self.steps]
-
-    def touch(self) -> None:
-        """Wakes whoever follows the flow (a step ended, or the flow did)."""
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    def finished_steps(self) -> int:
-        return sum(1 for i in self.effect_ids if i in self.effects and self.effects[i].terminal)  # not fan-out children
 
 
 class FlowManager:
@@ -97,6 +44,14 @@ class FlowManager:
         self.budgets = budgets  # a flow's `budget` is its group's
         self.journal = journal
         self.supervisor = supervisor
+        self.fan_out = FanOut(  # the supervisor asks it first whether a flow step runs a process at all
+            flows=self,
+            registry=supervisor.registry,
+            journal=journal,
+            harnesses=settings.harnesses,
+            dispatch_many=supervisor.dispatch_many,
+            closing=lambda: supervisor.closing,
+        )
         self.closing = False  # set when the engine stops: a server stop is not a flow failure
         self._active: dict[str, Flow] = {}
         self._submit_lock = anyio.Lock()
@@ -115,17 +70,7 @@ class FlowManager:
 
     # --- submitting -------------------------------------------------------------------------------
 
-    async def submit(
-        self,
-        steps: Sequence[Step],
-        *,
-        policy: Policy = "fail_fast",
-        max_concurrency: int | None = None,
-        flow_id: str | None = None,
-        run_id: str | None = None,
-        budget: Limits | None = None,
-        resume: str | None = None,
-    ) -> tuple[Flow, bool]:
+    async def submit(self, request: FlowRequest) -> tuple[Flow, bool]:
         """Checks a flow and journals it with all its steps in one commit; returns it and whether it is new.
 
         A `flow_id` that already names a flow with the same arguments returns that flow (False); with
@@ -133,17 +78,23 @@ class FlowManager:
         """
         if self.closing:
             raise InvalidRequestError("the server is shutting down and takes no new flows")
+        policy, max_concurrency, run_id, resume = (
+            request.policy,
+            request.max_concurrency,
+            request.run_id,
+            request.resume,
+        )
         if max_concurrency is not None and max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be at least 1 (or null for no cap), not {max_concurrency}")
-        the_flow_id = flow_id or new_id("flw_")
-        refs, specs = plan_steps(self.settings, steps, the_flow_id)
+        the_flow_id = request.flow_id or new_id("flw_")
+        refs, specs = plan_steps(self.settings, request.steps, the_flow_id)
         for spec in specs:
             try:
                 await check_isolation(spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         if resume is not None:
-            await check_resume(self, resume, the_flow_id)
+            await check_resume(self.journal, resume, the_flow_id)
         the_run_id = run_id or self.supervisor.default_run_id
         async with self._submit_lock:
             existing = await self.journal.flow(the_flow_id)
@@ -156,7 +107,7 @@ class FlowManager:
                 raise InvalidRequestError(
                     f"flow id {the_flow_id!r} already names a group of effects; give the flow a new `flow_id`"
                 )
-            budgeted = self.budgets.for_flow(the_flow_id, the_run_id, budget)  # refused when a budget is spent
+            budgeted = self.budgets.for_flow(the_flow_id, the_run_id, request.budget)  # refused when a budget is spent
             started_at = now_iso()
             flow = Flow(
                 the_flow_id,
@@ -225,7 +176,7 @@ class FlowManager:
         effects = dict(flow.effects)
         if missing:
             effects.update((e.effect_id, e) for e in await self.supervisor.get_many(missing))
-        return flow_record(flow, effects, await fanned_out(self, flow, effects))
+        return flow_record(flow, effects, await self.fan_out.fanned_out(flow, effects))
 
     async def wait(self, flow: Flow, within_s: float | None = None) -> bool:
         """Waits until the flow has ended (at most `within_s`); True when it has."""
@@ -233,7 +184,7 @@ class FlowManager:
             await flow.done.wait()
         return flow.done.is_set()
 
-    def cancel(self, flow: Flow, reason: str = "user", message: str | None = None) -> list[Effect]:
+    def cancel(self, flow: Flow, reason: CancelReason = "user", message: str | None = None) -> list[Effect]:
         """Asks every unfinished step of the flow to stop (pending and queued ones at once); returns them."""
         targets = [e for e in flow.effects.values() if not e.terminal]
         for effect in targets:

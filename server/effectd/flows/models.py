@@ -12,18 +12,17 @@ Flow status, decided once every step is terminal (`flow_status`):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from effectd.model.arguments import EffectArguments
+from effectd.model.arguments import EffectArguments, Limits
 from effectd.model.records import CancelReason, Status, seconds_between
-
-if TYPE_CHECKING:
-    from effectd.flows.manager import Flow
-    from effectd.supervisor.effect import Effect
+from effectd.supervisor.effect import Effect
 
 Policy = Literal["fail_fast", "continue"]
 FlowStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -92,6 +91,25 @@ class Step(EffectArguments):
         return [need.step for need in self.needs if isinstance(need, PipeNeed)]
 
 
+@dataclass(frozen=True, kw_only=True)
+class FlowRequest:
+    """One flow and where it goes: what `Engine.dispatch_flow` and `FlowManager.submit` take, built
+    by each front-end from its own arguments (dispatch_flow's, the Python API's)."""
+
+    steps: Sequence[Step]
+    policy: Policy = "fail_fast"
+    max_concurrency: int | None = None  # at most this many steps running at once; None: no cap
+    flow_id: str | None = None  # default: a new id prefixed flw_
+    run_id: str | None = None  # default: the server's run
+    budget: Limits | None = None  # the budget of the flow's group
+    resume: str | None = None  # an earlier flow whose unchanged succeeded steps are taken (flows.resume)
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> FlowRequest:
+        """The request among a `dispatch_flow` call's validated arguments (how the caller waits left out)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+
 class FlowStepRecord(BaseModel):
     """One step as the flow record reports it."""
 
@@ -141,6 +159,65 @@ class StepRef:
 
     def to_json(self) -> dict[str, Any]:
         return {"step_id": self.step_id, "effect_id": self.effect_id, "needs": list(self.needs)}
+
+
+@dataclass(eq=False)
+class Flow:
+    """One flow's state while it runs (and the handle a foreground caller waits on)."""
+
+    flow_id: str
+    run_id: str
+    policy: Policy
+    max_concurrency: int | None
+    started_at: str
+    steps: list[StepRef]
+    status: FlowStatus = "running"
+    finished_at: str | None = None
+    owner: str | None = None
+    effects: dict[str, Effect] = field(default_factory=dict)
+    stop_why: str | None = None  # set once fail_fast stopped the flow
+    resumed_from: str | None = None  # the flow whose steps this one may take (flows.resume)
+    completing: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Flow:
+        steps = [StepRef(s["step_id"], s["effect_id"], tuple(s["needs"])) for s in json.loads(row["steps"])]
+        flow = cls(
+            row["flow_id"],
+            row["run_id"],
+            row["policy"],
+            row["max_concurrency"],
+            row["started_at"],
+            steps,
+            row["status"],
+        )
+        flow.finished_at, flow.resumed_from = row["finished_at"], row.get("resumed_from")
+        flow.owner = row.get("owner")
+        if flow.finished_at is not None:
+            flow.done.set()
+        return flow
+
+    @property
+    def effect_ids(self) -> list[str]:
+        return [step.effect_id for step in self.steps]
+
+    def touch(self) -> None:
+        """Wakes whoever follows the flow (a step ended, or the flow did)."""
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def finished_steps(self) -> int:
+        return sum(1 for i in self.effect_ids if i in self.effects and self.effects[i].terminal)  # not fan-out children
+
+
+class Flows(Protocol):
+    """What fan-out and resume read of the flows they run in (the `FlowManager` is one)."""
+
+    async def get(self, flow_id: str) -> Flow: ...
+
+    async def render(self, effect: Effect) -> tuple[list[str], str | None]: ...
 
 
 def flow_status(effects: Iterable[Effect]) -> FlowStatus:

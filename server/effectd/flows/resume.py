@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from effectd.errors import InvalidRequestError
+from effectd.flows.models import Flows
+from effectd.journal.store import Journal
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
-
-if TYPE_CHECKING:
-    from effectd.flows.manager import FlowManager
+from effectd.supervisor.registry import Registry
 
 log = logging.getLogger("effectd")
 
@@ -39,13 +39,13 @@ log = logging.getLogger("effectd")
 _NOT_COMPARED = frozenset({"depends_on", "pipe_from", "group", "flow_id", "key", "label"})
 
 
-async def check_resume(manager: FlowManager, resume: str, flow_id: str) -> None:
+async def check_resume(journal: Journal, resume: str, flow_id: str) -> None:
     """InvalidRequestError when `resume` names no flow of the journal, or names the new flow itself."""
     if resume == flow_id:
         raise InvalidRequestError(
             f"resume {resume!r} names the new flow itself; give the new flow another `flow_id` (or none)"
         )
-    if await manager.journal.flow(resume) is None:
+    if await journal.flow(resume) is None:
         raise InvalidRequestError(
             f"resume: unknown flow id {resume!r}: no flow with this id in the journal; give the id of an earlier flow"
         )
@@ -58,38 +58,38 @@ def same_spec(old: dict[str, Any], new: dict[str, Any]) -> bool:
     }
 
 
-async def take_cached(manager: FlowManager, effect: Effect) -> Outcome | None:
-    """The outcome of a step taken from the flow its flow resumes, or None when it must run."""
+async def take_cached(effect: Effect, *, flows: Flows, registry: Registry) -> Outcome | None:
+    """The outcome of a step taken from the flow its flow resumes, or None when it must run: `flows`
+    names the flows and renders their steps, `registry` holds the effects and their output files."""
     try:
-        return await _take(manager, effect)
+        return await _take(effect, flows, registry)
     except Exception as exc:  # resume only saves work: whatever goes wrong, the step runs
         log.warning("effect %s: not taken from the resumed flow, it runs: %s", effect.effect_id, exc)
         return None
 
 
-async def _take(manager: FlowManager, effect: Effect) -> Outcome | None:
+async def _take(effect: Effect, flows: Flows, registry: Registry) -> Outcome | None:
     spec = effect.spec
     if spec.flow_id is None or spec.step_id is None or spec.item_index is not None or effect.cancel is not None:
         return None  # a fan-out child is never taken alone: its step is, whole
-    flow = await manager.get(spec.flow_id)
+    flow = await flows.get(spec.flow_id)
     if flow.resumed_from is None:
         return None
-    old_flow = await manager.get(flow.resumed_from)
+    old_flow = await flows.get(flow.resumed_from)
     old_id = next((ref.effect_id for ref in old_flow.steps if ref.step_id == spec.step_id), None)
     if old_id is None:
         return None
-    supervisor = manager.supervisor
-    old = await supervisor.get(old_id)
+    old = await registry.get(old_id)
     if old.status != "succeeded":
         return None
-    needs = await supervisor.get_many(spec.depends_on)
+    needs = await registry.get_many(spec.depends_on)
     if not all(need.state.cached for need in needs):
         return None
     if not same_spec(old.state.spec, effect.state.spec):
         return None
-    if await manager.render(old) != await manager.render(effect):
+    if await flows.render(old) != await flows.render(effect):
         return None
-    if not _share_output(manager, old, effect):
+    if not _share_output(registry, old, effect):
         return None
     return Outcome(
         "succeeded",
@@ -101,9 +101,8 @@ async def _take(manager: FlowManager, effect: Effect) -> Outcome | None:
     )
 
 
-def _share_output(manager: FlowManager, old: Effect, effect: Effect) -> bool:
+def _share_output(registry: Registry, old: Effect, effect: Effect) -> bool:
     """Gives `effect` the old effect's output: its log file becomes a hard link to the old one."""
-    registry = manager.supervisor.registry
     source, target = registry.log_path(old.effect_id), registry.log_path(effect.effect_id)
     if source.exists():
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
-from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.responses import Response
@@ -69,16 +68,6 @@ def open_listener(host: str = "127.0.0.1", port: int = 8765, token: str | None =
             f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port (0 takes any free one)"
         ) from exc
     return sock
-
-
-def prepare_http(
-    *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, **limits: Any
-) -> dict[str, Any]:
-    """The keyword arguments of `serve_http`, with the socket already bound: called before the database is
-    opened, so a bad bind is refused (ConfigError) before anything else happens. `limits`:
-    `max_connections`, `header_timeout_s` (see `effectd.http.guard`)."""
-    sock = open_listener(host, port, token or None)
-    return {"host": host, "port": port, "token": token or None, "sock": sock, **limits}
 
 
 # --- the gate: DNS rebinding and the token -------------------------------------------------------

@@ -31,9 +31,10 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from effectd.config.http import HttpListen
 from effectd.engine.core import Engine
 from effectd.errors import ConfigError, EffectdError, UnknownEffectError
-from effectd.http.guard import HEADER_TIMEOUT_S, MAX_CONNECTIONS, ConnectionGuard, accept_batch, guarded_h11
+from effectd.http.guard import ConnectionGuard, accept_batch, guarded_h11
 from effectd.http.json_api import JsonApi
 from effectd.http.pages import Pages
 from effectd.http.security import Gate, is_loopback, open_listener
@@ -118,20 +119,18 @@ class _Uvicorn(uvicorn.Server):
 async def serve_http(
     server: MCPServer[Engine],
     engine: Engine,
+    listen: HttpListen,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    token: str | None = None,
     sock: socket.socket | None = None,
-    max_connections: int = MAX_CONNECTIONS,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> None:
     """Serves MCP at /mcp and the dashboard at / until cancelled; then stops in order: no new connections,
     the dashboard's streams end, effects are cancelled (`stop_effects`) so waiting calls return, MCP sessions
     end, requests still waiting are ended, and uvicorn closes its connections (within STOP_BOUND_S).
 
-    At most `max_connections` connections are open, and one that has not sent a request's headers
-    within `header_timeout_s` is closed (`effectd.http.guard`)."""
+    `listen` says where (`sock`: bound already) and how: at most `max_connections` connections are open,
+    and one that has not sent a request's headers within `header_timeout_s` is closed (`effectd.http.guard`)."""
+    host, port, token = listen.host, listen.port, listen.token
+    max_connections, header_timeout_s = listen.max_connections, listen.header_timeout_s
     if sock is None:
         sock = open_listener(host, port, token)
     bound_port = int(sock.getsockname()[1])

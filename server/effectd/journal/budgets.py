@@ -8,12 +8,10 @@ BUDGET_EXCEEDED records that its spending reached a limit, with what was spent t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from effectd.journal.projection import Event
-
-if TYPE_CHECKING:
-    from effectd.journal.store import Journal
 
 BUDGET_EVENTS = frozenset({"BUDGET_SET", "BUDGET_EXCEEDED"})
 BUDGET_COLUMNS = (
@@ -22,6 +20,12 @@ BUDGET_COLUMNS = (
 UPSERT_BUDGET = (
     f"INSERT OR REPLACE INTO budgets ({', '.join(BUDGET_COLUMNS)}) VALUES ({', '.join('?' * len(BUDGET_COLUMNS))})"
 )
+
+
+class Reads(Protocol):
+    """What the budget queries need of the journal (the `Journal`, which folds these events): its reads."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]: ...
 
 
 def budget_key(event: Event) -> tuple[str, str]:
@@ -54,12 +58,12 @@ def fold_budget(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | No
     }
 
 
-async def budget_rows(journal: Journal) -> list[dict[str, Any]]:
+async def budget_rows(journal: Reads) -> list[dict[str, Any]]:
     """Every budget, as the `budgets` table holds it."""
     return await journal.fetch("SELECT * FROM budgets ORDER BY kind, name")
 
 
-async def spending_rows(journal: Journal, kind: str, name: str) -> list[dict[str, Any]]:
+async def spending_rows(journal: Reads, kind: str, name: str) -> list[dict[str, Any]]:
     """What the harness effects of a run or group reported: id, status, result and progress."""
     column = "run_id" if kind == "run" else "group_name"
     return await journal.fetch(

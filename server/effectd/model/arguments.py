@@ -3,6 +3,7 @@
 - `EffectArguments`: what to run and under which limits (shared by every front-end and by flow steps).
 - `EffectRequest`: those plus where the effect goes (run, group, dependencies): what `Engine.dispatch` takes.
 - `DispatchArguments`: those plus how the MCP caller waits: the `dispatch_effect` tool's arguments.
+- `Limits`: a budget's limits, as `set_budget` and `dispatch_flow`'s `budget` take them.
 
 The models are strict (no coercion of a string into a number, no silently dropped unknown name), so a
 misspelled `timout_s` is refused with the list of the names allowed.
@@ -103,3 +104,14 @@ class DispatchArguments(EffectRequest):
     def request(self) -> EffectRequest:
         # Already validated: the same fields, without a second validation.
         return EffectRequest.model_construct(**{name: getattr(self, name) for name in EffectRequest.model_fields})
+
+
+class Limits(BaseModel):
+    # Also what `set_budget` sets. The docstring is the tool schema's description: changing it changes
+    # dispatch_flow's inputSchema.
+    """`dispatch_flow`'s `budget`: the limits on what the flow's harness steps may spend."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1e9, description="US dollars")
+    max_tokens: int | None = Field(default=None, ge=0, le=10**15, description="input plus output tokens")

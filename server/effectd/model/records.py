@@ -15,6 +15,7 @@ CancelReason = Literal[
     "user", "timeout", "idle_timeout", "fail_fast", "client_cancelled", "shutdown", "superseded", "budget"
 ]
 Kind = Literal["command", "harness"]
+Terminal = Literal["succeeded", "failed", "cancelled", "skipped"]  # how an effect ends
 
 ACTIVE: frozenset[str] = frozenset({"pending", "queued", "running"})
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "skipped"})

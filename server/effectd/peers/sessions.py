@@ -23,7 +23,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.flows.manager import Flow, FlowManager
+from effectd.flows.manager import FlowManager
+from effectd.flows.models import Flow
 from effectd.journal.peers import Peers
 from effectd.journal.projection import TERMINAL_EVENTS, Event
 from effectd.journal.store import Journal

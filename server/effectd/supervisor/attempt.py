@@ -19,6 +19,7 @@ import anyio
 from effectd.errors import JournalUnavailableError
 from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
+from effectd.model.records import CancelReason
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
@@ -36,7 +37,7 @@ _MAX_LINE_BYTES = 16 * 1024 * 1024
 
 Record = Callable[[Effect, Event], Awaitable[None]]  # journals an event of the effect, then applies it
 Render = Callable[[Effect], Awaitable[tuple[list[str], str | None]]]  # a templated step's argv and stdin
-RequestCancel = Callable[[Effect, str], object]
+RequestCancel = Callable[[Effect, CancelReason], object]
 Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
 # A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
 Instead = Callable[[Effect], Awaitable[Outcome | None]]

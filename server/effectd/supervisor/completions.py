@@ -10,16 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import anyio
 
 from effectd.errors import InvalidRequestError
-from effectd.model.records import CANCEL_WAIT_S, MAX_WAIT_S, EffectRecord, GroupWait
+from effectd.model.records import CANCEL_WAIT_S, MAX_WAIT_S, CancelReason, EffectRecord, GroupWait
 from effectd.supervisor.effect import Effect
-
-if TYPE_CHECKING:
-    from effectd.supervisor.core import Supervisor
 
 AwaitMode = Literal["all", "any", "first_success", "quorum"]
 MODES: tuple[str, ...] = get_args(AwaitMode)
@@ -45,7 +42,7 @@ def check_await_arguments(mode: str, k: int | None, cancel_rest: bool | None) ->
         )
 
 
-def race_size(mode: str, k: int | None, size: int) -> int:
+def race_size(mode: AwaitMode, k: int | None, size: int) -> int:
     """How many successes decide the race: `k` for quorum (1 to `size`), 1 otherwise."""
     if mode != "quorum":
         return 1
@@ -75,7 +72,7 @@ def race(effects: Sequence[Effect], k: int) -> Race:
 
 
 Sync = Callable[[], Awaitable[int]]
-Cancel = Callable[[list[Effect], str, str, float], Awaitable[object]]
+Cancel = Callable[[list[Effect], CancelReason, str, float], Awaitable[object]]
 
 
 def ended_after(effects: Sequence[Effect], cursor: int, seen: float = math.inf) -> list[Effect]:
@@ -98,7 +95,7 @@ class Completions:
     async def wait(
         self,
         effects: Sequence[Effect],
-        mode: str,
+        mode: AwaitMode,
         cursor: int,
         within_s: float,
         k: int = 1,
@@ -151,25 +148,26 @@ class Completions:
 
 
 async def wait_group(
-    supervisor: Supervisor,
+    completions: Completions,
     effects: Sequence[Effect],
-    mode: str,
+    mode: AwaitMode,
     cursor: int,
     timeout_s: float,
     k: int | None = None,
     cancel_rest: bool | None = None,
     *,
+    cancel: Cancel,
     sync: Sync | None = None,
-    cancel: Cancel | None = None,
 ) -> GroupWait:
-    """`await_group` over `effects` (arguments checked by `check_await_arguments`). Once a race mode is
-    satisfied, the others still running or waiting are cancelled (reason `superseded`) unless
-    `cancel_rest` is False (through `cancel`, which forwards other servers' effects to them; by default
-    the supervisor's own), and this returns once their process groups are gone, at most 50 s later
-    and within the 55 s every call keeps to; then `done` holds them too. `sync`: see `Completions.wait`."""
+    """`await_group` over `effects` (arguments checked by `check_await_arguments`), woken by
+    `completions`. Once a race mode is satisfied, the others still running or waiting are cancelled
+    (reason `superseded`) unless `cancel_rest` is False, through `cancel` (which forwards other
+    servers' effects to them), and this returns once their process groups are gone, at most 50 s
+    later and within the 55 s every call keeps to; then `done` holds them too. `sync`: see
+    `Completions.wait`."""
     started = anyio.current_time()
     need = race_size(mode, k, len(effects))
-    _, timed_out, seen = await supervisor.completions.wait(effects, mode, cursor, timeout_s, need, sync)
+    _, timed_out, seen = await completions.wait(effects, mode, cursor, timeout_s, need, sync)
     satisfied: bool | None = None
     winners: list[EffectRecord] | None = None
     if mode in RACE_MODES:
@@ -180,10 +178,7 @@ async def wait_group(
             message = f"await_group {mode}: decided by {', '.join(e.effect_id for e in decision.winners)}"
             within = max(0.5, min(CANCEL_WAIT_S, MAX_WAIT_S - (anyio.current_time() - started)))
             with anyio.CancelScope(shield=True):  # asked for: seen through even if the caller goes away
-                if cancel is not None:
-                    await cancel(losers, "superseded", message, within)
-                else:
-                    await supervisor.cancel_many(losers, "superseded", message, within_s=within)
+                await cancel(losers, "superseded", message, within)
             if sync is not None:
                 seen = await sync()
     done = ended_after(effects, cursor, seen)

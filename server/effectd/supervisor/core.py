@@ -24,7 +24,7 @@ from effectd.journal.peer_writes import KeyTakenError
 from effectd.journal.projection import EffectState, Event
 from effectd.journal.store import Journal
 from effectd.journal.usable import private_dir
-from effectd.model.records import EffectRecord, EffectSpec, new_id
+from effectd.model.records import CancelReason, EffectRecord, EffectSpec, new_id
 from effectd.runner.base import Runner
 from effectd.runner.git import Worktrees
 from effectd.runner.local import LocalRunner
@@ -94,7 +94,11 @@ class Supervisor:
         self._idle = anyio.Event()
         self._idle.set()
         self._step_ended: Callable[[Effect], None] | None = None
-        self._driver = Driver(self)
+        self._driver = Driver(
+            record=self.record, finish=self.finish, get_many=self.registry.get_many, attempts=self.attempts,
+            limits=self.limits, journal_clear=journal.wait_clear, closing=lambda: self._closing,
+            keep_queued=keep_queued,
+        )  # fmt: skip
 
     def attach_flows(self, render: Render, step_ended: Callable[[Effect], None]) -> None:
         """Wires the flow manager in (the engine does, once): `render` fills a templated step's argv
@@ -289,7 +293,7 @@ class Supervisor:
     def request_cancel(
         self,
         effect: Effect,
-        reason: str,
+        reason: CancelReason,
         message: str | None = None,
         grace_s: float | None = None,
         *,
@@ -299,14 +303,14 @@ class Supervisor:
         while a cancelled caller unwinds."""
         return effect.request_cancel(CancelRequest(reason, message, grace_s, skip))
 
-    def request_skip(self, effect: Effect, why: str, reason: str) -> bool:
+    def request_skip(self, effect: Effect, why: str, reason: CancelReason) -> bool:
         """Ends an effect as `skipped` (error `why`) if it has not started, else cancels it with `reason`."""
         return self.request_cancel(effect, reason, skip=why)
 
     async def cancel(
         self,
         effect: Effect,
-        reason: str = "user",
+        reason: CancelReason = "user",
         message: str | None = None,
         grace_s: float | None = None,
         within_s: float | None = None,
@@ -320,7 +324,7 @@ class Supervisor:
         return effect
 
     async def cancel_many(
-        self, effects: Sequence[Effect], reason: str, message: str | None, within_s: float | None = None
+        self, effects: Sequence[Effect], reason: CancelReason, message: str | None, within_s: float | None = None
     ) -> list[Effect]:
         """Cancels every effect of `effects` not yet finished, all at once, and waits for them (at most
         `within_s`); returns those that were not finished."""

@@ -8,27 +8,51 @@ backoff) ends at once when the effect is cancelled or the server stops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING
 
 import anyio
 
 from effectd.errors import JournalUnavailableError
+from effectd.journal.projection import Event
 from effectd.supervisor import events
-from effectd.supervisor.effect import Effect
+from effectd.supervisor.attempt import Attempts
+from effectd.supervisor.effect import CancelRequest, Effect
 from effectd.supervisor.events import Outcome
+from effectd.supervisor.limits import Limits
 from effectd.supervisor.pipes import until_started
-
-if TYPE_CHECKING:
-    from effectd.supervisor.core import Supervisor
 
 log = logging.getLogger("effectd")
 
+Record = Callable[[Effect, Event], Awaitable[None]]
+Finish = Callable[[Effect, Outcome], Awaitable[None]]
+GetMany = Callable[[Sequence[str]], Awaitable[list[Effect]]]
+
 
 class Driver:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._sup = supervisor
+    """Drives effects, given what it needs by name (keyword-only), not the supervisor that holds it:
+
+    `record` journals and applies an event, `finish` the terminal one; `get_many` finds effects by id
+    (dependencies); `attempts` runs one attempt (or a flow step's `instead`); `limits` hands out the
+    slots; `journal_clear` waits until the journal can record a start; `closing` says whether the
+    server is stopping; `keep_queued` whether a stop leaves waiting effects for the next server.
+    """
+
+    def __init__(
+        self,
+        *,
+        record: Record,
+        finish: Finish,
+        get_many: GetMany,
+        attempts: Attempts,
+        limits: Limits,
+        journal_clear: Callable[[], Awaitable[None]],
+        closing: Callable[[], bool],
+        keep_queued: bool,
+    ) -> None:
+        self._record, self._finish, self._get_many = record, finish, get_many
+        self._attempts, self._limits, self._journal_clear = attempts, limits, journal_clear
+        self._closing, self._keep_queued = closing, keep_queued
 
     @contextmanager
     def _interruptible(self, effect: Effect) -> Iterator[anyio.CancelScope]:
@@ -36,7 +60,7 @@ class Driver:
         shutdown ends, including one that came before the wait began."""
         with anyio.CancelScope() as scope:
             effect.waiting = scope
-            if effect.cancel is not None or self._sup.closing:
+            if effect.cancel is not None or self._closing():
                 scope.cancel()
             try:
                 yield scope
@@ -53,39 +77,39 @@ class Driver:
             log.exception("effect %s: the supervisor failed", effect.effect_id)
             if not effect.terminal:
                 with anyio.CancelScope(shield=True), suppress(JournalUnavailableError):  # stopping
-                    await self._sup.finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
+                    await self._finish(effect, Outcome("failed", error="internal error in effectd (see its log)"))
 
     async def run(self, effect: Effect) -> None:
         """Takes the effect from pending or queued to its end (or leaves it waiting for the next server)."""
         if effect.status == "pending":
             blocked = await self._wait_dependencies(effect)
             if effect.cancel is not None:
-                return await self._sup.finish(effect, self._cancelled_outcome(effect))
+                return await self._finish(effect, self._cancelled_outcome(effect))
             if self._detached(effect):
                 return
             if blocked is not None:
                 why = f"dependency {blocked.effect_id} {blocked.status}"
-                return await self._sup.finish(effect, Outcome("skipped", error=why))
+                return await self._finish(effect, Outcome("skipped", error=why))
             effect.check_transition("queued")
-            await self._sup.record(effect, events.queued(effect))
-        instead = self._sup.attempts.instead
+            await self._record(effect, events.queued(effect))
+        instead = self._attempts.instead
         if instead is not None and effect.spec.flow_id is not None and effect.attempt == 0:
             outcome = await instead(effect)  # a flow step resumed (cached) or fanned out: no process of its own
             if outcome is not None:
-                return await self._sup.finish(effect, outcome)
+                return await self._finish(effect, outcome)
         while not await self._attempt(effect):
             if effect.spec.retry_backoff_s > 0:
                 with self._interruptible(effect):
                     await anyio.sleep(effect.spec.retry_backoff_s * 2 ** (effect.attempt - 1))
                 if effect.cancel is not None:
-                    return await self._sup.finish(effect, self._cancelled_outcome(effect))
+                    return await self._finish(effect, self._cancelled_outcome(effect))
 
     def _detached(self, effect: Effect) -> bool:
-        return self._sup.closing and self._sup.keep_queued and effect.cancel is None
+        return self._closing() and self._keep_queued and effect.cancel is None
 
     async def _wait_dependencies(self, effect: Effect) -> Effect | None:
         """Waits for every dependency to end; returns the first that did not succeed, if any."""
-        dependencies = await self._sup.get_many(effect.spec.depends_on)
+        dependencies = await self._get_many(effect.spec.depends_on)
 
         def blocked() -> Effect | None:
             return next((d for d in dependencies if d.terminal and d.status != "succeeded"), None)
@@ -118,34 +142,34 @@ class Driver:
         held: list[anyio.CapacityLimiter] = []
         try:
             with self._interruptible(effect):
-                for limiter in self._sup.limits.for_spec(effect.spec):
+                for limiter in self._limits.for_spec(effect.spec):
                     try:  # a free slot (none queued before it) is taken without the awaited form's checkpoint
                         limiter.acquire_on_behalf_of_nowait(effect)
                     except anyio.WouldBlock:
                         await limiter.acquire_on_behalf_of(effect)
                     held.append(limiter)
-                await self._sup.journal.wait_clear()  # no process starts while the journal cannot record it
-            if self._sup.closing and effect.cancel is None:
-                if self._sup.keep_queued:
+                await self._journal_clear()  # no process starts while the journal cannot record it
+            if self._closing() and effect.cancel is None:
+                if self._keep_queued:
                     return True
-                self._sup.request_cancel(effect, "shutdown")
+                effect.request_cancel(CancelRequest("shutdown", None, None))
             if effect.cancel is not None:
-                await self._sup.finish(effect, self._cancelled_outcome(effect))
+                await self._finish(effect, self._cancelled_outcome(effect))
                 return True
-            outcome = await self._sup.attempts.run(effect)
+            outcome = await self._attempts.run(effect)
             attempt = outcome.attempt or effect.attempt
             retry = (
                 outcome.status == "failed"
                 and attempt < effect.spec.max_attempts
                 and effect.cancel is None
-                and not self._sup.closing
+                and not self._closing()
             )
             if retry:
                 if effect.status == "running":
                     effect.check_transition("queued")
-                await self._sup.record(effect, events.retry(effect, outcome))
+                await self._record(effect, events.retry(effect, outcome))
                 return False
-            await self._sup.finish(effect, outcome)
+            await self._finish(effect, outcome)
             return True
         finally:
             for limiter in reversed(held):

@@ -12,19 +12,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
 from effectd.journal.projection import OUTPUT_PRUNED, EffectState, Event
-from effectd.model.records import TERMINAL, TRANSITIONS, EffectRecord, EffectSpec, format_iso, seconds_between
+from effectd.model.records import (
+    TERMINAL,
+    TRANSITIONS,
+    CancelReason,
+    EffectRecord,
+    EffectSpec,
+    format_iso,
+    seconds_between,
+)
 from effectd.supervisor.output import OutputLog
 from effectd.support.flag import Flag
 
 
 @dataclass(frozen=True)
 class CancelRequest:
-    reason: str
+    reason: CancelReason
     message: str | None
     grace_s: float | None
     skip: str | None = None  # set: an effect that has not started ends `skipped` with this error instead
@@ -107,8 +115,8 @@ class Effect:
         return self.live_progress if self.live_progress is not None else self.state.progress
 
     @property
-    def cancel_reason(self) -> str | None:
-        return self.state.cancel_reason
+    def cancel_reason(self) -> CancelReason | None:
+        return cast("CancelReason | None", self.state.cancel_reason)  # the journal holds what CancelRequest wrote
 
     @property
     def finished_at(self) -> str | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effectd.journal.projection import QUEUED, RETRY, Event, terminal_event
-from effectd.model.records import EffectSpec, now_iso
+from effectd.model.records import EffectSpec, Terminal, now_iso
 from effectd.supervisor.effect import CancelRequest, Effect
 
 
@@ -14,7 +14,7 @@ from effectd.supervisor.effect import CancelRequest, Effect
 class Outcome:
     """How an effect (or one attempt of it) ended, before it is written as a terminal event."""
 
-    status: str
+    status: Terminal
     exit_code: int | None = None
     signal: int | None = None
     error: str | None = None

@@ -9,6 +9,7 @@ from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
 from effectd.engine.budgets import BudgetRecord
+from effectd.model.arguments import Limits
 from effectd.model.records import Name
 from effectd.tools._base import engine_of, refusals, strict_tool
 
@@ -30,9 +31,8 @@ async def set_budget(
     is refused, until the limit is raised here. Returns what was spent against the limits.
     """
     with refusals():
-        return await engine_of(ctx).set_budget(
-            run_id=run_id, group=group, max_cost_usd=max_cost_usd, max_tokens=max_tokens
-        )
+        limits = Limits(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
+        return await engine_of(ctx).set_budget(limits, run_id=run_id, group=group)
 
 
 def tools() -> list[Tool]:

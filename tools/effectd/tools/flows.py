@@ -8,8 +8,8 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
-from effectd.engine.budgets import Limits
-from effectd.flows.models import MAX_STEPS, FlowRecord, Policy, Step
+from effectd.flows.models import MAX_STEPS, FlowRecord, FlowRequest, Policy, Step
+from effectd.model.arguments import Limits
 from effectd.model.records import Name, Wait
 from effectd.tools._base import engine_of, progress_of, refusals, strict_tool
 
@@ -55,8 +55,8 @@ async def dispatch_flow(
     """
     engine = engine_of(ctx)
     with refusals():
-        dispatched = await engine.dispatch_flow(
-            steps,
+        request = FlowRequest(
+            steps=steps,
             policy=policy,
             max_concurrency=max_concurrency,
             flow_id=flow_id,
@@ -64,6 +64,7 @@ async def dispatch_flow(
             budget=budget,
             resume=resume,
         )
+        dispatched = await engine.dispatch_flow(request)
     if background:
         return dispatched.record
     return await engine.follow_flow(

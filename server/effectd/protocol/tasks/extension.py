@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from effectd.engine.core import Engine
 from effectd.errors import EffectdError, UnknownEffectError
-from effectd.flows.models import FlowRecord
+from effectd.flows.models import FlowRecord, FlowRequest
 from effectd.model.arguments import DispatchArguments
 from effectd.model.records import EffectRecord
 from effectd.protocol.compat import lowlevel, tool_result, validated_arguments
@@ -145,13 +145,7 @@ class TasksExtension(Extension):
         if name == "dispatch_effect":
             call = DispatchArguments.model_construct(**arguments)
             return (await self._engine.dispatch(call.request())).record.effect_id
-        flow = await self._engine.dispatch_flow(
-            arguments["steps"],
-            policy=arguments["policy"],
-            max_concurrency=arguments["max_concurrency"],
-            flow_id=arguments["flow_id"],
-            run_id=arguments["run_id"],
-        )
+        flow = await self._engine.dispatch_flow(FlowRequest.of(arguments))
         return flow.record.flow_id
 
     # --- tasks/* ----------------------------------------------------------------------------------
