@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import call
+from tests.helpers.mcp import call
 from tests.model_server import Conversation, Error, Script, Text, ToolCall
 from tests.model_server.clis import PACKAGES, claude_env
 from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping, tree_gone

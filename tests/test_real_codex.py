@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from tests.conftest import call, pid_alive, wait_until
+from tests.helpers.mcp import call, wait_until
+from tests.helpers.processes import pid_alive
 from tests.model_server import Conversation, Error, Script, Text, ToolCall
 from tests.model_server.clis import PACKAGES, codex_env
 from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping

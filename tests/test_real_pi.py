@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.conftest import call
+from tests.helpers.mcp import call
 from tests.model_server import Conversation, Error, Script, Text, ToolCall
 from tests.model_server.clis import pi_env
 from tests.model_server.harness_runs import cli_fixtures, run_with_progress, sleeping, tree_gone

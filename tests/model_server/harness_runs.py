@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from tests.conftest import call, pid_alive, wait_until
+from tests.helpers.mcp import call, wait_until
+from tests.helpers.processes import pid_alive
 from tests.model_server.clis import require
 from tests.model_server.processes import effect_tree, running
 from tests.model_server.script import Script
