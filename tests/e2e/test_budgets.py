@@ -225,7 +225,6 @@ async def test_a_flows_budget_with_an_unknown_field_is_refused(client, settings)
     assert "max_usd" in text and event_count(settings.db) == 0
 
 
-@pytest.mark.slow
 async def test_over_stdio_a_spent_budget_holds_after_the_server_is_killed(tmp_path: Path):
     config = tmp_path / "effectd.toml"
     config.write_text(

@@ -225,7 +225,6 @@ async def test_effectd_show_lists_a_flows_children_under_their_step(settings: Se
     assert [c["effect_id"] for c in each["children"]] == [c["effect_id"] for c in by_id(flow)["each"]["children"]]
 
 
-@pytest.mark.slow
 async def test_the_dashboard_flow_graph_counts_a_steps_children(engine: Engine, tmp_path: Path):
     from tests.helpers.browser import dashboard, missing
 

@@ -641,7 +641,6 @@ async def run_script(*argv: str, cwd: Path) -> str:
     return out
 
 
-@pytest.mark.slow
 async def test_the_flow_timeline_example_draws_the_middle_steps_side_by_side(tmp_path: Path):
     out = await run_script(str(REPO / "client_examples" / "flow_timeline.py"), cwd=tmp_path)
     bars = {m[1]: m[2] for m in re.finditer(r"^(\w+)\s*\|([ █]+)\|", out, re.M)}
@@ -652,6 +651,7 @@ async def test_the_flow_timeline_example_draws_the_middle_steps_side_by_side(tmp
     assert "speedup" in out
 
 
+@pytest.mark.slow
 async def test_the_flow_benchmark_prints_both_wall_times_and_their_ratio(tmp_path: Path):
     args = ("--layers", "2", "--width", "3", "--step-s", "0.05")
     out = await run_script(str(REPO / "benchmarks" / "bench_flows.py"), *args, cwd=tmp_path)

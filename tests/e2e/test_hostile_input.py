@@ -403,8 +403,9 @@ def other_calls(draw: st.DrawFn) -> tuple[str, dict[str, Any], int]:
     return tool, arguments, verdict
 
 
+# 40 calls per tool in the developer loop; .ci/run sets 150.
 FUZZ = hsettings(
-    max_examples=150,
+    max_examples=int(os.environ.get("EFFECTD_FUZZ_EXAMPLES", "40")),
     deadline=None,
     derandomize=True,
     database=None,

@@ -24,7 +24,7 @@ from effectd.journal.projection import TERMINAL_EVENTS
 from tests.helpers.mcp import call, read_until
 from tests.helpers.processes import SLEEP, effectd_bin, pid_alive, py, stdio_params
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio]
 ANY = "--allow-any-command"
 # Prints its server's pid and its own (and a grandchild's), then a numbered line every 50 ms until killed.
 TICKING = """

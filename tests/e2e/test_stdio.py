@@ -98,7 +98,6 @@ time.sleep(120)
 """
 
 
-@pytest.mark.slow
 async def test_after_a_sigkill_nothing_is_orphaned_and_the_restart_recovers_every_effect(tmp_path):
     db = tmp_path / "j.db"
     with suppress(Exception, BaseExceptionGroup):
@@ -226,7 +225,6 @@ STUBBORN = (
 )
 
 
-@pytest.mark.slow
 async def test_a_cancel_under_way_when_the_server_dies_stands_after_the_restart(tmp_path):
     db = tmp_path / "j.db"
     with suppress(Exception, BaseExceptionGroup):

@@ -89,7 +89,6 @@ def test_a_client_that_closes_stdout_makes_the_server_stop_its_effects_and_exit_
     assert row == ("cancelled", "shutdown")
 
 
-@pytest.mark.slow
 def test_a_64_mib_line_on_stdin_is_answered_in_linear_time(tmp_path: Path) -> None:
     with raw_server(tmp_path / "j.db") as server:
         assert server.stdin is not None and server.stdout is not None

@@ -256,7 +256,6 @@ async def test_tasks_get_after_a_restart_answers_from_the_journal(settings: Sett
 # --- over stdio and HTTP --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 async def test_tasks_over_stdio_complete_cancel_and_survive_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     params = stdio_params(db, "--allow-any-command")
@@ -377,7 +376,6 @@ async def test_a_listener_is_told_when_a_flow_task_is_cancelled(engine: Engine) 
             assert cancelled.task_id == task.task_id
 
 
-@pytest.mark.slow
 async def test_a_sub_agent_task_over_stdio_shows_the_harness_progress_then_its_parsed_result(tmp_path: Path) -> None:
     config = tmp_path / "effectd.toml"
     config.write_text(

@@ -53,7 +53,6 @@ async def effectd(project: Path, *args: str, env: dict[str, str] | None = None) 
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
-@pytest.mark.slow
 async def test_ls_show_logs_and_journal_read_the_db_named_in_effectd_toml(settings, project):
     async with connected(configured(settings, project)) as (_, client):
         record = await call(client, "dispatch_effect", command=py("print('configured journal')"), label="hello")
@@ -77,7 +76,6 @@ async def test_ls_show_logs_and_journal_read_the_db_named_in_effectd_toml(settin
     assert not (project / ".effectd").exists(), "a reading command created the default journal"
 
 
-@pytest.mark.slow
 async def test_db_and_effectd_db_still_come_before_the_config_file(settings, project, tmp_path_factory):
     async with connected(configured(settings, project)) as (_, client):
         record = await call(client, "dispatch_effect", command=py("pass"))

@@ -131,7 +131,6 @@ async def test_the_zombies_an_ended_effect_leaves_are_reaped_after_it(settings, 
     assert record["pid"] not in REAPER.sessions
 
 
-@pytest.mark.slow
 async def test_grandchildren_that_escaped_a_sigkilled_server_die_at_its_next_start(tmp_path):
     db = tmp_path / "j.db"
     # `timeout` leaves the process group; the daemon leaves the session; where cgroups contain the

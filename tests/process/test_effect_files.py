@@ -139,7 +139,6 @@ async def test_a_directory_left_as_the_result_file_neither_breaks_a_retry_nor_hi
     assert record["result_error"] == "the result file is a directory, not a regular file"
 
 
-@pytest.mark.slow
 async def test_a_100_mb_result_file_is_refused_by_its_size_without_costing_memory(tmp_path: Path) -> None:
     # 50 million small numbers: read and parsed as before, about 1 GB of the server's memory.
     code = (

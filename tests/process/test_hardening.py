@@ -173,7 +173,6 @@ async def assert_journal_sound(db: Path, *, finished: bool) -> list[dict]:
 # --- 1. crash recovery ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 async def test_a_sigkill_in_the_middle_of_a_dispatch_burst_leaves_a_sound_journal_and_every_effect_answers(
     tmp_path,
 ):

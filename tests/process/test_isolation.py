@@ -233,7 +233,6 @@ async def test_an_isolated_effect_can_start_from_another_base(settings, tmp_path
     assert branches(repo) == []
 
 
-@pytest.mark.slow
 async def test_twenty_concurrent_isolated_effects_on_one_repository_each_get_their_own_branch(settings, tmp_path):
     repo = make_repo(tmp_path / "repo")
     count = 20

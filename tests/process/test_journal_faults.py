@@ -113,7 +113,6 @@ def fault_settings(settings: Settings, db: Path) -> Settings:
     return replace(settings, db=db, journal_busy_timeout_s=0.2, journal_retry_max_s=0.1)
 
 
-@pytest.mark.slow
 async def test_effects_that_end_while_the_disk_is_full_keep_their_true_outcome_once_space_is_freed(
     settings: Settings, small_disk: Path, tmp_path: Path
 ) -> None:
@@ -160,7 +159,6 @@ async def test_effects_that_end_while_the_disk_is_full_keep_their_true_outcome_o
         assert (again["status"], again["exit_code"]) == ("succeeded", 0)
 
 
-@pytest.mark.slow
 async def test_an_effect_that_exits_0_while_another_program_locks_the_database_is_recorded_succeeded(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -216,7 +214,6 @@ async def test_a_dispatch_the_locked_database_refuses_leaves_no_gap_in_seq(setti
     assert sum(e["type"] == "EFFECT_REQUESTED" for e in events) == 2
 
 
-@pytest.mark.slow
 async def test_a_server_stopped_while_the_disk_is_full_exits_without_hanging(
     settings: Settings, small_disk: Path, tmp_path: Path
 ) -> None:

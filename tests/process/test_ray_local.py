@@ -14,7 +14,8 @@ from tests.helpers.processes import stdio_params
 
 pytest.importorskip("ray", reason="the Ray runner's tests need Ray: pip install -e '.[ray]'")
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(240)]
+# One local Ray at a time on this machine: every Ray test runs on the same xdist worker.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240), pytest.mark.xdist_group("ray")]
 
 
 def ray_processes() -> set[int]:

@@ -33,7 +33,8 @@ ray = pytest.importorskip("ray", reason="the Ray runner's tests need Ray: pip in
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 from effectd.runner.ray_runner import RayRunner  # noqa: E402
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
+# One local Ray at a time on this machine: every Ray test runs on the same xdist worker.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300), pytest.mark.xdist_group("ray")]
 
 ENDED = ("succeeded", "failed", "cancelled", "skipped")
 SMALL = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}

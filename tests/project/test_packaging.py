@@ -162,11 +162,11 @@ def test_every_third_party_module_effectd_imports_is_a_declared_dependency() -> 
 
 
 def test_the_dependency_check_flags_starlette_and_uvicorn_when_they_are_not_declared() -> None:
-    """The defect this check was written for: server/http.py imported both without declaring them."""
+    """The defect this check was written for: server/effectd/http/ imported both without declaring them."""
     required, optional = declared()
     problems = undeclared(third_party_imports(), required - {"starlette", "uvicorn"}, optional)
     assert {"starlette", "uvicorn"} <= set(problems)
-    assert any("server/http" in why for why in problems["starlette"])
+    assert any("effectd/http" in why for why in problems["starlette"])
 
 
 def test_a_module_of_an_optional_extra_is_allowed_only_behind_a_guarded_import() -> None:

@@ -26,7 +26,7 @@ PINNED = REPO / ".ci" / "node" / "node_modules" / ".bin" / "claude"
 CLAUDE = os.environ.get("EFFECTD_CLAUDE") or (str(PINNED) if PINNED.exists() else None) or shutil.which("claude")
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.slow,
+    pytest.mark.real,
     pytest.mark.skipif(
         CLAUDE is None,
         reason="the Claude Code CLI is not installed: python -m tests.model_server.clis (or npm install -g "

@@ -24,7 +24,7 @@ from tests.model_server.mission import FINAL_ANSWER, GROUP, MCP, run_mission
 from tests.model_server.processes import effect_tree
 from tests.model_server.wire import read_wire
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
 
 def test_claude_as_the_client_runs_three_sub_agents_awaits_one_and_cancels_the_slow_one(tmp_path):

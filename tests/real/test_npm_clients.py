@@ -23,7 +23,8 @@ from tests.helpers.mcp import call
 from tests.helpers.paths import REPO
 from tests.helpers.processes import pid_alive, py
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# One npm install into tests/node at a time: these tests run on the same xdist worker.
+pytestmark = [pytest.mark.anyio, pytest.mark.real, pytest.mark.xdist_group("npm")]
 
 NODE_DIR = REPO / "tests" / "node"
 BIN = NODE_DIR / "node_modules" / ".bin"

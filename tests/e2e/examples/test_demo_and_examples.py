@@ -173,7 +173,6 @@ def test_the_demo_fails_with_a_clear_message_when_the_server_cannot_start(
 # --- client examples -----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_the_quickstart_example_runs_foreground_background_poll_and_cancel(tmp_path: Path) -> None:
     result, _ = run_program([sys.executable, str(REPO / "client_examples" / "quickstart.py")], tmp_path, timeout=60)
     out = succeeded(result)
@@ -198,7 +197,6 @@ def test_the_parallel_subagents_example_takes_five_results_as_they_complete(tmp_
     assert "{'succeeded': 5}, total cost $0.0562" in out
 
 
-@pytest.mark.slow
 def test_the_worktree_subagents_example_keeps_each_agents_edit_on_its_own_branch(tmp_path: Path) -> None:
     script = REPO / "client_examples" / "worktree_subagents.py"
     result, _ = run_program([sys.executable, str(script), "--agents", "3", "--mode", "all"], tmp_path, timeout=60)

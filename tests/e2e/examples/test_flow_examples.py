@@ -18,6 +18,7 @@ def run(argv: list[str], cwd: Path, timeout: float = 120) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_plan_fanout_review_example_fans_out_resumes_and_pipes(tmp_path: Path) -> None:
     out = run([sys.executable, str(REPO / "client_examples" / "plan_fanout_review.py"), "--files", "4"], tmp_path)
     assert re.search(r"^  document\s+succeeded\s+fanned out into 4 effects:$", out, re.M), out
