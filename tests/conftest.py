@@ -20,7 +20,7 @@ from mcp import Client
 from effectd.app import build_server
 from effectd.config.settings import Settings, build_settings
 from effectd.engine.core import Engine
-from tests.helpers.http import Daemon, free_port, stop, wait_for_port
+from tests.helpers.http import Daemon, stop, wait_for_url
 from tests.helpers.processes import SESSION_VARIABLE, effect_processes, effectd_bin
 
 # Every effect started by this test session (in memory or through a server it launched) inherits this
@@ -73,12 +73,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, name: str = "journal") -> Daemon:
-        port = free_port()
         db = tmp_path / f"{name}.db"
         log = tmp_path / f"{name}.stderr"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [effectd_bin(), "serve", "--http", "--port", str(port), "--db", str(db), "--allow-any-command", *flags],
+                [effectd_bin(), "serve", "--http", "--port", "0", "--db", str(db), "--allow-any-command", *flags],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -86,8 +85,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
                 env={**os.environ, **(env or {})},
             )
         started.append(proc)
-        wait_for_port(port, proc, log)
-        return Daemon(proc, f"http://127.0.0.1:{port}", db, log)
+        return Daemon(proc, wait_for_url(proc, log), db, log)
 
     yield start
     for proc in started:

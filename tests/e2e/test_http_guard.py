@@ -22,7 +22,7 @@ import httpx2
 import pytest
 
 from effectd.support.log_repeats import RepeatFilter
-from tests.helpers.http import free_port, http_client, stop, wait_for_port
+from tests.helpers.http import free_port, http_client, stop, wait_for_url
 from tests.helpers.mcp import call
 from tests.helpers.processes import effectd_bin, py
 
@@ -37,7 +37,6 @@ def servers(tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*flags: str, config: str = "", nofile: int | None = None) -> tuple[subprocess.Popen[bytes], str, Path]:
-        port = free_port()
         log = tmp_path / f"server{len(started)}.stderr"
         (tmp_path / "effectd.toml").write_text(config)
         env = {k: v for k, v in os.environ.items() if k != "EFFECTD_TOKEN"}
@@ -48,7 +47,7 @@ def servers(tmp_path: Path) -> Iterator[Any]:
 
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [effectd_bin(), "serve", "--http", "--port", str(port), "--db", str(tmp_path / "j.db"), *flags],
+                [effectd_bin(), "serve", "--http", "--port", "0", "--db", str(tmp_path / "j.db"), *flags],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -57,8 +56,7 @@ def servers(tmp_path: Path) -> Iterator[Any]:
                 preexec_fn=limit_files,  # noqa: PLW1509 - only setrlimit, in the child
             )
         started.append(proc)
-        wait_for_port(port, proc, log)
-        return proc, f"http://127.0.0.1:{port}", log
+        return proc, wait_for_url(proc, log), log
 
     yield start
     for proc in started:

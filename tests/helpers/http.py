@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -80,17 +81,19 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, within_s: float = 30) -> None:
+def wait_for_url(proc: subprocess.Popen[bytes], log: Path, within_s: float = 30) -> str:
+    """The base URL a server started with ``--port 0`` says it serves at (the port is the OS's choice, so
+    parallel test workers never race for one); fails if the server exits first or says nothing in time."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
+        said = log.read_text(errors="replace")
+        found = re.search(r"serving MCP at (http://\S+)/mcp", said)
+        if found is not None:
+            return found.group(1)
         if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}: {log.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on port {port} within {within_s} s: {log.read_text(errors='replace')}")
+            raise AssertionError(f"the server exited with {proc.returncode}: {said}")
+        time.sleep(0.05)
+    raise AssertionError(f"the server named no URL within {within_s} s: {log.read_text(errors='replace')}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
