@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.processes import SESSION_VARIABLE
 from tests.model_server.clis import claude_env
 from tests.model_server.mission import MCP, TOOLS, mission_script
 from tests.model_server.script import Script
@@ -60,8 +61,8 @@ def run_interactive_mission(
         env = {**os.environ, **claude_env(server, config_dir), **extra_env, "TERM": "xterm-256color"}
         _settings(workdir, config_dir)
         serve_env = {"PATH": f"{claude.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        if "EFFECTD_TEST_SESSION" in os.environ:  # the test session's leftover check sees the sub-agents
-            serve_env["EFFECTD_TEST_SESSION"] = os.environ["EFFECTD_TEST_SESSION"]
+        if SESSION_VARIABLE in os.environ:  # the test session's leftover check sees the sub-agents
+            serve_env[SESSION_VARIABLE] = os.environ[SESSION_VARIABLE]
         tee = [str(Path(__file__).with_name("wire.py")), str(wire), "--", effectd, "serve", "--db", str(journal)]
         config = {"mcpServers": {"effectd": {"command": sys.executable, "args": tee, "env": serve_env}}}
         (workdir / "mcp.json").write_text(json.dumps(config))

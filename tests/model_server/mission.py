@@ -3,7 +3,7 @@
 The scripted model makes the orchestrating ``claude -p`` call effectd's tools: three background
 ``harness: claude`` sub-agents (the same real CLI, against the same scripted server), then
 ``await_group`` mode ``any``, then ``cancel_effect`` of the slow one, then its answer.
-Used by ``tests/test_real_mission.py`` and ``client_examples/real_claude_offline.py``.
+Used by ``tests/real/test_mission.py`` and ``client_examples/real_claude_offline.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from tests.helpers.processes import SESSION_VARIABLE
 from tests.model_server.clis import claude_env
 from tests.model_server.script import Conversation, Dynamic, Error, Script, Text, ToolCall
 from tests.model_server.server import ModelServer
@@ -138,8 +139,8 @@ def run_mission(
         server.script = mission_script(server_ref, sub_env)
         path = f"{claude.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
         serve_env = {"PATH": path, **(extra_env or {})}
-        if "EFFECTD_TEST_SESSION" in os.environ:  # the test session's leftover check sees the sub-agents
-            serve_env["EFFECTD_TEST_SESSION"] = os.environ["EFFECTD_TEST_SESSION"]
+        if SESSION_VARIABLE in os.environ:  # the test session's leftover check sees the sub-agents
+            serve_env[SESSION_VARIABLE] = os.environ[SESSION_VARIABLE]
         command, args = effectd, ["serve", "--db", str(journal)]
         if wire is not None:
             command, args = sys.executable, [str(Path(__file__).with_name("wire.py")), str(wire), "--", effectd, *args]

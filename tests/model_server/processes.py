@@ -8,7 +8,8 @@ from typing import Any
 
 from mcp import Client
 
-from tests.conftest import call, pid_alive
+from tests.helpers.mcp import call
+from tests.helpers.processes import pid_alive
 
 
 def effect_tree(effect_id: str) -> dict[int, str]:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from effectd.harness.profiles import BUILTIN_PROFILES
+from tests.helpers.paths import FIXTURES
 from tests.model_server import Conversation, Error, ModelServer, Script, Text, ToolCall
 from tests.model_server.clis import (
     PACKAGES,
@@ -25,7 +26,7 @@ from tests.model_server.clis import (
     pi_env,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real"
+REAL_FIXTURES = FIXTURES / "real"
 
 ANSWER = "The command printed hi, so the shell works."
 ERROR = "scripted: this model is switched off"
@@ -68,7 +69,7 @@ def record(name: str, workdir: Path) -> None:
                 text=True,
                 timeout=300,
             )
-            target = FIXTURES / f"{name}-{PACKAGES[name][1]}-{case}.jsonl"
+            target = REAL_FIXTURES / f"{name}-{PACKAGES[name][1]}-{case}.jsonl"
             target.write_text(done.stdout.replace(str(workdir), "/work/project"))
             print(f"{target.name}: exit {done.returncode}, {len(done.stdout.splitlines())} lines")
 
@@ -76,7 +77,7 @@ def record(name: str, workdir: Path) -> None:
 def main() -> int:
     names = sys.argv[1:]  # e.g. `pi`: only those; all by default
     problems = install()
-    FIXTURES.mkdir(parents=True, exist_ok=True)
+    REAL_FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in PACKAGES:
             if name in problems:
