@@ -165,6 +165,23 @@ async def test_a_flow_is_a_task_that_counts_its_steps(engine: Engine, tmp_path: 
         assert flow == await call(client, "poll_flow", flow_id=task.task_id)
 
 
+async def test_a_flow_task_keeps_its_budget_and_its_resume(engine: Engine) -> None:
+    """Regression: a task-backed `dispatch_flow` relayed five of its seven arguments by hand, and
+    dropped `budget` and `resume`; now the task and the foreground call take the same request."""
+    steps = [{"id": "a", "command": py("print('a')")}, {"id": "b", "command": py("print('b')"), "needs": ["a"]}]
+    async with task_client(engine) as client:
+        first = await settle(client.session, (await start_task(client, "dispatch_flow", steps=steps)).task_id)
+        assert first.status == "completed"
+        old = first.result["structuredContent"] if first.result else {}
+        task = await start_task(client, "dispatch_flow", steps=steps, resume=old["flow_id"], budget={"max_tokens": 7})
+        done = await settle(client.session, task.task_id)
+        assert done.status == "completed" and done.result is not None
+        flow = done.result["structuredContent"]
+        assert flow["resumed_from"] == old["flow_id"] and flow["cached_steps"] == 2
+        budget = (await call(client, "list_effects", group=task.task_id))["summary"]["budget"]
+        assert budget["scope"] == {"group": task.task_id} and budget["max_tokens"] == 7
+
+
 async def test_tasks_cancel_of_a_flow_cancels_its_group(engine: Engine) -> None:
     steps = [{"id": "slow", "command": py(SLEEP, "60")}, {"id": "after", "command": py("1"), "needs": ["slow"]}]
     async with task_client(engine) as client:
