@@ -251,3 +251,12 @@ def install_as_a_tool(block: Block, clone: Path, tmp_path: Path) -> None:
             [str(home / "home" / ".local" / "bin" / "effectd"), "--version"], capture_output=True, text=True, timeout=60
         )
         assert version.returncode == 0 and version.stdout.startswith("effectd "), f"{line}: {version}"
+
+
+def test_the_readme_lists_every_tool_the_server_serves_once() -> None:
+    """The README's one line per tool is the live tool list: a new tool, or a renamed one, shows there."""
+    from effectd.tools.surface import all_tools
+
+    served = sorted(tool.name for tool in all_tools())
+    rows = re.findall(r"^\| `(\w+)` \|", (REPO / "README.md").read_text(), re.M)
+    assert sorted(rows) == served
