@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -251,8 +253,18 @@ def model(cli: Cli, binary: Path) -> Iterator[ModelServer]:
 
 
 @pytest.fixture
-def env(cli: Cli, model: ModelServer, tmp_path: Path) -> dict[str, str]:
-    return cli.make_env(model, tmp_path / f"{cli.name}-home")
+def env(cli: Cli, model: ModelServer) -> Iterator[dict[str, str]]:
+    """The CLI's environment, its home (config, state) outside the system's temporary folder, as a
+    user's is: with bubblewrap installed, codex refuses to create its sandbox helper binaries under
+    /tmp ("Refusing to create helper binaries under temporary dir"), so its shell tool never ran and
+    three of its five tests failed wherever `bwrap` was on the machine."""
+    base = Path.home() / ".cache" / "effectd-tests"
+    base.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix=f"{cli.name}-home-", dir=base))
+    try:
+        yield cli.make_env(model, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
