@@ -4,6 +4,8 @@
 supervisor, journal and engine API while deciding exactly what each "process" does:
 
 - `["fake", "exit=N"]`: prints a line and exits with code N at once.
+- `["fake", "after=S", "exit=N"]`: exits with code N after S seconds of the event loop's clock (virtual
+  on tests/helpers/clock.py's loop), unless a signal ends it first.
 - `["fake", "result=JSON", ...]`: its result file holds that JSON.
 - `["fake", "bad-result", ...]`: it leaves a FIFO as its result file (ResultFileError on reading).
 - `["fake", "hang"]`: runs until it is signalled; SIGTERM or SIGKILL ends it.
@@ -11,10 +13,12 @@ supervisor, journal and engine API while deciding exactly what each "process" do
 - anything else: the start fails (SpawnError), as a missing executable would.
 
 `runner.hold_start` (an anyio.Event) makes every start wait until it is set: a start in flight.
+`process.emit(data)` makes a running process print `data`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -41,19 +45,32 @@ class FakeProcess(ProcessHandle):
         self._more = anyio.Event()
         self._ignore_term = "ignore-term" in self.argv
         self.result: Any = None
+        self._later: asyncio.TimerHandle | None = None
+        after = next((float(a.partition("=")[2]) for a in self.argv[1:] if a.startswith("after=")), None)
         for arg in self.argv[1:]:
             if arg.startswith("exit="):
-                self._end(ExitStatus(int(arg.partition("=")[2]), None))
+                status = ExitStatus(int(arg.partition("=")[2]), None)
+                if after is None:
+                    self._end(status)
+                else:
+                    self._later = asyncio.get_running_loop().call_later(after, self._end, status)
             elif arg.startswith("result="):
                 self.result = json.loads(arg.partition("=")[2])
         self.closed = False
 
     def _end(self, status: ExitStatus) -> None:
+        if self._later is not None:
+            self._later.cancel()
         if self._exit is None:
             self._exit = status
             self._chunks.append(b"bye\n")
             self._exited.set()
             self._more.set()
+
+    def emit(self, data: bytes) -> None:
+        assert self._exit is None, "printed after it exited"
+        self._chunks.append(data)
+        self._more.set()
 
     async def read(self) -> bytes:
         while not self._chunks:

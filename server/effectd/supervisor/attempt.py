@@ -24,7 +24,7 @@ from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileErr
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
-from effectd.supervisor.output import LineSplitter
+from effectd.supervisor.output import LineSplitter, monotonic
 from effectd.supervisor.pipes import follow_log
 from effectd.support.flag import Flag
 
@@ -106,7 +106,7 @@ class Attempts:
             )
             effect.check_transition("running")
             await self._record(effect, started)
-            effect.output.last_output = time.monotonic()
+            effect.output.last_output = monotonic()
             outcome = await self._watch(effect, handle)
             outcome.attempt = attempt
             return outcome
@@ -165,7 +165,7 @@ class Attempts:
 
         async def on_idle(seconds: float) -> None:
             while True:
-                quiet = time.monotonic() - effect.output.last_output
+                quiet = monotonic() - effect.output.last_output
                 if quiet >= seconds:
                     self._request_cancel(effect, "idle_timeout")
                     return

@@ -8,7 +8,6 @@ progress (journaled at most once a second and with the end), and the stall flag.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from effectd.model.records import (
     format_iso,
     seconds_between,
 )
-from effectd.supervisor.output import OutputLog
+from effectd.supervisor.output import OutputLog, monotonic
 from effectd.support.flag import Flag
 
 
@@ -150,7 +149,7 @@ class Effect:
         state = self.state
         stalled = False
         if state.status == "running" and self.stall_after_s is not None:
-            stalled = time.monotonic() - self.output.last_output > self.stall_after_s
+            stalled = monotonic() - self.output.last_output > self.stall_after_s
         last_output_at = self.output.last_output_at
         return EffectRecord(
             effect_id=state.effect_id,

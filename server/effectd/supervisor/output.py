@@ -14,6 +14,7 @@ error), capture stops there and the output is marked truncated.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -26,6 +27,17 @@ import anyio
 from effectd.model.records import TAIL_BYTES
 
 log = logging.getLogger("effectd")
+
+
+def monotonic() -> float:
+    """The clock of output quiet (idle timeouts, stalls): the event loop's, so it agrees with
+    `anyio.sleep` (on asyncio that is `time.monotonic`; a test's virtual clock governs both); outside
+    a loop, `time.monotonic`."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
 
 _LAST_LINE_CHARS = 300
 _PARTIAL_LINE_LIMIT = 8192
@@ -172,7 +184,7 @@ class OutputLog:
         self.truncated = False
         self.closed = closed
         self.last_line: str | None = None
-        self.last_output = time.monotonic()
+        self.last_output = monotonic()
         self.last_output_at: float | None = None  # wall clock (time.time) of the last output
         self.lines_seen = 0
         self._partial = b""
@@ -197,7 +209,7 @@ class OutputLog:
             return False
         self.size = stat.st_size
         self._tail = b""  # read again from the file when asked for
-        self.last_output = time.monotonic()
+        self.last_output = monotonic()
         self.last_output_at = stat.st_mtime
         self._wake()
         return True
@@ -228,7 +240,7 @@ class OutputLog:
         """Appends captured bytes (up to the limit) and wakes the readers."""
         if not data:
             return
-        self.last_output = time.monotonic()
+        self.last_output = monotonic()
         self.last_output_at = time.time()
         room = self.limit - self.size
         if room <= 0 or self.failed is not None:
