@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers.paths import REPO
@@ -137,12 +138,24 @@ def test_package_inits_hold_only_their_docstring_so_importing_one_module_imports
             assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{relative(path)} holds more than a docstring"
 
 
-def test_no_runtime_import_cycle() -> None:
+def every_import(tree: ast.Module) -> set[str]:
+    """Everything a module imports, wherever: at import time, under TYPE_CHECKING, inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+    return found
+
+
+def assert_no_cycle(imports_of: Callable[[ast.Module], set[str]]) -> None:
+    """Fails naming the first cycle among effectd's modules, by what `imports_of` says each imports."""
     modules = {module_name(path): path for path in SOURCES}
     graph = {}
     for name, path in modules.items():
         deps = set()
-        for target in imported_at_import_time(ast.parse(path.read_text())):
+        for target in imports_of(ast.parse(path.read_text())):
             parts = target.split(".")
             deps |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & modules.keys()
         graph[name] = deps - {name}
@@ -161,36 +174,14 @@ def test_no_runtime_import_cycle() -> None:
         walk(name, [])
 
 
+def test_no_runtime_import_cycle() -> None:
+    assert_no_cycle(imported_at_import_time)
+
+
 def test_no_import_cycle_even_for_types_or_inside_functions() -> None:
     """A part that imports its owner's type (under TYPE_CHECKING) or its owner's module (inside a
     function, to dodge the cycle) still holds its owner: it takes narrow dependencies instead."""
-    modules = {module_name(path): path for path in SOURCES}
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            for target in targets:
-                parts = target.split(".")
-                deps |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)} & modules.keys()
-        graph[name] = deps - {name}
-    done: set[str] = set()
-
-    def walk(node: str, trail: list[str]) -> None:
-        if node in trail:
-            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node) :], node]))
-        if node in done:
-            return
-        for dep in sorted(graph[node]):
-            walk(dep, [*trail, node])
-        done.add(node)
-
-    for name in sorted(graph):
-        walk(name, [])
+    assert_no_cycle(every_import)
 
 
 # Below the front-ends, arguments are typed: a request object or named parameters, never `**kwargs: Any`

@@ -51,13 +51,15 @@ async def running(engine: Engine, clock: Clock, effect_id: str, armed: float | N
     await quiet(engine, clock, lambda: armed is None or clock.armed(armed))
 
 
-async def test_a_timeout_cancels_a_hanging_effect_when_virtual_time_reaches_it_and_not_before(
-    settings: Settings, clock: Clock
+@pytest.mark.parametrize(("bound", "reason"), [("timeout_s", "timeout"), ("idle_timeout_s", "idle_timeout")])
+async def test_a_timeout_cancels_a_hanging_silent_effect_when_virtual_time_reaches_it_and_not_before(
+    settings: Settings, clock: Clock, bound: str, reason: str
 ) -> None:
+    """`timeout_s` counts from the start, `idle_timeout_s` from the last output (here: the first line)."""
     runner = FakeRunner()
     with clock.real_fail_after(REAL_BOUND_S):
         async with Engine.open(settings, runner=runner) as engine:
-            record = (await engine.dispatch(EffectRequest(command=["fake", "hang"], timeout_s=30))).record
+            record = (await engine.dispatch(EffectRequest(command=["fake", "hang"], **{bound: 30}))).record
             await running(engine, clock, record.effect_id, armed=30)
             [process] = runner.processes
             await clock.advance(29.99)
@@ -66,25 +68,8 @@ async def test_a_timeout_cancels_a_hanging_effect_when_virtual_time_reaches_it_a
             assert (await engine.poll(record.effect_id)).status == "running"
             await clock.advance(0.02)
             ended = await engine.follow(record.effect_id, None)
-    assert (ended.status, ended.cancel_reason) == ("cancelled", "timeout")
+    assert (ended.status, ended.cancel_reason) == ("cancelled", reason)
     assert process.signals == [signal.SIGTERM]
-
-
-async def test_an_idle_timeout_cancels_an_effect_that_printed_nothing_for_that_long(
-    settings: Settings, clock: Clock
-) -> None:
-    runner = FakeRunner()
-    with clock.real_fail_after(REAL_BOUND_S):
-        async with Engine.open(settings, runner=runner) as engine:
-            record = (await engine.dispatch(EffectRequest(command=["fake", "hang"], idle_timeout_s=10))).record
-            await running(engine, clock, record.effect_id, armed=10)
-            [process] = runner.processes
-            await clock.advance(9.99)
-            await quiet(engine, clock)
-            assert process.signals == []
-            await clock.advance(0.02)
-            ended = await engine.follow(record.effect_id, None)
-    assert (ended.status, ended.cancel_reason) == ("cancelled", "idle_timeout")
 
 
 async def test_output_restarts_the_idle_timeout(settings: Settings, clock: Clock) -> None:
