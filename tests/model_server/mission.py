@@ -48,15 +48,24 @@ def _dispatch(label: str, prompt: str, sub_env: dict[str, str], background: bool
     return ToolCall(MCP + "dispatch_effect", arguments, text=f"Starting sub-agent {label}.")
 
 
-def tool_results(body: dict[str, Any]) -> list[str]:
-    """The text of every tool result in an Anthropic request's history."""
+def history_texts(body: dict[str, Any]) -> list[str]:
+    """The text of every tool result and every other text in an Anthropic request's history, in order.
+
+    Claude Code may move a slow MCP call to the background (`CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS`): the
+    tool result then only says so, and the call's result reaches the model later as the text of a
+    background-task notification. A model reads both, and so does the script."""
     found = []
     for message in body.get("messages", []):
-        for block in message.get("content", []) if isinstance(message.get("content"), list) else []:
-            if isinstance(block, dict) and block.get("type") == "tool_result":
-                content = block.get("content")
-                parts = content if isinstance(content, list) else [{"text": content}]
+        content = message.get("content")
+        for block in content if isinstance(content, list) else [{"type": "text", "text": content}]:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_result":
+                inner = block.get("content")
+                parts = inner if isinstance(inner, list) else [{"text": inner}]
                 found.append("\n".join(str(p.get("text", "")) for p in parts if isinstance(p, dict)))
+            elif block.get("type") == "text" and isinstance(block.get("text"), str):
+                found.append(block["text"])
     return found
 
 
@@ -68,9 +77,10 @@ def mission_script(server_ref: list[ModelServer], sub_env: dict[str, str], *, ba
     """
 
     async def cancel_the_slow_one(body: dict[str, Any]) -> Text | ToolCall | Error:
-        # As a model would: read the slow sub-agent's effect id from the dispatch result it got back.
-        slow = next((r for r in tool_results(body) if "SUB-SLOW" in r), "")
-        found = re.search(r'"effect_id":\s*"(eff_[0-9a-z]+)"', slow)
+        # As a model would: read the slow sub-agent's effect id from the dispatch result it got back,
+        # as a tool result or, for a call Claude Code moved to the background, as its notification.
+        texts = [text for text in history_texts(body) if "SUB-SLOW" in text]
+        found = next((m for text in texts if (m := re.search(r'"effect_id":\s*"(eff_[0-9a-z]+)"', text))), None)
         if found is None:
             return Text("I could not find the slow sub-agent's effect id.")
         # Give the slow sub-agent the time to reach its tool call, so there is a tree to kill.
