@@ -1,7 +1,7 @@
 """The configuration file's shape: strict pydantic models of its tables, and their errors as ConfigError.
 
 `effectd.toml` holds top-level keys (limits, `db`, `runner`, `ray_address`) and the tables
-`[commands]`, `[harness.NAME]` and `[http]`. `parse_config` checks a loaded table against `ConfigFile`
+`[commands]`, `[harness.NAME]`, `[http]` and `[sandbox]`. `parse_config` checks a loaded table against `ConfigFile`
 (no unknown key, no coercion: `max_concurrency = "4"` is refused) and turns pydantic's errors into one
 ConfigError that names the key, what it takes, and the file it came from.
 """
@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails
 
 from effectd.config.http import HTTP_KEYS, HttpSettings, http_error
 from effectd.errors import ConfigError
+from effectd.model.arguments import SANDBOX_SHAPE, SandboxArguments
 from effectd.model.records import MAX_GRACE_S
 
 MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
@@ -35,6 +36,13 @@ class CommandsTable(_Table):
     allow_any: bool = False
 
 
+class SandboxTable(_Table):
+    """`[sandbox]`: whether effects run sandboxed when a dispatch does not say, and which bubblewrap runs them."""
+
+    default: bool | SandboxArguments = False
+    bwrap: str = Field(default="bwrap", min_length=1, description="the bubblewrap program: a name on PATH, or a path")
+
+
 class ConfigFile(_Table):
     """The whole file. A key left out keeps the built-in default (or what the environment says)."""
 
@@ -49,6 +57,7 @@ class ConfigFile(_Table):
     harness: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each checked by `profile_from_config`
     groups: Any = None  # accepted and unused, as it always was
     http: HttpSettings = Field(default_factory=HttpSettings)
+    sandbox: SandboxTable = Field(default_factory=SandboxTable)
     runner: RunnerName | None = None
     ray_address: str | None = None
 
@@ -82,6 +91,12 @@ def _message(errors: list[ErrorDetails]) -> str:
         return http_error(key if key in HTTP_KEYS else None, value)
     if table == "harness":
         return f"config [harness.{key}] must be a table" if key else "config [harness.NAME] must be tables"
+    if table == "sandbox":
+        if key.startswith("bwrap"):
+            return f"config [sandbox] bwrap must be the bubblewrap program (a name on PATH or a path), not {value!r}"
+        if key.startswith("default"):
+            return f"config [sandbox] default takes {SANDBOX_SHAPE}; {error['msg']}"
+        return "config [sandbox] takes `default` (the sandbox of a dispatch that names none) and `bwrap`"
     if table == "runner":
         return f"runner must be one of {', '.join(RUNNERS)}, not {value!r}"
     if table == "ray_address":

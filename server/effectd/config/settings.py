@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effectd.config.file import MAX_RESULT_LIMIT_BYTES, RUNNERS, ConfigFile, RunnerName, parse_config
+from pydantic import ValidationError
+
+from effectd.config.file import MAX_RESULT_LIMIT_BYTES, RUNNERS, ConfigFile, RunnerName, SandboxTable, parse_config
 from effectd.config.http import HttpSettings
 from effectd.errors import ConfigError
 from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
+from effectd.model.arguments import SandboxArguments
 
 MAX_ARGV_BYTES = 256 * 1024
 RAY_MISSING = (
@@ -44,6 +47,7 @@ class Settings:
     journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
     runner: RunnerName = "local"
     ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
+    sandbox: SandboxTable = field(default_factory=SandboxTable)  # `[sandbox]`: the default sandbox, the bwrap
 
     @property
     def output_dir(self) -> Path:
@@ -141,6 +145,7 @@ def build_settings(
             harnesses[name] = profile_from_config(name, table)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        _check_profile_sandbox(name, harnesses[name].sandbox)
     path = Path(db) if db is not None else None
     path = path or (Path(os.environ["EFFECTD_DB"]) if os.environ.get("EFFECTD_DB") else None)
     if path is None and config.db is not None:
@@ -158,8 +163,24 @@ def build_settings(
         keep_queued=keep_queued,
         harnesses=harnesses,
         http=config.http,
+        sandbox=config.sandbox,
         **values,
     )
+
+
+def _check_profile_sandbox(name: str, sandbox: Mapping[str, Any] | None) -> None:
+    """A `[harness.NAME] sandbox` table has the shape of dispatch_effect's `sandbox` object."""
+    if sandbox is None:
+        return
+    try:
+        SandboxArguments.model_validate(sandbox)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"] if not str(part).startswith(("NetworkAllow", "literal")))
+        raise ConfigError(
+            f"harness profile {name!r}: sandbox{'.' + where if where else ''}: {problem['msg']}; a sandbox table takes "
+            '{network = "none" | "all" | {allow = ["HOST:PORT", ...]}, write = [paths], hide = [paths]}'
+        ) from None
 
 
 def _result_limit(flag: int | None) -> dict[str, int]:

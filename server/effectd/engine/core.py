@@ -108,6 +108,7 @@ class Engine(EngineQueries):
         spec = build_spec(self.settings, fields)
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
         await check_isolation(spec)
+        await self._supervisor.check_sandbox(spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -340,7 +341,17 @@ def _supervisor(
         },
         keep_queued=settings.keep_queued,
         runner=runner,
+        sandbox_hides=sandbox_hides(settings),
     )
+
+
+def sandbox_hides(settings: Settings) -> list[str]:
+    """What no sandboxed effect sees: the journal's folder (the real one too, when the path has links), the
+    output folder, the worktrees' folder and the HTTP token file."""
+    paths = [settings.db.parent, settings.db.resolve().parent, settings.output_dir, settings.worktree_dir]
+    if settings.http.token_file is not None:
+        paths.append(settings.http.token_file)
+    return [str(path) for path in dict.fromkeys(paths)]
 
 
 async def cancel_offline(db: Path, effect_id: str, message: str | None, worktree_dir: Path | None = None) -> bool:

@@ -91,6 +91,7 @@ class FlowManager:
         for spec in specs:
             try:
                 await check_isolation(spec)
+                await self.supervisor.check_sandbox(spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         if resume is not None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from effectd.harness.parsers import PARSERS
 
@@ -43,6 +44,8 @@ class HarnessProfile:
     max_concurrency: int | None = None
     description: str = ""
     resources: Mapping[str, float] | None = field(default=None, hash=False)  # Ray resources its effects need
+    # The sandbox a `sandbox: true` run of this profile gets ({network, write, hide}); None: the built-in one.
+    sandbox: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
@@ -85,6 +88,30 @@ class HarnessProfile:
             argv.extend(args)
         return argv
 
+    def default_sandbox(self, env: Mapping[str, str]) -> dict[str, Any]:
+        """The sandbox of a run that asks `sandbox: true`: the profile's own (`[harness.NAME] sandbox`), else,
+        for a built-in CLI, network to its model API only (the hosts below, and where a base-URL variable of
+        `env` points, such as ANTHROPIC_BASE_URL) and its config folders writable; else network "none"."""
+        if self.sandbox is not None:
+            return dict(self.sandbox)
+        known = _SANDBOXES.get(self.name)
+        if known is None:
+            return {"network": "none"}
+        hosts, variables, folders = known
+        allow = list(hosts)
+        for variable in variables:
+            if (address := _host_port(env.get(variable) or os.environ.get(variable))) and address not in allow:
+                allow.append(address)
+        home = env.get("HOME") or os.path.expanduser("~")
+        write = []
+        for folder in folders:
+            if folder.startswith("$"):  # a variable naming the folder, e.g. CODEX_HOME
+                if value := env.get(folder[1:]) or os.environ.get(folder[1:]):
+                    write.append(value)
+                continue
+            write.append(os.path.join(home, folder))
+        return {"network": {"allow": allow}, "write": write}
+
     def to_json(self) -> dict[str, Any]:
         """The profile as shown by ``list_harnesses``: template, parser, env names (not values), availability."""
         path = self.resolve_executable()
@@ -103,6 +130,39 @@ class HarnessProfile:
             "path": path,
         }
 
+
+def _host_port(url: str | None) -> str | None:
+    """`HOST:PORT` of a base URL (the scheme's port when it names none), or None."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
+
+
+# Per built-in CLI: its model API's hosts, the variables that point it elsewhere, and its config folders
+# (relative to HOME, or `$VARIABLE`), for its default sandbox.
+_SANDBOXES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "claude": (("api.anthropic.com:443",), ("ANTHROPIC_BASE_URL",), (".claude", ".claude.json", "$CLAUDE_CONFIG_DIR")),
+    "codex": (("api.openai.com:443", "chatgpt.com:443"), ("OPENAI_BASE_URL",), (".codex", "$CODEX_HOME")),
+    "gemini": (("generativelanguage.googleapis.com:443",), ("GOOGLE_GEMINI_BASE_URL",), (".gemini",)),
+    "pi": (
+        ("api.anthropic.com:443", "api.openai.com:443"),
+        ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"),
+        (".pi",),
+    ),
+    "opencode": (
+        ("api.anthropic.com:443", "api.openai.com:443", "opencode.ai:443", "models.dev:443"),
+        ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"),
+        (".local/share/opencode", ".config/opencode", ".cache/opencode", ".local/state/opencode"),
+    ),
+}
 
 _NODE_NOTE = "writes each JSON event with its own write, so events arrive line by line over a pipe"
 
@@ -240,6 +300,15 @@ def _resources(name: str, key: str, value: object) -> dict[str, float]:
     return {k: float(v) for k, v in value.items()}
 
 
+def _sandbox(name: str, key: str, value: object) -> dict[str, Any]:
+    """A table; its shape is checked with dispatch_effect's `sandbox` model (`config.settings`)."""
+    if not isinstance(value, Mapping):
+        raise _error(
+            name, key, 'must be a table: {network = "none" | "all" | {allow = [...]}, write = [...], hide = [...]}'
+        )
+    return dict(value)
+
+
 _SETTINGS: dict[str, Callable[[str, str, object], object]] = {
     "command": _command,
     "parser": _parser_name,
@@ -250,6 +319,7 @@ _SETTINGS: dict[str, Callable[[str, str, object], object]] = {
     "max_concurrency": _positive_int,
     "description": _text,
     "resources": _resources,
+    "sandbox": _sandbox,
 }
 """Each key a ``[harness.NAME]`` table may hold, with the function that checks and converts its value."""
 

@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from effectd.model.records import Duration, Grace, Name, Wait
@@ -27,6 +35,7 @@ class _Strict(BaseModel):
 
     # Names that belong elsewhere, with the reason given when they are sent here.
     _misplaced: ClassVar[dict[str, str]] = {}
+    _where: ClassVar[str] = "an effect"  # what an unknown name is said to be in
 
     @model_validator(mode="before")
     @classmethod
@@ -34,7 +43,7 @@ class _Strict(BaseModel):
         if isinstance(data, Mapping):
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
-                where = f"step {data.get('id')!r}" if "id" in cls.model_fields else "an effect"
+                where = f"step {data.get('id')!r}" if "id" in cls.model_fields else cls._where
                 notes = "".join(f" (`{name}` is {cls._misplaced[name]})" for name in unknown if name in cls._misplaced)
                 raise PydanticCustomError(
                     "unknown_argument",
@@ -47,6 +56,65 @@ class _Strict(BaseModel):
                     },
                 )
         return data
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+SANDBOX_SHAPE = (
+    'true, false or {"network": "none" | "all" | {"allow": ["HOST:PORT", ...]}, "write": [paths], "hide": [paths]}'
+)
+HostPort = Annotated[
+    str,
+    Field(
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):[0-9]{1,5}$",
+        description="a host name or address and a port, e.g. 'api.anthropic.com:443' or '127.0.0.1:8080'",
+    ),
+]
+SandboxPath = Annotated[str, Field(min_length=1, pattern=r"^[^\x00]*$", description="an absolute path, or ~/...")]
+
+
+class NetworkAllow(_Strict):
+    """Only these hosts and ports, through effectd's proxy."""
+
+    _where = "`sandbox.network`"
+
+    allow: list[HostPort]
+
+
+class SandboxArguments(_Strict):
+    """What a sandboxed effect may reach: its network, the paths it may write, the paths it must not see."""
+
+    _where = "`sandbox`"
+
+    network: Annotated[
+        Literal["none", "all"] | NetworkAllow,
+        Field(description='"none": its own loopback only; "all": the host\'s network; {"allow": ["HOST:PORT"]}'),
+    ] = "none"
+    write: Annotated[list[SandboxPath], Field(description="paths it may write besides its cwd and TMPDIR")] = []
+    hide: Annotated[list[SandboxPath], Field(description="paths it must not see at all")] = []
+
+
+def sandbox_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """`sandbox` checked, or one error that names the allowed shapes (not pydantic's one error per union branch)."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        detail = f"not {value!r}"
+        if isinstance(value, Mapping):
+            # The table's own errors (not the `bool` branch's); for `network`, the branch its value took.
+            network = value.get("network")
+            branch = "NetworkAllow" if isinstance(network, Mapping) else "literal"
+            errors = [e for e in exc.errors() if e["loc"][:1] == ("SandboxArguments",)]
+            errors = [e for e in errors if e["loc"][1:2] != ("network",) or str(e["loc"][2]).startswith(branch)]
+            if errors:
+                loc = [part for part in errors[0]["loc"][1:] if not str(part).startswith(("NetworkAllow", "literal"))]
+                where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+                detail = f"sandbox{where}: {errors[0]['msg']}"
+                if where.startswith(".network.allow["):
+                    detail = f"sandbox{where} is not HOST:PORT"
+        raise PydanticCustomError(
+            "sandbox", "`sandbox` takes {shape}; {detail}", {"shape": SANDBOX_SHAPE, "detail": detail}
+        ) from None
 
 
 class EffectArguments(_Strict):
@@ -78,6 +146,16 @@ class EffectArguments(_Strict):
         dict[str, float] | None,
         Field(description="Ray resources the effect needs, e.g. {'GPU': 1}: it runs on a node that has them"),
     ] = None
+    sandbox: Annotated[
+        bool | SandboxArguments | None,
+        Field(
+            description="run it in a bubblewrap sandbox: true (network none, or the harness profile's), false, "
+            'or {"network": "none" | "all" | {"allow": ["HOST:PORT"]}, "write": [paths], "hide": [paths]}; '
+            "default: the server's [sandbox] default (false)"
+        ),
+    ] = None
+
+    _sandbox = field_validator("sandbox", mode="wrap")(sandbox_value)
 
     def effect_fields(self) -> dict[str, Any]:
         """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""

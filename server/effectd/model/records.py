@@ -47,6 +47,20 @@ Grace = Annotated[float, Field(ge=0, le=MAX_GRACE_S, description="seconds from S
 Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="seconds, at most 55")]
 
 
+class SandboxSpec(BaseModel):
+    """An effect's sandbox as applied: its network, and the paths (absolute) it may write and must not see.
+
+    `network` is "none", "all", or {"allow": ["HOST:PORT", ...]}. Besides `write`, the effect writes its cwd
+    (its worktree when isolated) and its own TMPDIR; besides `hide`, it never sees the journal's folder,
+    the output folder, the token file and the other effects' worktrees."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    network: Literal["none", "all"] | dict[str, list[str]] = "none"
+    write: list[str] = Field(default_factory=list)
+    hide: list[str] = Field(default_factory=list)
+
+
 class EffectSpec(BaseModel):
     """What to run and under which limits: validated once, journaled in EFFECT_REQUESTED, never changed."""
 
@@ -82,6 +96,7 @@ class EffectSpec(BaseModel):
     item_index: int | None = None  # a fan-out child: the index of its item
     pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
     resources: dict[str, float] | None = None
+    sandbox: SandboxSpec | None = None  # None: not sandboxed
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -129,6 +144,7 @@ class EffectRecord(BaseModel):
     cached: bool = False
     reused_from: str | None = None
     node: str | None = None
+    sandbox: SandboxSpec | None = None  # the sandbox it runs in, as applied (None: none)
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from effectd.config.settings import MAX_ARGV_BYTES, Settings, allowed_program
 from effectd.errors import InvalidRequestError, NotAllowedError
-from effectd.model.records import EffectSpec
+from effectd.model.records import EffectSpec, SandboxSpec
 
 MAX_ARG_BYTES = 128 * 1024  # MAX_ARG_STRLEN: the longest single argument execve accepts
 
@@ -97,6 +97,59 @@ def check_resources(settings: Settings, resources: Mapping[str, float]) -> dict[
     return {name: float(amount) for name, amount in resources.items()} or None
 
 
+def check_sandbox(settings: Settings, sandbox: Mapping[str, Any], cwd: str | None, isolated: bool) -> SandboxSpec:
+    """A sandbox table (its shape already checked) as applied: ports in range, paths absolute; only on the
+    local runner; and a `cwd` the sandbox can show (not inside the journal's folder it hides)."""
+    if settings.runner != "local":
+        raise InvalidRequestError(
+            f"`sandbox` needs the local runner (bubblewrap on this machine); this server runs effects on "
+            f"{settings.runner!r}: dispatch without `sandbox`, or to a server started with `--runner local`"
+        )
+    network = sandbox.get("network", "none")
+    if isinstance(network, Mapping):
+        allow = list(dict.fromkeys(network.get("allow") or []))
+        for entry in allow:
+            port = int(entry.rpartition(":")[2])
+            if not 1 <= port <= 65535:
+                raise InvalidRequestError(
+                    f"sandbox.network.allow: {entry!r} has no port from 1 to 65535; give HOST:PORT"
+                )
+        network = {"allow": allow}
+    paths: dict[str, list[str]] = {}
+    for name in ("write", "hide"):
+        paths[name] = []
+        for path in sandbox.get(name) or []:
+            _no_nul(path, f"sandbox.{name}")
+            full = os.path.expanduser(path)
+            if not os.path.isabs(full):
+                raise InvalidRequestError(f"sandbox.{name}: {path!r} is not an absolute path; give /... or ~/...")
+            paths[name].append(os.path.normpath(full))
+    if not isolated:
+        where = os.path.realpath(cwd or os.getcwd())
+        for hidden in (settings.db.parent, settings.output_dir):
+            folder = os.path.realpath(hidden)
+            if where == folder or where.startswith(folder.rstrip("/") + "/"):
+                raise InvalidRequestError(
+                    f"the effect's cwd {where!r} is inside {folder!r}, the journal's folder, which a sandbox hides; "
+                    "give a `cwd` outside it (or put the journal elsewhere with --db)"
+                )
+    return SandboxSpec(network=network, write=paths["write"], hide=paths["hide"])
+
+
+def _sandbox(settings: Settings, request: Mapping[str, Any], fields: dict[str, Any], default: Any) -> None:
+    """`sandbox`: the dispatch's, else the server's `[sandbox] default`; `true` is the harness profile's
+    default sandbox (`default`, network to its model only) or, for a command, network "none"."""
+    asked = request.get("sandbox")
+    if asked is None:
+        asked = settings.sandbox.default
+        if not isinstance(asked, bool):
+            asked = asked.model_dump()
+    if asked is False:
+        return
+    table = default if asked is True else asked
+    fields["sandbox"] = check_sandbox(settings, table, fields.get("cwd"), request.get("isolation") == "worktree")
+
+
 def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     """Validates one effect request (the arguments of dispatch_effect or of a flow step) into a spec.
 
@@ -119,6 +172,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
             raise InvalidRequestError("`command` is empty: give the program and its arguments, e.g. ['make', 'test']")
         check_argv(command, "command")
         env = check_env(request.get("env") or {})
+        sandbox_default: dict[str, Any] = {"network": "none"}
         command = list(command)
         if not settings.allow_any_command:
             program = allowed_program(
@@ -151,6 +205,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         argv = profile.build_argv(prompt, args)
         check_argv(argv, f"the {harness} command line")
         env = {**profile.env, **check_env(request.get("env") or {})}
+        sandbox_default = profile.default_sandbox(env)
         fields.update(
             kind="harness",
             command=argv,
@@ -183,6 +238,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         fields["resources"] = check_resources(settings, request["resources"])
     fields["env"] = env
     _isolation(request, fields)
+    _sandbox(settings, request, fields, sandbox_default)
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))
     if request.get("group_max_concurrency") is not None:
         if request.get("group") is None:

@@ -8,6 +8,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from effectd.runner.sandbox import Sandbox
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -28,6 +30,8 @@ class Launch:
     stdin_source: AsyncGenerator[bytes, None] | None = None
     # The resources the effect needs where it runs (Ray resources, e.g. {"GPU": 1}); None: nothing special.
     resources: Mapping[str, float] | None = None
+    # The sandbox to run it in (bubblewrap; see effectd.runner.sandbox); None: none.
+    sandbox: Sandbox | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class ProcessHandle(ABC):
 class Runner(ABC):
     async def aclose(self) -> None:  # noqa: B027 - most runners hold nothing
         """Releases what the runner holds (a Ray connection it opened); effects are over by then."""
+
+    def sandbox_problem(self) -> str | None:
+        """Why this runner cannot run an effect in a sandbox (what to install or enable), or None when it can.
+        May block (a probe, once): call it off the event loop."""
+        return f"the {type(self).__name__} cannot run sandboxed effects; sandboxes need the local runner"
 
     @abstractmethod
     async def start(self, launch: Launch) -> ProcessHandle:

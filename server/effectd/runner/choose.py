@@ -30,7 +30,7 @@ async def open_runner(settings: Settings, given: Runner | None = None) -> AsyncI
         ray_runner.connect()
         runner = ray_runner
     else:
-        runner = LocalRunner()
+        runner = LocalRunner(bwrap=settings.sandbox.bwrap)
     try:
         yield runner
     finally:

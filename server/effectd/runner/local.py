@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing, suppress
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from effectd.runner.cgroups import Cgroups
 from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope
 from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
 from effectd.runner.procfs import effect_processes, process_start_time
+from effectd.runner.proxy import Listening, Proxies
 from effectd.runner.reaper import REAPER
+from effectd.runner.sandbox import Prepared, Sandboxes
 from effectd.runner.spawn import spawn as posix_spawn
 
 log = logging.getLogger("effectd")
@@ -129,6 +132,7 @@ class LocalProcess(ProcessHandle):
         self._group_gone = False
         self._stdin_fd: int | None = None  # the write end of a streamed stdin (Launch.stdin_source)
         self._stdin_source: AsyncGenerator[bytes, None] | None = None
+        self.sandbox: tuple[Prepared, Listening | None] | None = None  # its private folder, its proxy listener
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -243,6 +247,9 @@ class LocalProcess(ProcessHandle):
             if fd is not None:
                 os.close(fd)
         self._output_fd = self._pidfd = self._stdin_fd = None
+        if self.sandbox is not None:
+            SPAWNER.submit(_close_sandbox, *self.sandbox)  # a private folder of any size: off the event loop
+            self.sandbox = None
 
 
 class LocalRunner(Runner):
@@ -252,7 +259,7 @@ class LocalRunner(Runner):
     subreaper and the environment marker) or "group" (the leader's process group only: no
     containment, for the benchmark's baseline)."""
 
-    def __init__(self, containment: str = "cgroup") -> None:
+    def __init__(self, containment: str = "cgroup", *, bwrap: str = "bwrap") -> None:
         if containment not in MODES:
             raise ValueError(f"containment must be one of {', '.join(MODES)}, not {containment!r}")
         self.containment = containment
@@ -264,6 +271,14 @@ class LocalRunner(Runner):
             REAPER.become_subreaper()
         if self._cgroups is not None:
             REAPER.cgroup_prefixes.add(self._cgroups.prefix)
+        self._sandboxes = Sandboxes(bwrap)
+        self._proxies = Proxies()
+
+    def sandbox_problem(self) -> str | None:
+        return self._sandboxes.problem()
+
+    async def aclose(self) -> None:
+        self._proxies.stop()
 
     @property
     def cgroup_root(self) -> Path | None:
@@ -315,21 +330,50 @@ class LocalRunner(Runner):
             if path is not None and (removal := _removing.get(path)) is not None:
                 removal.result()  # an earlier attempt's cgroup, still being removed
             cgroup = self._cgroups.create(effect_id)
+        sandbox: tuple[Prepared, Listening | None] | None = None
         try:
+            if launch.sandbox is not None:
+                launch, sandbox = self._sandboxed(launch, effect_id)
             with REAPER.lock.starting():  # a reaper pass never sees this leader before it is known
                 process, gate = _spawn(launch, gated=cgroup is not None)
                 REAPER.leaders.add(process.pid)
                 if self.containment != "group":
                     REAPER.sessions.add(process.pid)
+            process.sandbox = sandbox
         except BaseException:
             if cgroup is not None:
                 cgroups.remove(cgroup)
+            if sandbox is not None:
+                _close_sandbox(*sandbox)
             raise
         entered, process.start_marker = _enter(process.pid, cgroup, gate)
         if cgroup is not None and not entered:
             cgroups.remove(cgroup)
             cgroup = None
         return process, cgroup
+
+    def _sandboxed(self, launch: Launch, effect_id: str | None) -> tuple[Launch, tuple[Prepared, Listening | None]]:
+        """The launch wrapped in its sandbox (its private folder made, its proxy listening), checked first
+        as the bare command would be: a missing program fails the same way, before any folder is made."""
+        assert launch.sandbox is not None
+        _check_executable(launch.argv[0], launch.env, launch.cwd)
+        if launch.cwd is not None and not os.path.isdir(launch.cwd):
+            raise SpawnError(f"cwd {launch.cwd!r} does not exist")
+        try:
+            prepared = self._sandboxes.prepare(
+                launch.sandbox, launch.argv, dict(launch.env), launch.cwd, launch.result_file, effect_id
+            )
+        except (OSError, RuntimeError) as exc:
+            raise SpawnError(f"could not make the effect's sandbox: {exc}") from exc
+        listening = None
+        try:
+            if prepared.proxy_socket is not None:
+                listening = self._proxies.open(prepared.proxy_socket, launch.sandbox.allow)
+        except BaseException:
+            prepared.close()
+            raise
+        wrapped = replace(launch, argv=prepared.argv, env=prepared.env, result_file=prepared.result_file)
+        return wrapped, (prepared, listening)
 
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
         if not processes:
@@ -350,6 +394,15 @@ def _removed(cgroup: Path, removal: concurrent.futures.Future[None]) -> None:
 
 class _NotCleared(Exception):
     """What is at the result file's path needs more than an unlink (a directory tree, say)."""
+
+
+def _close_sandbox(prepared: Prepared, listening: Listening | None) -> None:
+    """Stops the effect's proxy listener and removes its private folder (its TMPDIR and result folder)."""
+    try:
+        if listening is not None:
+            listening.close()
+    finally:
+        prepared.close()
 
 
 def _close_scope(scope: GroupScope) -> None:

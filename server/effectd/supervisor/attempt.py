@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 
 import anyio
@@ -21,6 +21,7 @@ from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
 from effectd.model.records import CancelReason
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
+from effectd.runner.sandbox import Sandbox
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
@@ -56,8 +57,12 @@ class Attempts:
         result_path: Callable[[str], str],
         result_grace_s: float,
         result_limit_bytes: int = 1024 * 1024,
+        sandbox_hides: Sequence[str] = (),
     ) -> None:
         self.runner = runner
+        # What no sandboxed effect may see, besides its own `hide`: the journal's folder, the output folder,
+        # the token file, the worktrees' folder (an effect's own worktree, its cwd, is bound back in).
+        self._sandbox_hides = tuple(sandbox_hides)
         self._record = record
         self._request_cancel = request_cancel
         # Effects never inherit the server's EFFECTD_* variables (its token, its configuration): only
@@ -139,6 +144,21 @@ class Attempts:
             self._result_limit,
             stdin_source=source,
             resources=spec.resources,
+            sandbox=self._sandbox(effect, cwd),
+        )
+
+    def _sandbox(self, effect: Effect, cwd: str | None) -> Sandbox | None:
+        """The effect's sandbox as the runner takes it: its own `write` and `hide`, and the server's hidden paths."""
+        asked = effect.spec.sandbox
+        if asked is None:
+            return None
+        network = asked.network
+        allow = tuple(network["allow"]) if isinstance(network, dict) else ()
+        return Sandbox(
+            network="allow" if isinstance(network, dict) else network,
+            allow=allow,
+            write=tuple(asked.write),
+            hide=(*asked.hide, *self._sandbox_hides),
         )
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:

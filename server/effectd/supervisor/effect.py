@@ -190,6 +190,7 @@ class Effect:
             cached=state.cached,
             reused_from=state.reused_from,
             node=state.node,
+            sandbox=self.spec.sandbox,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:
