@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--exit-code", type=int, default=_env("exit_code"), help="exit status (default 0, 1 on --fail)")
     parser.add_argument(
+        "--model-url",
+        metavar="URL",
+        default=_env("model_url"),
+        help="take the answer from a model server: GET URL (through HTTP_PROXY when set); unreachable: an error result",
+    )
+    parser.add_argument(
         "--write", metavar="FILE", default=_env("write"), help="append the answer to FILE (in the cwd), as an edit"
     )
     flags = {
@@ -201,6 +207,14 @@ INPUT_TOKENS = 12
 """The input tokens in the usage of each assistant message."""
 
 
+def ask_model(url: str) -> str:
+    """The model server's answer: the body of a GET of `url` (urllib honours HTTP_PROXY, as a sandbox sets it)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return f"The model said: {response.read(4096).decode('utf-8', 'replace').strip()}"
+
+
 def turn_usage(args: argparse.Namespace, text: str) -> dict[str, Any]:
     """The usage an assistant message reports (each of its lines repeats it, as claude does)."""
     output = args.turn_tokens if args.turn_tokens is not None else len(text) // 4 + 1
@@ -229,7 +243,7 @@ def _result(
         "uuid": str(uuid.uuid4()),
     }
     if args.fail:
-        result["errors"] = ["fake harness failed as asked (--fail)"]
+        result["errors"] = [getattr(args, "fail_reason", None) or "fake harness failed as asked (--fail)"]
     else:
         result["result"] = answer
     return result
@@ -241,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
     session_id = str(uuid.uuid4())
     out = Printer(args.delay)
     answer = args.answer if args.answer is not None else f"Done: {args.prompt}"
+    if args.model_url:
+        try:
+            answer = ask_model(args.model_url)
+        except OSError as exc:
+            args.fail, args.fail_reason = True, f"cannot reach the model at {args.model_url}: {exc}"
     turns = plan_turns(args.prompt, args.steps, answer)
     if args.grandchild:
         note = f"grandchild pid {start_grandchild()}"
