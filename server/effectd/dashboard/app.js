@@ -911,6 +911,16 @@ function workspaceFields(ws) {
   ];
 }
 
+// Sandbox: the network the effect had, and what it could write and could not see besides the defaults.
+function sandboxText(sb) {
+  if (!sb) return null;
+  const allow = sb.network && sb.network.allow;
+  const parts = [allow ? `network: only ${allow.join(', ') || '(nothing)'}` : `network: ${sb.network}`];
+  if ((sb.write || []).length) parts.push(`writes: ${sb.write.join(', ')}`);
+  if ((sb.hide || []).length) parts.push(`hidden: ${sb.hide.join(', ')}`);
+  return parts.join(' · ');
+}
+
 function renderDetail() {
   const id = state.selected;
   if (!id) return;
@@ -940,6 +950,7 @@ function renderDetail() {
     ...field('Attempt', row.max_attempts > 1 ? `${row.attempt} of ${row.max_attempts}` : null),
     ...field('PID', row.pid),
     ...field('Node', row.node, 'mono'),
+    ...field('Sandbox', sandboxText(row.sandbox), 'mono wrap'),
     ...field('Cost', fmtCost(row.cost_usd)),
     ...workspaceFields((state.detail && state.detail.effect_id === row.effect_id && state.detail.workspace) || row.workspace),
     ...field('Output', `${(row.output_bytes || 0).toLocaleString()} bytes${row.output_truncated ? ' (truncated)' : ''}${row.stalled ? ', stalled' : ''}`),

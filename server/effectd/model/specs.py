@@ -99,7 +99,7 @@ def check_resources(settings: Settings, resources: Mapping[str, float]) -> dict[
 
 def check_sandbox(settings: Settings, sandbox: Mapping[str, Any], cwd: str | None, isolated: bool) -> SandboxSpec:
     """A sandbox table (its shape already checked) as applied: ports in range, paths absolute; only on the
-    local runner; and a `cwd` the sandbox can show (not inside the journal's folder it hides)."""
+    local runner; and a `cwd` the sandbox can show (not the journal's folder itself, which it hides)."""
     if settings.runner != "local":
         raise InvalidRequestError(
             f"`sandbox` needs the local runner (bubblewrap on this machine); this server runs effects on "
@@ -128,10 +128,10 @@ def check_sandbox(settings: Settings, sandbox: Mapping[str, Any], cwd: str | Non
         where = os.path.realpath(cwd or os.getcwd())
         for hidden in (settings.db.parent, settings.output_dir):
             folder = os.path.realpath(hidden)
-            if where == folder or where.startswith(folder.rstrip("/") + "/"):
+            if where == folder:  # a folder inside it, or around it, is fine: the deeper mount wins
                 raise InvalidRequestError(
-                    f"the effect's cwd {where!r} is inside {folder!r}, the journal's folder, which a sandbox hides; "
-                    "give a `cwd` outside it (or put the journal elsewhere with --db)"
+                    f"the effect's cwd {where!r} is the journal's folder, which a sandbox hides; give another "
+                    "`cwd` (or put the journal in a folder of its own with --db)"
                 )
     return SandboxSpec(network=network, write=paths["write"], hide=paths["hide"])
 
