@@ -50,6 +50,7 @@ from effectd.peers.sessions import Sessions, joining
 from effectd.runner.base import Runner
 from effectd.runner.choose import open_runner
 from effectd.runner.git import Worktrees
+from effectd.supervisor.attempt import check_sandbox
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
@@ -108,7 +109,7 @@ class Engine(EngineQueries):
         spec = build_spec(self.settings, fields)
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
         await check_isolation(spec)
-        await self._supervisor.check_sandbox(spec)
+        await check_sandbox(self._supervisor.attempts.runner, spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -322,7 +323,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
 def _supervisor(
     settings: Settings, journal: Journal, runner: Runner | None, owner: str, owners: set[str]
 ) -> Supervisor:
-    return Supervisor(
+    supervisor = Supervisor(
         journal,
         owner=owner,
         owners=owners,
@@ -341,8 +342,9 @@ def _supervisor(
         },
         keep_queued=settings.keep_queued,
         runner=runner,
-        sandbox_hides=sandbox_hides(settings),
     )
+    supervisor.attempts.sandbox_hides = tuple(sandbox_hides(settings))
+    return supervisor
 
 
 def sandbox_hides(settings: Settings) -> list[str]:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 
 import anyio
 
-from effectd.errors import JournalUnavailableError
+from effectd.errors import JournalUnavailableError, NotAllowedError
 from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
-from effectd.model.records import CancelReason
+from effectd.model.records import CancelReason, EffectSpec
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
 from effectd.runner.sandbox import Sandbox
 from effectd.supervisor import events
@@ -44,6 +44,15 @@ Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: t
 Instead = Callable[[Effect], Awaitable[Outcome | None]]
 
 
+async def check_sandbox(runner: Runner, spec: EffectSpec) -> None:
+    """Refuses a sandboxed effect where the runner cannot make a sandbox (saying what to install): nothing
+    is ever run unsandboxed instead. The runner probes once (off the event loop) and keeps the answer."""
+    if spec.sandbox is None:
+        return
+    if (problem := await anyio.to_thread.run_sync(runner.sandbox_problem)) is not None:
+        raise NotAllowedError(problem)
+
+
 class Attempts:
     """Runs attempts of effects on a runner; the supervisor decides whether an attempt may begin."""
 
@@ -57,12 +66,8 @@ class Attempts:
         result_path: Callable[[str], str],
         result_grace_s: float,
         result_limit_bytes: int = 1024 * 1024,
-        sandbox_hides: Sequence[str] = (),
     ) -> None:
         self.runner = runner
-        # What no sandboxed effect may see, besides its own `hide`: the journal's folder, the output folder,
-        # the token file, the worktrees' folder (an effect's own worktree, its cwd, is bound back in).
-        self._sandbox_hides = tuple(sandbox_hides)
         self._record = record
         self._request_cancel = request_cancel
         # Effects never inherit the server's EFFECTD_* variables (its token, its configuration): only
@@ -76,6 +81,9 @@ class Attempts:
         self.prepare: Prepare | None = None
         self.instead: Instead | None = None  # flows: told of every flow step once its needs are met (Driver)
         self.producer: Callable[[str], Awaitable[Effect]] | None = None  # a piped step's producer, by id
+        # What no sandboxed effect may see, besides its own `hide` (the engine sets it): the journal's folder,
+        # the output folder, the token file, the worktrees' folder (an effect's own worktree is bound back in).
+        self.sandbox_hides: tuple[str, ...] = ()
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
@@ -158,7 +166,7 @@ class Attempts:
             network="allow" if isinstance(network, dict) else network,
             allow=allow,
             write=tuple(asked.write),
-            hide=(*asked.hide, *self._sandbox_hides),
+            hide=(*asked.hide, *self.sandbox_hides),
         )
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.errors import ConflictError, InvalidRequestError, NotAllowedError
+from effectd.errors import ConflictError, InvalidRequestError
 from effectd.journal.peer_writes import KeyTakenError
 from effectd.journal.projection import EffectState, Event
 from effectd.journal.store import Journal
@@ -65,7 +65,6 @@ class Supervisor:
         worktree_dir: Path | None = None,
         owner: str | None = None,
         owners: Collection[str] | None = None,
-        sandbox_hides: Sequence[str] = (),
     ) -> None:
         self.journal = journal
         self.server_id, self.owners = owner, owners  # journaled as `owner`; whose effects to recover (None: all)
@@ -84,7 +83,6 @@ class Supervisor:
             result_path=lambda effect_id: str(self.registry.result_path(effect_id)),
             result_grace_s=result_grace_s,
             result_limit_bytes=result_limit_bytes,
-            sandbox_hides=sandbox_hides,
         )
         self.workspaces = Workspaces(Worktrees(worktree_dir or output_dir.parent / "worktrees"), self.record)
         self.attempts.prepare = self.workspaces.prepare
@@ -101,14 +99,6 @@ class Supervisor:
             limits=self.limits, journal_clear=journal.wait_clear, closing=lambda: self._closing,
             keep_queued=keep_queued,
         )  # fmt: skip
-
-    async def check_sandbox(self, spec: EffectSpec) -> None:
-        """Refuses a sandboxed effect where the runner cannot make a sandbox (saying what to install):
-        nothing is ever run unsandboxed instead. The runner probes once and keeps the answer."""
-        if spec.sandbox is not None and (
-            problem := await anyio.to_thread.run_sync(self.attempts.runner.sandbox_problem)
-        ):
-            raise NotAllowedError(problem)
 
     def attach_flows(self, render: Render, step_ended: Callable[[Effect], None]) -> None:
         """Wires the flow manager in (the engine does, once): `render` fills a templated step's argv
