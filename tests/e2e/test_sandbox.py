@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.helpers.mcp import call, call_error, read_until
-from tests.helpers.processes import effectd_bin, py, stdio_params
+from effectd.config.http import HttpSettings
+from effectd.config.settings import Settings
+from tests.helpers.git import make_repo
+from tests.helpers.mcp import call, call_error, connected, read_until, wait_until
+from tests.helpers.processes import SLEEP, effectd_bin, py, stdio_params
 
 pytestmark = [
     pytest.mark.anyio,
@@ -342,3 +346,45 @@ async def test_a_default_sandbox_from_the_config_and_wrong_shapes_refused(tmp_pa
     assert "not an absolute path" in relative
     assert "the journal's folder" in inside
     assert len(listed["effects"]) == 2
+
+
+WORKTREE = """
+import json, os, sys
+open("sandboxed.txt", "w").write("from inside\\n")
+seen = {"cwd": os.getcwd(), "siblings": sorted(os.listdir(os.path.dirname(os.getcwd())))}
+try:
+    seen["token"] = open(sys.argv[1]).read()
+except OSError as exc:
+    seen["token"] = exc.strerror
+json.dump(seen, open(os.environ["EFFECTD_RESULT_FILE"], "w"))
+"""
+
+
+async def test_worktree_isolation_composes_with_the_sandbox_and_the_token_file_is_hidden(
+    settings: Settings, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    hidden = replace(settings, http=HttpSettings(token_file=str(token)))
+    async with connected(hidden) as (_, client):
+        other = await call(
+            client, "dispatch_effect", command=py(SLEEP, "30"), cwd=str(repo), isolation="worktree", background=True
+        )
+        await wait_until(lambda: (settings.worktree_dir / other["effect_id"]).is_dir())
+        record = await call(
+            client,
+            "dispatch_effect",
+            command=py(WORKTREE, str(token)),
+            cwd=str(repo),
+            isolation="worktree",
+            sandbox=True,
+            wait_s=40,
+        )
+        await call(client, "cancel_effect", effect_id=other["effect_id"], grace_s=0.5)
+    assert record["status"] == "succeeded", (record["error"], record["output_tail"])
+    seen = record["result"]
+    assert seen["cwd"] == record["workspace"]["path"]  # it ran in its own worktree, writable
+    assert seen["siblings"] == [record["effect_id"]]  # the other effect's worktree is not visible
+    assert seen["token"] == ""  # the token file reads as empty (an empty file over it)
+    assert "sandboxed.txt" in record["workspace"]["changed_files"]  # committed to its branch, as without a sandbox

@@ -4,7 +4,7 @@ In the sandbox the whole filesystem is read-only (`--ro-bind / /`, a `/dev` and 
 except the effect's cwd, its `write` paths and a private `/tmp` (its TMPDIR, a fresh folder per effect,
 removed after). The journal's folder, the output folder, the token file, the worktrees' folder (the
 effect's own worktree is bound back in) and the `hide` paths are covered: a folder by an empty read-only
-tmpfs, a file by /dev/null. The folder of the result file is the effect's own: only its result is there.
+tmpfs, a file by an empty read-only file. The folder of the result file is the effect's own: only its result is there.
 Mounts are laid from the shortest path to the longest, so a path inside a hidden folder (the effect's own
 worktree) can be writable, and a hidden folder inside a writable one (a journal under the cwd) stays hidden.
 
@@ -120,6 +120,8 @@ class Sandboxes:
             tmp, results = folder / "tmp", folder / "result"
             tmp.mkdir()
             results.mkdir()
+            empty = folder / "empty"  # what a hidden file shows: an empty read-only file
+            empty.touch(mode=0o444)
             host_result = str(results / os.path.basename(result_file)) if result_file is not None else None
             env = {name: value for name, value in env.items() if name.lower() != "no_proxy"}
             env.update(TMPDIR="/tmp")
@@ -139,7 +141,7 @@ class Sandboxes:
                     mounts.append((path, 1, ["--tmpfs", path]))
                     remount += ["--remount-ro", path]
                 elif os.path.lexists(path):
-                    mounts.append((path, 1, ["--ro-bind", "/dev/null", path]))
+                    mounts.append((path, 1, ["--ro-bind", str(empty), path]))
             mounts.sort(key=lambda mount: (_depth(mount[0]), mount[1]))
             inner = [ENV, "--default-signal=TERM", "--"]
             socket_path = None
