@@ -390,3 +390,30 @@ def test_the_version_run_is_the_pinned_one(name: str) -> None:
     assert cli.version is not None
     out = subprocess.run([str(require(name)), "--version"], capture_output=True, text=True, timeout=60).stdout
     assert cli.version(out), out
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+@pytest.mark.parametrize("cli", [BY_NAME["claude"]], ids=str)
+async def test_claude_runs_sandboxed_with_network_to_its_model_only(cli, binary, client, model, env, work):
+    """`sandbox: true` on the claude profile: network to the scripted server (its ANTHROPIC_BASE_URL) only,
+    its config folder writable. The run works as without a sandbox, and the shell tool inside cannot reach
+    the same server other than through effectd's proxy."""
+    record = await call(
+        client,
+        "dispatch_effect",
+        harness="claude",
+        prompt=ECHO_PROMPT,
+        args=cli.args,
+        env=env,
+        cwd=str(work),
+        sandbox=True,
+        wait_s=55,
+    )
+    record = await finished(client, record["effect_id"])
+    assert record["status"] == "succeeded", (record["error"], record["output_tail"][-1000:])
+    assert record["result"]["answer"] == ANSWER
+    port = model.url.rsplit(":", 1)[1].split("/")[0]
+    assert record["sandbox"]["network"] == {"allow": ["api.anthropic.com:443", f"127.0.0.1:{port}"]}
+    assert env["CLAUDE_CONFIG_DIR"] in record["sandbox"]["write"]
+    sent = cli.model_requests(model.recorded(cli.path, match="TASK-ECHO"))
+    assert [r.turn_index for r in sent] == [0, 1] and "hi" in cli.tool_output(sent[1])
