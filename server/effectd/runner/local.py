@@ -36,6 +36,7 @@ from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProce
 from effectd.runner.cgroups import Cgroups
 from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope
 from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
+from effectd.runner.keeper import KEEPER
 from effectd.runner.procfs import effect_processes, process_start_time
 from effectd.runner.reaper import REAPER
 from effectd.runner.spawn import spawn as posix_spawn
@@ -129,6 +130,7 @@ class LocalProcess(ProcessHandle):
         self._group_gone = False
         self._stdin_fd: int | None = None  # the write end of a streamed stdin (Launch.stdin_source)
         self._stdin_source: AsyncGenerator[bytes, None] | None = None
+        self.kept: str | None = None  # the effect the keeper knows this process by, until it is gone
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -234,6 +236,9 @@ class LocalProcess(ProcessHandle):
 
     def close(self) -> None:
         if self._group_gone:
+            if self.kept is not None:
+                KEEPER.forget(self.kept)
+                self.kept = None
             if isinstance(self.scope, CgroupScope):
                 _removing[self.scope.cgroup] = removed = SPAWNER.submit(_close_scope, self.scope)
                 removed.add_done_callback(partial(_removed, self.scope.cgroup))
@@ -325,6 +330,9 @@ class LocalRunner(Runner):
             if cgroup is not None:
                 cgroups.remove(cgroup)
             raise
+        if self.containment != "group" and effect_id:  # before the gate opens: no process of it is unknown
+            KEEPER.watch(effect_id, process.pid, [cgroup] if cgroup is not None else [])
+            process.kept = effect_id
         entered, process.start_marker = _enter(process.pid, cgroup, gate)
         if cgroup is not None and not entered:
             cgroups.remove(cgroup)
