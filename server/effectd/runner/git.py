@@ -178,15 +178,22 @@ class Worktrees:
         returns the final workspace. Idempotent: a server that died half way runs it again.
 
         The directory is kept, whatever `keep` says, when its work could not be committed to the branch
-        (the effect checked out something else, or the commit failed): nothing it wrote is lost.
+        (the effect checked out something else, or the commit failed), and kept untouched, nothing
+        committed into it, when it is no longer the worktree effectd made (the effect re-initialized it,
+        or removed its `.git`): nothing it wrote is lost. The workspace's `kept_reason` says why.
         """
         where = Path(path) if path else self.path_for(effect_id)
         branch = branch_of(effect_id)
         repo = await locate(repo_dir)
+        asked = keep
         async with self.locked(repo):
             present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
-            if present and not await self._commit_leftovers(where, branch, message):
-                keep = True
+            reason = foreign(repo.common_dir, where) if present else None
+            if present and reason is None:
+                reason = await self._commit_leftovers(where, branch, message)
+            if reason is not None:
+                log.warning("worktree %s: %s", where, reason)
+                present, keep = False, True
             head = await resolve(repo.toplevel, f"refs/heads/{branch}")
             base = base_commit or head
             ahead = 0
@@ -201,6 +208,12 @@ class Worktrees:
             elif not present and not keep:
                 _remove_if_empty(where)
             kept = is_dir(where)
+            if kept and reason is None:
+                reason = (
+                    "keep_worktree"
+                    if asked
+                    else "git no longer lists it as a worktree of the repository, so it was left as it is"
+                )
             branch_kept = head is not None
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
@@ -212,19 +225,19 @@ class Worktrees:
             base,
             head=head,
             kept=kept,
+            kept_reason=reason if kept else None,
             branch_kept=branch_kept,
             files=files,
             insertions=insertions,
             deletions=deletions,
         )
 
-    async def _commit_leftovers(self, where: Path, branch: str, message: str) -> bool:
-        """Commits everything uncommitted in the worktree to `branch`; False when that cannot be done."""
+    async def _commit_leftovers(self, where: Path, branch: str, message: str) -> str | None:
+        """Commits everything uncommitted in the worktree to `branch`; why not when that cannot be done."""
         cwd = str(where)
         code, out = await git(["symbolic-ref", "--quiet", "HEAD"], cwd, ok=(0, 1))
         if code != 0 or out.strip() != f"refs/heads/{branch}":
-            log.warning("worktree %s is not on %s (HEAD: %s): kept as it is", where, branch, out.strip() or "detached")
-            return False
+            return f"it is not on {branch} (HEAD: {out.strip() or 'detached'}), so its work was not committed"
         try:
             await git(["add", "--all"], cwd)
             code, _ = await git(["diff", "--cached", "--quiet"], cwd, ok=(0, 1))
@@ -232,9 +245,8 @@ class Worktrees:
                 commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
                 await git([*await _identity(cwd), *commit], cwd)
         except GitError as exc:
-            log.warning("worktree %s: its work could not be committed, so it is kept: %s", where, exc)
-            return False
-        return True
+            return f"its work could not be committed: {exc}"
+        return None
 
     async def _remove(self, toplevel: str, where: Path) -> None:
         try:
@@ -251,6 +263,29 @@ class Worktrees:
             return await resolve(repo_dir, f"refs/heads/{branch_of(effect_id)}")
         except GitError:
             return None
+
+
+def foreign(common_dir: str, where: Path) -> str | None:
+    """Why the worktree at `where` is no longer the one effectd made, or None when it still is: its `.git`
+    must be the file `git worktree add` wrote, naming an admin directory under `<common_dir>/worktrees`
+    whose `gitdir` names this `.git` back. Anything else (a `.git` removed, or re-made by `git init`) is
+    not effectd's to commit into or remove: git would follow it to another repository."""
+    dot_git = where / ".git"
+    made = "not the worktree effectd made"
+    if dot_git.is_symlink() or not dot_git.is_file():
+        what = "a directory (a repository of its own)" if dot_git.is_dir() else "gone"
+        return f"its .git is {what}, {made}; kept as it is, nothing committed, its branch kept"
+    try:
+        text = dot_git.read_text("utf-8", "replace").strip()
+        admin = real_path(where / text[len("gitdir:") :].strip()) if text.startswith("gitdir:") else ""
+        back = (Path(admin) / "gitdir").read_text("utf-8", "replace").strip() if admin else ""
+    except OSError:
+        back = ""
+    if os.path.dirname(admin) != real_path(os.path.join(common_dir, "worktrees")) or real_path(back) != real_path(
+        dot_git
+    ):
+        return f"its .git no longer links to {common_dir}, {made}; kept as it is, nothing committed, its branch kept"
+    return None
 
 
 def _remove_if_empty(where: Path) -> None:
@@ -295,6 +330,7 @@ def workspace(
     head: str | None,
     kept: bool,
     branch_kept: bool,
+    kept_reason: str | None = None,
     files: Sequence[str] = (),
     insertions: int = 0,
     deletions: int = 0,
@@ -307,6 +343,7 @@ def workspace(
         "base_commit": base,
         "head_commit": head,
         "kept": kept,
+        "kept_reason": kept_reason,
         "branch_kept": branch_kept,
         "changed_files": list(files[:MAX_CHANGED_FILES]),
         "changed_files_truncated": len(files) > MAX_CHANGED_FILES,
