@@ -178,22 +178,22 @@ class Worktrees:
         returns the final workspace. Idempotent: a server that died half way runs it again.
 
         The directory is kept, whatever `keep` says, when its work could not be committed to the branch
-        (the effect checked out something else, or the commit failed), and kept untouched, nothing
-        committed into it, when it is no longer the worktree effectd made (the effect re-initialized it,
-        or removed its `.git`): nothing it wrote is lost. The workspace's `kept_reason` says why.
+        (the effect checked out something else, or the commit failed): nothing it wrote is lost. It is
+        kept and nothing is committed there when it is no longer the worktree effectd made (the effect
+        removed its `.git`, or made a repository of its own there): a commit would go into whatever
+        repository git now finds there, and removing the directory would throw the work away. The
+        workspace's `kept_reason` says why a directory was kept against `keep`.
         """
         where = Path(path) if path else self.path_for(effect_id)
         branch = branch_of(effect_id)
         repo = await locate(repo_dir)
-        asked = keep
         async with self.locked(repo):
             present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
-            reason = foreign(repo.common_dir, where) if present else None
-            if present and reason is None:
+            reason = await _not_ours(where, repo) if present else None
+            if reason is None and present:
                 reason = await self._commit_leftovers(where, branch, message)
             if reason is not None:
-                log.warning("worktree %s: %s", where, reason)
-                present, keep = False, True
+                keep = True
             head = await resolve(repo.toplevel, f"refs/heads/{branch}")
             base = base_commit or head
             ahead = 0
@@ -208,12 +208,8 @@ class Worktrees:
             elif not present and not keep:
                 _remove_if_empty(where)
             kept = is_dir(where)
-            if kept and reason is None:
-                reason = (
-                    "keep_worktree"
-                    if asked
-                    else "git no longer lists it as a worktree of the repository, so it was left as it is"
-                )
+            if kept and not present and reason is None:
+                reason = "git no longer lists the directory as a worktree (its administrative files are gone), so it was kept as it is"
             branch_kept = head is not None
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
@@ -225,19 +221,21 @@ class Worktrees:
             base,
             head=head,
             kept=kept,
-            kept_reason=reason if kept else None,
             branch_kept=branch_kept,
             files=files,
             insertions=insertions,
             deletions=deletions,
+            kept_reason=reason if kept else None,
         )
 
     async def _commit_leftovers(self, where: Path, branch: str, message: str) -> str | None:
-        """Commits everything uncommitted in the worktree to `branch`; why not when that cannot be done."""
+        """Commits everything uncommitted in the worktree to `branch`; why not, when that cannot be done."""
         cwd = str(where)
         code, out = await git(["symbolic-ref", "--quiet", "HEAD"], cwd, ok=(0, 1))
         if code != 0 or out.strip() != f"refs/heads/{branch}":
-            return f"it is not on {branch} (HEAD: {out.strip() or 'detached'}), so its work was not committed"
+            head = out.strip() or "detached"
+            log.warning("worktree %s is not on %s (HEAD: %s): kept as it is", where, branch, head)
+            return f"the worktree is not on its branch {branch} (HEAD: {head}), so its work was not committed"
         try:
             await git(["add", "--all"], cwd)
             code, _ = await git(["diff", "--cached", "--quiet"], cwd, ok=(0, 1))
@@ -245,6 +243,7 @@ class Worktrees:
                 commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
                 await git([*await _identity(cwd), *commit], cwd)
         except GitError as exc:
+            log.warning("worktree %s: its work could not be committed, so it is kept: %s", where, exc)
             return f"its work could not be committed: {exc}"
         return None
 
@@ -265,27 +264,24 @@ class Worktrees:
             return None
 
 
-def foreign(common_dir: str, where: Path) -> str | None:
-    """Why the worktree at `where` is no longer the one effectd made, or None when it still is: its `.git`
-    must be the file `git worktree add` wrote, naming an admin directory under `<common_dir>/worktrees`
-    whose `gitdir` names this `.git` back. Anything else (a `.git` removed, or re-made by `git init`) is
-    not effectd's to commit into or remove: git would follow it to another repository."""
-    dot_git = where / ".git"
-    made = "not the worktree effectd made"
-    if dot_git.is_symlink() or not dot_git.is_file():
-        what = "a directory (a repository of its own)" if dot_git.is_dir() else "gone"
-        return f"its .git is {what}, {made}; kept as it is, nothing committed, its branch kept"
-    try:
-        text = dot_git.read_text("utf-8", "replace").strip()
-        admin = real_path(where / text[len("gitdir:") :].strip()) if text.startswith("gitdir:") else ""
-        back = (Path(admin) / "gitdir").read_text("utf-8", "replace").strip() if admin else ""
-    except OSError:
-        back = ""
-    if os.path.dirname(admin) != real_path(os.path.join(common_dir, "worktrees")) or real_path(back) != real_path(
-        dot_git
-    ):
-        return f"its .git no longer links to {common_dir}, {made}; kept as it is, nothing committed, its branch kept"
-    return None
+async def _not_ours(where: Path, repo: Repository) -> str | None:
+    """Why the directory is no longer the worktree effectd made of `repo`, or None when it still is: git
+    run there must find that directory as the top of a work tree of `repo`'s shared git directory."""
+    code, out = await git(["rev-parse", "--show-toplevel", "--git-common-dir"], str(where), ok=(0, 128))
+    lines = out.split("\n")
+    if code != 0 or len(lines) < 2:
+        found = "no git repository"
+    elif real_path(lines[0]) != real_path(where):
+        found = f"the work tree {lines[0]!r}"
+    elif real_path(os.path.join(where, lines[1])) != repo.common_dir:
+        found = f"another repository ({real_path(os.path.join(where, lines[1]))!r})"
+    else:
+        return None
+    log.warning("worktree %s is no longer a worktree of %s (git finds %s there): kept as it is", where, repo, found)
+    return (
+        f"the directory is no longer a worktree of {repo.toplevel!r} (git finds {found} there; its .git was "
+        "removed or replaced), so nothing was committed and it was kept as it is"
+    )
 
 
 def _remove_if_empty(where: Path) -> None:
@@ -330,12 +326,13 @@ def workspace(
     head: str | None,
     kept: bool,
     branch_kept: bool,
-    kept_reason: str | None = None,
     files: Sequence[str] = (),
     insertions: int = 0,
     deletions: int = 0,
+    kept_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The record's `workspace` (CONTRACT.md, "Isolation")."""
+    """The record's `workspace` (CONTRACT.md, "Isolation"); `kept_reason` says why the directory was kept
+    when the effect did not ask for it (its work could not be committed, it is no longer effectd's worktree)."""
     return {
         "repo": repo,
         "path": str(path),
@@ -343,10 +340,10 @@ def workspace(
         "base_commit": base,
         "head_commit": head,
         "kept": kept,
-        "kept_reason": kept_reason,
         "branch_kept": branch_kept,
         "changed_files": list(files[:MAX_CHANGED_FILES]),
         "changed_files_truncated": len(files) > MAX_CHANGED_FILES,
         "insertions": insertions,
         "deletions": deletions,
+        "kept_reason": kept_reason,
     }
