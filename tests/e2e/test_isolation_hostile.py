@@ -82,3 +82,46 @@ def assert_no_work_lost(repo: Path, records: dict[str, dict[str, Any]]) -> None:
     assert "no longer lists" in records["admin_dir_deleted"]["workspace"]["kept_reason"]
     git(repo, "worktree", "prune")
     assert fsck(repo) == ""
+
+
+# Makes a commit in its worktree the way `git commit` does (objects first, then the ref), with a
+# concurrent `git gc --prune=now` in another worktree forced into the window between the two.
+MAKE_COMMIT = """
+blob=$(echo 'made in the window' | git hash-object -w --stdin) || exit 3
+tree=$(printf '100644 blob %s\\tmade.txt\\n' "$blob" | git mktree) || exit 3
+commit=$(git commit-tree "$tree" -p HEAD -m 'made by the writer') || exit 3
+touch "$1/written"
+n=0; while [ ! -e "$1/pruned" ]; do n=$((n+1)); [ $n -gt 1000 ] && exit 4; sleep 0.01; done
+git update-ref HEAD "$commit" && git reset -q --hard
+"""
+PRUNE = """
+n=0; while [ ! -e "$1/written" ]; do n=$((n+1)); [ $n -gt 1000 ] && exit 4; sleep 0.01; done
+git gc --quiet --prune=now; code=$?; touch "$1/pruned"; exit $code
+"""
+
+
+async def test_a_git_gc_prune_now_in_one_worktree_cannot_take_another_worktrees_commit(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    handshake = tmp_path / "handshake"
+    handshake.mkdir()
+    async with Client(stdio_params(tmp_path / "journal.db", "--allow-any-command"), read_timeout_seconds=70) as c:
+        ids = []
+        for script in (MAKE_COMMIT, PRUNE):
+            command = ["sh", "-c", script, "sh", str(handshake)]
+            started = await call(
+                c, "dispatch_effect", command=command, cwd=str(repo), isolation="worktree", background=True
+            )
+            ids.append(started["effect_id"])
+        await call(c, "await_group", effect_ids=ids, timeout_s=30)
+        writer, pruner = [await call(c, "poll_effect", effect_id=effect_id) for effect_id in ids]
+    assert (handshake / "pruned").exists()
+    assert pruner["status"] == "succeeded", pruner
+    assert writer["status"] == "succeeded", (writer, writer["output_tail"])
+    branch = writer["workspace"]["branch"]
+    assert git(repo, "log", "-1", "--format=%s", branch).strip() == "made by the writer"
+    assert git(repo, "show", f"{branch}:made.txt") == "made in the window\n"
+    assert "made.txt" in writer["workspace"]["changed_files"]
+    # Every object is in the repository's own store; no effect's store or alternates line is left.
+    assert fsck(repo) == ""
+    assert not (repo / ".git" / "effectd-objects").exists() or not any((repo / ".git" / "effectd-objects").iterdir())
+    assert not (repo / ".git" / "objects" / "info" / "alternates").exists()
