@@ -85,6 +85,7 @@ def terminal_event(
     progress: dict[str, Any] | None = None,
     workspace: dict[str, Any] | None = None,
     reused_from: str | None = None,
+    command: list[str] | None = None,
 ) -> Event:
     """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
     data: dict[str, Any] = {
@@ -108,6 +109,8 @@ def terminal_event(
         data["workspace"] = workspace
     if reused_from is not None:  # a flow step taken from an earlier flow (resume): its outcome is that effect's
         data.update(cached=True, reused_from=reused_from)
+    if command is not None:  # a step that started no process: the argv it carries (resume: the one that ran)
+        data["command"] = command
     return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
 
 
@@ -227,6 +230,8 @@ class EffectState:
                 self.workspace = data["workspace"]
             if data.get("cached"):
                 self.cached, self.reused_from = True, data.get("reused_from")
+            if "command" in data:
+                self.command = list(data["command"])
 
     def to_row(self) -> dict[str, Any]:
         """The effect's row of the projection table."""
