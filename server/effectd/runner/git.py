@@ -6,18 +6,6 @@ process). Commands that touch one repository are serialized: one lock per reposi
 two servers on one repository do not race either. Each command is bounded and shielded: a shutdown
 never leaves a worktree half made or a commit half written. Hooks never run (`core.hooksPath` points
 at an empty place), and git never asks anything (no terminal prompt, no editor).
-
-Each isolated effect writes git objects into a store of its own (`ObjectStore`), never into the
-repository's: git documents `git gc --prune=now` as unsafe beside concurrent writers, and effects are
-concurrent writers by design. A prune deletes the unreachable loose objects of the object directory
-it runs on, and an object another worktree has just written (a commit between its write and the ref
-update, blobs between `git add` writing them and the index naming them) is unreachable for that
-moment. With `GIT_OBJECT_DIRECTORY` set to its own store and the repository's objects as an
-alternate, an effect's git reads everything but writes (and prunes) only its own store; the store is
-listed in the repository's `objects/info/alternates` while the effect runs, so every other git
-(siblings, the user's, effectd's) reads what it wrote; effectd's own commit at the end writes there
-too. When the effect is finished its objects are linked into the repository's store (by then its
-branch names them), and the store is dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,14 +75,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def git(
-    args: Sequence[str], cwd: str, *, ok: Sequence[int] = (0,), env: Mapping[str, str] | None = None
-) -> tuple[int, str]:
-    """Runs `git args` in `cwd`, with `env` added; returns its exit code (one of `ok`) and stdout.
-    GitError otherwise."""
+async def git(args: Sequence[str], cwd: str, *, ok: Sequence[int] = (0,)) -> tuple[int, str]:
+    """Runs `git args` in `cwd`; returns its exit code (one of `ok`) and stdout. GitError otherwise."""
     with anyio.fail_after(GIT_TIMEOUT_S, shield=True):
         try:
-            done = await anyio.run_process(["git", *_QUIET, *args], cwd=cwd, env={**_env(), **(env or {})}, check=False)
+            done = await anyio.run_process(["git", *_QUIET, *args], cwd=cwd, env=_env(), check=False)
         except OSError as exc:
             raise GitError(f"git could not run in {cwd!r}: {exc}") from exc
     if done.returncode not in ok:
@@ -120,92 +105,6 @@ async def resolve(cwd: str, ref: str) -> str | None:
         return None
     code, out = await git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd, ok=(0, 1, 128))
     return out.strip() if code == 0 else None
-
-
-@dataclass(frozen=True)
-class ObjectStore:
-    """An isolated effect's own git object directory, `<git-common-dir>/effectd-objects/<effect_id>` (on
-    the repository's file system, so its objects are linked back, not copied). See the module."""
-
-    common_dir: str
-    effect_id: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.common_dir, "effectd-objects", self.effect_id)
-
-    @property
-    def shared(self) -> Path:
-        return Path(self.common_dir, "objects")
-
-    def env(self) -> dict[str, str]:
-        """What an effect's git (and effectd's commit in its worktree) runs with."""
-        return {"GIT_OBJECT_DIRECTORY": str(self.path), "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(self.shared)}
-
-    def open(self) -> None:
-        """Makes the store (again: idempotent) and lists it as an alternate of the repository's."""
-        for sub in ("info", "pack"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
-        lines = self._alternates()
-        if str(self.path) not in lines:
-            self._write_alternates([*lines, str(self.path)])
-
-    def close(self, *also: Path) -> None:
-        """Links every object of the store into the repository's (and into each of `also`), then drops
-        the store and its alternates line. Idempotent: a server that died half way does it again."""
-        if self.path.is_dir():
-            for target in (self.shared, *also):
-                _link_objects(self.path, target)
-        lines = self._alternates()
-        if str(self.path) in lines:
-            self._write_alternates([line for line in lines if line != str(self.path)])
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def _alternates(self) -> list[str]:
-        try:
-            return (self.shared / "info" / "alternates").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def _write_alternates(self, lines: list[str]) -> None:
-        target = self.shared / "info" / "alternates"
-        if not lines:
-            target.unlink(missing_ok=True)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f"alternates.effectd-{os.getpid()}")
-        temporary.write_text("".join(f"{line}\n" for line in lines))
-        os.replace(temporary, target)  # a git reading it meanwhile sees the old list or the new one
-
-
-def _link_objects(source: Path, target: Path) -> None:
-    """Hard-links (else copies) the loose objects and packs of object directory `source` into `target`,
-    each under its own name; objects `target` has already are left alone. A pack's index goes last: git
-    takes a pack only once its `.idx` is there."""
-    for fan in sorted(source.iterdir()):
-        if len(fan.name) == 2 and fan.is_dir():
-            for loose in fan.iterdir():
-                _link(loose, target / fan.name / loose.name)
-    packs = source / "pack"
-    if packs.is_dir():
-        for index in sorted(packs.glob("pack-*.idx")):
-            for suffix in (".pack", ".rev", ".idx"):
-                if (part := index.with_suffix(suffix)).exists():
-                    _link(part, target / "pack" / part.name)
-
-
-def _link(source: Path, target: Path) -> None:
-    if target.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        pass
-    except OSError:  # another file system (a store made under an older layout): copied, then renamed in
-        temporary = target.with_name(f"{target.name}.effectd-{os.getpid()}")
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
 
 
 class Worktrees:
@@ -259,14 +158,6 @@ class Worktrees:
         (path / repo.prefix).mkdir(parents=True, exist_ok=True)  # cwd may be a directory the base lacks
         return workspace(repo.toplevel, path, branch, base, head=existing or base, kept=True, branch_kept=True)
 
-    async def open_store(self, repo: Repository, effect_id: str) -> dict[str, str]:
-        """Makes the effect's object store (again, for a retry in the same worktree); returns the
-        environment its process gets (see the module)."""
-        store = ObjectStore(repo.common_dir, effect_id)
-        async with self.locked(repo):
-            store.open()
-        return store.env()
-
     async def _registered(self, toplevel: str) -> set[str]:
         _, out = await git(["worktree", "list", "--porcelain"], toplevel)
         return {real_path(line[len("worktree ") :]) for line in out.split("\n") if line.startswith("worktree ")}
@@ -298,15 +189,9 @@ class Worktrees:
         repo = await locate(repo_dir)
         async with self.locked(repo):
             present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
-            store = ObjectStore(repo.common_dir, effect_id)
             reason = await _not_ours(where, repo) if present else None
             if reason is None and present:
-                reason = await self._commit_leftovers(where, branch, message, store)
-            # Its objects into the repository's store before anything reads them there; a repository
-            # the effect made in the directory gets them too (its git wrote them to the store).
-            nested = where / ".git" / "objects"
-            also = [nested] if reason is not None and nested.parent.is_dir() else []
-            await anyio.to_thread.run_sync(lambda: store.close(*also))
+                reason = await self._commit_leftovers(where, branch, message)
             if reason is not None:
                 keep = True
             head = await resolve(repo.toplevel, f"refs/heads/{branch}")
@@ -324,10 +209,7 @@ class Worktrees:
                 _remove_if_empty(where)
             kept = is_dir(where)
             if kept and not present and reason is None:
-                reason = (
-                    "git no longer lists the directory as a worktree (its administrative files are gone), "
-                    "so it was kept as it is"
-                )
+                reason = "git no longer lists the directory as a worktree (its administrative files are gone), so it was kept as it is"
             branch_kept = head is not None
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
@@ -346,21 +228,20 @@ class Worktrees:
             kept_reason=reason if kept else None,
         )
 
-    async def _commit_leftovers(self, where: Path, branch: str, message: str, store: ObjectStore) -> str | None:
-        """Commits everything uncommitted in the worktree to `branch`, its objects written to the effect's
-        store (a prune in another worktree meanwhile cannot take them); why not, when that cannot be done."""
-        cwd, env = str(where), store.env() if store.path.is_dir() else None
+    async def _commit_leftovers(self, where: Path, branch: str, message: str) -> str | None:
+        """Commits everything uncommitted in the worktree to `branch`; why not, when that cannot be done."""
+        cwd = str(where)
         code, out = await git(["symbolic-ref", "--quiet", "HEAD"], cwd, ok=(0, 1))
         if code != 0 or out.strip() != f"refs/heads/{branch}":
             head = out.strip() or "detached"
             log.warning("worktree %s is not on %s (HEAD: %s): kept as it is", where, branch, head)
             return f"the worktree is not on its branch {branch} (HEAD: {head}), so its work was not committed"
         try:
-            await git(["add", "--all"], cwd, env=env)
-            code, _ = await git(["diff", "--cached", "--quiet"], cwd, ok=(0, 1), env=env)
+            await git(["add", "--all"], cwd)
+            code, _ = await git(["diff", "--cached", "--quiet"], cwd, ok=(0, 1))
             if code == 1:
                 commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
-                await git([*await _identity(cwd), *commit], cwd, env=env)
+                await git([*await _identity(cwd), *commit], cwd)
         except GitError as exc:
             log.warning("worktree %s: its work could not be committed, so it is kept: %s", where, exc)
             return f"its work could not be committed: {exc}"

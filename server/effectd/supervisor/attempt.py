@@ -38,8 +38,7 @@ _MAX_LINE_BYTES = 16 * 1024 * 1024
 Record = Callable[[Effect, Event], Awaitable[None]]  # journals an event of the effect, then applies it
 Render = Callable[[Effect], Awaitable[tuple[list[str], str | None]]]  # a templated step's argv and stdin
 RequestCancel = Callable[[Effect, CancelReason], object]
-# An isolated effect's worktree: the directory it starts in, and what its environment gains (its git's object store)
-Prepare = Callable[[Effect], Awaitable[tuple[str, dict[str, str]]]]
+Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
 # A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
 Instead = Callable[[Effect], Awaitable[Outcome | None]]
 
@@ -77,17 +76,17 @@ class Attempts:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
         attempt = effect.attempt + 1
         try:
-            cwd, git_env = effect.spec.cwd, dict[str, str]()
+            cwd = effect.spec.cwd
             if effect.spec.isolation == "worktree" and self.prepare is not None:
                 try:
-                    cwd, git_env = await self.prepare(effect)
+                    cwd = await self.prepare(effect)
                 except Exception as exc:
                     raise RuntimeError(f"could not make the effect's git worktree: {exc}") from exc
                 if effect.cancel is not None:  # cancelled while its worktree was made: it never starts
                     if effect.cancel.skip is not None:
                         return Outcome("skipped", error=effect.cancel.skip)
                     return Outcome("cancelled", cancel=effect.cancel)
-            launch = await self._launch(effect, cwd, git_env)
+            launch = await self._launch(effect, cwd)
         except Exception as exc:  # a template that cannot be filled, a worktree that cannot be made
             return Outcome("failed", error=str(exc), attempt=attempt)
         effect.output.reopen()
@@ -116,7 +115,7 @@ class Attempts:
                 await self._reap(effect, handle)
                 handle.close()
 
-    async def _launch(self, effect: Effect, cwd: str | None, git_env: Mapping[str, str]) -> Launch:
+    async def _launch(self, effect: Effect, cwd: str | None) -> Launch:
         spec = effect.spec
         argv, stdin = list(spec.command), spec.stdin
         if spec.templated and self.render is not None:
@@ -124,7 +123,7 @@ class Attempts:
         if spec.kind == "harness" and spec.prompt_via == "stdin":
             stdin = spec.prompt if stdin is None else stdin
         result_file = self._result_path(effect.effect_id)
-        env = {**self._base_env, **spec.env, **git_env}
+        env = {**self._base_env, **spec.env}
         env.update(EFFECTD_EFFECT_ID=effect.effect_id, EFFECTD_RUN_ID=effect.run_id, EFFECTD_RESULT_FILE=result_file)
         source = None
         if spec.pipe_from is not None and self.producer is not None:

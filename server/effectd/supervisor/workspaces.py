@@ -57,22 +57,21 @@ class Workspaces:
         self.worktrees = worktrees
         self._record = record
 
-    async def prepare(self, effect: Effect) -> tuple[str, dict[str, str]]:
+    async def prepare(self, effect: Effect) -> str:
         """The directory the effect's process starts in: its worktree (made now, or by an earlier attempt),
-        at the same place relative to the top as the effect's `cwd`; and the environment that points its
-        git at an object store of its own (`effectd.runner.git`). GitError when it cannot be made."""
+        at the same place relative to the top as the effect's `cwd`. GitError when it cannot be made."""
         spec = effect.spec
         repo = await locate(spec.cwd or os.getcwd())
         current = effect.state.workspace
         if current is not None and is_dir(current["path"]):
-            return os.path.join(current["path"], repo.prefix), await self.worktrees.open_store(repo, effect.effect_id)
+            return os.path.join(current["path"], repo.prefix)
         made = await self.worktrees.add(repo, effect.effect_id, spec.worktree_base or "HEAD")
         if current is not None and current.get("base_commit"):
             made["base_commit"] = current["base_commit"]
         await self._record(effect, Event("EFFECT_PROGRESS", effect.run_id, effect.effect_id, {WORKSPACE: made}))
         path = os.path.join(made["path"], repo.prefix)
         os.makedirs(path, exist_ok=True)
-        return path, await self.worktrees.open_store(repo, effect.effect_id)
+        return path
 
     async def finish(self, effect: Effect, status: str, why: str | None = None) -> dict[str, Any] | None:
         """Ends the effect's worktree (see `finish`)."""
