@@ -23,12 +23,21 @@ import anyio
 from effectd.errors import UnknownEffectError
 from effectd.journal.control import answer_request, open_requests, request_result
 from effectd.journal.store import Journal
+from effectd.model.records import CancelReason
 from effectd.supervisor.core import Supervisor
 
 log = logging.getLogger("effectd")
 
 # Given the cutoff (ISO time) and whether to forget the journal's records too: the prune's report.
 PruneHandler = Callable[[str, bool], Awaitable[dict[str, Any]]]
+# The reasons another server may forward with its cancel (`effectd cancel` gives none: `user`).
+FORWARDED_REASONS: tuple[CancelReason, ...] = ("user", "superseded")
+
+
+def _forwarded_reason(args: str | None) -> CancelReason:
+    """The cancel reason a forwarding server named (a race it decided: `superseded`), else `user`."""
+    reason = json.loads(args).get("reason") if args else None
+    return next((r for r in FORWARDED_REASONS if r == reason), "user")
 
 
 class ControlChannel:
@@ -74,9 +83,13 @@ class ControlChannel:
         # Answered first, acted on only if the answer counts (the window has not passed meanwhile); the
         # command then follows the effect in the journal until it is terminal.
         if await answer_request(self._journal, request_id, "unknown" if effect is None else "accepted") and effect:
-            reason, grace = request["reason"], request.get("grace_s")
-            message = str(reason) if reason is not None else None
-            self._supervisor.request_cancel(effect, "user", message, float(grace) if grace is not None else None)
+            message, grace = request["reason"], request.get("grace_s")
+            self._supervisor.request_cancel(
+                effect,
+                _forwarded_reason(request.get("args")),
+                str(message) if message is not None else None,
+                float(grace) if grace is not None else None,
+            )
 
     async def _prune(self, request_id: int, args: dict[str, Any]) -> None:
         if not await answer_request(self._journal, request_id, "accepted"):
