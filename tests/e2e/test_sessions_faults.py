@@ -7,11 +7,13 @@ late, and ends by checking the journal: exactly one terminal event per effect.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -80,6 +82,41 @@ async def test_a_cancel_forwarded_to_a_stopped_server_is_refused_withdrawn_and_n
         seen = await call(a, "poll_effect", effect_id=running["effect_id"])
         assert (seen["status"], seen["cancel_reason"]) == ("running", None), text[-200:]
         assert pid_alive(child) and pid_alive(grandchild)
+        await call(a, "cancel_effect", effect_id=running["effect_id"], grace_s=0.2)
+        await wait_gone([child, grandchild])
+    assert_one_terminal_event_each(db)
+
+
+async def test_a_cancel_whose_asking_server_died_is_never_carried_out_by_the_stopped_owner(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    async with servers(db, 2) as (a, c):
+        running = await call(a, "dispatch_effect", command=py(TICKING), background=True)
+        server, child, grandchild = await pids_of(a, running["effect_id"])
+        killed: list[int] = []
+        async with stopped(server):
+            with suppress(Exception, BaseExceptionGroup):
+                async with servers(db, 1) as (b,), anyio.create_task_group() as tg:
+                    tg.start_soon(partial(call, b, "cancel_effect", effect_id=running["effect_id"]))
+                    with anyio.fail_after(10):
+                        while not (
+                            asked := rows(db, "select args from control where effect_id = ?", running["effect_id"])
+                        ):  # noqa: ASYNC110
+                            await anyio.sleep(0.02)
+                    by = json.loads(asked[0]["args"])["by"]
+                    (asker,) = rows(db, "select pid from servers where server_id = ?", by)
+                    os.kill(asker["pid"], signal.SIGKILL)  # B dies before it could withdraw its request
+                    killed.append(asker["pid"])
+                    await wait_gone(killed)
+        assert killed, "B was not killed while it waited"
+        # A, resumed, answers C's cancel of another effect (so its control channel has run since), and
+        # B's request it answers `withdrawn`: its effect still runs.
+        other = await call(a, "dispatch_effect", command=py(SLEEP, "60"), background=True)
+        assert (await call(c, "cancel_effect", effect_id=other["effect_id"], grace_s=0.2))["status"] == "cancelled"
+        (request,) = rows(db, "select answer from control where effect_id = ?", running["effect_id"])
+        assert request["answer"] == "withdrawn"
+        await read_until(a, running["effect_id"], "tick 3")
+        seen = await call(a, "poll_effect", effect_id=running["effect_id"])
+        assert (seen["status"], seen["cancel_reason"]) == ("running", None)
         await call(a, "cancel_effect", effect_id=running["effect_id"], grace_s=0.2)
         await wait_gone([child, grandchild])
     assert_one_terminal_event_each(db)

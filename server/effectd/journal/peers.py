@@ -124,11 +124,12 @@ class Peers:
     # --- cancels forwarded to another server -------------------------------------------------------
 
     async def request_cancel(
-        self, effect_id: str, message: str | None, grace_s: float | None, reason: str = "user"
+        self, effect_id: str, message: str | None, grace_s: float | None, reason: str, by: str
     ) -> int:
         """Asks the server that runs the effect to cancel it (as `effectd cancel` does, but with the
-        cancel's own `reason`, in `args`: a race's losers are `superseded`); returns the request id."""
-        args = None if reason == "user" else json.dumps({"reason": reason})
+        cancel's own `reason`, in `args`: a race's losers are `superseded`, and the server `by` that
+        asks and waits for it); returns the request id."""
+        args = json.dumps({"reason": reason, "by": by})
         cursor = await self._db.execute(
             "INSERT INTO control (effect_id, action, reason, requested_at, grace_s, args) "
             "VALUES (?, 'cancel', ?, ?, ?, ?)",

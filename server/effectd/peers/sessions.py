@@ -297,7 +297,7 @@ class Sessions:
             return False
         deadline = anyio.current_time() + within_s
         with anyio.CancelScope(shield=True):
-            request_id = await self._peers.request_cancel(effect.effect_id, message, grace_s, reason)
+            request_id = await self._peers.request_cancel(effect.effect_id, message, grace_s, reason, self.me.server_id)
         answer = None
         try:
             with anyio.move_on_after(min(self._answer_s, within_s)):
