@@ -97,10 +97,9 @@ async def test_a_cancel_whose_asking_server_died_is_never_carried_out_by_the_sto
             with suppress(Exception, BaseExceptionGroup):
                 async with servers(db, 1) as (b,), anyio.create_task_group() as tg:
                     tg.start_soon(partial(call, b, "cancel_effect", effect_id=running["effect_id"]))
+                    asking = "select args from control where effect_id = ?"
                     with anyio.fail_after(10):
-                        while not (
-                            asked := rows(db, "select args from control where effect_id = ?", running["effect_id"])
-                        ):  # noqa: ASYNC110
+                        while not (asked := rows(db, asking, running["effect_id"])):  # noqa: ASYNC110
                             await anyio.sleep(0.02)
                     by = json.loads(asked[0]["args"])["by"]
                     (asker,) = rows(db, "select pid from servers where server_id = ?", by)
