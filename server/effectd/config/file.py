@@ -44,6 +44,10 @@ class ConfigFile(_Table):
     stall_after_s: float | None = Field(default=None, ge=0)
     result_grace_s: float | None = Field(default=None, ge=0, le=MAX_GRACE_S)
     result_limit_bytes: int | None = Field(default=None, ge=0, le=MAX_RESULT_LIMIT_BYTES)
+    # Sessions: how often a live server looks for dead peers (at most 4 s: it sees one within 5 s), and
+    # how long a server that runs an effect has to answer a cancel forwarded to it.
+    peer_check_s: float | None = Field(default=None, ge=0.05, le=4)
+    peer_answer_s: float | None = Field(default=None, ge=0.5, le=50)
     db: str | None = None
     commands: CommandsTable = Field(default_factory=CommandsTable)
     harness: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each checked by `profile_from_config`

@@ -192,11 +192,11 @@ class Attempts:
             cancelled = False
             status: ExitStatus | None = exited
             if status is None:
-                status = await self._terminate(handle, effect.grace_s)
+                status = await self._terminate(handle, effect)
                 cancelled = effect.cancel is not None
             elif not await handle.wait_group_gone(0):
                 # Leftovers of the group (a daemonised grandchild) do not outlive the effect.
-                await self._terminate(handle, effect.grace_s)
+                await self._terminate(handle, effect)
             with anyio.move_on_after(DRAIN_AFTER_EXIT_S):
                 await output_done.wait()
             tg.cancel_scope.cancel()
@@ -212,12 +212,18 @@ class Attempts:
         except ResultFileError as exc:
             return None, str(exc)
 
-    async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
-        """SIGTERM to the whole group, SIGKILL to what is left of it after `grace`; returns the leader's
-        exit status. The grace is for the group, not only the leader: a grandchild that ignores
-        SIGTERM is killed when the grace ends, not a second grace later."""
+    async def _terminate(self, handle: ProcessHandle, effect: Effect) -> ExitStatus:
+        """SIGTERM to the whole group, SIGKILL to what is left of it after the effect's grace (which a
+        later cancel may shorten: `Effect.grace`); returns the leader's exit status. The grace is for
+        the group, not only the leader: a grandchild that ignores SIGTERM is killed when the grace ends,
+        not a second grace later."""
         handle.signal_group(signal.SIGTERM)
-        if not await handle.wait_group_gone(grace):
+        grace = effect.grace_s
+        gone = False
+        with anyio.CancelScope(deadline=anyio.current_time() + grace) as effect.grace:
+            gone = await handle.wait_group_gone(grace)
+        effect.grace = None
+        if not gone:
             handle.signal_group(signal.SIGKILL)
             await handle.wait_group_gone(GROUP_GONE_BOUND_S)
         with anyio.move_on_after(GROUP_GONE_BOUND_S):
