@@ -209,7 +209,10 @@ class Worktrees:
                 _remove_if_empty(where)
             kept = is_dir(where)
             if kept and not present and reason is None:
-                reason = "git no longer lists the directory as a worktree (its administrative files are gone), so it was kept as it is"
+                reason = (
+                    "git no longer lists the directory as a worktree (its administrative files are gone), "
+                    "so it was kept as it is"
+                )
             branch_kept = head is not None
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
