@@ -24,6 +24,7 @@ class Outcome:
     attempt: int | None = None  # the attempt it ended in, when one began
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
     reused_from: str | None = None  # resume: a cached flow step, the effect whose outcome it carries
+    peak_memory_mb: float | None = None  # limits (issue 23): its cgroup's peak memory, where the host tells
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
@@ -89,4 +90,5 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         progress=effect.progress,
         workspace=outcome.workspace,
         reused_from=outcome.reused_from,
+        peak_memory_mb=outcome.peak_memory_mb,
     )
