@@ -8,16 +8,22 @@ host, or a delegated cgroup v2): elsewhere they are skipped, saying which contro
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import signal
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client
 
+from effectd.app import build_server
+from effectd.config.settings import Settings
+from effectd.engine.core import Engine
 from effectd.runner.cgroups import Cgroups
 from effectd.runner.controllers import Controllers
+from effectd.runner.local import LocalRunner
 from tests.helpers.mcp import call, call_error, read_until, structured
 from tests.helpers.processes import effectd_bin, py, stdio_params
 
@@ -92,9 +98,8 @@ async def test_a_memory_limit_ends_the_effect_failed_with_its_reason_and_its_pea
         assert "survived" not in record["output_tail"]
         assert await call(client, "poll_effect", effect_id=record["effect_id"]) == record
         effect_id = record["effect_id"]
-    shown = subprocess.run(
-        [effectd_bin(), "show", effect_id, "--db", str(db)], capture_output=True, text=True, timeout=30, check=True
-    )
+    with anyio.fail_after(30):
+        shown = await anyio.run_process([effectd_bin(), "show", effect_id, "--db", str(db)])
     stored = json.loads(shown.stdout)  # from the journal, after the server is gone
     assert stored["error"] == "memory limit (32 MiB) exceeded"
     assert stored["limits"] == {"memory_mb": 32} and stored["peak_memory_mb"] == record["peak_memory_mb"]
@@ -235,3 +240,40 @@ async def test_a_flow_step_takes_limits_and_the_config_gives_the_defaults(tmp_pa
     assert steps["small"]["limits"] == {"memory_mb": 64, "pids": 50} and stored in ("67108864",)
     assert steps["after"]["limits"] == {"memory_mb": 256, "pids": 50}
     assert [s["status"] for s in steps.values()] == ["succeeded", "succeeded"]
+
+
+async def test_a_limit_the_host_cannot_enforce_is_a_tool_error_naming_the_missing_controller(
+    settings: Settings, tmp_path: Path
+) -> None:
+    proc = tmp_path / "proc"  # a host with cgroup v2 containment only: no controller reaches the effects
+    proc.mkdir()
+    (proc / "cgroup").write_text("0::/\n")
+    (proc / "mountinfo").write_text(f"41 31 0:38 / {tmp_path / 'cg2'} rw - cgroup2 cgroup2 rw\n")
+    runner = LocalRunner(controllers=Controllers.find(None, proc=proc))
+    async with Engine.open(settings, runner=runner) as engine:
+        async with Client(build_server(engine), read_timeout_seconds=70) as client:
+            text = await call_error(client, "dispatch_effect", command=py("pass"), limits={"memory_mb": 64})
+            assert "cannot enforce `memory_mb`" in text and "the memory controller is missing" in text
+            step = {"id": "build", "command": py("pass"), "limits": {"pids": 8, "cpu": 1}}
+            text = await call_error(client, "dispatch_flow", steps=[step])
+            assert "step 'build'" in text and "pids controller is missing" in text and "cpu controller" in text
+            assert (await call(client, "dispatch_effect", command=py("pass")))["status"] == "succeeded"
+            assert len((await call(client, "list_effects"))["effects"]) == 1
+
+
+@needs("pids")
+async def test_the_limit_cgroups_a_killed_server_left_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    code = "import os, time; print(f'parent {os.getppid()} ready', flush=True); time.sleep(120)"
+    with suppress(Exception, BaseExceptionGroup):
+        async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+            record = await call(client, "dispatch_effect", command=py(code), limits={"pids": 8}, background=True)
+            server_pid = int((await read_until(client, record["effect_id"], "ready")).split()[1])
+            left = limit_file(record["effect_id"], "pids").parent
+            assert left.is_dir()
+            os.kill(server_pid, signal.SIGKILL)
+    assert left.is_dir()  # nothing removed it: the server died
+    async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+        ended = await call(client, "poll_effect", effect_id=record["effect_id"])
+    assert ended["status"] == "failed" and ended["error"] == "interrupted"
+    assert not left.exists(), "the dead server's limit cgroup is still there"

@@ -54,6 +54,7 @@ from effectd.supervisor.completions import AwaitMode, check_await_arguments, wai
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.recovery import cancel_waiting
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.workspaces import check as check_isolation
 from effectd.support.feed import ChangeFeed, Changes
 
@@ -108,6 +109,7 @@ class Engine(EngineQueries):
         spec = build_spec(self.settings, fields)
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
         await check_isolation(spec)
+        check_limits(self._supervisor.attempts.runner, spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 

@@ -30,6 +30,7 @@ from effectd.journal.store import Journal
 from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
@@ -91,6 +92,7 @@ class FlowManager:
         for spec in specs:
             try:
                 await check_isolation(spec)
+                check_limits(self.supervisor.attempts.runner, spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         if resume is not None:

@@ -16,10 +16,10 @@ from contextlib import suppress
 
 import anyio
 
-from effectd.errors import JournalUnavailableError
+from effectd.errors import InvalidRequestError, JournalUnavailableError
 from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
-from effectd.model.records import CancelReason
+from effectd.model.records import CancelReason, EffectSpec
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError, Usage
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
@@ -41,6 +41,13 @@ RequestCancel = Callable[[Effect, CancelReason], object]
 Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
 # A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
 Instead = Callable[[Effect], Awaitable[Outcome | None]]
+
+
+def check_limits(runner: Runner, spec: EffectSpec) -> None:
+    """Limits (issue 23): a limit the runner cannot enforce where it runs effects is refused at dispatch,
+    never dropped (InvalidRequestError naming the missing controller)."""
+    if spec.limits and (why := runner.refuse_limits(spec.limits)) is not None:
+        raise InvalidRequestError(why)
 
 
 def _judge_memory(effect: Effect, outcome: Outcome, usage: Usage) -> None:

@@ -153,11 +153,6 @@ class Supervisor:
         if self._closing:
             raise InvalidRequestError("the server is shutting down and takes no new effects")
 
-    def _refuse_unenforceable(self, spec: EffectSpec) -> None:
-        """Limits (issue 23): a limit the runner cannot enforce where it runs effects is refused, never dropped."""
-        if spec.limits and (why := self.attempts.runner.refuse_limits(spec.limits)) is not None:
-            raise InvalidRequestError(f"step {spec.step_id!r}: {why}" if spec.step_id else why)
-
     def _spawn_driver(self, effect: Effect) -> None:
         assert self._tg is not None, "the supervisor is not running"
         effect.local = True
@@ -225,7 +220,6 @@ class Supervisor:
         run_id = run_id or self.default_run_id
         self._refuse_when_closing()
         check_run_id(run_id)
-        self._refuse_unenforceable(spec)
         if spec.key is None:
             return await self._dispatch(spec, run_id), True
         async with self._runs.holding_keys(run_id, [spec.key]):
@@ -265,8 +259,6 @@ class Supervisor:
         self._refuse_when_closing()
         run_id = run_id or self.default_run_id
         check_run_id(run_id)
-        for _, spec in specs:
-            self._refuse_unenforceable(spec)
         keys = [spec.key for _, spec in specs if spec.key is not None]
         async with self._runs.holding_keys(run_id, keys):
             for _, spec in specs:
