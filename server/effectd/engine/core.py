@@ -50,11 +50,11 @@ from effectd.peers.sessions import Sessions, joining
 from effectd.runner.base import Runner
 from effectd.runner.choose import open_runner
 from effectd.runner.git import Worktrees
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.recovery import cancel_waiting
-from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.workspaces import check as check_isolation
 from effectd.support.feed import ChangeFeed, Changes
 

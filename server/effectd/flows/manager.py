@@ -28,9 +28,9 @@ from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
 from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
-from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.workspaces import check as check_isolation
 
 log = logging.getLogger("effectd")
