@@ -176,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_worktrees_parser(sub)
 
+    doctor = sub.add_parser("doctor", help="print what this host supports: limits, sandbox, containment, git, journal")
+    add_database_options(doctor)
+    doctor.set_defaults(func=_later("effectd.cli.doctor", "cmd_doctor"))
+
     demo = sub.add_parser("demo", help="show effectd end to end (no setup, no network)")
     demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)

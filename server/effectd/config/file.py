@@ -1,9 +1,10 @@
 """The configuration file's shape: strict pydantic models of its tables, and their errors as ConfigError.
 
 `effectd.toml` holds top-level keys (limits, `db`, `runner`, `ray_address`) and the tables
-`[commands]`, `[harness.NAME]` and `[http]`. `parse_config` checks a loaded table against `ConfigFile`
-(no unknown key, no coercion: `max_concurrency = "4"` is refused) and turns pydantic's errors into one
-ConfigError that names the key, what it takes, and the file it came from.
+`[commands]`, `[harness.NAME]`, `[http]` and `[limits]` (each effect's default `limits`).
+`parse_config` checks a loaded table against `ConfigFile` (no unknown key, no coercion:
+`max_concurrency = "4"` is refused) and turns pydantic's errors into one ConfigError that names the
+key, what it takes, and the file it came from.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic_core import ErrorDetails
 
 from effectd.config.http import HTTP_KEYS, HttpSettings, http_error
 from effectd.errors import ConfigError
+from effectd.model.arguments import ResourceLimits
 from effectd.model.records import MAX_GRACE_S
 
 MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
@@ -55,6 +57,7 @@ class ConfigFile(_Table):
     http: HttpSettings = Field(default_factory=HttpSettings)
     runner: RunnerName | None = None
     ray_address: str | None = None
+    limits: ResourceLimits = Field(default_factory=ResourceLimits)
 
 
 def parse_config(table: Mapping[str, Any], source: str | None = None) -> ConfigFile:
@@ -84,6 +87,9 @@ def _message(errors: list[ErrorDetails]) -> str:
         return "config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)"
     if table == "http":
         return http_error(key if key in HTTP_KEYS else None, value)
+    if table == "limits":
+        what = f"config [limits] {key}" if key else "config [limits]"
+        return f"{what}: {error['msg']}, not {value!r}" if key else f"{what}: {error['msg']}"
     if table == "harness":
         return f"config [harness.{key}] must be a table" if key else "config [harness.NAME] must be tables"
     if table == "runner":

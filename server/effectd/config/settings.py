@@ -46,6 +46,7 @@ class Settings:
     journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
     runner: RunnerName = "local"
     ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
+    limits: Mapping[str, float] = field(default_factory=dict)  # `[limits]`: each effect's default limits
 
     @property
     def output_dir(self) -> Path:
@@ -168,6 +169,7 @@ def build_settings(
         keep_queued=keep_queued,
         harnesses=harnesses,
         http=config.http,
+        limits=config.limits.given(),
         **values,
     )
 

@@ -50,6 +50,7 @@ from effectd.peers.sessions import Sessions, joining
 from effectd.runner.base import Runner
 from effectd.runner.choose import open_runner
 from effectd.runner.git import Worktrees
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
@@ -108,6 +109,7 @@ class Engine(EngineQueries):
         spec = build_spec(self.settings, fields)
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
         await check_isolation(spec)
+        check_limits(self._supervisor.attempts.runner, spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 

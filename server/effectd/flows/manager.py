@@ -28,6 +28,7 @@ from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
 from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
+from effectd.supervisor.attempt import check_limits
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.workspaces import check as check_isolation
@@ -91,6 +92,7 @@ class FlowManager:
         for spec in specs:
             try:
                 await check_isolation(spec)
+                check_limits(self.supervisor.attempts.runner, spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         if resume is not None:

@@ -82,6 +82,8 @@ class EffectSpec(BaseModel):
     item_index: int | None = None  # a fan-out child: the index of its item
     pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
     resources: dict[str, float] | None = None
+    # --- limits (issue 23): the request's over the config's [limits], as the effect's cgroup enforces them ---
+    limits: dict[str, int | float] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -129,6 +131,9 @@ class EffectRecord(BaseModel):
     cached: bool = False
     reused_from: str | None = None
     node: str | None = None
+    # --- limits (issue 23) ---
+    limits: dict[str, int | float] | None = None  # as enforced: {"memory_mb": 512, "pids": 64, "cpu": 0.5}
+    peak_memory_mb: float | None = None  # the effect's peak memory, where the host reports it
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -28,6 +28,8 @@ class Launch:
     stdin_source: AsyncGenerator[bytes, None] | None = None
     # The resources the effect needs where it runs (Ray resources, e.g. {"GPU": 1}); None: nothing special.
     resources: Mapping[str, float] | None = None
+    # What the effect's own cgroup lets it use: {"memory_mb": 512, "pids": 64, "cpu": 0.5}; None: no limit.
+    limits: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class ExitStatus:
         if os.WIFSIGNALED(status):
             return cls(None, os.WTERMSIG(status))
         return cls(os.waitstatus_to_exitcode(status), None)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the effect's cgroup says of its memory once its processes are gone."""
+
+    peak_memory_mb: float | None = None  # None: the host does not report it
+    memory_killed: bool = False  # the kernel's OOM killer ended one of its processes at its memory limit
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,11 @@ class ProcessHandle(ABC):
         reader slows the feeding, never grows memory. The supervisor runs it while the process runs."""
         return None
 
+    def usage(self) -> Usage:
+        """The effect's memory verdict (its peak, whether its memory limit killed it); read once its
+        processes are gone and before `close`, which removes the cgroup that tells."""
+        return Usage()
+
     @abstractmethod
     def close(self) -> None:
         """Releases descriptors; the process group must already be gone."""
@@ -108,6 +123,11 @@ class ProcessHandle(ABC):
 class Runner(ABC):
     async def aclose(self) -> None:  # noqa: B027 - most runners hold nothing
         """Releases what the runner holds (a Ray connection it opened); effects are over by then."""
+
+    def refuse_limits(self, limits: Mapping[str, float]) -> str | None:
+        """Why this runner cannot enforce `limits` where it runs effects (which controller is missing),
+        or None; asked at dispatch, so a limit is never silently dropped."""
+        return "this runner enforces no `limits`" if limits else None
 
     @abstractmethod
     async def start(self, launch: Launch) -> ProcessHandle:

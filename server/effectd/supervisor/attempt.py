@@ -16,11 +16,11 @@ from contextlib import suppress
 
 import anyio
 
-from effectd.errors import JournalUnavailableError
+from effectd.errors import InvalidRequestError, JournalUnavailableError
 from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
-from effectd.model.records import CancelReason
-from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
+from effectd.model.records import CancelReason, EffectSpec
+from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError, Usage
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.events import Outcome
@@ -41,6 +41,23 @@ RequestCancel = Callable[[Effect, CancelReason], object]
 Prepare = Callable[[Effect], Awaitable[str]]  # an isolated effect's worktree: the directory it starts in
 # A flow step's outcome without a process of its own (taken from an earlier flow, or its fan-out's), if any
 Instead = Callable[[Effect], Awaitable[Outcome | None]]
+
+
+def check_limits(runner: Runner, spec: EffectSpec) -> None:
+    """Limits (issue 23): a limit the runner cannot enforce where it runs effects is refused at dispatch,
+    never dropped (InvalidRequestError naming the missing controller)."""
+    if spec.limits and (why := runner.refuse_limits(spec.limits)) is not None:
+        raise InvalidRequestError(why)
+
+
+def _judge_memory(effect: Effect, outcome: Outcome, usage: Usage) -> None:
+    """The cgroup's verdict in the outcome: the peak memory, and a failure that the memory limit caused
+    (the kernel's OOM killer ended a process of the effect) said as such. An effect that still
+    succeeded, or that effectd cancelled, keeps that outcome."""
+    outcome.peak_memory_mb = usage.peak_memory_mb
+    memory_mb = (effect.spec.limits or {}).get("memory_mb")
+    if usage.memory_killed and memory_mb is not None and outcome.status == "failed":
+        outcome.error = f"memory limit ({int(memory_mb)} MiB) exceeded"
 
 
 class Attempts:
@@ -109,6 +126,7 @@ class Attempts:
             effect.output.last_output = monotonic()
             outcome = await self._watch(effect, handle)
             outcome.attempt = attempt
+            _judge_memory(effect, outcome, handle.usage())  # before close: closing removes the cgroup that tells
             return outcome
         finally:
             with anyio.CancelScope(shield=True):
@@ -139,6 +157,7 @@ class Attempts:
             self._result_limit,
             stdin_source=source,
             resources=spec.resources,
+            limits=spec.limits,  # limits (issue 23)
         )
 
     async def _watch(self, effect: Effect, handle: ProcessHandle) -> Outcome:

@@ -205,6 +205,8 @@ class Effect:
             cached=state.cached,
             reused_from=state.reused_from,
             node=state.node,
+            limits=self.spec.limits,
+            peak_memory_mb=state.peak_memory_mb,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

@@ -25,6 +25,7 @@ class Outcome:
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
     reused_from: str | None = None  # resume: a cached flow step, the effect whose outcome it carries
     command: list[str] | None = None  # resume: the argv the effect it was taken from ran (its own ran none)
+    peak_memory_mb: float | None = None  # limits (issue 23): its cgroup's peak memory, where the host tells
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
@@ -91,4 +92,5 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         workspace=outcome.workspace,
         reused_from=outcome.reused_from,
         command=outcome.command,
+        peak_memory_mb=outcome.peak_memory_mb,
     )
