@@ -258,6 +258,21 @@ async def test_the_api_lists_filters_and_reads_effects(engine: Engine) -> None:
         assert (await http.get("/api/flows/flw_nope")).status_code == 404
 
 
+async def test_a_number_out_of_range_is_refused_with_its_bounds_printed_as_integers(engine: Engine) -> None:
+    async with serving(engine) as url, http_client(url) as client, httpx2.AsyncClient(base_url=url) as http:
+        output = f"/api/effects/{(await call(client, 'dispatch_effect', command=py('pass')))['effect_id']}/output"
+        cases = [
+            ({"max_bytes": "2000000"}, "`max_bytes` must be between 1 and 1048576, not 2000000"),
+            ({"cursor": "-1"}, "`cursor` must be between 0 and 4611686018427387904 (2**62), not -1"),
+            ({"wait_s": "99.5"}, "`wait_s` must be between 0 and 55, not 99.5"),
+        ]
+        for params, message in cases:
+            refused = await http.get(output, params=params)
+            assert (refused.status_code, refused.json()["error"]) == (400, message)
+        refused = await http.get("/api/effects", params={"limit": "5000000"})
+        assert refused.json()["error"] == "`limit` must be between 1 and 5000, not 5000000"
+
+
 async def test_the_event_stream_sends_a_snapshot_then_the_rows_that_changed(engine: Engine, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     async with serving(engine) as url, http_client(url) as client, httpx2.AsyncClient(base_url=url) as http:
