@@ -47,6 +47,9 @@ async def test_tools_work_over_streamable_http(daemon_factory: Any) -> None:
         assert {"dispatch_effect", "poll_effect", "await_group", "stream_effect", "cancel_effect"} <= names
         record = await call(client, "dispatch_effect", command=py("print('over http')"))
     assert record["status"] == "succeeded" and record["output_tail"] == "over http\n"
+    # Where it serves is news, not a warning: told on stderr at INFO.
+    assert f"effectd: INFO serving MCP at {daemon.url}/mcp" in daemon.stderr()
+    assert "WARNING" not in daemon.stderr()
 
 
 async def test_two_clients_see_each_others_effects(daemon_factory: Any, tmp_path: Path) -> None:
