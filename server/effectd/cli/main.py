@@ -23,6 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effectd.journal.usable import check_journal
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
+    # effectd's own notices too (where it serves, what it falls back to); the libraries' only from WARNING up.
+    logging.getLogger("effectd").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:  # a fault that repeats is logged once a second, with a count
         log_repeats.install(handler)
     try:

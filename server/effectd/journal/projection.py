@@ -194,7 +194,7 @@ class EffectState:
             self.started_at = data["started_at"]
             self.pid, self.pid_start = data.get("pid"), data.get("pid_start")
             self.node = data.get("node")
-            self.command = list(data["command"])
+            self.command = list(data.get("command", self.spec["command"]))  # absent: the requested argv
             self.attempt = data.get("attempt", 1)
             self.finished_at = self.exit_code = self.signal = self.error = None
         elif event.type == "EFFECT_CANCEL_REQUESTED":

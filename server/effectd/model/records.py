@@ -111,7 +111,15 @@ class EffectRecord(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
-    result: Any = None
+    result: Any = Field(
+        default=None,
+        description=(
+            "What the effect produced, any JSON value: a harness's {answer, is_error, cost_usd, usage, turns, "
+            "session_id, ...} (with `file`, what its result file held, and `usage_refused`, the bogus usage "
+            "figures it reported), else the JSON its result file held; null when there is none"
+        ),
+        json_schema_extra={"type": ["object", "array", "string", "number", "boolean", "null"]},
+    )
     result_error: str | None = None
     output_tail: str = ""
     output_bytes: int = 0

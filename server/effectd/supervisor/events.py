@@ -38,7 +38,9 @@ def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None =
 def started(
     effect: Effect, *, pid: int, pid_start: int | None, command: list[str], attempt: int, node: str | None = None
 ) -> Event:
-    data = {"started_at": now_iso(), "pid": pid, "pid_start": pid_start, "command": command, "attempt": attempt}
+    data: dict[str, Any] = {"started_at": now_iso(), "pid": pid, "pid_start": pid_start, "attempt": attempt}
+    if command != effect.spec.command:  # the argv as run, when not the one requested (a fan-out item's can be big)
+        data["command"] = command
     if node is not None:
         data["node"] = node
     return Event("EFFECT_STARTED", effect.run_id, effect.effect_id, data)
