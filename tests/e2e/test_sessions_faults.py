@@ -23,18 +23,9 @@ from mcp import Client
 
 from tests.e2e.test_sessions import TICKING, assert_one_terminal_event_each, pids_of, rows, servers, wait_gone
 from tests.helpers.mcp import call, call_error, read_until
-from tests.helpers.processes import SLEEP, pid_alive, py
+from tests.helpers.processes import CHILD_WITH_GRANDCHILD, SLEEP, pid_alive, py
 
 pytestmark = [pytest.mark.anyio]
-# Ignores SIGTERM, as its grandchild does; prints both pids, then sleeps until SIGKILLed.
-STUBBORN = """
-import os, signal, subprocess, sys, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
-grandchild = subprocess.Popen([sys.executable, "-c", stubborn])
-print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
-time.sleep(120)
-"""
 
 
 def fast_config(tmp_path: Path, **values: float) -> list[str]:
@@ -213,9 +204,9 @@ async def test_a_second_cancel_with_a_shorter_grace_escalates_on_the_same_server
 ) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 2) as (a, b):
-        here = await call(a, "dispatch_effect", command=py(STUBBORN), background=True)
+        here = await call(a, "dispatch_effect", command=py(CHILD_WITH_GRANDCHILD), background=True)
         await escalates(a, a, here["effect_id"], "user")
-        there = await call(a, "dispatch_effect", command=py(STUBBORN), background=True)
+        there = await call(a, "dispatch_effect", command=py(CHILD_WITH_GRANDCHILD), background=True)
         await escalates(b, a, there["effect_id"], "user")
     assert_one_terminal_event_each(db)
 
@@ -223,7 +214,7 @@ async def test_a_second_cancel_with_a_shorter_grace_escalates_on_the_same_server
 async def test_a_race_loser_superseded_with_a_long_grace_is_escalated_by_a_later_cancel(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     async with servers(db, 1) as (a,):
-        loser = await call(a, "dispatch_effect", command=py(STUBBORN), background=True, grace_s=600)
+        loser = await call(a, "dispatch_effect", command=py(CHILD_WITH_GRANDCHILD), background=True, grace_s=600)
         pids = await stubborn_pids(a, loser["effect_id"])
         winner = await call(a, "dispatch_effect", command=py(SLEEP, "0.2"), background=True)
         raced: dict[str, dict] = {}
