@@ -2,9 +2,9 @@
 
 It opens an engine on a temporary journal, builds the MCP server the way `effectd serve` does
 (`effectd.app.build_server`), asks it for its tools through an in-memory `mcp.Client`, and writes
-each tool's name, description, arguments, input schema and output schema in place of the marker
-`<!-- tools-reference -->` of `reference/tools.md`. The page cannot drift from the code: it is the
-code's answer to `tools/list`.
+each tool's name, title, hints (its MCP annotations), description, arguments, input schema and output
+schema in place of the marker `<!-- tools-reference -->` of `reference/tools.md`. The page cannot drift
+from the code: it is the code's answer to `tools/list`.
 """
 
 from __future__ import annotations
@@ -59,12 +59,26 @@ def _schema_block(title: str, schema: dict[str, Any] | None) -> list[str]:
     return [f'??? note "{title}"', "", "    ```json", *(f"    {line}" for line in body.splitlines()), "    ```", ""]
 
 
+def _hints(annotations: Any) -> str:
+    """The tool's MCP annotations in words: what a call may change."""
+    if annotations is None:
+        return "no hints"
+    if annotations.read_only_hint:
+        words = ["read-only"]
+    else:
+        words = ["destructive" if annotations.destructive_hint else "additive"]
+        words.append("idempotent" if annotations.idempotent_hint else "not idempotent")
+    words.append("open world" if annotations.open_world_hint else "closed world")
+    return ", ".join(words)
+
+
 def render(tools: list[Any]) -> str:
     out = [f"effectd serves {len(tools)} tools: " + ", ".join(f"[`{t.name}`](#{t.name})" for t in tools) + ".", ""]
     for tool in tools:
         schema = tool.input_schema or {}
         required = set(schema.get("required", []))
-        out += [f"## `{tool.name}`", "", (tool.description or "").strip(), ""]
+        out += [f"## `{tool.name}`", "", f"**{tool.title}** ({_hints(tool.annotations)})", ""]
+        out += [(tool.description or "").strip(), ""]
         properties = schema.get("properties", {})
         if properties:
             out += ["| argument | type | default | description |", "|---|---|---|---|"]

@@ -37,6 +37,10 @@ class DatabaseBusyError(EffectdError):
     """Raised when the journal is busy: its start-up lock is held too long, or a live server runs the effect."""
 
 
+class PeerUnansweredError(EffectdError):
+    """Raised when the server that runs an effect does not answer a forwarded cancel in time; it was withdrawn."""
+
+
 class JournalUnavailableError(EffectdError):
     """Raised when a call needs to write but the journal takes no writes now (disk full, locked, I/O error)."""
 

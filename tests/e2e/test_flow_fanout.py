@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,16 @@ async def test_cancelling_a_fanned_out_step_cancels_its_children(client: Client)
     each = by_id(record)["each"]
     assert record["status"] == "cancelled" and each["status"] == "cancelled" and each["cancel_reason"] == "user"
     assert [c["status"] for c in each["children"]] == ["cancelled"] * 3
+
+
+async def test_a_fan_out_journals_each_items_argv_once_not_again_when_it_starts(settings: Settings) -> None:
+    items = [f"{i:03d}" + "x" * 9997 for i in range(20)]  # 20 items of 10 KB, each in its child's argv
+    async with connected(settings) as (_, client):
+        steps = [{"id": "work", "for_each": items, "command": py("pass", "{{item}}")}]
+        flow = await call(client, "dispatch_flow", steps=steps, wait_s=50, max_concurrency=4)
+        assert flow["status"] == "succeeded"
+        children = (await call(client, "list_effects", group=flow["flow_id"], limit=50))["effects"]
+    assert sorted(c["command"][-1] for c in children if c["command"][-1] != "{{item}}") == items
+    with sqlite3.connect(f"file:{settings.db}?mode=ro", uri=True) as db:
+        (started,) = db.execute("SELECT SUM(LENGTH(data)) FROM events WHERE type = 'EFFECT_STARTED'").fetchone()
+    assert started < 20 * 500, f"EFFECT_STARTED repeats the argv: {started} bytes"

@@ -203,3 +203,43 @@ async def test_resume_over_stdio(tmp_path: Path):
         new = await call(c, "dispatch_flow", steps=steps, resume=old["flow_id"])
         assert new["status"] == "succeeded" and new["cached_steps"] == 1
         assert by_id(new)["a"]["reused_from"] == by_id(old)["a"]["effect_id"]
+
+
+async def test_a_resume_after_effectd_prune_runs_again_what_lost_its_output_over_stdio(tmp_path: Path):
+    """Issue 24: a step whose output `effectd prune` removed ran as "cached" with '' for its output."""
+    db = tmp_path / "journal.db"
+
+    def steps(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"id": "a", "command": py("print('alpha')")},
+            {"id": "b", "needs": ["a"], "command": py(SHOW, "b got {{steps.a.output}}")},
+            *extra,
+        ]
+
+    async with Client(stdio_params(db, "--allow-any-command"), read_timeout_seconds=70) as c:
+        old = await call(c, "dispatch_flow", steps=steps())
+        assert old["status"] == "succeeded"
+        b_old = await effect(c, by_id(old)["b"]["effect_id"])
+        assert b_old["command"][-1] == "b got alpha"
+        pruned = await anyio.run_process([effectd_bin(), "prune", "--older-than", "0s", "--db", str(db)], check=True)
+        assert json.loads(pruned.stdout)["effects_pruned"] == 2
+        c_step = {"id": "c", "needs": ["a"], "command": py(SHOW, "c got {{steps.a.output}}")}
+        new = await call(c, "dispatch_flow", steps=steps(c_step), resume=old["flow_id"])
+        assert new["status"] == "succeeded"
+        # a's output is gone: a runs again, and so do the steps that read it.
+        assert {k: s["cached"] for k, s in by_id(new).items()} == {"a": False, "b": False, "c": False}
+        assert json.loads(await output(c, by_id(new)["c"]["effect_id"])) == ["c got alpha"]
+        b_new = await effect(c, by_id(new)["b"]["effect_id"])
+        assert b_new["command"][-1] == "b got alpha" and b_new["output_pruned"] is False
+        # Resumed once more, nothing pruned: all cached, each record's command the argv that ran.
+        again = await call(c, "dispatch_flow", steps=steps(c_step), resume=new["flow_id"])
+        assert again["cached_steps"] == 3
+        for step_id in ("a", "b", "c"):
+            taken = await effect(c, by_id(again)[step_id]["effect_id"])
+            ran = await effect(c, by_id(new)[step_id]["effect_id"])
+            assert taken["cached"] is True and taken["command"] == ran["command"]
+            assert taken["output_bytes"] == ran["output_bytes"] > 0 and taken["output_pruned"] is False
+        # Pruning the cached records makes them say so.
+        await anyio.run_process([effectd_bin(), "prune", "--older-than", "0s", "--db", str(db)], check=True)
+        taken = await effect(c, by_id(again)["a"]["effect_id"])
+        assert taken["output_pruned"] is True and taken["output_bytes"] == 0

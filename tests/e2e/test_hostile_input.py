@@ -622,7 +622,7 @@ async def test_junk_on_the_stdio_wire_is_answered_or_dropped_and_the_server_keep
     finally:
         await process.stdin.aclose()
         with anyio.fail_after(10):
-            await process.wait()
+            await process.aclose()  # waits, and closes stdout and stderr: none left for the GC to warn of
     assert "harnesses" in harnesses["result"]["structuredContent"]
     for request_id in refused:
         message = answers[request_id]

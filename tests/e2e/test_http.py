@@ -47,6 +47,9 @@ async def test_tools_work_over_streamable_http(daemon_factory: Any) -> None:
         assert {"dispatch_effect", "poll_effect", "await_group", "stream_effect", "cancel_effect"} <= names
         record = await call(client, "dispatch_effect", command=py("print('over http')"))
     assert record["status"] == "succeeded" and record["output_tail"] == "over http\n"
+    # Where it serves is news, not a warning: told on stderr at INFO.
+    assert f"effectd: INFO serving MCP at {daemon.url}/mcp" in daemon.stderr()
+    assert "WARNING" not in daemon.stderr()
 
 
 async def test_two_clients_see_each_others_effects(daemon_factory: Any, tmp_path: Path) -> None:
@@ -256,6 +259,21 @@ async def test_the_api_lists_filters_and_reads_effects(engine: Engine) -> None:
         assert bad.status_code == 400 and "unknown status done" in bad.json()["error"]
         assert (await http.get("/api/effects", params={"limit": "lots"})).status_code == 400
         assert (await http.get("/api/flows/flw_nope")).status_code == 404
+
+
+async def test_a_number_out_of_range_is_refused_with_its_bounds_printed_as_integers(engine: Engine) -> None:
+    async with serving(engine) as url, http_client(url) as client, httpx2.AsyncClient(base_url=url) as http:
+        output = f"/api/effects/{(await call(client, 'dispatch_effect', command=py('pass')))['effect_id']}/output"
+        cases = [
+            ({"max_bytes": "2000000"}, "`max_bytes` must be between 1 and 1048576, not 2000000"),
+            ({"cursor": "-1"}, "`cursor` must be between 0 and 4611686018427387904 (2**62), not -1"),
+            ({"wait_s": "99.5"}, "`wait_s` must be between 0 and 55, not 99.5"),
+        ]
+        for params, message in cases:
+            refused = await http.get(output, params=params)
+            assert (refused.status_code, refused.json()["error"]) == (400, message)
+        refused = await http.get("/api/effects", params={"limit": "5000000"})
+        assert refused.json()["error"] == "`limit` must be between 1 and 5000, not 5000000"
 
 
 async def test_the_event_stream_sends_a_snapshot_then_the_rows_that_changed(engine: Engine, tmp_path: Path) -> None:

@@ -42,3 +42,39 @@ async def test_prompts_are_not_advertised_and_an_unknown_prompt_is_invalid_param
                 with pytest.raises(MCPError) as raised:
                     await client.get_prompt("nope")
                 assert raised.value.error.code == INVALID_PARAMS and "nope" in raised.value.error.message
+
+
+READ_ONLY_TOOLS = {"poll_effect", "list_effects", "list_harnesses", "await_group", "stream_effect", "poll_flow"}
+STOPPING_TOOLS = {"cancel_effect", "cancel_group", "set_budget"}  # set_budget: a spent limit stops effects
+STARTING_TOOLS = {"dispatch_effect", "dispatch_flow"}
+
+
+async def test_every_tool_has_a_title_and_hints_saying_what_a_call_may_change(client: Client) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == READ_ONLY_TOOLS | STOPPING_TOOLS | STARTING_TOOLS
+    for name, tool in tools.items():
+        hints = tool.annotations
+        assert tool.title and tool.title[0].isupper() and hints is not None and hints.title == tool.title, name
+        assert hints.read_only_hint is (name in READ_ONLY_TOOLS), name
+        assert hints.open_world_hint is (name in STARTING_TOOLS), name
+        if name in STOPPING_TOOLS:
+            assert (hints.destructive_hint, hints.idempotent_hint) == (True, True), name
+        if name in STARTING_TOOLS:
+            assert (hints.destructive_hint, hints.idempotent_hint) == (False, False), name
+
+
+async def test_a_records_result_has_a_schema_that_says_it_is_any_json_value(client: Client) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    poll = tools["poll_effect"].output_schema
+    assert poll is not None
+    result = poll["properties"]["result"]
+    assert result["type"] == ["object", "array", "string", "number", "boolean", "null"]
+    assert "any JSON value" in result["description"]
+    listed = tools["list_effects"].output_schema
+    assert listed is not None and listed["$defs"]["EffectRecord"]["properties"]["result"] == result
+    # The official client validates structured output against it: every kind of result passes.
+    for value in ('{"a": [1, 2.5]}', "[1]", '"text"', "7", "true"):
+        code = f"import os; open(os.environ['EFFECTD_RESULT_FILE'], 'w').write({value!r})"
+        record = await call(client, "dispatch_effect", command=py(code))
+        assert record["result"] is not None and record["result_error"] is None
+    assert len((await call(client, "list_effects"))["effects"]) == 5

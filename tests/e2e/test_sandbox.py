@@ -21,6 +21,8 @@ from mcp import Client
 
 from effectd.config.http import HttpSettings
 from effectd.config.settings import Settings
+from effectd.runner.cgroups import Cgroups
+from effectd.runner.controllers import Controllers
 from tests.helpers.git import make_repo
 from tests.helpers.mcp import call, call_error, connected, read_until, wait_until
 from tests.helpers.processes import SLEEP, effectd_bin, py, stdio_params
@@ -388,3 +390,21 @@ async def test_worktree_isolation_composes_with_the_sandbox_and_the_token_file_i
     assert seen["siblings"] == [record["effect_id"]]  # the other effect's worktree is not visible
     assert seen["token"] == ""  # the token file reads as empty (an empty file over it)
     assert "sandboxed.txt" in record["workspace"]["changed_files"]  # committed to its branch, as without a sandbox
+
+
+_v2 = Cgroups.find()
+_HOST = Controllers.find(_v2.root if _v2 is not None else None, prepare=False)
+
+
+@pytest.mark.skipif(_HOST.refusal(["memory_mb"]) is not None, reason="this host cannot enforce a memory limit")
+async def test_limits_hold_inside_the_sandbox_and_the_record_shows_both(tmp_path: Path) -> None:
+    db, work = layout(tmp_path)
+    hog = "chunks = []\nfor _ in range(200):\n    chunks.append(bytearray(1024 * 1024))\nprint('survived')"
+    async with Client(stdio_params(db, ANY), read_timeout_seconds=70) as client:
+        record = await dispatch(client, hog, cwd=str(work), sandbox=True, limits={"memory_mb": 32})
+        modest = await dispatch(client, "print('fits')", cwd=str(work), sandbox=True, limits={"memory_mb": 64})
+    assert record["status"] == "failed" and record["error"] == "memory limit (32 MiB) exceeded", record
+    assert "survived" not in record["output_tail"]
+    assert record["limits"] == {"memory_mb": 32} and record["sandbox"]["network"] == "none"
+    assert record["peak_memory_mb"] is not None and record["peak_memory_mb"] <= 33
+    assert modest["status"] == "succeeded" and "fits" in modest["output_tail"], modest

@@ -226,9 +226,9 @@ async def test_a_sigkilled_servers_effects_are_recovered_by_the_next_server_whil
                 server, child, grandchild = await pids_of(a, doomed["effect_id"])
                 os.kill(server, signal.SIGKILL)
                 await wait_gone([server, child])  # its child died with it (the parent-death signal)
-        # B does not recover A's effects: it keeps running its own, and A's stay as A left them.
-        assert (await call(b, "poll_effect", effect_id=doomed["effect_id"]))["status"] == "running"
-        async with servers(db, 1) as (c,):  # the next server to start recovers A's
+        # The next server to start recovers A's, unless B, watching its peers, took A over first
+        # (test_sessions_faults.py): either way as recovery at start would, B's own effect untouched.
+        async with servers(db, 1) as (c,):
             await wait_gone([grandchild])
             ended = await call(c, "poll_effect", effect_id=doomed["effect_id"])
             assert (ended["status"], ended["error"]) == ("failed", "interrupted")

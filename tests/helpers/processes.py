@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from mcp import StdioServerParameters
@@ -32,6 +33,16 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def keeper_of(server: int) -> int:
+    """The keeper the server started: its child running effectd.runner.keeper."""
+    for task in os.listdir(f"/proc/{server}/task"):
+        for child in Path(f"/proc/{server}/task/{task}/children").read_text().split():
+            with suppress(OSError):
+                if b"effectd.runner.keeper" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+    raise AssertionError(f"server {server} has no keeper")
 
 
 def effectd_bin() -> str:

@@ -311,7 +311,7 @@ async def test_a_restart_does_not_kill_an_unrelated_process_that_reuses_a_record
         for decoy in decoys:
             with suppress(ProcessLookupError):
                 decoy.kill()
-            await decoy.wait()
+            await decoy.aclose()
 
 
 # --- 2. floods --------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ async def test_recovery_takes_effects_of_gone_and_pre_session_servers_never_of_a
         assert (kept.status, kept.owner) == ("running", live.owner), "a live server's effect was recovered"
     finally:
         other.kill()
-        await other.wait()
+        await other.aclose()
 
 
 async def test_another_servers_flow_is_polled_and_awaited_until_it_ends(settings: Settings, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from effectd.journal.usable import check_journal
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="effectd: %(levelname)s %(message)s")
+    # effectd's own notices too (where it serves, what it falls back to); the libraries' only from WARNING up.
+    logging.getLogger("effectd").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:  # a fault that repeats is logged once a second, with a count
         log_repeats.install(handler)
     try:
@@ -175,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     journal.set_defaults(func=_later("effectd.cli.readers", "cmd_journal"))
 
     add_worktrees_parser(sub)
+
+    doctor = sub.add_parser("doctor", help="print what this host supports: limits, sandbox, containment, git, journal")
+    add_database_options(doctor)
+    doctor.set_defaults(func=_later("effectd.cli.doctor", "cmd_doctor"))
 
     demo = sub.add_parser("demo", help="show effectd end to end (no setup, no network)")
     demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)

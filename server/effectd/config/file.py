@@ -1,9 +1,10 @@
 """The configuration file's shape: strict pydantic models of its tables, and their errors as ConfigError.
 
 `effectd.toml` holds top-level keys (limits, `db`, `runner`, `ray_address`) and the tables
-`[commands]`, `[harness.NAME]`, `[http]` and `[sandbox]`. `parse_config` checks a loaded table against `ConfigFile`
-(no unknown key, no coercion: `max_concurrency = "4"` is refused) and turns pydantic's errors into one
-ConfigError that names the key, what it takes, and the file it came from.
+`[commands]`, `[harness.NAME]`, `[http]`, `[limits]` (each effect's default `limits`) and `[sandbox]`.
+`parse_config` checks a loaded table against `ConfigFile` (no unknown key, no coercion:
+`max_concurrency = "4"` is refused) and turns pydantic's errors into one ConfigError that names the
+key, what it takes, and the file it came from.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from effectd.config.http import HTTP_KEYS, HttpSettings, http_error
 from effectd.errors import ConfigError
-from effectd.model.arguments import SANDBOX_SHAPE, SandboxArguments
+from effectd.model.arguments import SANDBOX_SHAPE, ResourceLimits, SandboxArguments
 from effectd.model.records import MAX_GRACE_S
 
 MAX_RESULT_LIMIT_BYTES = 1024 * 1024 * 1024  # a result is held in memory and journaled: 1 GiB at most
@@ -52,6 +53,10 @@ class ConfigFile(_Table):
     stall_after_s: float | None = Field(default=None, ge=0)
     result_grace_s: float | None = Field(default=None, ge=0, le=MAX_GRACE_S)
     result_limit_bytes: int | None = Field(default=None, ge=0, le=MAX_RESULT_LIMIT_BYTES)
+    # Sessions: how often a live server looks for dead peers (at most 4 s: it sees one within 5 s), and
+    # how long a server that runs an effect has to answer a cancel forwarded to it.
+    peer_check_s: float | None = Field(default=None, ge=0.05, le=4)
+    peer_answer_s: float | None = Field(default=None, ge=0.5, le=50)
     db: str | None = None
     commands: CommandsTable = Field(default_factory=CommandsTable)
     harness: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each checked by `profile_from_config`
@@ -60,6 +65,7 @@ class ConfigFile(_Table):
     sandbox: SandboxTable = Field(default_factory=SandboxTable)
     runner: RunnerName | None = None
     ray_address: str | None = None
+    limits: ResourceLimits = Field(default_factory=ResourceLimits)
 
 
 def parse_config(table: Mapping[str, Any], source: str | None = None) -> ConfigFile:
@@ -89,6 +95,9 @@ def _message(errors: list[ErrorDetails]) -> str:
         return "config [commands] takes `allow` (a list of programs) and `allow_any` (a boolean)"
     if table == "http":
         return http_error(key if key in HTTP_KEYS else None, value)
+    if table == "limits":
+        what = f"config [limits] {key}" if key else "config [limits]"
+        return f"{what}: {error['msg']}, not {value!r}" if key else f"{what}: {error['msg']}"
     if table == "harness":
         return f"config [harness.{key}] must be a table" if key else "config [harness.NAME] must be tables"
     if table == "sandbox":

@@ -42,12 +42,15 @@ class Settings:
     keep_queued: bool = False
     harnesses: Mapping[str, HarnessProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
     poll_control_s: float = 0.2
+    peer_check_s: float = 1.0  # how often a live server looks for servers on its journal that died
+    peer_answer_s: float = 10.0  # how long another server has to answer a cancel forwarded to it
     http: HttpSettings = field(default_factory=HttpSettings)
     journal_busy_timeout_s: float = 10.0  # a lock held elsewhere longer than this is a journal fault
     journal_retry_max_s: float = 2.0  # the longest wait between attempts at a refused commit
     runner: RunnerName = "local"
     ray_address: str | None = None  # the Ray cluster; None: $RAY_ADDRESS, else a local Ray started with the server
     sandbox: SandboxTable = field(default_factory=SandboxTable)  # `[sandbox]`: the default sandbox, the bwrap
+    limits: Mapping[str, float] = field(default_factory=dict)  # `[limits]`: each effect's default limits
 
     @property
     def output_dir(self) -> Path:
@@ -137,7 +140,15 @@ def build_settings(
     """Settings from the file (`load_file`'s, or a table checked here), then the environment
     ($EFFECTD_DB, $EFFECTD_RESULT_LIMIT_BYTES), then the command-line flags laid over it."""
     config = file if isinstance(file, ConfigFile) else parse_config(file)
-    limits = ("max_concurrency", "default_grace_s", "output_limit_bytes", "stall_after_s", "result_grace_s")
+    limits = (
+        "max_concurrency",
+        "default_grace_s",
+        "output_limit_bytes",
+        "stall_after_s",
+        "result_grace_s",
+        "peer_check_s",
+        "peer_answer_s",
+    )
     values: dict[str, Any] = {k: v for k in (*limits, "result_limit_bytes") if (v := getattr(config, k)) is not None}
     harnesses = dict(BUILTIN_PROFILES)
     for name, table in config.harness.items():
@@ -164,6 +175,7 @@ def build_settings(
         harnesses=harnesses,
         http=config.http,
         sandbox=config.sandbox,
+        limits=config.limits.given(),
         **values,
     )
 

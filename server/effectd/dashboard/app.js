@@ -919,6 +919,14 @@ function sandboxText(sb) {
   if ((sb.write || []).length) parts.push(`writes: ${sb.write.join(', ')}`);
   if ((sb.hide || []).length) parts.push(`hidden: ${sb.hide.join(', ')}`);
   return parts.join(' · ');
+// An effect's `limits` as its cgroup enforces them: "memory 512 MiB · pids 64 · cpu 0.5".
+function limitsText(limits) {
+  if (!limits) return null;
+  const shown = [];
+  if (limits.memory_mb !== undefined) shown.push(`memory ${limits.memory_mb} MiB`);
+  if (limits.pids !== undefined) shown.push(`pids ${limits.pids}`);
+  if (limits.cpu !== undefined) shown.push(`cpu ${limits.cpu}`);
+  return shown.join(' · ') || null;
 }
 
 function renderDetail() {
@@ -951,6 +959,8 @@ function renderDetail() {
     ...field('PID', row.pid),
     ...field('Node', row.node, 'mono'),
     ...field('Sandbox', sandboxText(row.sandbox), 'mono wrap'),
+    ...field('Limits', limitsText(row.limits), 'mono'),
+    ...field('Peak memory', row.peak_memory_mb !== null && row.peak_memory_mb !== undefined ? `${row.peak_memory_mb} MiB` : null),
     ...field('Cost', fmtCost(row.cost_usd)),
     ...workspaceFields((state.detail && state.detail.effect_id === row.effect_id && state.detail.workspace) || row.workspace),
     ...field('Output', `${(row.output_bytes || 0).toLocaleString()} bytes${row.output_truncated ? ' (truncated)' : ''}${row.stalled ? ', stalled' : ''}`),

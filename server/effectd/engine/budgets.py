@@ -27,7 +27,7 @@ import anyio
 from pydantic import BaseModel
 
 from effectd.errors import BudgetExceededError, InvalidRequestError
-from effectd.harness.parsers import usage_tokens
+from effectd.harness.usage import usage_cost, usage_count, usage_tokens
 from effectd.journal.budgets import budget_rows, spending_rows
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
@@ -56,23 +56,20 @@ class Spend:
     tokens: int = 0
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def spend_of(kind: str, result: Any, progress: Any) -> Spend:
     """What one effect spent: its result's cost and usage, else what its progress had counted (a run
-    cancelled before its final event keeps what it streamed). Command effects spend nothing."""
+    cancelled before its final event keeps what it streamed). Command effects spend nothing. A figure
+    that is negative, NaN, infinite or absurd counts as none (the parsers refuse them; this guards a
+    result file's figures, and a journal written before they did)."""
     if kind != "harness":
         return Spend()
     cost: float | None = None
     tokens: int | None = None
     if isinstance(result, dict):
-        cost, tokens = _number(result.get("cost_usd")), usage_tokens(result.get("usage"))
+        cost, tokens = usage_cost(result.get("cost_usd")), usage_tokens(result.get("usage"))
     if isinstance(progress, dict):
-        cost = cost if cost is not None else _number(progress.get("cost_usd"))
-        live = _number(progress.get("tokens"))
-        tokens = tokens if tokens is not None else (int(live) if live is not None else None)
+        cost = cost if cost is not None else usage_cost(progress.get("cost_usd"))
+        tokens = tokens if tokens is not None else usage_count(progress.get("tokens"))
     return Spend(cost or 0.0, tokens or 0)
 
 

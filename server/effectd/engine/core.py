@@ -50,7 +50,7 @@ from effectd.peers.sessions import Sessions, joining
 from effectd.runner.base import Runner
 from effectd.runner.choose import open_runner
 from effectd.runner.git import Worktrees
-from effectd.supervisor.attempt import check_sandbox
+from effectd.supervisor.attempt import check_limits, check_sandbox
 from effectd.supervisor.completions import AwaitMode, check_await_arguments, wait_group
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
@@ -110,6 +110,7 @@ class Engine(EngineQueries):
         self._budgets.check(request.run_id or self.default_run_id, spec.group)
         await check_isolation(spec)
         await check_sandbox(self._supervisor.attempts.runner, spec)
+        check_limits(self._supervisor.attempts.runner, spec)
         effect, new = await self._supervisor.dispatch(spec, request.run_id)
         return Dispatched(effect.record(), new)
 
@@ -207,7 +208,8 @@ class Engine(EngineQueries):
         """Cancels the effect: pending or queued at once; running: SIGTERM to its process group, SIGKILL
         after the grace. Returns once the group is gone (at most 50 s: then still `running`, the kill
         under way). A terminal effect comes back unchanged. Once asked, a cancel is seen through even if
-        the caller goes away."""
+        the caller goes away; asked again with a shorter `grace_s`, the SIGKILL comes sooner. Another
+        server's effect is forwarded to it: PeerUnansweredError when it does not answer in time."""
         effect = await self._supervisor.get(effect_id)
         self._journal.check_writable(needed=not effect.terminal)
         if not effect.local and not effect.terminal:  # another server's: forwarded to it
@@ -237,10 +239,10 @@ class Engine(EngineQueries):
     async def _cancel_losers(
         self, effects: list[Effect], reason: CancelReason, message: str | None, within_s: float
     ) -> list[str]:
-        """Cancels `effects`, this server's with `reason` and other servers' forwarded to them (which
-        cancel them as `effectd cancel` asks, reason `user`); returns the ids that were cancelled."""
+        """Cancels `effects`, this server's with `reason` and other servers' forwarded to them with it (a
+        race decided here cancels its losers `superseded` on any server); returns the ids that were cancelled."""
         async with anyio.create_task_group() as tg:  # other servers' effects: forwarded, side by side
-            forwarded = await self._sessions.forward_cancels(tg, effects, message, within_s)
+            forwarded = await self._sessions.forward_cancels(tg, effects, reason, message, within_s)
             ours = [e for e in effects if e.local or e.terminal]
             targets = await self._supervisor.cancel_many(ours, reason, message, within_s=within_s)
         return [e.effect_id for e in effects if e in targets or e in forwarded]
@@ -294,7 +296,14 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         budgets = Budgets(journal, live_effects=supervisor.live_effects, request_cancel=supervisor.request_cancel)
         flows = FlowManager(settings, journal, supervisor, budgets=budgets)
         budgets, loading = _attach(supervisor, flows, flows.budgets)
-        sessions = Sessions(joined.me, joined.peers, supervisor, flows)
+        sessions = Sessions(
+            joined.me,
+            joined.peers,
+            supervisor,
+            flows,
+            check_s=settings.peer_check_s,
+            answer_s=settings.peer_answer_s,
+        )
         engine = cls(settings, journal, supervisor, flows, sessions)
         control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
 
@@ -312,6 +321,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             await sessions.start()
             tg.start_soon(control.run)
             tg.start_soon(sessions.run)
+            tg.start_soon(sessions.watch_peers)
             try:
                 yield engine
             finally:

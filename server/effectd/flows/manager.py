@@ -28,7 +28,7 @@ from effectd.flows.templates import fill_step, parse_templates, spec_texts
 from effectd.journal.projection import Event
 from effectd.journal.store import Journal
 from effectd.model.records import CancelReason, EffectSpec, new_id, now_iso
-from effectd.supervisor.attempt import check_sandbox
+from effectd.supervisor.attempt import check_limits, check_sandbox
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
 from effectd.supervisor.workspaces import check as check_isolation
@@ -93,6 +93,7 @@ class FlowManager:
             try:
                 await check_isolation(spec)
                 await check_sandbox(self.supervisor.attempts.runner, spec)
+                check_limits(self.supervisor.attempts.runner, spec)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"step {spec.step_id!r}: {exc}") from None
         if resume is not None:

@@ -4,14 +4,18 @@
 is about to start (its needs met, a slot held), `take_cached` decides whether it is taken from flow
 OLD instead of run. All three must hold:
 
-- the step of the same id in OLD `succeeded`;
-- every step it needs was itself taken (is `cached`), so the outputs its templates read are OLD's;
+- the step of the same id in OLD `succeeded`, and its output is still there (not removed by
+  `effectd prune`: a step taken is the old effect's output, so one whose output is gone runs again);
+- every step it needs was itself taken (is `cached`), so the outputs its templates read are OLD's
+  (and so a step whose templates read a pruned output runs too: that need ran again);
 - its arguments are identical: the spec (but for what names the flow: depends_on, pipe_from, group,
-  flow_id, key, label) and its argv and stdin after templating, each filled from its own flow's steps.
+  flow_id, key, label) and its argv and stdin after templating, each filled from its own flow's steps;
+  the argv is compared with the one the old effect actually ran (its record's `command`).
 
 A taken step ends `succeeded` at once, without a process, with `cached: true` and `reused_from` (the
-effect that ran; following a chain of resumes back to it). Its exit code, result and workspace (the
-old branch, with isolation) are that effect's, in its terminal event. Its output is not copied: the
+effect that ran; following a chain of resumes back to it). Its exit code, result, workspace (the
+old branch, with isolation) and `command` (the argv that ran, templates filled) are that effect's,
+in its terminal event. Its output is not copied: the
 step's log file is a hard link to the old effect's, so stream_effect, output_tail, templates and a
 restarted server all read the same bytes from disk, stored once. Where a hard link cannot be made
 the step simply runs.
@@ -80,14 +84,18 @@ async def _take(effect: Effect, flows: Flows, registry: Registry) -> Outcome | N
     if old_id is None:
         return None
     old = await registry.get(old_id)
-    if old.status != "succeeded":
+    if old.status != "succeeded" or old.state.output_pruned:
         return None
     needs = await registry.get_many(spec.depends_on)
     if not all(need.state.cached for need in needs):
         return None
     if not same_spec(old.state.spec, effect.state.spec):
         return None
-    if await flows.render(old) != await flows.render(effect):
+    argv, stdin = await flows.render(effect)
+    old_argv, old_stdin = await flows.render(old)
+    if old.state.started_at is not None or old.state.cached:
+        old_argv = old.state.command  # what it ran (a fan-out step runs nothing: its own is only rendered)
+    if (argv, stdin) != (old_argv, old_stdin):
         return None
     if not _share_output(registry, old, effect):
         return None
@@ -98,17 +106,18 @@ async def _take(effect: Effect, flows: Flows, registry: Registry) -> Outcome | N
         result=old.result,
         workspace=old.state.workspace,
         reused_from=old.state.reused_from or old.effect_id,
+        command=argv,
     )
 
 
 def _share_output(registry: Registry, old: Effect, effect: Effect) -> bool:
     """Gives `effect` the old effect's output: its log file becomes a hard link to the old one."""
     source, target = registry.log_path(old.effect_id), registry.log_path(effect.effect_id)
-    if source.exists():
+    if source.exists() or old.state.output_bytes > 0:  # a log that printed something must be there
         try:
             target.unlink(missing_ok=True)
             os.link(source, target)
-        except OSError as exc:
+        except OSError as exc:  # gone too (pruned meanwhile, removed by hand): the step runs
             log.info("effect %s: cannot link the output of %s (%s); it runs", effect.effect_id, old.effect_id, exc)
             return False
     previous, effect.output = effect.output, registry.existing_output(effect.effect_id)

@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer", default=_env("answer"), help='final answer (default "Done: PROMPT")')
     parser.add_argument("--cost", type=_non_negative_float, default=_env("cost", "0"), help="total_cost_usd reported")
     parser.add_argument(
+        "--bogus-cost",
+        type=float,
+        default=_env("bogus_cost"),
+        help="total_cost_usd printed as given, unchecked (-100, nan, inf): a harness that reports bogus usage",
+    )
+    parser.add_argument(
+        "--bogus-input-tokens",
+        type=int,
+        default=_env("bogus_input_tokens"),
+        help="input_tokens printed in every usage as given, unchecked (e.g. -1000000)",
+    )
+    parser.add_argument(
         "--turn-tokens",
         type=_non_negative_int,
         default=_env("turn_tokens"),
@@ -218,7 +230,7 @@ def ask_model(url: str) -> str:
 def turn_usage(args: argparse.Namespace, text: str) -> dict[str, Any]:
     """The usage an assistant message reports (each of its lines repeats it, as claude does)."""
     output = args.turn_tokens if args.turn_tokens is not None else len(text) // 4 + 1
-    return _usage(INPUT_TOKENS, output)
+    return _usage(INPUT_TOKENS if args.bogus_input_tokens is None else args.bogus_input_tokens, output)
 
 
 def _result(
@@ -236,7 +248,7 @@ def _result(
         "num_turns": turns,
         "stop_reason": None if args.fail else "end_turn",
         "session_id": session_id,
-        "total_cost_usd": args.cost,
+        "total_cost_usd": args.cost if args.bogus_cost is None else args.bogus_cost,
         "usage": usage,
         "permission_denials": [],
         "terminal_reason": "error" if args.fail else "completed",

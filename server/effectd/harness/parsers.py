@@ -3,6 +3,8 @@
 Each JSON parser reads one CLI's streaming JSON mode (see the fixture README in
 ``shared/fixtures/harness``). Parsers never raise on odd input: lines that are
 not JSON objects, unknown event types and fields of the wrong type are ignored.
+Cost and token figures go through ``usage.UsageCheck``: a bogus one is refused, and named in
+``usage_refused`` on the result and the progress.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
+
+from effectd.harness.usage import UsageCheck, usage_tokens
 
 MISSING_FINAL_EVENT = "harness exited without its final result event"
 """The error of a run whose CLI never printed its final event (killed, or exited early)."""
@@ -75,13 +79,6 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _float(value: object) -> float | None:
-    """``value`` as a float if it is a number (not a bool), else None."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
 def _tail(text: str) -> str:
     """``text`` cut to its last ``TEXT_LIMIT`` characters, marked with a leading ellipsis when cut."""
     if len(text) <= TEXT_LIMIT:
@@ -89,9 +86,8 @@ def _tail(text: str) -> str:
     return "\u2026" + text[-(TEXT_LIMIT - 1) :]
 
 
-def _add_cost(total: float | None, value: object) -> float | None:
-    """``total`` plus ``value`` when ``value`` is a number; ``total`` unchanged otherwise."""
-    amount = _float(value)
+def _add_cost(total: float | None, amount: float | None) -> float | None:
+    """``total`` plus ``amount`` when there is one; ``total`` unchanged otherwise."""
     if amount is None:
         return total
     return round((total or 0.0) + amount, 10)
@@ -106,13 +102,6 @@ def _add_tokens(total: dict[str, Any] | None, counts: dict[str, object]) -> dict
     for name, n in numbers.items():
         merged[name] = merged.get(name, 0) + n
     return merged
-
-
-def usage_tokens(usage: object) -> int | None:
-    """The tokens a usage object counts against a budget: ``input_tokens`` plus ``output_tokens`` (cache
-    reads and writes are not counted); None when it has neither."""
-    counts = [n for name in ("input_tokens", "output_tokens") if (n := _int(_dict(usage).get(name))) is not None]
-    return sum(counts) if counts else None
 
 
 def _unique(messages: list[str]) -> list[str]:
@@ -130,6 +119,7 @@ class Parser(ABC):
 
     def __init__(self) -> None:
         self.progress = HarnessProgress()
+        self.usage_check = UsageCheck()  # refuses, and notes, each bogus cost or token figure
         self._finished = False
 
     @abstractmethod
@@ -158,6 +148,8 @@ class Parser(ABC):
             shown["cost_usd"] = cost
         if tokens is not None:
             shown["tokens"] = tokens
+        if self.usage_check.refused:
+            shown["usage_refused"] = list(self.usage_check.refused)
         return shown
 
 
@@ -224,6 +216,8 @@ class JsonParser(Parser):
             "session_id": self._session_id,
         }
         result.update(self._extra_result())
+        if self.usage_check.refused:
+            result["usage_refused"] = list(self.usage_check.refused)
         return HarnessOutcome(result=result, error=error)
 
     def _reported_error(self) -> str | None:
@@ -279,7 +273,7 @@ class ClaudeParser(JsonParser):
         """Counts a turn per new main-thread message id; shows its text; counts its tool calls."""
         message = _dict(event.get("message"))
         message_id = _str(message.get("id"))
-        if (tokens := usage_tokens(message.get("usage"))) is not None:
+        if (tokens := usage_tokens(self.usage_check.usage(message.get("usage"), "message.usage"))) is not None:
             self._live_tokens[message_id or len(self._live_tokens)] = tokens
         if event.get("parent_tool_use_id") is None and (message_id is None or message_id != self._message_id):
             self.progress.turns += 1
@@ -295,9 +289,9 @@ class ClaudeParser(JsonParser):
         """Reads the final result: answer, cost, usage, turns, session, and whether it is an error."""
         self._finished = True
         self._answer = _str(event.get("result"))
-        self._cost = _float(event.get("total_cost_usd"))
+        self._cost = self.usage_check.cost(event.get("total_cost_usd"), "total_cost_usd")
         usage = event.get("usage")
-        self._usage = dict(usage) if isinstance(usage, dict) else None
+        self._usage = self.usage_check.usage(usage, "usage") if isinstance(usage, dict) else None
         self._reported_turns = _int(event.get("num_turns"))
         self._session_id = _str(event.get("session_id")) or self._session_id
         self._subtype = _str(event.get("subtype"))
@@ -377,7 +371,7 @@ class CodexParser(JsonParser):
         self._finished = True
         usage = event.get("usage")
         if isinstance(usage, dict):
-            self._usage = dict(usage)
+            self._usage = self.usage_check.usage(usage, "usage")
 
     def _reported_error(self) -> str | None:
         """``turn.failed``, else the ``error`` lines; but a later ``turn.completed`` wins (codex retried)."""
@@ -440,7 +434,7 @@ class GeminiParser(JsonParser):
         self._finished = True
         stats = _dict(event.get("stats"))
         usage = {k: v for k, v in stats.items() if k not in ("duration_ms", "tool_calls") and _int(v) is not None}
-        self._usage = usage or None
+        self._usage = self.usage_check.usage(usage, "stats") or None
         if event.get("status") == "error":
             error = event.get("error")
             message = _str(_dict(error).get("message")) or _str(error)
@@ -487,16 +481,19 @@ class PiParser(JsonParser):
         if text:
             self._show_text(None, text)
         usage = _dict(message.get("usage"))
-        self._cost = _add_cost(self._cost, _dict(usage.get("cost")).get("total"))
+        self._cost = _add_cost(self._cost, self.usage_check.cost(_dict(usage.get("cost")).get("total"), "cost.total"))
         self._usage = _add_tokens(
             self._usage,
-            {
-                "input_tokens": usage.get("input"),
-                "output_tokens": usage.get("output"),
-                "cache_read_tokens": usage.get("cacheRead"),
-                "cache_write_tokens": usage.get("cacheWrite"),
-                "total_tokens": usage.get("totalTokens"),
-            },
+            self.usage_check.usage(
+                {
+                    "input_tokens": usage.get("input"),
+                    "output_tokens": usage.get("output"),
+                    "cache_read_tokens": usage.get("cacheRead"),
+                    "cache_write_tokens": usage.get("cacheWrite"),
+                    "total_tokens": usage.get("totalTokens"),
+                },
+                "usage",
+            ),
         )
         stop = _str(message.get("stopReason"))
         if stop in ("error", "aborted"):
@@ -544,18 +541,21 @@ class OpencodeParser(JsonParser):
 
     def _on_step_finish(self, part: dict[str, Any]) -> None:
         """Adds a step's cost and tokens."""
-        self._cost = _add_cost(self._cost, part.get("cost"))
+        self._cost = _add_cost(self._cost, self.usage_check.cost(part.get("cost"), "cost"))
         tokens = _dict(part.get("tokens"))
         cache = _dict(tokens.get("cache"))
         self._usage = _add_tokens(
             self._usage,
-            {
-                "input_tokens": tokens.get("input"),
-                "output_tokens": tokens.get("output"),
-                "reasoning_tokens": tokens.get("reasoning"),
-                "cache_read_tokens": cache.get("read"),
-                "cache_write_tokens": cache.get("write"),
-            },
+            self.usage_check.usage(
+                {
+                    "input_tokens": tokens.get("input"),
+                    "output_tokens": tokens.get("output"),
+                    "reasoning_tokens": tokens.get("reasoning"),
+                    "cache_read_tokens": cache.get("read"),
+                    "cache_write_tokens": cache.get("write"),
+                },
+                "tokens",
+            ),
         )
 
     @staticmethod

@@ -150,7 +150,7 @@ async def serve_http(
     web = _Uvicorn(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}"
-    log.warning("serving MCP at %s/mcp and the dashboard at %s/%s", url, url, " (token required)" if token else "")
+    log.info("serving MCP at %s/mcp and the dashboard at %s/%s", url, url, " (token required)" if token else "")
     stopped = anyio.Event()
     # Both run shielded: the caller's cancellation starts the ordered stop below instead of cutting them.
     web_scope = anyio.CancelScope(shield=True)

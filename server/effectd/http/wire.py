@@ -44,8 +44,17 @@ def _number_param(request: Request, name: str, kind: type[N], default: N, low: N
     except ValueError:
         raise BadRequest(f"`{name}` must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
     if not low <= value <= high:
-        raise BadRequest(f"`{name}` must be between {low:g} and {high:g}, not {value:g}")
+        raise BadRequest(f"`{name}` must be between {_shown(low)} and {_shown(high)}, not {_shown(value)}")
     return value
+
+
+def _shown(number: float) -> str:
+    """A number as a reader takes it: an integer in full (a big power of two also as 2**n, since that is
+    what it is), never as `4.61169e+18`; a float as short as it goes."""
+    if isinstance(number, int):
+        power = number.bit_length() - 1
+        return f"{number} (2**{power})" if number >= 1 << 32 and number == 1 << power else str(number)
+    return f"{number:g}"
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

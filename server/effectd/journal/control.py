@@ -43,3 +43,9 @@ async def answer_request(journal: Journal, request_id: int, answer: str) -> bool
 async def request_result(journal: Journal, request_id: int, result: dict[str, Any]) -> None:
     """Stores what an answered request came to (JSON), for the process that asked."""
     await journal.write_aside("UPDATE control SET result = ? WHERE id = ?", (json.dumps(result), request_id))
+
+
+async def server_row(journal: Journal, server_id: str) -> dict[str, Any] | None:
+    """The `servers` row of `server_id` (the server that forwarded a request), or None."""
+    rows = await journal.fetch("SELECT * FROM servers WHERE server_id = :id", {"id": server_id})
+    return rows[0] if rows else None

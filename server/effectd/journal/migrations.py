@@ -212,3 +212,9 @@ async def _resume(db: aiosqlite.Connection) -> None:
 async def _node(db: aiosqlite.Connection) -> None:
     """Where each effect's process ran (EFFECT_STARTED's `node`)."""
     await db.execute("ALTER TABLE effects ADD COLUMN node TEXT")
+
+
+@migration("m230_issue23_peak_memory")
+async def _peak_memory(db: aiosqlite.Connection) -> None:
+    """An effect's peak memory, as its cgroup reported it (the terminal event's `peak_memory_mb`)."""
+    await db.execute("ALTER TABLE effects ADD COLUMN peak_memory_mb REAL")

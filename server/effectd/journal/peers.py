@@ -63,6 +63,10 @@ class Peers:
     async def servers(self) -> list[dict[str, Any]]:
         return await self._rows("SELECT * FROM servers ORDER BY started_at")
 
+    async def unadopted(self) -> list[dict[str, Any]]:
+        """The servers no server took over: the live ones, and those gone since the last take-over."""
+        return await self._rows("SELECT * FROM servers WHERE adopted_by IS NULL")
+
     async def server(self, server_id: str) -> dict[str, Any] | None:
         rows = await self._rows("SELECT * FROM servers WHERE server_id = ?", (server_id,))
         return rows[0] if rows else None
@@ -119,11 +123,17 @@ class Peers:
 
     # --- cancels forwarded to another server -------------------------------------------------------
 
-    async def request_cancel(self, effect_id: str, message: str | None, grace_s: float | None) -> int:
-        """Asks the server that runs the effect to cancel it (as `effectd cancel` does); returns the request id."""
+    async def request_cancel(
+        self, effect_id: str, message: str | None, grace_s: float | None, reason: str, by: str
+    ) -> int:
+        """Asks the server that runs the effect to cancel it (as `effectd cancel` does, but with the
+        cancel's own `reason`, in `args`: a race's losers are `superseded`, and the server `by` that
+        asks and waits for it); returns the request id."""
+        args = json.dumps({"reason": reason, "by": by})
         cursor = await self._db.execute(
-            "INSERT INTO control (effect_id, action, reason, requested_at, grace_s) VALUES (?, 'cancel', ?, ?, ?)",
-            (effect_id, message, now_iso(), grace_s),
+            "INSERT INTO control (effect_id, action, reason, requested_at, grace_s, args) "
+            "VALUES (?, 'cancel', ?, ?, ?, ?)",
+            (effect_id, message, now_iso(), grace_s, args),
         )
         await self._db.commit()
         return int(cursor.lastrowid or 0)
@@ -131,3 +141,14 @@ class Peers:
     async def answer(self, request_id: int) -> str | None:
         rows = await self._rows("SELECT answer FROM control WHERE id = ?", (request_id,))
         return rows[0]["answer"] if rows else None
+
+    async def withdraw(self, request_id: int) -> bool:
+        """Withdraws a request its server has not answered: it is then never carried out (the server's
+        answer is a write conditional on there being none, so exactly one of the two counts). True when
+        withdrawn; False when the server answered first (the request then stands)."""
+        cursor = await self._db.execute(
+            "UPDATE control SET answered_at = ?, answer = 'withdrawn' WHERE id = ? AND answered_at IS NULL",
+            (now_iso(), request_id),
+        )
+        await self._db.commit()
+        return cursor.rowcount == 1

@@ -15,7 +15,7 @@ EFFECT_COLUMNS = (
     "cancel_reason", "cancel_message", "error", "exit_code", "signal", "created_at", "started_at", "finished_at",
     "result", "output_bytes", "output_truncated", "depends_on", "pid", "pid_start", "attempt", "progress",
     "terminal_seq", "flow_id", "step_id",
-    "workspace", "owner", "output_pruned", "result_error", "cached", "reused_from", "node",
+    "workspace", "owner", "output_pruned", "result_error", "cached", "reused_from", "node", "peak_memory_mb",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "flow_id", "run_id", "policy", "max_concurrency", "steps", "status", "started_at", "finished_at", "owner",
@@ -85,6 +85,8 @@ def terminal_event(
     progress: dict[str, Any] | None = None,
     workspace: dict[str, Any] | None = None,
     reused_from: str | None = None,
+    command: list[str] | None = None,
+    peak_memory_mb: float | None = None,
 ) -> Event:
     """The one terminal event of an effect (EFFECT_RESOLVED, _FAILED, _CANCELLED or _SKIPPED)."""
     data: dict[str, Any] = {
@@ -108,6 +110,10 @@ def terminal_event(
         data["workspace"] = workspace
     if reused_from is not None:  # a flow step taken from an earlier flow (resume): its outcome is that effect's
         data.update(cached=True, reused_from=reused_from)
+    if command is not None:  # a step that started no process: the argv it carries (resume: the one that ran)
+        data["command"] = command
+    if peak_memory_mb is not None:  # limits (issue 23): what the effect's cgroup saw
+        data["peak_memory_mb"] = peak_memory_mb
     return Event(TERMINAL_EVENT_OF[status], run_id, effect_id, data)
 
 
@@ -158,6 +164,7 @@ class EffectState:
     output_pruned: bool = False
     cached: bool = False  # resume: a flow step taken from an earlier flow without running
     reused_from: str | None = None  # resume: the effect whose outcome (and output) a cached step carries
+    peak_memory_mb: float | None = None  # limits (issue 23): the terminal event's, where the host told it
     spec_text: str | None = field(default=None, repr=False, compare=False)  # `spec` as JSON, made once
 
     @classmethod
@@ -187,7 +194,7 @@ class EffectState:
             self.started_at = data["started_at"]
             self.pid, self.pid_start = data.get("pid"), data.get("pid_start")
             self.node = data.get("node")
-            self.command = list(data["command"])
+            self.command = list(data.get("command", self.spec["command"]))  # absent: the requested argv
             self.attempt = data.get("attempt", 1)
             self.finished_at = self.exit_code = self.signal = self.error = None
         elif event.type == "EFFECT_CANCEL_REQUESTED":
@@ -227,6 +234,9 @@ class EffectState:
                 self.workspace = data["workspace"]
             if data.get("cached"):
                 self.cached, self.reused_from = True, data.get("reused_from")
+            if "command" in data:
+                self.command = list(data["command"])
+            self.peak_memory_mb = data.get("peak_memory_mb")
 
     def to_row(self) -> dict[str, Any]:
         """The effect's row of the projection table."""
@@ -268,6 +278,7 @@ class EffectState:
             "cached": int(self.cached),
             "reused_from": self.reused_from,
             "node": self.node,
+            "peak_memory_mb": self.peak_memory_mb,
         }
 
     def _spec_text(self) -> str:
@@ -307,6 +318,7 @@ class EffectState:
             output_pruned=bool(row.get("output_pruned", 0)),
             cached=bool(row.get("cached")),
             reused_from=row.get("reused_from"),
+            peak_memory_mb=row.get("peak_memory_mb"),
             spec_text=row["spec"],
         )
 

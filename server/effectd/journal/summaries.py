@@ -6,18 +6,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from effectd.harness.usage import MAX_RUN_COST_USD, MAX_RUN_TOKENS
 from effectd.journal.store import Journal, effect_filter
 
 
-def _total(path: str, cast: str) -> str:
-    """The sum, over harness effects, of the number at `path` in their result (anything else counts 0)."""
-    return f"TOTAL(CASE WHEN kind = 'harness' THEN CAST(json_extract(result, '{path}') AS {cast}) END)"
+def _total(path: str, cast: str, bound: float) -> str:
+    """The sum, over harness effects, of the number at `path` in their result when it lies from 0 to `bound`
+    (anything else counts 0: a negative or absurd figure must not lower or swamp the sum). A result SQLite
+    cannot read as JSON (NaN written by an older effectd) counts 0 too, rather than failing the query."""
+    value = f"CAST(json_extract(result, '{path}') AS {cast})"
+    return (
+        f"TOTAL(CASE WHEN kind = 'harness' AND json_valid(result) AND {value} BETWEEN 0 AND {bound} THEN {value} END)"
+    )
 
 
 _SUMMARY = (
-    f"SELECT status, COUNT(*) AS n, {_total('$.cost_usd', 'REAL')} AS cost_usd, "
-    f"{_total('$.usage.input_tokens', 'INTEGER')} AS input_tokens, "
-    f"{_total('$.usage.output_tokens', 'INTEGER')} AS output_tokens FROM effects {{where}} GROUP BY status"
+    f"SELECT status, COUNT(*) AS n, {_total('$.cost_usd', 'REAL', MAX_RUN_COST_USD)} AS cost_usd, "
+    f"{_total('$.usage.input_tokens', 'INTEGER', MAX_RUN_TOKENS)} AS input_tokens, "
+    f"{_total('$.usage.output_tokens', 'INTEGER', MAX_RUN_TOKENS)} AS output_tokens "
+    "FROM effects {where} GROUP BY status"
 )
 
 

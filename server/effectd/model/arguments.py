@@ -4,6 +4,7 @@
 - `EffectRequest`: those plus where the effect goes (run, group, dependencies): what `Engine.dispatch` takes.
 - `DispatchArguments`: those plus how the MCP caller waits: the `dispatch_effect` tool's arguments.
 - `Limits`: a budget's limits, as `set_budget` and `dispatch_flow`'s `budget` take them.
+- `ResourceLimits`: what an effect's own cgroup lets it use (`limits`, and the config's `[limits]`).
 
 The models are strict (no coercion of a string into a number, no silently dropped unknown name), so a
 misspelled `timout_s` is refused with the list of the names allowed.
@@ -117,6 +118,41 @@ def sandbox_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         ) from None
 
 
+MAX_MEMORY_MB = 1 << 30  # 1 PiB: more than any machine has, less than the kernel's counters hold
+MAX_PIDS = 4_194_304  # PID_MAX_LIMIT
+MAX_CPU = 65_536.0
+
+
+class ResourceLimits(BaseModel):
+    """`limits`: what the effect's own cgroup lets it use; a limit left out is not set (or the config's)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    memory_mb: int | None = Field(
+        default=None, ge=16, le=MAX_MEMORY_MB, description="MiB of memory, at least 16; past it the effect is killed"
+    )
+    pids: int | None = Field(
+        default=None, ge=1, le=MAX_PIDS, description="processes and threads at once, at least 1; a fork past it fails"
+    )
+    cpu: float | None = Field(default=None, gt=0, le=MAX_CPU, allow_inf_nan=False, description="cores, e.g. 0.5")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_limits(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (unknown := sorted(set(data) - set(cls.model_fields))):
+            raise PydanticCustomError(
+                "unknown_limit",
+                "unknown limit {unknown} in `limits`; it takes: memory_mb (MiB, at least 16), pids (at least 1), "
+                "cpu (cores, above 0)",
+                {"unknown": ", ".join(map(str, unknown))},
+            )
+        return data
+
+    def given(self) -> dict[str, float]:
+        """The limits set, by name (none: {})."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class EffectArguments(_Strict):
     """The arguments of one effect, as dispatch_effect and a flow step take them."""
 
@@ -156,6 +192,11 @@ class EffectArguments(_Strict):
     ] = None
 
     _sandbox = field_validator("sandbox", mode="wrap")(sandbox_value)
+    # --- limits (issue 23): enforced by the effect's own cgroup ---
+    limits: Annotated[
+        ResourceLimits | None,
+        Field(description="{memory_mb, pids, cpu}: enforced by the effect's own cgroup; defaults in [limits]"),
+    ] = None
 
     def effect_fields(self) -> dict[str, Any]:
         """The effect's own arguments (without where it goes or how a caller waits), as `build_spec` takes them."""

@@ -97,6 +97,8 @@ class EffectSpec(BaseModel):
     pipe_from: str | None = None  # a piped flow step: the effect (one of depends_on) whose output is its stdin
     resources: dict[str, float] | None = None
     sandbox: SandboxSpec | None = None  # None: not sandboxed
+    # --- limits (issue 23): the request's over the config's [limits], as the effect's cgroup enforces them ---
+    limits: dict[str, int | float] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -124,7 +126,15 @@ class EffectRecord(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
-    result: Any = None
+    result: Any = Field(
+        default=None,
+        description=(
+            "What the effect produced, any JSON value: a harness's {answer, is_error, cost_usd, usage, turns, "
+            "session_id, ...} (with `file`, what its result file held, and `usage_refused`, the bogus usage "
+            "figures it reported), else the JSON its result file held; null when there is none"
+        ),
+        json_schema_extra={"type": ["object", "array", "string", "number", "boolean", "null"]},
+    )
     result_error: str | None = None
     output_tail: str = ""
     output_bytes: int = 0
@@ -145,6 +155,9 @@ class EffectRecord(BaseModel):
     reused_from: str | None = None
     node: str | None = None
     sandbox: SandboxSpec | None = None  # the sandbox it runs in, as applied (None: none)
+    # --- limits (issue 23) ---
+    limits: dict[str, int | float] | None = None  # as enforced: {"memory_mb": 512, "pids": 64, "cpu": 0.5}
+    peak_memory_mb: float | None = None  # the effect's peak memory, where the host reports it
 
 
 # --- ids and timestamps -------------------------------------------------------------------------

@@ -150,6 +150,24 @@ def _sandbox(settings: Settings, request: Mapping[str, Any], fields: dict[str, A
     fields["sandbox"] = check_sandbox(settings, table, fields.get("cwd"), request.get("isolation") == "worktree")
 
 
+LIMIT_ORDER = ("memory_mb", "pids", "cpu")
+MIN_CPU = 0.001  # the kernel's smallest CFS quota (1 ms) over its longest period (1 s)
+
+
+def resolve_limits(defaults: Mapping[str, float], limits: Mapping[str, Any] | None) -> dict[str, int | float] | None:
+    """The effect's limits: each one the request sets, else the config's `[limits]` default. The model
+    checked types and ranges; what is left is what the kernel itself cannot take."""
+    given = {name: value for name, value in (limits or {}).items() if value is not None}
+    merged = {**defaults, **given}
+    cpu = merged.get("cpu")
+    if cpu is not None and cpu < MIN_CPU:
+        raise InvalidRequestError(
+            f"limits.cpu {cpu!r} is below {MIN_CPU} of a core, the smallest share the kernel's CPU quota can give"
+        )
+    resolved = {name: merged[name] for name in LIMIT_ORDER if name in merged}
+    return {name: float(v) if name == "cpu" else int(v) for name, v in resolved.items()} or None
+
+
 def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     """Validates one effect request (the arguments of dispatch_effect or of a flow step) into a spec.
 
@@ -237,6 +255,9 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
     if request.get("resources") is not None:
         fields["resources"] = check_resources(settings, request["resources"])
     fields["env"] = env
+    # --- limits (issue 23): the request's over the config's [limits]; the runner says at dispatch whether it can
+    if (limits := resolve_limits(settings.limits, request.get("limits"))) is not None:
+        fields["limits"] = limits
     _isolation(request, fields)
     _sandbox(settings, request, fields, sandbox_default)
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))

@@ -9,6 +9,11 @@ first answers it with a conditional write that fails once the window has passed 
 withdrawn it (`JournalReader.expire_request`), and acts only when its answer is the one that counts.
 So a command that reported "no live server answered" is never contradicted by a cancel carried out
 later, by this server or by one started afterwards.
+
+A cancel another server forwards has no window of wall-clock time (the servers' clocks need not
+agree): the asking server withdraws it when this one does not answer in time (`Peers.withdraw`, the
+same conditional write), and names itself in `args` (`by`), so a request whose asker died before it
+could withdraw is answered `withdrawn` here, never carried out.
 """
 
 from __future__ import annotations
@@ -21,14 +26,23 @@ from typing import Any
 import anyio
 
 from effectd.errors import UnknownEffectError
-from effectd.journal.control import answer_request, open_requests, request_result
+from effectd.journal.control import answer_request, open_requests, request_result, server_row
 from effectd.journal.store import Journal
+from effectd.model.records import CancelReason
+from effectd.peers.ownership import server_alive
 from effectd.supervisor.core import Supervisor
 
 log = logging.getLogger("effectd")
 
 # Given the cutoff (ISO time) and whether to forget the journal's records too: the prune's report.
 PruneHandler = Callable[[str, bool], Awaitable[dict[str, Any]]]
+# The reasons another server may forward with its cancel (`effectd cancel` gives none: `user`).
+FORWARDED_REASONS: tuple[CancelReason, ...] = ("user", "superseded")
+
+
+def _forwarded_reason(reason: object) -> CancelReason:
+    """The cancel reason a forwarding server named (a race it decided: `superseded`), else `user`."""
+    return next((r for r in FORWARDED_REASONS if r == reason), "user")
 
 
 class ControlChannel:
@@ -71,12 +85,26 @@ class ControlChannel:
                 effect = await self._supervisor.get(str(request["effect_id"]))
             except UnknownEffectError:
                 pass
-        # Answered first, acted on only if the answer counts (the window has not passed meanwhile); the
-        # command then follows the effect in the journal until it is terminal.
+        args = json.loads(request["args"] or "{}")
+        if effect is not None and args.get("by") and not await self._asker_alive(str(args["by"])):
+            await answer_request(self._journal, request_id, "withdrawn")  # nobody waits for it: never carried out
+            return
+        # Answered first, acted on only if the answer counts (the window has not passed meanwhile, the
+        # asker has not withdrawn it); the asker then follows the effect in the journal until it is terminal.
         if await answer_request(self._journal, request_id, "unknown" if effect is None else "accepted") and effect:
-            reason, grace = request["reason"], request.get("grace_s")
-            message = str(reason) if reason is not None else None
-            self._supervisor.request_cancel(effect, "user", message, float(grace) if grace is not None else None)
+            message, grace = request["reason"], request.get("grace_s")
+            self._supervisor.request_cancel(
+                effect,
+                _forwarded_reason(args.get("reason")),
+                str(message) if message is not None else None,
+                float(grace) if grace is not None else None,
+            )
+
+    async def _asker_alive(self, server_id: str) -> bool:
+        """Whether the server that forwarded a cancel still runs (and so still waits for it, or withdraws
+        it): a cancel asked by a server that died meanwhile is never carried out later."""
+        row = await server_row(self._journal, server_id)
+        return row is not None and server_alive(row, self._journal.path)
 
     async def _prune(self, request_id: int, args: dict[str, Any]) -> None:
         if not await answer_request(self._journal, request_id, "accepted"):

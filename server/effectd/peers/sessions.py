@@ -15,20 +15,23 @@ as `effectd cancel` is, and answered once the owner journaled the effect's end.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from effectd.errors import PeerUnansweredError
 from effectd.flows.manager import FlowManager
 from effectd.flows.models import Flow
 from effectd.journal.peers import Peers
 from effectd.journal.projection import TERMINAL_EVENTS, Event
 from effectd.journal.store import Journal
 from effectd.journal.writer import Retry
+from effectd.model.records import CancelReason
 from effectd.peers.ownership import OPEN_HERE, ServerIdentity, StartLock, runner_alive, server_alive
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
@@ -37,6 +40,8 @@ from effectd.supervisor.recovery import recover
 log = logging.getLogger("effectd")
 
 WATCH_S = 0.1
+CHECK_S = 1.0  # a live server sees a dead peer within 5 s (CONTRACT.md); the look is one query and a /proc read
+ANSWER_S = 10.0  # as `effectd cancel` waits for a server's answer
 _BATCH = 2000
 
 
@@ -101,7 +106,15 @@ class Sessions:
     """This server among the others on its journal: follows their events, forwards cancels to them."""
 
     def __init__(
-        self, me: ServerIdentity, peers: Peers, supervisor: Supervisor, flows: FlowManager, watch_s: float = WATCH_S
+        self,
+        me: ServerIdentity,
+        peers: Peers,
+        supervisor: Supervisor,
+        flows: FlowManager,
+        *,
+        watch_s: float = WATCH_S,
+        check_s: float = CHECK_S,
+        answer_s: float = ANSWER_S,
     ) -> None:
         self.me = me
         self._peers = peers
@@ -109,6 +122,8 @@ class Sessions:
         self._flows = flows
         self._taking_over = anyio.Lock()
         self._watch_s = watch_s
+        self._check_s = check_s  # how often to look for servers that died (`peer_check_s`)
+        self._answer_s = answer_s  # how long another server has to answer a forwarded cancel (`peer_answer_s`)
         self._seen = 0
         self._version: int | None = None
         self._lock = anyio.Lock()
@@ -131,6 +146,25 @@ class Sessions:
                     await self.catch_up()
             except Exception:
                 log.exception("watching the journal for other servers' events failed")
+
+    async def watch_peers(self) -> None:
+        """Every `check_s`, looks for servers that died and takes them over as a server starting would, so
+        a live server settles a dead peer's effects within seconds, not at the next start. Dead means
+        its process is gone: its pid no longer runs the process started at the recorded time (from
+        /proc, so neither pid reuse nor the wall clock misleads it), or it recorded its stop. A stopped
+        (SIGSTOP) or busy server is alive however long it has written nothing. A server of another host
+        is taken as alive: its process cannot be looked at from here."""
+        while True:
+            await anyio.sleep(self._check_s)
+            try:
+                rows = await self._peers.unadopted()
+                if any(r["server_id"] != self.me.server_id and not self._alive(r) for r in rows):
+                    await self.take_over()
+            except Exception:  # a busy database, or the start-up lock held long: looked at again next tick
+                log.exception("looking for servers that are gone failed")
+
+    def _alive(self, row: Mapping[str, Any]) -> bool:
+        return server_alive(row, self._peers.path, self.me.host)
 
     async def catch_up(self) -> int:
         """Applies every event committed after the last one seen; returns the seq it has seen up to
@@ -197,11 +231,7 @@ class Sessions:
         took them first: one transaction decides)."""
         async with self._taking_over, _holding(StartLock(self._peers.path)):  # apart from starts, offline cancels
             rows = await self._peers.servers()
-            gone = [
-                r["server_id"]
-                for r in rows
-                if r["adopted_by"] is None and not server_alive(r, self._peers.path, self.me.host)
-            ]
+            gone = [r["server_id"] for r in rows if r["adopted_by"] is None and not self._alive(r)]
             if not gone or self._sup.closing:
                 return set()
             before = set(self._sup.owners or ())
@@ -225,36 +255,82 @@ class Sessions:
             return taken
 
     async def forward_cancels(
-        self, tg: TaskGroup, effects: Sequence[Effect], message: str | None, within_s: float
+        self, tg: TaskGroup, effects: Sequence[Effect], reason: CancelReason, message: str | None, within_s: float
     ) -> list[Effect]:
-        """Forwards the cancel of each unfinished effect of another live server, in `tg`; returns them.
-        The effects of a server that is gone are taken over first (then cancelled here, by the caller)."""
+        """Forwards the cancel of each unfinished effect of another live server, in `tg`; returns them
+        (an effect whose server does not answer in time is taken out of the list once its request is
+        withdrawn). The effects of a server that is gone are taken over first (then cancelled here, by
+        the caller)."""
         theirs = [e for e in dict.fromkeys(effects) if not e.local and not e.terminal]
         if theirs and not all([await self.runs_alive(e.state.owner) for e in theirs]):
             await self.take_over()
-        forwarded = []
+        forwarded: list[Effect] = []
+
+        async def forward(effect: Effect) -> None:
+            try:
+                await self.forward_cancel(effect, message, None, within_s, reason)
+            except PeerUnansweredError as exc:
+                log.warning("%s", exc)
+                forwarded.remove(effect)
+
         for effect in theirs:
             if not effect.local and not effect.terminal and await self.runs_alive(effect.state.owner):
                 forwarded.append(effect)
-                tg.start_soon(self.forward_cancel, effect, message, None, within_s)
+                tg.start_soon(forward, effect)
         return forwarded
 
-    async def forward_cancel(self, effect: Effect, message: str | None, grace_s: float | None, within_s: float) -> bool:
+    async def forward_cancel(
+        self,
+        effect: Effect,
+        message: str | None,
+        grace_s: float | None,
+        within_s: float,
+        reason: CancelReason = "user",
+    ) -> bool:
         """Asks the live server that runs `effect` to cancel it, and waits (at most `within_s`) until its
-        end is journaled and seen here; True. When no live server runs it, this server takes the gone one
+        end is journaled and seen here; True. That server must answer the request within `answer_s`;
+        one that does not (stopped, hung) has the request withdrawn, so it never carries it out later,
+        and PeerUnansweredError says so. When no live server runs it, this server takes the gone one
         over (recovery rules) and returns False: the effect is then ended, or this server's to cancel."""
         if not await self.runs_alive(effect.state.owner):
             await self.take_over()
             return False
-        with anyio.CancelScope(shield=True):  # once asked, the cancel is seen through
-            request_id = await self._peers.request_cancel(effect.effect_id, message, grace_s)
-        with anyio.move_on_after(within_s):
-            while not effect.terminal:
-                if await self._peers.answer(request_id) == "unknown":
-                    break
+        deadline = anyio.current_time() + within_s
+        with anyio.CancelScope(shield=True):
+            request_id = await self._peers.request_cancel(effect.effect_id, message, grace_s, reason, self.me.server_id)
+        answer = None
+        try:
+            with anyio.move_on_after(min(self._answer_s, within_s)):
+                answer = await self._answer(effect, request_id)
+        finally:
+            if answer is None:  # also when the caller went away: a request nobody waits for is never carried out
+                with anyio.CancelScope(shield=True):
+                    answer = None if await self._peers.withdraw(request_id) else await self._peers.answer(request_id)
+        if answer is None and not effect.terminal:
+            if not await self.runs_alive(effect.state.owner):
+                await self.take_over()  # the owner died meanwhile: recovery rules apply
+                return effect.terminal
+            raise PeerUnansweredError(
+                f"the server {effect.state.owner} that runs {effect.effect_id} did not answer the cancel within "
+                f"{min(self._answer_s, within_s):g} s (it may be stopped or hung); the request was withdrawn and "
+                "will not be carried out later. Cancel again once that server answers, or stop it: a server "
+                "that is gone has its effects settled by the others within seconds"
+            )
+        with anyio.move_on_at(deadline):
+            while answer == "accepted" and not effect.terminal:
                 with anyio.move_on_after(self._watch_s):
                     await effect.done.wait()
                 if not effect.terminal and not await self.runs_alive(effect.state.owner):
                     await self.take_over()  # the owner died meanwhile: recovery rules apply
                     return effect.terminal
         return True
+
+    async def _answer(self, effect: Effect, request_id: int) -> str | None:
+        """The owner's answer to a cancel request, polled; None (unanswered) once the effect ended or
+        its owner is gone."""
+        while (answer := await self._peers.answer(request_id)) is None:
+            if effect.terminal or not await self.runs_alive(effect.state.owner):
+                return None
+            with anyio.move_on_after(self._watch_s):
+                await effect.done.wait()
+        return answer

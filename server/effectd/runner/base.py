@@ -32,6 +32,8 @@ class Launch:
     resources: Mapping[str, float] | None = None
     # The sandbox to run it in (bubblewrap; see effectd.runner.sandbox); None: none.
     sandbox: Sandbox | None = None
+    # What the effect's own cgroup lets it use: {"memory_mb": 512, "pids": 64, "cpu": 0.5}; None: no limit.
+    limits: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class ExitStatus:
         if os.WIFSIGNALED(status):
             return cls(None, os.WTERMSIG(status))
         return cls(os.waitstatus_to_exitcode(status), None)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the effect's cgroup says of its memory once its processes are gone."""
+
+    peak_memory_mb: float | None = None  # None: the host does not report it
+    memory_killed: bool = False  # the kernel's OOM killer ended one of its processes at its memory limit
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,11 @@ class ProcessHandle(ABC):
         reader slows the feeding, never grows memory. The supervisor runs it while the process runs."""
         return None
 
+    def usage(self) -> Usage:
+        """The effect's memory verdict (its peak, whether its memory limit killed it); read once its
+        processes are gone and before `close`, which removes the cgroup that tells."""
+        return Usage()
+
     @abstractmethod
     def close(self) -> None:
         """Releases descriptors; the process group must already be gone."""
@@ -117,6 +132,11 @@ class Runner(ABC):
         """Why this runner cannot run an effect in a sandbox (what to install or enable), or None when it can.
         May block (a probe, once): call it off the event loop."""
         return f"the {type(self).__name__} cannot run sandboxed effects; sandboxes need the local runner"
+
+    def refuse_limits(self, limits: Mapping[str, float]) -> str | None:
+        """Why this runner cannot enforce `limits` where it runs effects (which controller is missing),
+        or None; asked at dispatch, so a limit is never silently dropped."""
+        return "this runner enforces no `limits`" if limits else None
 
     @abstractmethod
     async def start(self, launch: Launch) -> ProcessHandle:

@@ -19,6 +19,9 @@ from pathlib import Path
 log = logging.getLogger("effectd")
 
 PARENT = "effectd"
+# Where the server moves itself so that its own cgroup can enable controllers for the effects' cgroups
+# (cgroup v2 lets a cgroup that holds processes do neither): see runner/controllers.py.
+SERVER_LEAF = "effectd-server"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")
 
 
@@ -64,6 +67,7 @@ class Cgroups:
         if own is None or mount is None:
             return None
         mount_point, mount_root = mount
+        own = own.removesuffix(f"/{SERVER_LEAF}")  # already moved into its leaf (an earlier runner of this process)
         shown = own  # as /proc/PID/cgroup names it
         if mount_root != "/":
             if not (own == mount_root or own.startswith(mount_root.rstrip("/") + "/")):

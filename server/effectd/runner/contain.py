@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from effectd.runner import cgroups
-from effectd.runner.procfs import effect_tree, live_members
+from effectd.runner import cgroups, controllers
+from effectd.runner.base import RecordedProcess
+from effectd.runner.procfs import effect_processes, effect_tree, live_members, process_start_time
 from effectd.runner.reaper import REAPER
 
 MODES = ("cgroup", "tree", "group")
@@ -98,3 +101,29 @@ class CgroupScope(GroupScope):
     def close(self) -> None:
         cgroups.remove(self.cgroup)
         super().close()
+
+
+def kill_leftovers(processes: list[RecordedProcess], root: Path | None, v1_roots: Sequence[Path] = ()) -> None:
+    """SIGKILL to what these effects left: their cgroups, whatever is there (and their limits' v1
+    cgroups, then removed); in one pass over /proc, every process whose environment names one of them,
+    with its descendants; and the recorded leader if its start time still matches (a reused pid is
+    never killed)."""
+    ids = {p.effect_id for p in processes}
+    controllers.kill_leftovers(v1_roots, ids)
+    left_cgroups = cgroups.leftovers(root, ids) if root is not None else []
+    for cgroup in left_cgroups:
+        cgroups.kill(cgroup)
+    left = effect_processes(ids)
+    for recorded in processes:
+        pids = set(left.get(recorded.effect_id, ()))
+        if recorded.pid and recorded.start_marker and process_start_time(recorded.pid) == recorded.start_marker:
+            pids.add(recorded.pid)
+        REAPER.adopt(pids)
+        for pid in pids:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3.0
+    for cgroup in left_cgroups:
+        while cgroups.populated(cgroup) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cgroups.remove(cgroup)

@@ -65,8 +65,8 @@ def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:
 
     Raises ResultFileError, naming why, when a file is there but is not read: a symbolic link (never
     followed), not a regular file, larger than `limit` bytes (refused by its size, before any byte is
-    read), not UTF-8, or not JSON. Blocking only on the reading of a regular file of at most `limit`
-    bytes: run it off the event loop."""
+    read), not UTF-8, or not JSON (NaN and Infinity are not). Blocking only on the reading of a regular
+    file of at most `limit` bytes: run it off the event loop."""
     try:
         fd = os.open(path, _SAFE_READ)
     except FileNotFoundError:
@@ -95,7 +95,7 @@ def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         value = _TOO_DEEP
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
@@ -106,6 +106,12 @@ def read_result_file(path: str, limit: int = RESULT_LIMIT_BYTES) -> Any:
 
 
 _TOO_DEEP = object()
+
+
+def _not_json(name: str) -> Any:
+    """Refuses NaN, Infinity and -Infinity, which Python reads but JSON has not: a record holding one
+    could not be sent as JSON, nor read by SQLite's JSON functions."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

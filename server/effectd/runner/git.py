@@ -178,14 +178,21 @@ class Worktrees:
         returns the final workspace. Idempotent: a server that died half way runs it again.
 
         The directory is kept, whatever `keep` says, when its work could not be committed to the branch
-        (the effect checked out something else, or the commit failed): nothing it wrote is lost.
+        (the effect checked out something else, or the commit failed): nothing it wrote is lost. It is
+        kept and nothing is committed there when it is no longer the worktree effectd made (the effect
+        removed its `.git`, or made a repository of its own there): a commit would go into whatever
+        repository git now finds there, and removing the directory would throw the work away. The
+        workspace's `kept_reason` says why a directory was kept against `keep`.
         """
         where = Path(path) if path else self.path_for(effect_id)
         branch = branch_of(effect_id)
         repo = await locate(repo_dir)
         async with self.locked(repo):
             present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
-            if present and not await self._commit_leftovers(where, branch, message):
+            reason = await _not_ours(where, repo) if present else None
+            if reason is None and present:
+                reason = await self._commit_leftovers(where, branch, message)
+            if reason is not None:
                 keep = True
             head = await resolve(repo.toplevel, f"refs/heads/{branch}")
             base = base_commit or head
@@ -201,6 +208,11 @@ class Worktrees:
             elif not present and not keep:
                 _remove_if_empty(where)
             kept = is_dir(where)
+            if kept and not present and reason is None:
+                reason = (
+                    "git no longer lists the directory as a worktree (its administrative files are gone), "
+                    "so it was kept as it is"
+                )
             branch_kept = head is not None
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
@@ -216,15 +228,17 @@ class Worktrees:
             files=files,
             insertions=insertions,
             deletions=deletions,
+            kept_reason=reason if kept else None,
         )
 
-    async def _commit_leftovers(self, where: Path, branch: str, message: str) -> bool:
-        """Commits everything uncommitted in the worktree to `branch`; False when that cannot be done."""
+    async def _commit_leftovers(self, where: Path, branch: str, message: str) -> str | None:
+        """Commits everything uncommitted in the worktree to `branch`; why not, when that cannot be done."""
         cwd = str(where)
         code, out = await git(["symbolic-ref", "--quiet", "HEAD"], cwd, ok=(0, 1))
         if code != 0 or out.strip() != f"refs/heads/{branch}":
-            log.warning("worktree %s is not on %s (HEAD: %s): kept as it is", where, branch, out.strip() or "detached")
-            return False
+            head = out.strip() or "detached"
+            log.warning("worktree %s is not on %s (HEAD: %s): kept as it is", where, branch, head)
+            return f"the worktree is not on its branch {branch} (HEAD: {head}), so its work was not committed"
         try:
             await git(["add", "--all"], cwd)
             code, _ = await git(["diff", "--cached", "--quiet"], cwd, ok=(0, 1))
@@ -233,8 +247,8 @@ class Worktrees:
                 await git([*await _identity(cwd), *commit], cwd)
         except GitError as exc:
             log.warning("worktree %s: its work could not be committed, so it is kept: %s", where, exc)
-            return False
-        return True
+            return f"its work could not be committed: {exc}"
+        return None
 
     async def _remove(self, toplevel: str, where: Path) -> None:
         try:
@@ -251,6 +265,26 @@ class Worktrees:
             return await resolve(repo_dir, f"refs/heads/{branch_of(effect_id)}")
         except GitError:
             return None
+
+
+async def _not_ours(where: Path, repo: Repository) -> str | None:
+    """Why the directory is no longer the worktree effectd made of `repo`, or None when it still is: git
+    run there must find that directory as the top of a work tree of `repo`'s shared git directory."""
+    code, out = await git(["rev-parse", "--show-toplevel", "--git-common-dir"], str(where), ok=(0, 128))
+    lines = out.split("\n")
+    if code != 0 or len(lines) < 2:
+        found = "no git repository"
+    elif real_path(lines[0]) != real_path(where):
+        found = f"the work tree {lines[0]!r}"
+    elif real_path(os.path.join(where, lines[1])) != repo.common_dir:
+        found = f"another repository ({real_path(os.path.join(where, lines[1]))!r})"
+    else:
+        return None
+    log.warning("worktree %s is no longer a worktree of %s (git finds %s there): kept as it is", where, repo, found)
+    return (
+        f"the directory is no longer a worktree of {repo.toplevel!r} (git finds {found} there; its .git was "
+        "removed or replaced), so nothing was committed and it was kept as it is"
+    )
 
 
 def _remove_if_empty(where: Path) -> None:
@@ -298,8 +332,10 @@ def workspace(
     files: Sequence[str] = (),
     insertions: int = 0,
     deletions: int = 0,
+    kept_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The record's `workspace` (CONTRACT.md, "Isolation")."""
+    """The record's `workspace` (CONTRACT.md, "Isolation"); `kept_reason` says why the directory was kept
+    when the effect did not ask for it (its work could not be committed, it is no longer effectd's worktree)."""
     return {
         "repo": repo,
         "path": str(path),
@@ -312,4 +348,5 @@ def workspace(
         "changed_files_truncated": len(files) > MAX_CHANGED_FILES,
         "insertions": insertions,
         "deletions": deletions,
+        "kept_reason": kept_reason,
     }

@@ -32,12 +32,14 @@ from typing import Any
 
 import anyio
 
-from effectd.runner import cgroups
-from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError
+from effectd.runner import cgroups, controllers
+from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError, Usage
 from effectd.runner.cgroups import Cgroups
-from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope
+from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope, kill_leftovers
+from effectd.runner.controllers import Controllers, Limited, LimitError
 from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
-from effectd.runner.procfs import effect_processes, process_start_time
+from effectd.runner.keeper import KEEPER
+from effectd.runner.procfs import process_start_time
 from effectd.runner.proxy import Listening, Proxies
 from effectd.runner.reaper import REAPER
 from effectd.runner.sandbox import Prepared, Sandboxes
@@ -131,8 +133,11 @@ class LocalProcess(ProcessHandle):
         self._watch_ended = anyio.Event()
         self._group_gone = False
         self._stdin_fd: int | None = None  # the write end of a streamed stdin (Launch.stdin_source)
+        self.limited: Limited | None = None  # the cgroups that enforce its `limits`, if it has any
+        self.memory_v2 = False  # its v2 cgroup has the memory controller (it tells the peak)
         self._stdin_source: AsyncGenerator[bytes, None] | None = None
         self.sandbox: tuple[Prepared, Listening | None] | None = None  # its private folder, its proxy listener
+        self.kept: str | None = None  # the effect the keeper knows this process by, until it is gone
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -236,11 +241,25 @@ class LocalProcess(ProcessHandle):
                 os.close(self._stdin_fd)  # EOF for the reader
                 self._stdin_fd = None
 
+    def usage(self) -> Usage:
+        if self.limited is not None:
+            return self.limited.usage()
+        if isinstance(self.scope, CgroupScope) and self.memory_v2:  # a v2 cgroup with memory: its peak
+            return controllers.read_usage(self.scope.cgroup)
+        return Usage()
+
     def close(self) -> None:
         if self._group_gone:
-            if isinstance(self.scope, CgroupScope):
-                _removing[self.scope.cgroup] = removed = SPAWNER.submit(_close_scope, self.scope)
-                removed.add_done_callback(partial(_removed, self.scope.cgroup))
+            if self.kept is not None:
+                KEEPER.forget(self.kept)
+                self.kept = None
+            cgroups_of = [self.scope.cgroup] if isinstance(self.scope, CgroupScope) else []
+            cgroups_of += self.limited.v1 if self.limited is not None else []
+            if cgroups_of:  # removed off the event loop; a retry of the effect waits for it
+                removed = SPAWNER.submit(_close_scope, self.scope, self.limited)
+                for cgroup in cgroups_of:
+                    _removing[cgroup] = removed
+                    removed.add_done_callback(partial(_removed, cgroup))
             else:
                 self.scope.close()
         for fd in (self._output_fd, self._pidfd, self._stdin_fd):
@@ -257,9 +276,12 @@ class LocalRunner(Runner):
 
     `containment` is "cgroup" (a cgroup per effect where one is writable, else "tree"), "tree" (the
     subreaper and the environment marker) or "group" (the leader's process group only: no
-    containment, for the benchmark's baseline)."""
+    containment, for the benchmark's baseline). `controllers`: where each of an effect's `limits` is
+    enforced (default: found on this host, `Controllers.find`)."""
 
-    def __init__(self, containment: str = "cgroup", *, bwrap: str = "bwrap") -> None:
+    def __init__(
+        self, containment: str = "cgroup", controllers: Controllers | None = None, *, bwrap: str = "bwrap"
+    ) -> None:
         if containment not in MODES:
             raise ValueError(f"containment must be one of {', '.join(MODES)}, not {containment!r}")
         self.containment = containment
@@ -271,6 +293,7 @@ class LocalRunner(Runner):
             REAPER.become_subreaper()
         if self._cgroups is not None:
             REAPER.cgroup_prefixes.add(self._cgroups.prefix)
+        self.controllers = controllers or Controllers.find(self.cgroup_root)
         self._sandboxes = Sandboxes(bwrap)
         self._proxies = Proxies()
 
@@ -284,6 +307,9 @@ class LocalRunner(Runner):
     def cgroup_root(self) -> Path | None:
         """The cgroup under which each effect gets its own, or None (no writable cgroup, or not asked)."""
         return self._cgroups.root if self._cgroups is not None else None
+
+    def refuse_limits(self, limits: Mapping[str, float]) -> str | None:
+        return self.controllers.refusal(limits)
 
     async def start(self, launch: Launch) -> ProcessHandle:
         effect_id = launch.effect_id or launch.env.get("EFFECTD_EFFECT_ID")
@@ -310,9 +336,11 @@ class LocalRunner(Runner):
         """On a spawner's thread: removes an earlier attempt's result file (an earlier attempt's result
         is not this one's), makes the effect's cgroup, starts the process (held at its gate when
         there is a cgroup), makes it known to the reaper, moves it into its cgroup and lets it go on.
-        Returns it with the cgroup it is in (None: none could be made or entered). Raises
-        _NotCleared, having started nothing, when what is at the result file's path is not removed
-        by one unlink.
+        Returns it with the cgroup it is in (None: none could be made or entered). With `limits`, the
+        cgroups that enforce them are made with the limits written in before the process starts, and
+        it is moved into them at its gate: it is never let go without them (SpawnError instead).
+        Raises _NotCleared, having started nothing, when what is at the result file's path is not
+        removed by one unlink.
 
         Moving a process into a cgroup can take the kernel milliseconds, and reading its start time
         waits while it is inside exec: here, a spawner's thread waits, not the event loop (which would
@@ -325,17 +353,29 @@ class LocalRunner(Runner):
             except OSError as exc:
                 raise _NotCleared from exc
         cgroup = None
+        if effect_id:
+            earlier = [self._cgroups.path(effect_id)] if self._cgroups is not None else []
+            earlier += [root / effect_id for root in self.controllers.v1_roots]
+            for path in earlier:
+                if path is not None and (removal := _removing.get(path)) is not None:
+                    removal.result()  # an earlier attempt's cgroup, still being removed
         if self._cgroups is not None and effect_id:
-            path = self._cgroups.path(effect_id)
-            if path is not None and (removal := _removing.get(path)) is not None:
-                removal.result()  # an earlier attempt's cgroup, still being removed
             cgroup = self._cgroups.create(effect_id)
+        # --- limits: the effect's limit cgroups, limits written in (see runner/controllers.py) ---
+        limited = None
         sandbox: tuple[Prepared, Listening | None] | None = None
         try:
+            if launch.limits:
+                if not effect_id:
+                    raise SpawnError("`limits` need the effect's id: its cgroups are named after it")
+                try:
+                    limited = self.controllers.make(effect_id, launch.limits, cgroup)
+                except LimitError as exc:
+                    raise SpawnError(str(exc)) from exc
             if launch.sandbox is not None:
                 launch, sandbox = self._sandboxed(launch, effect_id)
             with REAPER.lock.starting():  # a reaper pass never sees this leader before it is known
-                process, gate = _spawn(launch, gated=cgroup is not None)
+                process, gate = _spawn(launch, gated=cgroup is not None or limited is not None)
                 REAPER.leaders.add(process.pid)
                 if self.containment != "group":
                     REAPER.sessions.add(process.pid)
@@ -343,10 +383,30 @@ class LocalRunner(Runner):
         except BaseException:
             if cgroup is not None:
                 cgroups.remove(cgroup)
+            if limited is not None:
+                controllers.remove(limited.v1)
             if sandbox is not None:
                 _close_sandbox(*sandbox)
             raise
-        entered, process.start_marker = _enter(process.pid, cgroup, gate)
+        process.limited = limited
+        if self.containment != "group" and effect_id:  # before the gate opens: no process of it is unknown
+            kept = ([cgroup] if cgroup is not None else []) + (limited.v1 if limited is not None else [])
+            KEEPER.watch(effect_id, process.pid, kept)
+            process.kept = effect_id
+        memory = self.controllers.places.get("memory_mb")
+        process.memory_v2 = memory is not None and memory.version == 2
+        try:
+            entered, process.start_marker = _enter(process.pid, cgroup, gate, limited)
+        except SpawnError:  # killed at its gate, never run: nothing of it is left
+            _reap_unstarted(process)
+            if process.kept is not None:
+                KEEPER.forget(process.kept)
+            if cgroup is not None:
+                cgroups.remove(cgroup)
+            controllers.remove(limited.v1 if limited is not None else [])
+            if sandbox is not None:
+                _close_sandbox(*sandbox)
+            raise
         if cgroup is not None and not entered:
             cgroups.remove(cgroup)
             cgroup = None
@@ -378,7 +438,7 @@ class LocalRunner(Runner):
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
         if not processes:
             return
-        await anyio.to_thread.run_sync(_kill_leftovers, list(processes), self.cgroup_root)
+        await anyio.to_thread.run_sync(kill_leftovers, list(processes), self.cgroup_root, self.controllers.v1_roots)
 
 
 _removing: dict[Path, concurrent.futures.Future[None]] = {}
@@ -405,52 +465,55 @@ def _close_sandbox(prepared: Prepared, listening: Listening | None) -> None:
         prepared.close()
 
 
-def _close_scope(scope: GroupScope) -> None:
-    """On a spawner's thread: the effect's cgroup is removed there (a rmdir in cgroupfs takes the
+def _close_scope(scope: GroupScope, limited: Limited | None = None) -> None:
+    """On a spawner's thread: the effect's cgroups are removed there (a rmdir in cgroupfs takes the
     kernel a third of a millisecond), not on the event loop."""
     try:
         scope.close()
+        if limited is not None:
+            controllers.remove(limited.v1)
     except Exception:
         log.exception("could not release the containment of process %s", scope.leader)
 
 
-def _enter(pid: int, cgroup: Path | None, gate: int | None) -> tuple[bool, int | None]:
-    """Moves the gated child into its cgroup, then lets it exec its command; returns whether it is in
-    the cgroup, and its start marker."""
+def _enter(pid: int, cgroup: Path | None, gate: int | None, limited: Limited | None = None) -> tuple[bool, int | None]:
+    """Moves the gated child into its cgroup (and the cgroups of its limits), then lets it exec its
+    command; returns whether it is in the cgroup, and its start marker. A child that its limits'
+    cgroups cannot hold is killed at its gate, never let go (SpawnError): an unlimited run of an
+    effect that asked for limits is not one of its outcomes."""
     entered = False
+    let_go = True
     try:
         if cgroup is not None:
             entered = cgroups.enter(cgroup, pid)
+        if limited is not None:
+            if limited.needs_v2 and not entered:
+                raise LimitError(f"could not move the effect into its cgroup {cgroup}, which holds its limits")
+            limited.enter(pid)
+    except LimitError as exc:
+        let_go = False
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise SpawnError(f"the effect was not started: {exc}") from exc
     finally:
         if gate is not None:
-            with suppress(OSError):  # the child is gone already: nothing to let go
-                os.write(gate, b"\n")
+            if let_go:
+                with suppress(OSError):  # the child is gone already: nothing to let go
+                    os.write(gate, b"\n")
             os.close(gate)
     return entered, process_start_time(pid)
 
 
-def _kill_leftovers(processes: list[RecordedProcess], root: Path | None) -> None:
-    """SIGKILL to what these effects left: their cgroups, whatever is there; in one pass over /proc,
-    every process whose environment names one of them, with its descendants; and the recorded leader
-    if its start time still matches (a reused pid is never killed)."""
-    ids = {p.effect_id for p in processes}
-    left_cgroups = cgroups.leftovers(root, ids) if root is not None else []
-    for cgroup in left_cgroups:
-        cgroups.kill(cgroup)
-    left = effect_processes(ids)
-    for recorded in processes:
-        pids = set(left.get(recorded.effect_id, ()))
-        if recorded.pid and recorded.start_marker and process_start_time(recorded.pid) == recorded.start_marker:
-            pids.add(recorded.pid)
-        REAPER.adopt(pids)
-        for pid in pids:
-            with suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 3.0
-    for cgroup in left_cgroups:
-        while cgroups.populated(cgroup) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        cgroups.remove(cgroup)
+def _reap_unstarted(process: LocalProcess) -> None:
+    """Reaps a child killed at its gate (it dies at once: it never ran its command) and closes its pipes."""
+    with suppress(ChildProcessError):
+        os.waitpid(process.pid, 0)
+    REAPER.leaders.discard(process.pid)
+    REAPER.sessions.discard(process.pid)
+    process._exit = ExitStatus(None, signal.SIGKILL)
+    if process._popen is not None:
+        process._popen.returncode = -signal.SIGKILL
+    process.close()
 
 
 def _spawn(launch: Launch, gated: bool = False) -> tuple[LocalProcess, int | None]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from effectd.runner.base import RecordedProcess
-from effectd.runner.local import _kill_leftovers
+from effectd.runner.contain import kill_leftovers
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
         elif text.startswith("-"):
             running.discard(text[1:])
     if running:
-        _kill_leftovers([RecordedProcess(effect_id) for effect_id in sorted(running)], cgroup_root)
+        kill_leftovers([RecordedProcess(effect_id) for effect_id in sorted(running)], cgroup_root)
     return 0
 
 

@@ -231,6 +231,14 @@ class RayRunner(Runner):
 
     # --- the Runner interface ---------------------------------------------------------------------
 
+    def refuse_limits(self, limits: Mapping[str, float]) -> str | None:
+        if not limits:
+            return None
+        return (
+            "`limits` are not enforced on the Ray runner (an effect's cgroups are made by the local runner only): "
+            "dispatch without `limits` (and without [limits] in the config), or run `effectd serve --runner local`"
+        )
+
     async def start(self, launch: Launch) -> ProcessHandle:
         for _ in range(2):  # a node that died since it was listed: once more, on a live one
             node_id = await self._place(launch.resources)

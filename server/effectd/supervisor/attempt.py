@@ -16,11 +16,11 @@ from contextlib import suppress
 
 import anyio
 
-from effectd.errors import JournalUnavailableError, NotAllowedError
+from effectd.errors import InvalidRequestError, JournalUnavailableError, NotAllowedError
 from effectd.harness.parsers import Parser, make_parser
 from effectd.journal.projection import Event
 from effectd.model.records import CancelReason, EffectSpec
-from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError
+from effectd.runner.base import ExitStatus, Launch, ProcessHandle, ResultFileError, Runner, SpawnError, Usage
 from effectd.runner.sandbox import Sandbox
 from effectd.supervisor import events
 from effectd.supervisor.effect import Effect
@@ -51,6 +51,23 @@ async def check_sandbox(runner: Runner, spec: EffectSpec) -> None:
         return
     if (problem := await anyio.to_thread.run_sync(runner.sandbox_problem)) is not None:
         raise NotAllowedError(problem)
+
+
+def check_limits(runner: Runner, spec: EffectSpec) -> None:
+    """Limits (issue 23): a limit the runner cannot enforce where it runs effects is refused at dispatch,
+    never dropped (InvalidRequestError naming the missing controller)."""
+    if spec.limits and (why := runner.refuse_limits(spec.limits)) is not None:
+        raise InvalidRequestError(why)
+
+
+def _judge_memory(effect: Effect, outcome: Outcome, usage: Usage) -> None:
+    """The cgroup's verdict in the outcome: the peak memory, and a failure that the memory limit caused
+    (the kernel's OOM killer ended a process of the effect) said as such. An effect that still
+    succeeded, or that effectd cancelled, keeps that outcome."""
+    outcome.peak_memory_mb = usage.peak_memory_mb
+    memory_mb = (effect.spec.limits or {}).get("memory_mb")
+    if usage.memory_killed and memory_mb is not None and outcome.status == "failed":
+        outcome.error = f"memory limit ({int(memory_mb)} MiB) exceeded"
 
 
 class Attempts:
@@ -122,6 +139,7 @@ class Attempts:
             effect.output.last_output = monotonic()
             outcome = await self._watch(effect, handle)
             outcome.attempt = attempt
+            _judge_memory(effect, outcome, handle.usage())  # before close: closing removes the cgroup that tells
             return outcome
         finally:
             with anyio.CancelScope(shield=True):
@@ -152,6 +170,7 @@ class Attempts:
             self._result_limit,
             stdin_source=source,
             resources=spec.resources,
+            limits=spec.limits,  # limits (issue 23)
             sandbox=self._sandbox(effect, cwd),
         )
 
@@ -220,11 +239,11 @@ class Attempts:
             cancelled = False
             status: ExitStatus | None = exited
             if status is None:
-                status = await self._terminate(handle, effect.grace_s)
+                status = await self._terminate(handle, effect)
                 cancelled = effect.cancel is not None
             elif not await handle.wait_group_gone(0):
                 # Leftovers of the group (a daemonised grandchild) do not outlive the effect.
-                await self._terminate(handle, effect.grace_s)
+                await self._terminate(handle, effect)
             with anyio.move_on_after(DRAIN_AFTER_EXIT_S):
                 await output_done.wait()
             tg.cancel_scope.cancel()
@@ -240,12 +259,18 @@ class Attempts:
         except ResultFileError as exc:
             return None, str(exc)
 
-    async def _terminate(self, handle: ProcessHandle, grace: float) -> ExitStatus:
-        """SIGTERM to the whole group, SIGKILL to what is left of it after `grace`; returns the leader's
-        exit status. The grace is for the group, not only the leader: a grandchild that ignores
-        SIGTERM is killed when the grace ends, not a second grace later."""
+    async def _terminate(self, handle: ProcessHandle, effect: Effect) -> ExitStatus:
+        """SIGTERM to the whole group, SIGKILL to what is left of it after the effect's grace (which a
+        later cancel may shorten: `Effect.grace`); returns the leader's exit status. The grace is for
+        the group, not only the leader: a grandchild that ignores SIGTERM is killed when the grace ends,
+        not a second grace later."""
         handle.signal_group(signal.SIGTERM)
-        if not await handle.wait_group_gone(grace):
+        grace = effect.grace_s
+        gone = False
+        with anyio.CancelScope(deadline=anyio.current_time() + grace) as effect.grace:
+            gone = await handle.wait_group_gone(grace)
+        effect.grace = None
+        if not gone:
             handle.signal_group(signal.SIGKILL)
             await handle.wait_group_gone(GROUP_GONE_BOUND_S)
         with anyio.move_on_after(GROUP_GONE_BOUND_S):

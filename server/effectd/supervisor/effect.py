@@ -9,7 +9,7 @@ progress (journaled at most once a second and with the end), and the stall flag.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -51,6 +51,7 @@ class Effect:
         self.done = Flag()
         self.changed = Flag()
         self.waiting: anyio.CancelScope | None = None
+        self.grace: anyio.CancelScope | None = None  # set while its process group has its grace (SIGTERM sent)
         self.stall_after_s: float | None = None
         self.on_change: Callable[[Effect], None] | None = None
         self.local = False  # driven by this server (else another server's, followed through the journal)
@@ -136,14 +137,28 @@ class Effect:
 
     def request_cancel(self, request: CancelRequest) -> bool:
         """Asks the effect's task to stop it; returns False when it is already terminal or being
-        cancelled. With `request.skip`, an effect that has not started ends `skipped` with that error."""
-        if self.terminal or self.cancel is not None:
+        cancelled. With `request.skip`, an effect that has not started ends `skipped` with that error. A
+        request for an effect already being cancelled can only shorten its grace (see `_shorten_grace`)."""
+        if self.terminal:
+            return False
+        if self.cancel is not None:
+            self._shorten_grace(request.grace_s)
             return False
         self.cancel = request
         self.cancel_event.set()
         if self.waiting is not None:
             self.waiting.cancel()
         return True
+
+    def _shorten_grace(self, grace_s: float | None) -> None:
+        """A later cancel with a shorter grace brings the SIGKILL forward to at most `grace_s` from now; the
+        first cancel's reason stands. Without it a cancel with a long grace (or a race loser's, cancelled
+        with its spec's grace) could not be hurried, and the call and the process would wait it out."""
+        if self.cancel is None or grace_s is None or grace_s >= self.grace_s:
+            return
+        self.cancel = replace(self.cancel, grace_s=grace_s)
+        if self.grace is not None:
+            self.grace.deadline = min(self.grace.deadline, anyio.current_time() + grace_s)
 
     def record(self) -> EffectRecord:
         state = self.state
@@ -191,6 +206,8 @@ class Effect:
             reused_from=state.reused_from,
             node=state.node,
             sandbox=self.spec.sandbox,
+            limits=self.spec.limits,
+            peak_memory_mb=state.peak_memory_mb,
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

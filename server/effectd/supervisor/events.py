@@ -24,6 +24,8 @@ class Outcome:
     attempt: int | None = None  # the attempt it ended in, when one began
     workspace: dict[str, Any] | None = None  # isolation: the worktree as it was finished
     reused_from: str | None = None  # resume: a cached flow step, the effect whose outcome it carries
+    command: list[str] | None = None  # resume: the argv the effect it was taken from ran (its own ran none)
+    peak_memory_mb: float | None = None  # limits (issue 23): its cgroup's peak memory, where the host tells
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
@@ -36,7 +38,9 @@ def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None =
 def started(
     effect: Effect, *, pid: int, pid_start: int | None, command: list[str], attempt: int, node: str | None = None
 ) -> Event:
-    data = {"started_at": now_iso(), "pid": pid, "pid_start": pid_start, "command": command, "attempt": attempt}
+    data: dict[str, Any] = {"started_at": now_iso(), "pid": pid, "pid_start": pid_start, "attempt": attempt}
+    if command != effect.spec.command:  # the argv as run, when not the one requested (a fan-out item's can be big)
+        data["command"] = command
     if node is not None:
         data["node"] = node
     return Event("EFFECT_STARTED", effect.run_id, effect.effect_id, data)
@@ -89,4 +93,6 @@ def ended(effect: Effect, outcome: Outcome) -> Event:
         progress=effect.progress,
         workspace=outcome.workspace,
         reused_from=outcome.reused_from,
+        command=outcome.command,
+        peak_memory_mb=outcome.peak_memory_mb,
     )

@@ -104,4 +104,5 @@ async def finish(worktrees: Worktrees, effect: Effect, status: str, why: str | N
         log.warning("effect %s: its worktree could not be finished; left in place: %s", effect.effect_id, exc)
         if current is None:
             return None
-        return {**current, "kept": is_dir(current["path"])}
+        kept = is_dir(current["path"])
+        return {**current, "kept": kept, "kept_reason": f"its worktree could not be finished: {exc}" if kept else None}

@@ -12,6 +12,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -89,13 +90,28 @@ def _numbers_from_strings(data: dict[str, Any], numeric: dict[str, str]) -> dict
     return converted
 
 
-def strict_tool(fn: Callable[..., Any], arguments: type[BaseModel] | None = None) -> Tool:
+READS = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+"""The hints of a tool that only reads (or waits on) what effectd holds."""
+
+STARTS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+"""The hints of a tool that starts work: each call adds effects, which run commands and agent CLIs
+that reach beyond the server (a repeated `key` returns the first effect, but a call without one starts more)."""
+
+STOPS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+"""The hints of a tool that stops effects (kills their processes): asked again, it changes nothing more."""
+
+
+def strict_tool(
+    fn: Callable[..., Any], arguments: type[BaseModel] | None = None, *, title: str, hints: ToolAnnotations
+) -> Tool:
     """A tool whose arguments are checked strictly: wrong types and unknown names are refused, not dropped.
 
     The arguments are the function's own parameters, or the fields of `arguments` (a model shared
-    with other front-ends), which the function then receives as keywords.
+    with other front-ends), which the function then receives as keywords. `title` is the name a
+    client shows a person; `hints` say what a call may change (READS, STARTS, STOPS).
     """
-    tool = Tool.from_function(fn, description=inspect.cleandoc(fn.__doc__ or ""))
+    annotations = hints.model_copy(update={"title": title})
+    tool = Tool.from_function(fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=annotations)
     base: type[BaseModel] = arguments_of(tool) if arguments is None else arguments
     allowed = sorted(field.alias or name for name, field in base.model_fields.items())
     numeric: dict[str, str] = {}  # read from the strict model's schema once it is built (below)

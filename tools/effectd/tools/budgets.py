@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from effectd.engine.budgets import BudgetRecord
@@ -36,4 +37,6 @@ async def set_budget(
 
 
 def tools() -> list[Tool]:
-    return [strict_tool(set_budget)]
+    # Setting the same budget again changes nothing more; one at or below what was spent stops the scope's effects.
+    hints = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+    return [strict_tool(set_budget, title="Set a budget", hints=hints)]

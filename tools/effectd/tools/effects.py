@@ -10,7 +10,7 @@ from pydantic import Field
 
 from effectd.model.arguments import DispatchArguments
 from effectd.model.records import CancelledGroup, EffectList, EffectRecord, Grace, HarnessList, Name
-from effectd.tools._base import engine_of, progress_of, refusals, strict_tool
+from effectd.tools._base import READS, STARTS, STOPS, engine_of, progress_of, refusals, strict_tool
 
 
 async def dispatch_effect(ctx: Context[Any, Any], **arguments: Any) -> EffectRecord:
@@ -84,6 +84,10 @@ async def list_harnesses(ctx: Context[Any, Any]) -> HarnessList:
 
 def tools() -> list[Tool]:
     return [
-        strict_tool(dispatch_effect, DispatchArguments),
-        *(strict_tool(fn) for fn in (poll_effect, list_effects, cancel_effect, cancel_group, list_harnesses)),
+        strict_tool(dispatch_effect, DispatchArguments, title="Dispatch an effect", hints=STARTS),
+        strict_tool(poll_effect, title="Poll an effect", hints=READS),
+        strict_tool(list_effects, title="List effects", hints=READS),
+        strict_tool(cancel_effect, title="Cancel an effect", hints=STOPS),
+        strict_tool(cancel_group, title="Cancel a run or group", hints=STOPS),
+        strict_tool(list_harnesses, title="List harnesses", hints=READS),
     ]

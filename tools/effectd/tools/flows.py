@@ -11,7 +11,7 @@ from pydantic import Field
 from effectd.flows.models import MAX_STEPS, FlowRecord, FlowRequest, Policy, Step
 from effectd.model.arguments import Limits
 from effectd.model.records import Name, Wait
-from effectd.tools._base import engine_of, progress_of, refusals, strict_tool
+from effectd.tools._base import READS, STARTS, engine_of, progress_of, refusals, strict_tool
 
 
 async def dispatch_flow(
@@ -83,4 +83,7 @@ async def poll_flow(
 
 
 def tools() -> list[Tool]:
-    return [strict_tool(dispatch_flow), strict_tool(poll_flow)]
+    return [
+        strict_tool(dispatch_flow, title="Dispatch a flow", hints=STARTS),
+        strict_tool(poll_flow, title="Poll a flow", hints=READS),
+    ]

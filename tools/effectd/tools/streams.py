@@ -9,7 +9,7 @@ from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
 from effectd.model.records import GroupWait, Name, OutputChunk, Wait
-from effectd.tools._base import engine_of, refusals, strict_tool
+from effectd.tools._base import READS, engine_of, refusals, strict_tool
 
 
 async def await_group(
@@ -68,4 +68,7 @@ async def stream_effect(
 
 
 def tools() -> list[Tool]:
-    return [strict_tool(await_group), strict_tool(stream_effect)]
+    return [
+        strict_tool(await_group, title="Await effects", hints=READS),
+        strict_tool(stream_effect, title="Read an effect's output", hints=READS),
+    ]
