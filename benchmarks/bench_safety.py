@@ -1,10 +1,14 @@
 """What running agents safely costs, and how fast the server's death takes its effects with it.
 
+- **cost**: from `dispatch_effect` (foreground, the in-memory MCP client, the local runner) to the
+  `succeeded` record of `/bin/true`, without any of it (the baseline), with `limits`, with
+  `sandbox: true`, with both, and with an allow-list sandbox. The variants take turns, round by
+  round and in a turning order, in one process, so load on the machine falls on each alike.
 - **death**: `effectd serve` over stdio runs N effects, each with a `setsid` daemon and a subshell
   grandchild; the server is SIGKILLed, and the time until the last of the 2N grandchildren is gone
   is taken (the keeper, `effectd.runner.keeper`, kills them).
 
-Alone: `.venv/bin/python -m benchmarks.bench_safety [--effects N] [--rounds R]`.
+Alone: `.venv/bin/python -m benchmarks.bench_safety [--effects N] [--rounds R] [--dispatches D]`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from pathlib import Path
 import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+
+from effectd.app import build_server
+from effectd.config.settings import build_settings
+from effectd.engine.core import Engine
+from effectd.runner.cgroups import Cgroups
+from effectd.runner.controllers import Controllers
+from effectd.runner.sandbox import Sandboxes
+
+LIMITS = {"memory_mb": 512, "pids": 256, "cpu": 1.0}
+ALLOW = {"network": {"allow": ["127.0.0.1:9"]}}
 
 TWO_GRANDCHILDREN = (
     "(setsid sh -c 'echo daemon $$; exec sleep 300' &);"
@@ -80,8 +94,54 @@ async def death_round(workdir: Path, effects: int) -> float:
     return took
 
 
-async def _main(effects: int, rounds: int) -> None:
+def variants() -> dict[str, dict[str, object]]:
+    """The dispatch arguments of each variant this host can run (a limit or a sandbox it cannot make is left out)."""
+    v2 = Cgroups.find()
+    limits = Controllers.find(v2.root if v2 is not None else None, prepare=False).refusal(list(LIMITS)) is None
+    sandbox = Sandboxes("bwrap").problem() is None
+    chosen: dict[str, dict[str, object]] = {"baseline": {}}
+    if limits:
+        chosen["limits"] = {"limits": LIMITS}
+    if sandbox:
+        chosen["sandbox: true"] = {"sandbox": True}
+    if sandbox and limits:
+        chosen["sandbox + limits"] = {"sandbox": True, "limits": LIMITS}
+    if sandbox:
+        chosen["sandbox, allow-list"] = {"sandbox": ALLOW}
+    return chosen
+
+
+async def cost(workdir: Path, dispatches: int) -> dict[str, list[float]]:
+    """Seconds from dispatch to a `succeeded` record of `/bin/true`, per variant, `dispatches` each."""
+    settings = build_settings({}, db=workdir / "journal.db", allow_any_command=True)
+    chosen = variants()
+    samples: dict[str, list[float]] = {name: [] for name in chosen}
+    async with Engine.open(settings) as engine, Client(build_server(engine)) as client:
+        for extra in chosen.values():  # one warm-up each: the sandbox probe, the first cgroups
+            await client.call_tool("dispatch_effect", {"command": ["/bin/true"], **extra})
+        names = list(chosen)
+        for round_ in range(dispatches):  # the order turns each round: no variant always follows another
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                extra = chosen[name]
+                started = time.perf_counter()
+                result = await client.call_tool("dispatch_effect", {"command": ["/bin/true"], **extra})
+                samples[name].append(time.perf_counter() - started)
+                record = result.structured_content or {}
+                if record.get("status") != "succeeded":
+                    raise RuntimeError(f"{name}: {record.get('status')} {record.get('error')}")
+    return samples
+
+
+async def _main(effects: int, rounds: int, dispatches: int) -> None:
     with tempfile.TemporaryDirectory(prefix="effectd-bench-") as tmp:
+        costs = await cost(Path(tmp), dispatches)
+        base = statistics.median(costs["baseline"])
+        for name, taken in costs.items():
+            median = statistics.median(taken)
+            print(
+                f"cost: {name:<20} {median * 1000:6.1f} ms dispatch to succeeded (median of {len(taken)}; "
+                f"min {min(taken) * 1000:.1f}; {median / base:.1f}x the baseline's median)"
+            )
         samples = []
         for n in range(rounds):
             workdir = Path(tmp) / f"round{n}"
@@ -98,5 +158,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--effects", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dispatches", type=int, default=30)
     options = parser.parse_args()
-    anyio.run(_main, options.effects, options.rounds)
+    anyio.run(_main, options.effects, options.rounds, options.dispatches)

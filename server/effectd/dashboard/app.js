@@ -919,6 +919,8 @@ function sandboxText(sb) {
   if ((sb.write || []).length) parts.push(`writes: ${sb.write.join(', ')}`);
   if ((sb.hide || []).length) parts.push(`hidden: ${sb.hide.join(', ')}`);
   return parts.join(' · ');
+}
+
 // An effect's `limits` as its cgroup enforces them: "memory 512 MiB · pids 64 · cpu 0.5".
 function limitsText(limits) {
   if (!limits) return null;
