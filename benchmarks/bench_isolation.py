@@ -1,5 +1,7 @@
 """What isolation costs: N effects that each write a file, dispatched at once on one git repository,
-with `isolation: "worktree"` and without, through the engine API, in the same run.
+with `isolation: "worktree"` and without, through the engine API, in the same run. A third variant,
+"worktree, unheld", skips marking the repository's objects precious while its effects run (the
+`git gc --prune=now` guard of effectd.runner.git), to show what that guard costs.
 
     .venv/bin/python benchmarks/bench_isolation.py [--effects 20] [--rounds 2]
 
@@ -21,6 +23,7 @@ from typing import Literal
 
 import anyio
 
+import effectd.runner.git as git_module
 from effectd.config.settings import build_settings
 from effectd.engine.core import Engine
 from effectd.model.arguments import EffectRequest
@@ -65,6 +68,19 @@ async def one_round(effects: int, isolation: Literal["none", "worktree"]) -> flo
             return time.monotonic() - started
 
 
+async def _unheld(repo: object, effect_id: str) -> None:
+    """The guard's hold and release, skipped: the baseline that shows what the guard costs."""
+
+
+async def unheld_round(effects: int) -> float:
+    hold, release = git_module._hold_objects, git_module._release_objects
+    git_module._hold_objects = git_module._release_objects = _unheld  # type: ignore[assignment]
+    try:
+        return await one_round(effects, "worktree")
+    finally:
+        git_module._hold_objects, git_module._release_objects = hold, release  # type: ignore[method-assign]
+
+
 async def main(effects: int, rounds: int) -> None:
     print(f"{effects} effects at once on one repository, {rounds} rounds each; load average {os.getloadavg()[0]:.1f}")
     best: dict[str, float] = {}
@@ -74,9 +90,14 @@ async def main(effects: int, rounds: int) -> None:
             took = await one_round(effects, isolation)
             print(f"  isolation {isolation!r:<11} {took:6.2f} s")
             best[isolation] = min(best.get(isolation, took), took)
+        took = await unheld_round(effects)
+        print(f"  isolation 'worktree', unheld {took:6.2f} s")
+        best["unheld"] = min(best.get("unheld", took), took)
     print(
         f"best: none {best['none']:.2f} s, worktree {best['worktree']:.2f} s, "
-        f"ratio {best['worktree'] / best['none']:.1f}x; load average {os.getloadavg()[0]:.1f}"
+        f"ratio {best['worktree'] / best['none']:.1f}x; worktree without the gc guard {best['unheld']:.2f} s "
+        f"(the guard: {(best['worktree'] - best['unheld']) / effects * 1000:+.1f} ms an effect); "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -82,3 +82,61 @@ def assert_no_work_lost(repo: Path, records: dict[str, dict[str, Any]]) -> None:
     assert "no longer lists" in records["admin_dir_deleted"]["workspace"]["kept_reason"]
     git(repo, "worktree", "prune")
     assert fsck(repo) == ""
+
+
+# Makes a commit in its worktree the way `git commit` does (objects first, then the ref), with a
+# concurrent `git gc --prune=now` in another worktree forced into the window between the two.
+MAKE_COMMIT = """
+blob=$(echo 'made in the window' | git hash-object -w --stdin) || exit 3
+tree=$(printf '100644 blob %s\\tmade.txt\\n' "$blob" | git mktree) || exit 3
+commit=$(git commit-tree "$tree" -p HEAD -m 'made by the writer') || exit 3
+touch "$1/written"
+n=0; while [ ! -e "$1/pruned" ]; do n=$((n+1)); [ $n -gt 3000 ] && exit 4; sleep 0.01; done
+git update-ref HEAD "$commit" && git reset -q --hard
+"""
+PRUNE = """
+n=0; while [ ! -e "$1/written" ]; do n=$((n+1)); [ $n -gt 3000 ] && exit 4; sleep 0.01; done
+echo "precious: $(git config extensions.preciousObjects)"
+git gc --quiet --prune=now; code=$?; touch "$1/pruned"; exit $code
+"""
+
+
+def config(repo: Path, key: str) -> str | None:
+    done = subprocess.run(["git", "config", "--get", key], cwd=repo, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+async def test_a_git_gc_prune_now_in_one_worktree_cannot_take_another_worktrees_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "config", "gc.reflogExpire", "now")  # the user's own settings stay as they were
+    handshake = tmp_path / "handshake"
+    handshake.mkdir()
+    async with Client(stdio_params(tmp_path / "journal.db", "--allow-any-command"), read_timeout_seconds=70) as c:
+        ids = []
+        for script in (MAKE_COMMIT, PRUNE):
+            command = ["sh", "-c", script, "sh", str(handshake)]
+            started = await call(
+                c, "dispatch_effect", command=command, cwd=str(repo), isolation="worktree", background=True
+            )
+            ids.append(started["effect_id"])
+        await call(c, "await_group", effect_ids=ids, timeout_s=55)
+        writer, pruner = [await call(c, "poll_effect", effect_id=effect_id) for effect_id in ids]
+    assert (handshake / "pruned").exists()
+    # git ran its gc (packing, no pruning) and said nothing was wrong; the writer's commit survived it.
+    assert pruner["status"] == "succeeded", (pruner, pruner["output_tail"])
+    assert "precious: true" in pruner["output_tail"]
+    assert writer["status"] == "succeeded", (writer, writer["output_tail"])
+    branch = writer["workspace"]["branch"]
+    assert git(repo, "log", "-1", "--format=%s", branch).strip() == "made by the writer"
+    assert git(repo, "show", f"{branch}:made.txt") == "made in the window\n"
+    assert "made.txt" in writer["workspace"]["changed_files"]
+    assert fsck(repo) == ""
+    # Once no isolated effect runs, the repository's settings are as they were: gc prunes again.
+    assert config(repo, "extensions.preciousObjects") is None
+    assert config(repo, "core.repositoryformatversion") == "0"
+    assert config(repo, "effectd.holder") is None and config(repo, "gc.reflogExpire") == "now"
+    (tmp_path / "unreachable.txt").write_text("unreachable\n")
+    loose = git(repo, "hash-object", "-w", str(tmp_path / "unreachable.txt")).strip()
+    git(repo, "gc", "--quiet", "--prune=now")
+    with pytest.raises(subprocess.CalledProcessError):  # pruned: gone
+        git(repo, "cat-file", "-e", loose)

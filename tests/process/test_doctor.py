@@ -52,5 +52,6 @@ def test_doctor_says_what_is_missing_and_still_exits_0(tmp_path: Path) -> None:
     bin_dir.mkdir()
     code, lines, out = doctor(tmp_path, "--db", str(tmp_path / "j.db"), env={"PATH": str(bin_dir)})
     assert code == 0, out
-    assert "no: bubblewrap ('bwrap') is not on its PATH; install bubblewrap (Debian/Ubuntu" in lines["sandbox"], lines["sandbox"]
+    missing = "no: bubblewrap ('bwrap') is not on its PATH; install bubblewrap (Debian/Ubuntu"
+    assert missing in lines["sandbox"], lines["sandbox"]
     assert "no: git is not on PATH" in lines["git"]

@@ -155,6 +155,7 @@ class Worktrees:
                 await git(["worktree", "add", "--quiet", str(path), branch], repo.toplevel)
             else:
                 await git(["worktree", "add", "--quiet", "-b", branch, str(path), base], repo.toplevel)
+            await _hold_objects(repo, effect_id)
         (path / repo.prefix).mkdir(parents=True, exist_ok=True)  # cwd may be a directory the base lacks
         return workspace(repo.toplevel, path, branch, base, head=existing or base, kept=True, branch_kept=True)
 
@@ -217,6 +218,7 @@ class Worktrees:
             if head is not None and ahead == 0 and not kept and delete_empty_branch:
                 await git(["branch", "-D", "--quiet", branch], repo.toplevel)
                 branch_kept = False
+            await _release_objects(repo, effect_id)
         return workspace(
             repo.toplevel,
             where,
@@ -265,6 +267,65 @@ class Worktrees:
             return await resolve(repo_dir, f"refs/heads/{branch_of(effect_id)}")
         except GitError:
             return None
+
+
+# --- no object is pruned while an isolated effect runs (issue 24, item 7) ---------------------------
+#
+# `git gc --prune=now` deletes every unreachable object at once, the objects another worktree's `git
+# commit` has written but not yet pointed a ref at included (git documents it as unsafe beside writers;
+# effects are concurrent writers). While any isolated effect of a repository runs, the repository is
+# marked `extensions.preciousObjects` (with `core.repositoryformatversion` 1, which extensions need):
+# git then prunes nothing, and `git gc` still packs. The effects holding the mark are listed in
+# `effectd.holder`; the last one to finish puts both settings back as they were. All of it runs under
+# the repository's lock, so servers sharing a repository agree.
+
+_HELD = "effectd.holder"
+_SAVED = {
+    "core.repositoryformatversion": "effectd.savedformatversion",
+    "extensions.preciousObjects": "effectd.savedprecious",
+}
+_UNSET = "unset"
+
+
+async def _config(repo: Repository, *args: str, ok: Sequence[int] = (0,)) -> tuple[int, str]:
+    """`git config` on the repository's shared config file (never a worktree's)."""
+    return await git(["config", "--file", os.path.join(repo.common_dir, "config"), *args], repo.toplevel, ok=ok)
+
+
+async def _holders(repo: Repository) -> list[str]:
+    _, out = await _config(repo, "--get-all", _HELD, ok=(0, 1))
+    return out.split()
+
+
+async def _hold_objects(repo: Repository, effect_id: str) -> None:
+    """Marks the repository's objects precious for as long as the effect runs (see above)."""
+    holders = await _holders(repo)
+    if effect_id in holders:
+        return  # an earlier attempt, or a server that died, holds it already
+    if not holders:
+        for key, saved in _SAVED.items():
+            code, value = await _config(repo, "--get", key, ok=(0, 1))
+            await _config(repo, saved, value.strip() if code == 0 else _UNSET)
+        await _config(repo, "core.repositoryformatversion", "1")
+        await _config(repo, "extensions.preciousObjects", "true")
+    await _config(repo, "--add", _HELD, effect_id)
+
+
+async def _release_objects(repo: Repository, effect_id: str) -> None:
+    """The effect no longer holds the mark; the last holder puts the settings back as they were."""
+    holders = await _holders(repo)
+    if effect_id not in holders:
+        return
+    await _config(repo, "--unset-all", _HELD, f"^{effect_id}$")
+    if len(holders) > 1:
+        return
+    for key, saved in _SAVED.items():
+        code, value = await _config(repo, "--get", saved, ok=(0, 1))
+        if code == 0 and value.strip() != _UNSET:
+            await _config(repo, key, value.strip())
+        else:
+            await _config(repo, "--unset-all", key, ok=(0, 5))
+    await _config(repo, "--remove-section", "effectd", ok=(0, 128))
 
 
 async def _not_ours(where: Path, repo: Repository) -> str | None:
