@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from effectd.config.settings import Settings
+from effectd.engine.approvals import Approvals, wait_or_asked
 from effectd.engine.budgets import BudgetRecord, Budgets, scope_of
 from effectd.engine.follow import ProgressSink, follow_effect, follow_flow
 from effectd.engine.prune import prune_live
@@ -89,6 +90,7 @@ class Engine(EngineQueries):
         self._flows = flows
         self._sessions = sessions
         self._feed = supervisor.feed
+        self.approvals: Approvals  # set by `open` (issue 25): list_approvals and answer_approval
 
     @classmethod
     def open(cls, settings: Settings, *, runner: Runner | None = None) -> AbstractAsyncContextManager[Engine]:
@@ -188,7 +190,8 @@ class Engine(EngineQueries):
         success (`first_success`) or `k` (`quorum`); see `completions.wait_group`."""
         check_await_arguments(mode, k, cancel_rest)
         effects = await self._members(group, effect_ids)
-        return await wait_group(
+        waiting = partial(
+            wait_group,
             self._supervisor.completions,
             effects,
             mode,
@@ -199,6 +202,7 @@ class Engine(EngineQueries):
             cancel=self._cancel_losers,
             sync=self._sessions.catch_up,
         )
+        return await wait_or_asked(self.approvals, effects, cursor, waiting)  # approvals: wakes when one asks
 
     # --- cancelling -------------------------------------------------------------------------------
 
@@ -305,6 +309,8 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             answer_s=settings.peer_answer_s,
         )
         engine = cls(settings, journal, supervisor, flows, sessions)
+        engine.approvals = approvals = Approvals(supervisor)
+        supervisor.attempts.gate = approvals.wire
         control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
 
         async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
@@ -313,11 +319,13 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
 
         async with (
             budgets.running(),
+            approvals.running(),
             supervisor.running(before_start=loaded),
             flows.running(),
             anyio.create_task_group() as tg,
         ):
             await flows.recover()
+            await approvals.load()
             await sessions.start()
             tg.start_soon(control.run)
             tg.start_soon(sessions.run)

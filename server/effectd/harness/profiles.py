@@ -23,6 +23,8 @@ PROMPT_VIA = ("arg", "stdin")
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 PromptVia = Literal["arg", "stdin"]
+APPROVAL_HOOKS = ("claude",)
+"""The permission hooks effectd can give a sub-agent for `approvals: "ask"`, by the CLI that takes them."""
 
 
 def _frozen_env() -> Mapping[str, str]:
@@ -46,6 +48,9 @@ class HarnessProfile:
     resources: Mapping[str, float] | None = field(default=None, hash=False)  # Ray resources its effects need
     # The sandbox a `sandbox: true` run of this profile gets ({network, write, hide}); None: the built-in one.
     sandbox: Mapping[str, Any] | None = field(default=None, hash=False)
+    # The permission hook its CLI offers for `approvals: "ask"` ("claude": `--permission-prompt-tool` with an
+    # MCP server given by `--mcp-config`); None: the CLI has none, and "ask" is refused.
+    approvals: Literal["claude"] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
@@ -125,6 +130,7 @@ class HarnessProfile:
             "cwd": self.cwd,
             "max_concurrency": self.max_concurrency,
             "description": self.description,
+            "approvals": self.approvals is not None,
             "executable": self.executable,
             "available": path is not None,
             "path": path,
@@ -173,6 +179,7 @@ BUILTIN_PROFILES: dict[str, HarnessProfile] = {
             name="claude",
             command=("claude", "-p", PROMPT, "--output-format", "stream-json", "--verbose", ARGS),
             parser="claude",
+            approvals="claude",
             description=f"Claude Code, print mode with stream-json. Node CLI; {_NODE_NOTE}. "
             "The run ends at its `result` line (the process may linger after it).",
         ),
@@ -300,6 +307,14 @@ def _resources(name: str, key: str, value: object) -> dict[str, float]:
     return {k: float(v) for k, v in value.items()}
 
 
+def _approvals(name: str, key: str, value: object) -> str | None:
+    if value not in APPROVAL_HOOKS:
+        raise _error(
+            name, key, f"must be one of {', '.join(map(repr, APPROVAL_HOOKS))}: the permission hook its CLI takes"
+        )
+    return str(value)
+
+
 def _sandbox(name: str, key: str, value: object) -> dict[str, Any]:
     """A table; its shape is checked with dispatch_effect's `sandbox` model (`config.settings`)."""
     if not isinstance(value, Mapping):
@@ -320,6 +335,7 @@ _SETTINGS: dict[str, Callable[[str, str, object], object]] = {
     "description": _text,
     "resources": _resources,
     "sandbox": _sandbox,
+    "approvals": _approvals,
 }
 """Each key a ``[harness.NAME]`` table may hold, with the function that checks and converts its value."""
 

@@ -12,6 +12,7 @@ misspelled `timout_s` is refused with the list of the names allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -153,6 +154,29 @@ class ResourceLimits(BaseModel):
         return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
+class ApprovalRule(_Strict):
+    """One of `approval_rules`: the first rule whose tool (and input pattern) matches a request decides it."""
+
+    _where = "`approval_rules`"
+
+    tool: Annotated[str, Field(min_length=1, max_length=200, description='the tool asked for, e.g. "Write"; "*": any')]
+    input_matches: Annotated[
+        str | None,
+        Field(max_length=2000, description="a regular expression searched in the tool input's JSON (absent: any)"),
+    ] = None
+    decision: Literal["allow", "deny"]
+
+    @field_validator("input_matches")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"input_matches {value!r} is not a regular expression: {exc}") from None
+        return value
+
+
 class EffectArguments(_Strict):
     """The arguments of one effect, as dispatch_effect and a flow step take them."""
 
@@ -196,6 +220,22 @@ class EffectArguments(_Strict):
     limits: Annotated[
         ResourceLimits | None,
         Field(description="{memory_mb, pids, cpu}: enforced by the effect's own cgroup; defaults in [limits]"),
+    ] = None
+
+    # --- approvals (issue 25): the sub-agent asks before it acts ---
+    approvals: Annotated[
+        Literal["off", "ask"] | None,
+        Field(description='"ask": the harness sub-agent asks before each tool use it is not allowed (default "off")'),
+    ] = None
+    approval_rules: Annotated[
+        list[ApprovalRule] | None,
+        Field(
+            max_length=100, description='[{"tool", "input_matches"?, "decision": "allow" | "deny"}]; first match wins'
+        ),
+    ] = None
+    approval_timeout_s: Annotated[
+        float | None,
+        Field(gt=0, le=86_400, allow_inf_nan=False, description="deny what is unanswered after this (600)"),
     ] = None
 
     def effect_fields(self) -> dict[str, Any]:

@@ -99,6 +99,10 @@ class EffectSpec(BaseModel):
     sandbox: SandboxSpec | None = None  # None: not sandboxed
     # --- limits (issue 23): the request's over the config's [limits], as the effect's cgroup enforces them ---
     limits: dict[str, int | float] | None = None
+    # --- approvals (issue 25): None when off ---
+    approvals: Literal["ask"] | None = None
+    approval_rules: list[dict[str, Any]] | None = None
+    approval_timeout_s: float | None = None
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""
@@ -158,6 +162,9 @@ class EffectRecord(BaseModel):
     # --- limits (issue 23) ---
     limits: dict[str, int | float] | None = None  # as enforced: {"memory_mb": 512, "pids": 64, "cpu": 0.5}
     peak_memory_mb: float | None = None  # the effect's peak memory, where the host reports it
+    # --- approvals (issue 25) ---
+    approvals: Literal["ask"] | None = None
+    waiting_for: Literal["approval"] | None = None  # the sub-agent waits for an answer (see list_approvals)
 
 
 # --- ids and timestamps -------------------------------------------------------------------------
@@ -224,6 +231,30 @@ class CancelledGroup(BaseModel):
     effects: list[EffectRecord]
 
 
+# --- approvals (issue 25) ---------------------------------------------------------------------------
+
+
+class Approval(BaseModel):
+    """A sub-agent's request to use a tool, and its answer (CONTRACT.md, "Approvals")."""
+
+    approval_id: str
+    effect_id: str
+    run_id: str
+    group: str | None = None
+    tool: str
+    input: dict[str, Any]
+    status: Literal["pending", "allowed", "denied", "timed_out"]
+    decided_by: Literal["rule", "client", "dashboard", "cli", "timeout"] | None = None
+    message: str | None = None
+    requested_at: str
+    answered_at: str | None = None
+    updated_input: dict[str, Any] | None = None  # the input the answer let it use instead, when it changed it
+
+
+class ApprovalList(BaseModel):
+    approvals: list[Approval]
+
+
 class GroupWait(BaseModel):
     """What `await_group` returns: completions after the cursor, in finishing order. The race modes
     (`first_success`, `quorum`) add `satisfied` and `winners`; they are null for `all` and `any`."""
@@ -235,6 +266,8 @@ class GroupWait(BaseModel):
     timed_out: bool
     satisfied: bool | None = None
     winners: list[EffectRecord] | None = None
+    # Approvals (issue 25): set when it returned early because an awaited effect asks (see list_approvals).
+    approvals: list[Approval] | None = None
 
 
 class OutputChunk(BaseModel):

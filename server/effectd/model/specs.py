@@ -136,6 +136,48 @@ def check_sandbox(settings: Settings, sandbox: Mapping[str, Any], cwd: str | Non
     return SandboxSpec(network=network, write=paths["write"], hide=paths["hide"])
 
 
+APPROVAL_TIMEOUT_S = 600.0
+
+
+def _approvals(settings: Settings, request: Mapping[str, Any], fields: dict[str, Any], hook: str | None) -> None:
+    """`approvals: "ask"` (issue 25): only for a harness whose CLI has a permission hook, on this machine."""
+    ask = request.get("approvals") == "ask"
+    if not ask:
+        given = [name for name in ("approval_rules", "approval_timeout_s") if request.get(name) is not None]
+        if given:
+            raise InvalidRequestError(f'`{given[0]}` goes with `approvals: "ask"`, which this dispatch does not set')
+        return
+    supported = sorted(name for name, profile in settings.harnesses.items() if profile.approvals is not None)
+    if fields.get("kind") != "harness":
+        raise InvalidRequestError(
+            '`approvals: "ask"` is for a harness sub-agent (a command asks nobody); profiles that support it: '
+            + (", ".join(supported) or "none")
+        )
+    if hook is None:
+        raise InvalidRequestError(
+            f'harness {fields["harness"]!r} has no permission hook effectd can use, so `approvals: "ask"` cannot '
+            f"work there; profiles that support it: {', '.join(supported) or 'none'}"
+        )
+    if settings.runner != "local":
+        raise InvalidRequestError(
+            f'`approvals: "ask"` needs the local runner (the sub-agent reaches effectd through a local socket); '
+            f"this server runs effects on {settings.runner!r}"
+        )
+    if fields.get("sandbox") is not None:
+        raise InvalidRequestError(
+            '`approvals: "ask"` and `sandbox` together are not supported yet (the sandbox hides the socket the '
+            "sub-agent asks through): dispatch with one of them"
+        )
+    fields["approvals"] = "ask"
+    rules = request.get("approval_rules") or []
+    fields["approval_rules"] = [
+        {name: value for name, value in dict(rule).items() if value is not None}
+        for rule in (rule.model_dump() if hasattr(rule, "model_dump") else rule for rule in rules)
+    ]
+    timeout = request.get("approval_timeout_s")
+    fields["approval_timeout_s"] = float(APPROVAL_TIMEOUT_S if timeout is None else timeout)
+
+
 def _sandbox(settings: Settings, request: Mapping[str, Any], fields: dict[str, Any], default: Any) -> None:
     """`sandbox`: the dispatch's, else the server's `[sandbox] default`; `true` is the harness profile's
     default sandbox (`default`, network to its model only) or, for a command, network "none"."""
@@ -183,6 +225,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
             f"{'both were' if command is not None else 'neither was'} given"
         )
     fields: dict[str, Any] = {}
+    hook: str | None = None  # the permission hook of the harness's CLI, for `approvals: "ask"`
     if command is not None:
         if prompt is not None or args:
             raise InvalidRequestError("`prompt` and `args` go with `harness`; a `command` effect takes neither")
@@ -224,6 +267,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         check_argv(argv, f"the {harness} command line")
         env = {**profile.env, **check_env(request.get("env") or {})}
         sandbox_default = profile.default_sandbox(env)
+        hook = profile.approvals
         fields.update(
             kind="harness",
             command=argv,
@@ -260,6 +304,7 @@ def build_spec(settings: Settings, request: Mapping[str, Any]) -> EffectSpec:
         fields["limits"] = limits
     _isolation(request, fields)
     _sandbox(settings, request, fields, sandbox_default)
+    _approvals(settings, request, fields, hook)
     fields["depends_on"] = list(dict.fromkeys(request.get("depends_on") or []))
     if request.get("group_max_concurrency") is not None:
         if request.get("group") is None:

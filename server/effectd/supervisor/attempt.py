@@ -101,6 +101,8 @@ class Attempts:
         # What no sandboxed effect may see, besides its own `hide` (the engine sets it): the journal's folder,
         # the output folder, the token file, the worktrees' folder (an effect's own worktree is bound back in).
         self.sandbox_hides: tuple[str, ...] = ()
+        # `approvals: "ask"` (issue 25): the argv with the sub-agent's permission gate (the engine's Approvals).
+        self.gate: Callable[[Effect, list[str], dict[str, str]], Awaitable[list[str]]] | None = None
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""
@@ -160,6 +162,10 @@ class Attempts:
         if spec.pipe_from is not None and self.producer is not None:
             source, stdin = follow_log(await self.producer(spec.pipe_from)), None
         data = stdin.encode() if stdin is not None else None
+        if spec.approvals == "ask":
+            if self.gate is None:
+                raise RuntimeError('this server gives no permission gate, so `approvals: "ask"` cannot run')
+            argv = await self.gate(effect, argv, env)
         return Launch(
             argv,
             env,

@@ -54,6 +54,7 @@ class Effect:
         self.grace: anyio.CancelScope | None = None  # set while its process group has its grace (SIGTERM sent)
         self.stall_after_s: float | None = None
         self.on_change: Callable[[Effect], None] | None = None
+        self.waiting_for: str | None = None  # "approval": its sub-agent waits for an answer (issue 25)
         self.local = False  # driven by this server (else another server's, followed through the journal)
         if state.terminal:
             self.done.set()
@@ -208,6 +209,8 @@ class Effect:
             sandbox=self.spec.sandbox,
             limits=self.spec.limits,
             peak_memory_mb=state.peak_memory_mb,
+            approvals=self.spec.approvals,
+            waiting_for=self.waiting_for if not state.terminal else None,  # type: ignore[arg-type]
         )
 
     async def read_output(self, cursor: int, max_bytes: int, wait_s: float = 0.0) -> tuple[str, int, bool]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mcp.server.mcpserver.tools import Tool
 
-from effectd.tools import budgets, effects, flows, streams
+from effectd.tools import approvals, budgets, effects, flows, streams
 
 
 def all_tools() -> list[Tool]:
-    return [*effects.tools(), *streams.tools(), *flows.tools(), *budgets.tools()]
+    return [*effects.tools(), *streams.tools(), *flows.tools(), *budgets.tools(), *approvals.tools()]

@@ -1,0 +1,364 @@
+"""Approvals (issue 25): a harness sub-agent dispatched with `approvals: "ask"` asks before it acts.
+
+The sub-agent's CLI gets a permission gate (`effectd.harness.gate`, an MCP server named in an
+`--mcp-config` file written for the effect), which forwards each request over this server's Unix
+socket. Here a request becomes an approval: the effect's `approval_rules` decide it at once (first
+match wins), else it waits, `pending`, for `answer_approval` (an orchestrator, the dashboard, the
+command line) until the effect's `approval_timeout_s` denies it (`timed_out`). The sub-agent has the
+answer as soon as it is journaled.
+
+Every approval is journaled once when asked (`APPROVAL_REQUESTED`) and once when answered
+(`APPROVAL_ANSWERED`); `load` reads them back at start, and closes, denied, those a stopped server
+left unanswered (their sub-agent died with it: nobody waits for the answer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+
+from effectd.errors import InvalidRequestError, UnknownEffectError
+from effectd.harness.gate import PROMPT_TOOL, SERVER
+from effectd.journal.projection import Event
+from effectd.model.records import Approval, GroupWait, new_id, now_iso
+from effectd.supervisor.completions import ended_after
+from effectd.supervisor.core import Supervisor
+from effectd.supervisor.effect import Effect
+
+log = logging.getLogger("effectd")
+
+REQUESTED, ANSWERED = "APPROVAL_REQUESTED", "APPROVAL_ANSWERED"
+DECIDERS = ("rule", "client", "dashboard", "cli", "timeout")
+MAX_REQUEST = 4 << 20  # a tool input (a file to write) can be large
+
+
+class Approvals:
+    """This server's approvals: the gate's socket, the pending requests, and every approval of the journal."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._all: dict[str, dict[str, Any]] = {}  # approval_id -> the approval, oldest first
+        self._answers: dict[str, anyio.Event] = {}  # pending here: set once answered
+        self._tokens: dict[str, str] = {}  # effect_id -> the token its gate presents
+        self._folder: Path | None = None  # holds the socket (a path short enough for AF_UNIX)
+        self._tg: TaskGroup | None = None
+        self._seqs: dict[str, int] = {}  # approval_id -> the seq of its APPROVAL_REQUESTED (await_group's cursor)
+        self._asked = anyio.Event()  # set (and replaced) at every request that waits: await_group wakes
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                if self._folder is not None:
+                    shutil.rmtree(self._folder, ignore_errors=True)
+
+    async def load(self) -> None:
+        """Reads every approval back from the journal; one a stopped server left pending is denied."""
+        rows = await self._supervisor.journal.fetch(
+            "SELECT seq, type, data FROM events WHERE type IN (?, ?) ORDER BY seq", (REQUESTED, ANSWERED)
+        )
+        for row in rows:
+            data = json.loads(row["data"])
+            if row["type"] == REQUESTED:
+                self._all[data["approval_id"]] = data
+                self._seqs[data["approval_id"]] = row["seq"]
+            elif (approval := self._all.get(data["approval_id"])) is not None:
+                approval.update(data)
+        for approval in [a for a in self._all.values() if a["status"] == "pending"]:
+            effect = await self._effect(approval["effect_id"])
+            if effect is None or effect.terminal:
+                why = "effectd stopped before it was answered; the sub-agent asking ended with it"
+                await self._answer(effect, approval, "denied", None, why)
+
+    # --- the sub-agent's side ---------------------------------------------------------------------
+
+    async def wire(self, effect: Effect, argv: list[str], env: dict[str, str]) -> list[str]:
+        """The harness's argv with its permission gate (Claude Code's `--permission-prompt-tool` and an
+        `--mcp-config` file, written now, that starts the gate with this effect's token)."""
+        socket_path = await self._listen()
+        token = self._tokens.setdefault(effect.effect_id, secrets.token_hex(16))
+        config = {
+            "mcpServers": {
+                SERVER: {
+                    "type": "stdio",
+                    "command": sys.executable,
+                    "args": ["-m", "effectd.harness.gate"],
+                    "env": {
+                        "EFFECTD_GATE_SOCKET": socket_path,
+                        "EFFECTD_GATE_TOKEN": token,
+                        "EFFECTD_EFFECT_ID": effect.effect_id,
+                    },
+                }
+            }
+        }
+        path = self._supervisor.output_dir / f"{effect.effect_id}.gate.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # it holds the token
+        with os.fdopen(fd, "w") as file:
+            json.dump(config, file)
+        return [*argv, "--permission-prompt-tool", PROMPT_TOOL, "--mcp-config", str(path)]
+
+    async def _listen(self) -> str:
+        if self._folder is None:
+            assert self._tg is not None, "Approvals.running() is not entered"
+            folder = Path(tempfile.mkdtemp(prefix="effectd-gate-"))  # 0700: only this user reaches the socket
+            listener = await anyio.create_unix_listener(folder / "s")
+            self._folder = folder
+            self._tg.start_soon(listener.serve, self._serve_one)
+        return str(self._folder / "s")
+
+    async def _serve_one(self, stream: ByteStream) -> None:
+        async with stream:
+            buffer = b""
+            try:
+                while not buffer.endswith(b"\n") and len(buffer) < MAX_REQUEST:
+                    buffer += await stream.receive()
+                request = json.loads(buffer)
+                reply = await self._from_gate(request)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            except Exception as exc:
+                log.warning("approvals: a request the gate sent could not be read: %s", exc)
+                reply = {"behavior": "deny", "message": f"effectd could not read the request: {exc}"}
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(json.dumps(reply).encode() + b"\n")
+
+    async def _from_gate(self, request: dict[str, Any]) -> dict[str, Any]:
+        effect_id = str(request.get("effect_id", ""))
+        expected = self._tokens.get(effect_id)
+        if expected is None or not hmac.compare_digest(expected, str(request.get("token", ""))):
+            return {"behavior": "deny", "message": "effectd does not know this gate (a wrong effect or token)"}
+        effect = await self._effect(effect_id)
+        if effect is None or effect.terminal:
+            return {"behavior": "deny", "message": "the effect has ended"}
+        tool, tool_input = str(request.get("tool", "")), request.get("input")
+        approval = await self.ask(effect, tool, tool_input if isinstance(tool_input, dict) else {})
+        if approval["status"] == "allowed":
+            return {"behavior": "allow", "updatedInput": approval.get("updated_input") or approval["input"]}
+        return {"behavior": "deny", "message": approval["message"] or f"{tool} was {approval['status']}"}
+
+    async def ask(self, effect: Effect, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+        """One request: decided by a rule, or pending until answered, the effect ends, or its timeout."""
+        approval_id = new_id("apr_")
+        approval: dict[str, Any] = {
+            "approval_id": approval_id,
+            "effect_id": effect.effect_id,
+            "run_id": effect.run_id,
+            "group": effect.spec.group,
+            "tool": tool,
+            "input": tool_input,
+            "status": "pending",
+            "decided_by": None,
+            "message": None,
+            "requested_at": now_iso(),
+            "answered_at": None,
+        }
+        (stamped,) = await self._supervisor.journal.append(
+            Event(REQUESTED, effect.run_id, effect.effect_id, dict(approval))
+        )
+        self._supervisor.apply(effect, stamped)
+        self._all[approval_id] = approval
+        self._seqs[approval_id] = stamped.seq or 0
+        rule = _first_match(effect.spec.approval_rules or [], tool, tool_input)
+        if rule is not None:
+            status = "allowed" if rule["decision"] == "allow" else "denied"
+            await self._answer(effect, approval, status, "rule", None if status == "allowed" else _rule_says(rule))
+            return approval
+        answered = self._answers[approval_id] = anyio.Event()
+        effect.waiting_for = "approval"
+        effect.notify()
+        self._asked.set()
+        self._asked = anyio.Event()
+        try:
+            with anyio.move_on_after(effect.spec.approval_timeout_s or 600.0):
+                async with anyio.create_task_group() as tg:
+
+                    async def ended() -> None:
+                        await effect.done.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(ended)
+                    await answered.wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if approval["status"] == "pending":
+                    timeout = effect.spec.approval_timeout_s or 600.0
+                    if effect.terminal:
+                        await self._answer(effect, approval, "denied", None, "the effect ended before an answer")
+                    else:
+                        message = f"no answer within approval_timeout_s ({timeout:g} s)"
+                        await self._answer(effect, approval, "timed_out", "timeout", message)
+                self._answers.pop(approval_id, None)
+                if not any(a["effect_id"] == effect.effect_id for a in self.pending()):
+                    effect.waiting_for = None
+                    effect.notify()
+        return approval
+
+    # --- the orchestrator's side ------------------------------------------------------------------
+
+    def asked_after(self, effect_ids: set[str], cursor: int) -> list[dict[str, Any]]:
+        """The pending approvals of these effects asked after `cursor` (a journal seq), oldest first."""
+        return [
+            dict(approval, seq=self._seqs.get(approval["approval_id"], 0))
+            for approval in self.pending()
+            if approval["effect_id"] in effect_ids and self._seqs.get(approval["approval_id"], 0) > cursor
+        ]
+
+    async def wait_asked(self, effect_ids: set[str], cursor: int) -> None:
+        """Returns once one of these effects has a pending approval asked after `cursor`."""
+        while not self.asked_after(effect_ids, cursor):
+            await self._asked.wait()
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [approval for approval in self._all.values() if approval["status"] == "pending"]
+
+    def list(
+        self,
+        *,
+        run_id: str | None = None,
+        group: str | None = None,
+        effect_id: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The approvals that match, oldest first."""
+        return [
+            dict(approval)
+            for approval in self._all.values()
+            if (run_id is None or approval["run_id"] == run_id)
+            and (group is None or approval["group"] == group)
+            and (effect_id is None or approval["effect_id"] == effect_id)
+            and (status is None or approval["status"] == status)
+        ]
+
+    async def answer(
+        self,
+        approval_id: str,
+        decision: str,
+        *,
+        message: str | None = None,
+        updated_input: dict[str, Any] | None = None,
+        by: str = "client",
+    ) -> dict[str, Any]:
+        """Answers a pending approval: the sub-agent has it once it is journaled."""
+        approval = self._all.get(approval_id)
+        if approval is None:
+            raise UnknownEffectError(f"unknown approval {approval_id!r} (list_approvals lists them)")
+        if approval["status"] != "pending":
+            raise InvalidRequestError(
+                f"approval {approval_id} is already answered: {approval['status']} by {approval['decided_by']} "
+                f"at {approval['answered_at']}"
+            )
+        if approval_id not in self._answers:
+            raise InvalidRequestError(
+                f"approval {approval_id} waits on another effectd server (its effect's owner): answer it there"
+            )
+        effect = await self._effect(approval["effect_id"])
+        status = "allowed" if decision == "allow" else "denied"
+        await self._answer(effect, approval, status, by, message, updated_input)
+        self._answers[approval_id].set()
+        return dict(approval)
+
+    async def _answer(
+        self,
+        effect: Effect | None,
+        approval: dict[str, Any],
+        status: str,
+        by: str | None,
+        message: str | None,
+        updated_input: dict[str, Any] | None = None,
+    ) -> None:
+        answer: dict[str, Any] = {
+            "approval_id": approval["approval_id"],
+            "status": status,
+            "decided_by": by,
+            "message": message,
+            "answered_at": now_iso(),
+        }
+        if updated_input is not None:
+            answer["updated_input"] = updated_input
+        event = Event(ANSWERED, approval["run_id"], approval["effect_id"], dict(answer))
+        if effect is not None:
+            await self._supervisor.record(effect, event)
+        else:
+            await self._supervisor.journal.append(event)
+        approval.update(answer)
+
+    async def _effect(self, effect_id: str) -> Effect | None:
+        try:
+            return await self._supervisor.get(effect_id)
+        except UnknownEffectError:
+            return None
+
+
+def _first_match(rules: list[dict[str, Any]], tool: str, tool_input: dict[str, Any]) -> dict[str, Any] | None:
+    text = json.dumps(tool_input, sort_keys=True, ensure_ascii=False)
+    for rule in rules:
+        if rule["tool"] not in ("*", tool):
+            continue
+        if rule.get("input_matches") is not None and re.search(rule["input_matches"], text) is None:
+            continue
+        return rule
+    return None
+
+
+def _rule_says(rule: dict[str, Any]) -> str:
+    matched = f" matching {rule['input_matches']!r}" if rule.get("input_matches") else ""
+    return f"denied by the approval rule for {rule['tool']}{matched}"
+
+
+async def wait_or_asked(
+    approvals: Approvals, effects: Sequence[Effect], cursor: int, waiting: Callable[[], Awaitable[GroupWait]]
+) -> GroupWait:
+    """`await_group`, returning early when one of `effects` asks for an approval after `cursor`: then its
+    `approvals` lists them and its `cursor` is the last request's seq, so each request wakes it once
+    (the ends up to that seq are in `done`, the later ones come with the next call)."""
+    ids = {effect.effect_id for effect in effects}
+    result: GroupWait | None = None
+    if not approvals.asked_after(ids, cursor):
+        async with anyio.create_task_group() as tg:
+
+            async def group() -> None:
+                nonlocal result
+                result = await waiting()
+                tg.cancel_scope.cancel()
+
+            async def asked() -> None:
+                await approvals.wait_asked(ids, cursor)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(group)
+            tg.start_soon(asked)
+    if result is not None:
+        return result
+    found = approvals.asked_after(ids, cursor)
+    seq = max(approval.pop("seq") for approval in found)
+    done = ended_after(effects, cursor, seq)
+    ended = set(done) | {e for e in effects if e.terminal and (e.terminal_seq or 0) <= cursor}
+    return GroupWait(
+        done=[e.record() for e in done],
+        pending=[e.effect_id for e in effects if not e.terminal],
+        complete=all(e in ended for e in effects),
+        cursor=seq,
+        timed_out=False,
+        approvals=[Approval.model_validate(approval) for approval in found],
+    )
