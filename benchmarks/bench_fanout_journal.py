@@ -41,7 +41,10 @@ def main() -> None:
         anyio.run(fan_out, db, count, size)
         wal = Path(f"{db}-wal")
         total = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-        print(f"{count} items x {size} B = {count * size} B; journal {total} B ({total / (count * size):.1f}x)")
+        print(
+            f"{count} items x {size} B = {count * size} B; journal {total} B ({total / (count * size):.1f}x; "
+            f"of it the WAL {total - db.stat().st_size} B)"
+        )
         with sqlite3.connect(db) as conn:
             for kind, n, length in conn.execute(
                 "SELECT type, COUNT(*), SUM(LENGTH(data)) FROM events GROUP BY type ORDER BY 3 DESC"

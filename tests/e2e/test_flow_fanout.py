@@ -280,4 +280,15 @@ async def test_a_fan_out_journals_each_items_argv_once_not_again_when_it_starts(
     assert sorted(c["command"][-1] for c in children if c["command"][-1] != "{{item}}") == items
     with sqlite3.connect(f"file:{settings.db}?mode=ro", uri=True) as db:
         (started,) = db.execute("SELECT SUM(LENGTH(data)) FROM events WHERE type = 'EFFECT_STARTED'").fetchone()
+        (commands,) = db.execute("SELECT SUM(LENGTH(command)) FROM effects").fetchone()
+        stored = sum(
+            length
+            for (length,) in db.execute("SELECT LENGTH(data) FROM events UNION ALL SELECT LENGTH(spec) FROM effects")
+        )
     assert started < 20 * 500, f"EFFECT_STARTED repeats the argv: {started} bytes"
+    # The projection's `command` holds no argv that its spec already has: it ran as requested.
+    assert commands < 21 * 100, f"effects.command repeats the argv: {commands} bytes"
+    # Each item's bytes are stored four times: the parent's list and the child's argv, in the event
+    # log and in the projection's spec; the bound leaves room for the JSON around them, not a fifth copy.
+    items_bytes = sum(map(len, items))
+    assert stored < 4.3 * items_bytes, f"the journal holds {stored / items_bytes:.1f}x the items' bytes"

@@ -89,3 +89,15 @@ async def test_a_rejected_call_writes_nothing(settings):
         result = await client.call_tool("dispatch_effect", {"command": py("pass"), "run_id": "nothing", "timout_s": 1})
         assert result.is_error
     assert rows(settings.db, "select count(*) as n from events")[0]["n"] == 0
+
+
+async def test_an_older_journals_commands_fold_to_null_and_still_read_as_the_argv_that_ran(settings, tmp_path):
+    async with connected(settings) as (_, client):
+        ran = await call(client, "dispatch_effect", command=py("print('x' * 10)"))
+    with sqlite3.connect(settings.db) as conn:  # as an effectd before m240 stored it: the argv again
+        conn.execute("update effects set command = json_extract(spec, '$.command')")
+        conn.execute("delete from _migrations where name = 'm240_issue24_command_null'")
+    async with connected(settings) as (_, client):
+        again = await call(client, "poll_effect", effect_id=ran["effect_id"])
+    assert again["command"] == ran["command"] == py("print('x' * 10)")
+    assert rows(settings.db, "select command from effects")[0]["command"] == "null"

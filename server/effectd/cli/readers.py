@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from effectd.cli.common import TERMINAL, complain, effect_record, print_json, settings_of
+from effectd.journal.projection import command_of
 from effectd.journal.reader import JournalReader
 from effectd.supervisor.output import read_log
 
@@ -30,7 +31,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     header = f"{'EFFECT':<30} {'STATUS':<10} {'EXIT':>4} {'SECONDS':>8}  {'GROUP':<16} WHAT"
     print(header)
     for row in rows:
-        what = row["label"] or (row["harness"] and f"[{row['harness']}]") or " ".join(json.loads(row["command"]))
+        argv = command_of(row["command"], json.loads(row["spec"]))
+        what = row["label"] or (row["harness"] and f"[{row['harness']}]") or " ".join(argv)
         seconds = seconds_between(row["started_at"], row["finished_at"])
         print(
             f"{row['effect_id']:<30} {row['status']:<10} {'' if row['exit_code'] is None else row['exit_code']:>4} "

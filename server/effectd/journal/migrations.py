@@ -218,3 +218,11 @@ async def _node(db: aiosqlite.Connection) -> None:
 async def _peak_memory(db: aiosqlite.Connection) -> None:
     """An effect's peak memory, as its cgroup reported it (the terminal event's `peak_memory_mb`)."""
     await db.execute("ALTER TABLE effects ADD COLUMN peak_memory_mb REAL")
+
+
+@migration("m240_issue24_command_null")
+async def _command_null(db: aiosqlite.Connection) -> None:
+    """`effects.command` is JSON null when the effect ran the argv its spec holds (a fan-out stored each
+    argv twice). Older rows are folded the same way; an older effectd, which would read null as an argv,
+    refuses the journal from now on, as for any migration it does not know."""
+    await db.execute("UPDATE effects SET command = 'null' WHERE json(command) = json_extract(spec, '$.command')")

@@ -249,7 +249,8 @@ class EffectState:
             "key": spec.get("key"),
             "kind": spec["kind"],
             "harness": spec.get("harness"),
-            "command": _dumps(self.command),
+            # JSON null when it is the argv requested (the spec's): a fan-out then stores each argv once less
+            "command": "null" if self.command == spec["command"] else _dumps(self.command),
             "spec": self._spec_text(),
             "status": self.status,
             "cancel_reason": self.cancel_reason,
@@ -289,13 +290,14 @@ class EffectState:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> EffectState:
         """The state a projection row holds (the inverse of `to_row`)."""
+        spec = json.loads(row["spec"])
         return cls(
             effect_id=row["effect_id"],
             run_id=row["run_id"],
-            spec=json.loads(row["spec"]),
+            spec=spec,
             created_at=row["created_at"],
             status=row["status"],
-            command=json.loads(row["command"]),
+            command=command_of(row["command"], spec),
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             exit_code=row["exit_code"],
@@ -352,3 +354,9 @@ def fold_flow(row: dict[str, Any] | None, event: Event) -> dict[str, Any] | None
     if event.type == "FLOW_COMPLETED":
         return {**row, "status": data["status"], "finished_at": data["finished_at"]}
     return row
+
+
+def command_of(column: str, spec: dict[str, Any]) -> list[str]:
+    """The argv a projection row's `command` column holds: JSON null stands for the spec's own."""
+    command = json.loads(column)
+    return list(spec["command"]) if command is None else list(command)
