@@ -189,36 +189,38 @@ class Worktrees:
         branch = branch_of(effect_id)
         repo = await locate(repo_dir)
         async with self.locked(repo):
-            present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
-            reason = await _not_ours(where, repo) if present else None
-            if reason is None and present:
-                reason = await self._commit_leftovers(where, branch, message)
-            if reason is not None:
-                keep = True
-            head = await resolve(repo.toplevel, f"refs/heads/{branch}")
-            base = base_commit or head
-            ahead = 0
-            files: list[str] = []
-            insertions = deletions = 0
-            if head is not None and base is not None:
-                _, count = await git(["rev-list", "--count", f"{base}..{head}"], repo.toplevel)
-                ahead = int(count.strip() or 0)
-                files, insertions, deletions = await _diff(repo.toplevel, base, head)
-            if present and not keep:
-                await self._remove(repo.toplevel, where)
-            elif not present and not keep:
-                _remove_if_empty(where)
-            kept = is_dir(where)
-            if kept and not present and reason is None:
-                reason = (
-                    "git no longer lists the directory as a worktree (its administrative files are gone), "
-                    "so it was kept as it is"
-                )
-            branch_kept = head is not None
-            if head is not None and ahead == 0 and not kept and delete_empty_branch:
-                await git(["branch", "-D", "--quiet", branch], repo.toplevel)
-                branch_kept = False
-            await _release_objects(repo, effect_id)
+            try:
+                present = is_dir(where) and real_path(where) in await self._registered(repo.toplevel)
+                reason = await _not_ours(where, repo) if present else None
+                if reason is None and present:
+                    reason = await self._commit_leftovers(where, branch, message)
+                if reason is not None:
+                    keep = True
+                head = await resolve(repo.toplevel, f"refs/heads/{branch}")
+                base = base_commit or head
+                ahead = 0
+                files: list[str] = []
+                insertions = deletions = 0
+                if head is not None and base is not None:
+                    _, count = await git(["rev-list", "--count", f"{base}..{head}"], repo.toplevel)
+                    ahead = int(count.strip() or 0)
+                    files, insertions, deletions = await _diff(repo.toplevel, base, head)
+                if present and not keep:
+                    await self._remove(repo.toplevel, where)
+                elif not present and not keep:
+                    _remove_if_empty(where)
+                kept = is_dir(where)
+                if kept and not present and reason is None:
+                    reason = (
+                        "git no longer lists the directory as a worktree (its administrative files are gone), "
+                        "so it was kept as it is"
+                    )
+                branch_kept = head is not None
+                if head is not None and ahead == 0 and not kept and delete_empty_branch:
+                    await git(["branch", "-D", "--quiet", branch], repo.toplevel)
+                    branch_kept = False
+            finally:  # the effect is over, whatever went wrong here: its hold on the objects ends
+                await _release_objects(repo, effect_id)
         return workspace(
             repo.toplevel,
             where,

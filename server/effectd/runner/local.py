@@ -404,8 +404,6 @@ class LocalRunner(Runner):
             if cgroup is not None:
                 cgroups.remove(cgroup)
             controllers.remove(limited.v1 if limited is not None else [])
-            if sandbox is not None:
-                _close_sandbox(*sandbox)
             raise
         if cgroup is not None and not entered:
             cgroups.remove(cgroup)

@@ -177,10 +177,10 @@ class Attempts:
             stdin_source=source,
             resources=spec.resources,
             limits=spec.limits,  # limits (issue 23)
-            sandbox=self._sandbox(effect, cwd),
+            sandbox=self._sandbox(effect),
         )
 
-    def _sandbox(self, effect: Effect, cwd: str | None) -> Sandbox | None:
+    def _sandbox(self, effect: Effect) -> Sandbox | None:
         """The effect's sandbox as the runner takes it: its own `write` and `hide`, and the server's hidden paths."""
         asked = effect.spec.sandbox
         if asked is None:
