@@ -185,7 +185,7 @@ async def test_a_request_left_pending_by_a_killed_server_is_denied_at_the_next_s
             )  # fmt: skip
             approval = await pending_of(client, started["effect_id"])
             leader = (await call(client, "poll_effect", effect_id=started["effect_id"]))["pid"]
-            status = Path(f"/proc/{leader}/status").read_text()
+            status = await anyio.Path(f"/proc/{leader}/status").read_text()
             server = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
             os.kill(server, signal.SIGKILL)
             killed = True

@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from mcp import Client
 
 from effectd.journal.projection import TERMINAL_EVENTS
 from tests.helpers.mcp import call, read_until
-from tests.helpers.processes import SLEEP, effectd_bin, pid_alive, py, stdio_params
+from tests.helpers.processes import SLEEP, effectd_bin, pid_alive, py, stdio_params, wait_gone
 
 pytestmark = [pytest.mark.anyio]
 ANY = "--allow-any-command"
@@ -69,12 +69,6 @@ async def servers(db: Path, count: int, *flags: str) -> AsyncIterator[list[Clien
             await call(client, "list_harnesses")  # started and answering
             clients.append(client)
         yield clients
-
-
-async def wait_gone(pids: Sequence[int], within_s: float = 10.0) -> None:
-    with anyio.fail_after(within_s):
-        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - no event tells when another process dies
-            await anyio.sleep(0.02)
 
 
 async def pids_of(client: Client, effect_id: str) -> tuple[int, int, int]:

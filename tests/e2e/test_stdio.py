@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 
 from tests.helpers.mcp import call, read_until
-from tests.helpers.processes import SLEEP, effectd_bin, pid_alive, py, stdio_params
+from tests.helpers.processes import SLEEP, effectd_bin, py, stdio_params, wait_gone
 
 pytestmark = pytest.mark.anyio
 ANY = "--allow-any-command"
@@ -33,12 +33,6 @@ def running_effects(db) -> list[dict]:
         return rows(db, "select * from effects where status = 'running'") if db.exists() else []
     except sqlite3.OperationalError:  # not migrated yet
         return []
-
-
-async def wait_gone(pids, within_s=5.0):
-    with anyio.fail_after(within_s):
-        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - no event tells when another process dies
-            await anyio.sleep(0.02)
 
 
 async def test_progress_notifications_arrive_over_stdio_before_the_call_returns(tmp_path):

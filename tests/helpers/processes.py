@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
+import anyio
 from mcp import StdioServerParameters
 
 SESSION_VARIABLE = "TEST_EFFECTD_SESSION"
@@ -33,6 +35,13 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+async def wait_gone(pids: Sequence[int], within_s: float = 10.0) -> None:
+    """Returns once none of `pids` is alive; fails after `within_s`."""
+    with anyio.fail_after(within_s):
+        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - no event tells when another process dies
+            await anyio.sleep(0.02)
 
 
 def keeper_of(server: int) -> int:

@@ -32,7 +32,7 @@ from effectd.journal.projection import TERMINAL_EVENTS
 from effectd.journal.store import replay_projection
 from effectd.runner.procfs import process_start_time
 from tests.helpers.mcp import call, connected, read_until
-from tests.helpers.processes import SLEEP, pid_alive, py, stdio_params
+from tests.helpers.processes import SLEEP, pid_alive, py, stdio_params, wait_gone
 
 pytestmark = pytest.mark.anyio
 ANY = "--allow-any-command"
@@ -97,12 +97,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-async def wait_gone(pids: list[int], within_s: float = 5.0) -> None:
-    with anyio.fail_after(within_s):
-        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - no event tells when another process dies
-            await anyio.sleep(0.02)
 
 
 async def wait_for(client: Client, effect_id: str, holds: Callable[[dict], bool], within_s: float = 10.0) -> dict:

@@ -1,6 +1,6 @@
 """Approvals (issue 25): a harness sub-agent dispatched with `approvals: "ask"` asks before it acts.
 
-The sub-agent's CLI gets a permission gate (`effectd.harness.gate`, an MCP server named in an
+The sub-agent's CLI gets a permission gate (`effectd.protocol.gate`, an MCP server named in an
 `--mcp-config` file written for the effect), which forwards each request over this server's Unix
 socket. Here a request becomes an approval: the effect's `approval_rules` decide it at once (first
 match wins), else it waits, `pending`, for `answer_approval` (an orchestrator, the dashboard, the
@@ -32,7 +32,8 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from effectd.errors import InvalidRequestError, UnknownEffectError
-from effectd.harness.gate import PROMPT_TOOL, SERVER
+from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
+from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events
 from effectd.journal.projection import Event
 from effectd.model.records import Approval, GroupWait, new_id, now_iso
 from effectd.supervisor.completions import ended_after
@@ -41,7 +42,6 @@ from effectd.supervisor.effect import Effect
 
 log = logging.getLogger("effectd")
 
-REQUESTED, ANSWERED = "APPROVAL_REQUESTED", "APPROVAL_ANSWERED"
 DECIDERS = ("rule", "client", "dashboard", "cli", "timeout")
 MAX_REQUEST = 4 << 20  # a tool input (a file to write) can be large
 
@@ -74,9 +74,7 @@ class Approvals:
 
     async def load(self) -> None:
         """Reads every approval back from the journal; one a stopped server left pending is denied."""
-        rows = await self._supervisor.journal.fetch(
-            "SELECT seq, type, data FROM events WHERE type IN (?, ?) ORDER BY seq", (REQUESTED, ANSWERED)
-        )
+        rows = await approval_events(self._supervisor.journal)
         for row in rows:
             data = json.loads(row["data"])
             if row["type"] == REQUESTED:
@@ -102,7 +100,7 @@ class Approvals:
                 SERVER: {
                     "type": "stdio",
                     "command": sys.executable,
-                    "args": ["-m", "effectd.harness.gate"],
+                    "args": ["-m", MODULE],
                     "env": {
                         "EFFECTD_GATE_SOCKET": socket_path,
                         "EFFECTD_GATE_TOKEN": token,
