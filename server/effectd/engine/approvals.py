@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream, SocketListener, TaskGroup
 
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
@@ -55,6 +55,7 @@ class Approvals:
         self._answers: dict[str, anyio.Event] = {}  # pending here: set once answered
         self._tokens: dict[str, str] = {}  # effect_id -> the token its gate presents
         self._folder: Path | None = None  # holds the socket (a path short enough for AF_UNIX)
+        self._listener: SocketListener | None = None
         self._tg: TaskGroup | None = None
         self._seqs: dict[str, int] = {}  # approval_id -> the seq of its APPROVAL_REQUESTED (await_group's cursor)
         self._asked = anyio.Event()  # set (and replaced) at every request that waits: await_group wakes
@@ -63,14 +64,19 @@ class Approvals:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-                if self._folder is not None:
-                    shutil.rmtree(self._folder, ignore_errors=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if self._listener is not None:  # its serving task is gone; the socket is closed here, not by the GC
+                with anyio.CancelScope(shield=True):
+                    await self._listener.aclose()
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
 
     async def load(self) -> None:
         """Reads every approval back from the journal; one a stopped server left pending is denied."""
@@ -119,7 +125,7 @@ class Approvals:
         if self._folder is None:
             assert self._tg is not None, "Approvals.running() is not entered"
             folder = Path(tempfile.mkdtemp(prefix="effectd-gate-"))  # 0700: only this user reaches the socket
-            listener = await anyio.create_unix_listener(folder / "s")
+            self._listener = listener = await anyio.create_unix_listener(folder / "s")
             self._folder = folder
             self._tg.start_soon(listener.serve, self._serve_one)
         return str(self._folder / "s")
