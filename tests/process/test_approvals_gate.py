@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
 from effectd.config.settings import Settings
@@ -23,6 +24,6 @@ async def test_the_gate_socket_is_closed_when_the_engine_closes(settings: Settin
         await pending_of(engine, record.effect_id)
         gate = json.loads((settings.output_dir / f"{record.effect_id}.gate.json").read_text())
         socket_path = gate["mcpServers"]["effectd"]["env"]["EFFECTD_GATE_SOCKET"]
-        assert socket_path in Path("/proc/net/unix").read_text()
-    assert socket_path not in Path("/proc/net/unix").read_text(), "the gate's socket is still open"
+        assert socket_path in await anyio.Path("/proc/net/unix").read_text()
+    assert socket_path not in await anyio.Path("/proc/net/unix").read_text(), "the gate's socket is still open"
     assert not Path(socket_path).parent.exists()

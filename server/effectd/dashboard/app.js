@@ -1,7 +1,7 @@
 // effectd dashboard: plain JS, no build step, no external requests.
 //
-// Data: GET /api/effects, /api/runs, /api/groups, /api/flows; live rows from the server-sent events
-// of /api/events; an effect's output from /api/effects/ID/output/stream. Streams are read with
+// Data: GET /api/effects, /api/runs, /api/groups, /api/flows; live rows and the pending approvals from
+// the server-sent events of /api/events; an effect's output from /api/effects/ID/output/stream. Streams are read with
 // fetch() (not EventSource) so that they can carry the Authorization header when the server has a
 // token. The view (scope and selected effect) lives in the URL hash: #flow=ID, #group=NAME,
 // #run=ID, and effect=ID; #token=SECRET is taken once into sessionStorage and removed from the URL.
@@ -14,6 +14,8 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 
 const state = {
   effects: new Map(), // effect_id -> row
+  approvals: [], // the pending approvals, oldest first (as /api/events last sent them)
+  approvalNote: null, // why the last answer was refused, until dismissed
   runs: [],
   groups: [],
   flows: [],
@@ -252,6 +254,7 @@ async function liveLoop(generation) {
         noteServerTime(data.now);
         setLive(true);
         delay = 500;
+        if (data.approvals) state.approvals = data.approvals;
         if (name === 'snapshot') {
           mergeRows(data.effects);
           refreshSidebar();
@@ -417,6 +420,7 @@ function scheduleRender() {
 function render() {
   renderCounts();
   renderSidebar();
+  renderApprovals();
   renderFilter();
   renderTable();
   renderScope();
@@ -426,10 +430,12 @@ function render() {
 function renderCounts() {
   const counts = {};
   for (const row of state.effects.values()) counts[row.status] = (counts[row.status] || 0) + 1;
+  const asking = state.approvals.length;
   $('#counts').replaceChildren(
     ...['running', 'queued', 'pending', 'failed']
       .filter((st) => counts[st])
       .map((st) => h('span', { class: `count st-${st}` }, h('b', { text: counts[st] }), ` ${st}`)),
+    asking ? h('span', { class: 'count asking' }, h('b', { text: asking }), ` waiting for approval`) : null,
   );
 }
 
@@ -538,11 +544,14 @@ function fillRow(tr, row) {
     durationText = `waiting ${fmtSeconds((nowMs() - parseTime(row.created_at)) / 1000)}`;
   }
   const exit = row.exit_code !== null ? String(row.exit_code) : row.signal ? `sig ${row.signal}` : '';
-  const why = row.status === 'cancelled' ? row.cancel_reason : row.status === 'running' && row.stalled ? 'stalled' : null;
+  const why = row.status === 'cancelled' ? row.cancel_reason : row.status !== 'running' ? null
+    : row.waiting_for === 'approval' ? 'waiting for approval' : row.stalled ? 'stalled' : null;
   const pillKey = `${row.status}|${why}`;
   if (c.status.dataset.key !== pillKey) {
     c.status.dataset.key = pillKey;
-    c.status.replaceChildren(statusPill(row.status, why));
+    const pill = statusPill(row.status, why);
+    pill.classList.toggle('asking', row.status === 'running' && row.waiting_for === 'approval');
+    c.status.replaceChildren(pill);
   }
   setText(c.name, nameOf(row));
   setText(c.sub, row.last_text || row.error || (row.workspace && row.workspace.branch) || shortId(row.effect_id));
@@ -578,7 +587,7 @@ function renderTable() {
       tr = makeRow(row.effect_id);
       rowElements.set(row.effect_id, tr);
     }
-    const key = `${row.status}|${row.output_bytes}|${row.finished_at}|${row.cost_usd}|${row.last_text}|${state.selected === row.effect_id}`;
+    const key = `${row.status}|${row.waiting_for}|${row.output_bytes}|${row.finished_at}|${row.cost_usd}|${row.last_text}|${state.selected === row.effect_id}`;
     if (tr.dataset.key !== key || ACTIVE.has(row.status)) {
       tr.dataset.key = key;
       fillRow(tr, row);
@@ -592,6 +601,114 @@ function renderTable() {
   const scopeName = { all: 'Effects', run: 'Effects of the run', group: 'Effects of the group', flow: 'Steps of the flow' };
   $('#table-title').textContent = `${scopeName[state.scope.kind]} (${rows.length})`;
 }
+
+// --- approvals ---------------------------------------------------------------------------------
+//
+// What sub-agents dispatched with `approvals: "ask"` ask to do, each with Allow and Deny. The tool input
+// is untrusted: it is shown as text only (textContent, never markup), and the server sends each field
+// cut to a few hundred characters with its full length. A card stays the same element while its
+// approval is pending, so a message being typed survives the re-renders of the live feed.
+
+const approvalElements = new Map(); // approval_id -> its card
+
+function approvalCard(approval) {
+  const message = h('input', {
+    type: 'text', class: 'approval-message', maxlength: 10000, autocomplete: 'off',
+    placeholder: 'message to the sub-agent (optional)', 'aria-label': 'message with a denial',
+  });
+  const allow = h('button', { type: 'button', class: 'allow small', text: 'Allow' });
+  const deny = h('button', { type: 'button', class: 'deny soft-danger small', text: 'Deny' });
+  const answer = (decision) => answerApproval(approval, decision, message.value, [allow, deny]);
+  allow.addEventListener('click', () => answer('allow'));
+  deny.addEventListener('click', () => answer('deny'));
+  message.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') answer('deny');
+  });
+  const fields = [];
+  for (const { field: name, text, chars } of approval.input_summary) {
+    const cut = chars > text.length ? h('span', { class: 'cut', text: `… ${(chars - text.length).toLocaleString()} more characters` }) : null;
+    fields.push(h('dt', { text: name }), h('dd', {}, h('span', { class: 'value', text }), cut));
+  }
+  const hidden = approval.input_fields - approval.input_summary.length;
+  if (hidden > 0) fields.push(h('dt', { text: '…' }), h('dd', { class: 'muted', text: `${hidden} more fields` }));
+  const effect = h('a', {
+    href: '#', class: 'approval-effect', title: approval.effect_id,
+    onclick: (event) => {
+      event.preventDefault();
+      select(approval.effect_id, true);
+    },
+  });
+  const card = h(
+    'article',
+    { class: 'approval', dataset: { approvalId: approval.approval_id, effectId: approval.effect_id } },
+    h('div', { class: 'approval-head' },
+      h('span', { class: 'tool mono', text: approval.tool }), effect,
+      h('span', { class: 'muted mono', text: shortId(approval.effect_id) }),
+      h('span', { class: 'spacer' }),
+      h('span', { class: 'muted', text: `asked ${fmtClock(approval.requested_at)}` })),
+    h('dl', { class: 'approval-input mono' }, fields),
+    h('div', { class: 'approval-actions' }, allow, message, deny),
+  );
+  card.effect_ = effect;
+  return card;
+}
+
+async function answerApproval(approval, decision, message, buttons) {
+  for (const button of buttons) button.disabled = true;
+  try {
+    await api(`api/approvals/${encodeURIComponent(approval.approval_id)}/answer`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(decision === 'deny' && message.trim() ? { decision, message } : { decision }),
+    });
+    state.approvals = state.approvals.filter((a) => a.approval_id !== approval.approval_id);
+    state.approvalNote = null;
+  } catch (error) {
+    if (error instanceof AuthError) return;
+    state.approvalNote = `Could not ${decision} ${approval.tool} of ${effectName(approval.effect_id)}: ${error.message || error}`;
+    for (const button of buttons) button.disabled = false;
+  }
+  scheduleRender();
+}
+
+function effectName(id) {
+  const row = state.effects.get(id);
+  return row ? nameOf(row) : shortId(id);
+}
+
+function renderApprovals() {
+  const panel = $('#approvals');
+  const list = $('#approval-list');
+  const wanted = new Set(state.approvals.map((a) => a.approval_id));
+  for (const [id, card] of approvalElements) {
+    if (!wanted.has(id)) {
+      card.remove();
+      approvalElements.delete(id);
+    }
+  }
+  let previous = null;
+  for (const approval of state.approvals) {
+    let card = approvalElements.get(approval.approval_id);
+    if (!card) {
+      card = approvalCard(approval);
+      approvalElements.set(approval.approval_id, card);
+    }
+    setText(card.effect_, effectName(approval.effect_id));
+    const expected = previous ? previous.nextSibling : list.firstChild;
+    if (expected !== card) list.insertBefore(card, expected);
+    previous = card;
+  }
+  setText($('#approvals-title'), `Waiting for approval (${state.approvals.length})`);
+  const note = $('#approval-note');
+  note.hidden = !state.approvalNote;
+  setText(note.querySelector('.text'), state.approvalNote || '');
+  panel.hidden = !state.approvals.length && !state.approvalNote;
+}
+
+$('#approval-note .dismiss').addEventListener('click', () => {
+  state.approvalNote = null;
+  scheduleRender();
+});
 
 // --- the scope panel: summary, DAG and timeline ------------------------------------------------
 
@@ -944,6 +1061,7 @@ function renderDetail() {
   const duration = durationOf(row);
   const fields = [
     h('dt', { text: 'Status' }), h('dd', {}, statusPill(row.status, row.cancel_reason)),
+    ...field('Waiting for', row.waiting_for === 'approval' ? 'approval (see Approvals above)' : null),
     ...field('Cancel message', row.cancel_message),
     ...field('Error', row.error, 'bad'),
     ...field('Exit', row.exit_code !== null && row.exit_code !== undefined ? `${row.exit_code}` : row.signal ? `signal ${row.signal}` : null),

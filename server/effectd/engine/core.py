@@ -80,6 +80,8 @@ class FlowDispatched:
 class Engine(EngineQueries):
     """The effect engine behind every front-end. Open it with `Engine.open(settings)`."""
 
+    approvals: Approvals  # set by `open` (issue 25): list_approvals, answer_approval, the dashboard's
+
     def __init__(
         self, settings: Settings, journal: Journal, supervisor: Supervisor, flows: FlowManager, sessions: Sessions
     ) -> None:
@@ -90,7 +92,6 @@ class Engine(EngineQueries):
         self._flows = flows
         self._sessions = sessions
         self._feed = supervisor.feed
-        self.approvals: Approvals  # set by `open` (issue 25): list_approvals and answer_approval
 
     @classmethod
     def open(cls, settings: Settings, *, runner: Runner | None = None) -> AbstractAsyncContextManager[Engine]:

@@ -1,10 +1,13 @@
-"""The dashboard's JSON API under `/api/`: queries (info, runs, groups, flows, effects, output) and
-cancels. Every answer comes from a public `Engine` method; a cancel takes the same engine path as the
-MCP tools, with the message "from the dashboard"."""
+"""The dashboard's JSON API under `/api/`: queries (info, runs, groups, flows, effects, output,
+approvals), cancels and answers to approvals. Every answer comes from a public `Engine` method; a cancel
+takes the same engine path as the MCP tools, with the message "from the dashboard", and an answer the
+same as `answer_approval`, decided by "dashboard"."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from typing import get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,10 +15,22 @@ from starlette.routing import Route
 
 from effectd.engine.core import Engine
 from effectd.http.stopping import Stop
-from effectd.http.wire import cost_of, float_param, int_param, row_of, statuses_param
-from effectd.model.records import CancelledGroup
+from effectd.http.wire import (
+    BadRequest,
+    approval_row,
+    cost_of,
+    float_param,
+    int_param,
+    json_body,
+    row_of,
+    statuses_param,
+)
+from effectd.model.records import Approval, CancelledGroup
 
 CANCEL_MESSAGE = "from the dashboard"
+APPROVAL_STATUSES: tuple[str, ...] = get_args(Approval.model_fields["status"].annotation)
+ANSWER_SHAPE = '{"decision": "allow" | "deny", "message"?: string}'
+MAX_MESSAGE = 10_000  # as answer_approval's
 
 
 class JsonApi:
@@ -41,6 +56,8 @@ class JsonApi:
             Route("/api/effects/{effect_id}/output", self.output),
             Route("/api/effects/{effect_id}/cancel", self.cancel_effect, methods=["POST"]),
             Route("/api/budgets", self.budgets),
+            Route("/api/approvals", self.approvals),
+            Route("/api/approvals/{approval_id}/answer", self.answer_approval, methods=["POST"]),
         ]
 
     # --- queries ----------------------------------------------------------------------------------
@@ -98,6 +115,19 @@ class JsonApi:
             chunk = await self.engine.read_output(effect_id, cursor, max_bytes)
         return JSONResponse(chunk.model_dump(mode="json"))
 
+    async def approvals(self, request: Request) -> Response:
+        """Like `list_approvals` (oldest first), each approval's tool input summarised (`approval_row`)."""
+        status = request.query_params.get("status") or None
+        if status is not None and status not in APPROVAL_STATUSES:
+            raise BadRequest(f"unknown approval status {status}; allowed: {', '.join(APPROVAL_STATUSES)}")
+        found = self.engine.approvals.list(
+            run_id=request.query_params.get("run_id") or None,
+            group=request.query_params.get("group") or None,
+            effect_id=request.query_params.get("effect_id") or None,
+            status=status,
+        )
+        return JSONResponse({"approvals": [approval_row(approval) for approval in found]})
+
     # --- cancelling -------------------------------------------------------------------------------
 
     async def cancel_effect(self, request: Request) -> Response:
@@ -110,6 +140,25 @@ class JsonApi:
 
     async def cancel_flow(self, request: Request) -> Response:
         return _cancelled(await self.engine.cancel_flow(request.path_params["flow_id"], message=CANCEL_MESSAGE))
+
+    # --- answering approvals ---------------------------------------------------------------------
+
+    async def answer_approval(self, request: Request) -> Response:
+        """Allows or denies a pending approval, as `answer_approval` does (`decided_by: "dashboard"`); the body
+        is checked whole before anything is answered. Answers the approval."""
+        body = await json_body(request, ANSWER_SHAPE)
+        unknown = sorted(set(body) - {"decision", "message"})
+        if unknown:
+            raise BadRequest(f"unknown field {', '.join(map(repr, unknown))}; expected {ANSWER_SHAPE}")
+        decision, message = body.get("decision"), body.get("message")
+        if decision not in ("allow", "deny"):
+            raise BadRequest(f'`decision` must be "allow" or "deny", not {json.dumps(decision)}')
+        if message is not None and (not isinstance(message, str) or len(message) > MAX_MESSAGE):
+            raise BadRequest(f"`message` must be a string of at most {MAX_MESSAGE} characters, or absent")
+        answered = await self.engine.approvals.answer(
+            request.path_params["approval_id"], decision, message=(message or "").strip() or None, by="dashboard"
+        )
+        return JSONResponse(Approval.model_validate(answered).model_dump(mode="json"))
 
 
 def _cancelled(cancelled: CancelledGroup) -> Response:

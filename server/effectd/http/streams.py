@@ -2,7 +2,9 @@
 header like every API call).
 
 `/api/events` subscribes to the engine's change feed, which only records which effects changed; the
-stream sends their rows at most MESSAGES_PER_S times a second. `/api/effects/{id}/output/stream` sends
+stream sends their rows at most MESSAGES_PER_S times a second, with this server's pending approvals
+whenever they differ from those it sent last (a request and its answer change their effect, so the
+feed carries them too). `/api/effects/{id}/output/stream` sends
 an effect's output as it comes, then its end. Both send a comment every KEEPALIVE_S to keep proxies
 from closing them, and both end when the server stops.
 """
@@ -22,7 +24,7 @@ from starlette.routing import Route
 from effectd.engine.core import Engine
 from effectd.errors import UnknownEffectError
 from effectd.http.stopping import Stop
-from effectd.http.wire import int_param, row_of, sse
+from effectd.http.wire import approval_row, int_param, row_of, sse
 from effectd.model.records import now_iso
 
 MESSAGES_PER_S = 10  # live streams send at most this many messages a second (bursts are coalesced)
@@ -47,7 +49,8 @@ class LiveStreams:
         ]
 
     async def events(self, request: Request) -> Response:
-        """Server-sent events: `snapshot` (the newest effects) once, then `effects` with the rows that changed."""
+        """Server-sent events: `snapshot` (the newest effects and the pending approvals) once, then `effects`
+        with the rows that changed, and `approvals` (all pending ones) when they changed."""
         limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, 5000)
         engine, stop = self.engine, self.stop
 
@@ -58,7 +61,11 @@ class LiveStreams:
                 with stop.closes(changes.close):
                     listed = await engine.list_effects(limit=limit, summary=False)
                     snapshot = [row_of(r) for r in listed.effects]
-                    yield sse("snapshot", {"version": engine.version, "now": now_iso(), "effects": snapshot})
+                    pending = engine.approvals.list(status="pending")
+                    sent = [approval["approval_id"] for approval in pending]
+                    approvals = [approval_row(approval) for approval in pending]
+                    first = {"version": engine.version, "now": now_iso(), "effects": snapshot, "approvals": approvals}
+                    yield sse("snapshot", first)
                     while not stop.is_set():
                         batch = await changes.next_within(KEEPALIVE_S)
                         if stop.is_set() or changes.closed:
@@ -70,7 +77,12 @@ class LiveStreams:
                         for effect_id in batch:
                             with suppress(UnknownEffectError):
                                 rows.append(row_of(await engine.poll(effect_id)))
-                        yield sse("effects", {"version": engine.version, "now": now_iso(), "effects": rows})
+                        message = {"version": engine.version, "now": now_iso(), "effects": rows}
+                        pending = engine.approvals.list(status="pending")
+                        if [approval["approval_id"] for approval in pending] != sent:
+                            sent = [approval["approval_id"] for approval in pending]
+                            message["approvals"] = [approval_row(approval) for approval in pending]
+                        yield sse("effects", message)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=_HEADERS)
 

@@ -1,5 +1,5 @@
-"""What the HTTP surface reads and writes: query parameters (a bad one is `BadRequest`, answered 400),
-JSON errors, effects as the dashboard's table rows, and server-sent event frames."""
+"""What the HTTP surface reads and writes: query parameters and JSON bodies (a bad one is `BadRequest`,
+answered 400), JSON errors, effects and approvals as the dashboard shows them, and server-sent event frames."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from starlette.responses import JSONResponse, Response
 from effectd.model.records import STATUSES, EffectRecord
 
 N = TypeVar("N", int, float)
+
+MAX_BODY = 64 * 1024  # a JSON body the API takes (an answer and its message) is small
+INPUT_CHARS = 600  # of each field of an approval's tool input, the dashboard is sent this many characters
+INPUT_FIELDS = 20  # and this many fields
 
 
 class BadRequest(Exception):
@@ -74,6 +78,24 @@ def statuses_param(request: Request) -> list[str] | None:
     return values or None
 
 
+async def json_body(request: Request, shape: str) -> dict[str, Any]:
+    """The request's body as a JSON object, at most MAX_BODY bytes; `shape` says what is expected in the error."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise BadRequest(f"send a JSON body with Content-Type: application/json: {shape}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequest(f"the body is over {MAX_BODY} bytes; expected {shape}")
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise BadRequest(f"the body is not JSON; expected {shape}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the body must be a JSON object: {shape}")
+    return value
+
+
 # --- records as the dashboard shows them ---------------------------------------------------------
 
 
@@ -103,3 +125,18 @@ def row_of(record: EffectRecord) -> dict[str, Any]:
 def sse(event: str, data: Any) -> bytes:
     """One server-sent event: its name and its data as compact JSON."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def approval_row(approval: dict[str, Any]) -> dict[str, Any]:
+    """An approval as the dashboard lists it: its tool input summarised (each field as text, cut at
+    INPUT_CHARS, with its full length; at most INPUT_FIELDS fields), since a `Write`'s content can be
+    megabytes and every pending approval goes out on each change."""
+    row = {key: value for key, value in approval.items() if key not in ("input", "updated_input")}
+    fields = list(approval["input"].items())
+    summary = []
+    for key, value in fields[:INPUT_FIELDS]:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        summary.append({"field": key, "text": text[:INPUT_CHARS], "chars": len(text)})
+    row["input_summary"] = summary
+    row["input_fields"] = len(fields)
+    return row
