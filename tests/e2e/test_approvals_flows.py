@@ -114,3 +114,16 @@ async def test_a_start_asked_before_the_server_was_killed_is_still_answerable_af
         every = (await call(client, "list_approvals"))["approvals"]
     assert done["status"] == "succeeded", done
     assert [(a["approval_id"], a["status"]) for a in every] == [(approval["approval_id"], "allowed")]
+
+
+async def test_a_fan_out_step_asks_once_for_all_of_its_items(tmp_path: Path) -> None:
+    steps = [{"id": "each", "approval": True, "for_each": ["x", "y", "z"], "command": ["echo", "{{item}}"]}]
+    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+        flow = await call(client, "dispatch_flow", steps=steps, background=True)
+        approval = await start_asked(client, flow["flow_id"])
+        await call(client, "answer_approval", approval_id=approval["approval_id"], decision="allow")
+        done = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=30)
+        listed = (await call(client, "list_approvals"))["approvals"]
+    assert done["status"] == "succeeded", done
+    assert [child["status"] for child in step(done, "each")["children"]] == ["succeeded"] * 3
+    assert [a["approval_id"] for a in listed] == [approval["approval_id"]]

@@ -179,7 +179,7 @@ class EffectState:
             run_id=event.run_id,
             spec=spec,
             created_at=event.data["created_at"],
-            status="pending" if spec.get("depends_on") else "queued",
+            status="pending" if spec.get("depends_on") or spec.get("start_approval") else "queued",  # waits first
             command=list(spec["command"]),
             owner=event.data.get("owner"),
         )
