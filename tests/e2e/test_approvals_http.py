@@ -1,7 +1,7 @@
 """Approvals over the dashboard's JSON API and event stream (issue 25), through the real HTTP server
 (`serving`): the pending ones are listed with their tool input summarised, answered with `decided_by:
 "dashboard"`, and every bad answer is a 4xx that says what is allowed and changes nothing. The
-sub-agent is tests/fixtures/fake_claude.py (`with_asker`), which writes its file only when allowed."""
+sub-agent is `effectd.demo.asker` (`with_asker`), which writes its file only when allowed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A harness that asks before it writes (tests/fixtures/fake_claude.py behind a profile with
-`approvals = "claude"`, as tests/e2e/test_approvals.py configures over stdio), for in-process engines."""
+"""A harness that asks before it writes (`effectd.demo.asker` behind a profile with `approvals = "claude"`,
+as tests/e2e/test_approvals.py configures over stdio), for in-process engines."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from typing import Any
 
 import anyio
 
+import effectd.demo.asker as asker_module
 from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.harness.profiles import profile_from_config
 
-FAKE_CLAUDE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_claude.py"
+ASKER = Path(asker_module.__file__)  # run by path, as a profile's command names a program
 
 
 def with_asker(settings: Settings) -> Settings:
     """The settings with the harness `asker`: its prompt `write PATH TEXT` asks to Write TEXT to PATH."""
     asker = profile_from_config(
-        "asker", {"command": [sys.executable, str(FAKE_CLAUDE), "-p", "{prompt}"], "approvals": "claude"}
+        "asker", {"command": [sys.executable, str(ASKER), "-p", "{prompt}"], "approvals": "claude"}
     )
     return replace(settings, harnesses={**settings.harnesses, "asker": asker})
 

@@ -1,6 +1,6 @@
 """Approvals on the dashboard (issue 25), in a real headless browser: a sub-agent's request appears live with
 Allow and Deny, the answer reaches the sub-agent, and one answered elsewhere leaves the page. The sub-agent is
-tests/fixtures/fake_claude.py behind a profile with `approvals = "claude"` (`with_asker`), which writes its
+`effectd.demo.asker` behind a profile with `approvals = "claude"` (`with_asker`), which writes its
 file only when allowed. `EFFECTD_APPROVALS_SCREENSHOT=PATH` makes the first test also write its picture to PATH
 (docs/approvals.png was made that way)."""
 
