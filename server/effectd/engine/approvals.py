@@ -33,7 +33,7 @@ from anyio.abc import ByteStream, TaskGroup
 
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
-from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events
+from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events, fold
 from effectd.journal.projection import Event
 from effectd.model.records import Approval, GroupWait, new_id, now_iso
 from effectd.supervisor.completions import ended_after
@@ -58,6 +58,9 @@ class Approvals:
         self._tg: TaskGroup | None = None
         self._seqs: dict[str, int] = {}  # approval_id -> the seq of its APPROVAL_REQUESTED (await_group's cursor)
         self._asked = anyio.Event()  # set (and replaced) at every request that waits: await_group wakes
+        # Set by the engine: answers an approval of another server's effect through that server, and returns
+        # it answered (`effectd.peers.sessions.Sessions.forward_approval`).
+        self.forward: Callable[[Effect, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -74,19 +77,29 @@ class Approvals:
 
     async def load(self) -> None:
         """Reads every approval back from the journal; one a stopped server left pending is denied."""
-        rows = await approval_events(self._supervisor.journal)
-        for row in rows:
-            data = json.loads(row["data"])
-            if row["type"] == REQUESTED:
-                self._all[data["approval_id"]] = data
-                self._seqs[data["approval_id"]] = row["seq"]
-            elif (approval := self._all.get(data["approval_id"])) is not None:
-                approval.update(data)
+        for approval_id, (seq, approval) in fold(await approval_events(self._supervisor.journal)).items():
+            self._all[approval_id] = approval
+            self._seqs[approval_id] = seq
         for approval in [a for a in self._all.values() if a["status"] == "pending"]:
             effect = await self._effect(approval["effect_id"])
             if effect is None or effect.terminal:
                 why = "effectd stopped before it was answered; the sub-agent asking ended with it"
                 await self._answer(effect, approval, "denied", None, why)
+
+    def seen(self, event: Event) -> None:
+        """An approval event another server journaled (`effectd.peers.sessions` follows them): its approvals
+        are listed here too, and a request wakes `await_group` as this server's own do. Applying one twice
+        (this server's own, read back) changes nothing."""
+        data = event.data
+        if event.type == REQUESTED and data["approval_id"] not in self._all:
+            self._all[data["approval_id"]] = dict(data)
+            self._seqs[data["approval_id"]] = event.seq or 0
+            if data["status"] == "pending":
+                self._asked.set()
+                self._asked = anyio.Event()
+        elif event.type == ANSWERED and (approval := self._all.get(data["approval_id"])) is not None:
+            if approval["status"] == "pending":
+                approval.update(data)
 
     # --- the sub-agent's side ---------------------------------------------------------------------
 
@@ -256,8 +269,11 @@ class Approvals:
         message: str | None = None,
         updated_input: dict[str, Any] | None = None,
         by: str = "client",
+        forward: bool = True,
     ) -> dict[str, Any]:
-        """Answers a pending approval: the sub-agent has it once it is journaled."""
+        """Answers a pending approval: the sub-agent has it once it is journaled. One that another live server's
+        sub-agent asked is forwarded to that server (`forward`, unless told not to: the request came from
+        another process, `effectd approve` or a server forwarding it, and this is the server it was meant for)."""
         approval = self._all.get(approval_id)
         if approval is None:
             raise UnknownEffectError(f"unknown approval {approval_id!r} (list_approvals lists them)")
@@ -266,11 +282,22 @@ class Approvals:
                 f"approval {approval_id} is already answered: {approval['status']} by {approval['decided_by']} "
                 f"at {approval['answered_at']}"
             )
-        if approval_id not in self._answers:
-            raise InvalidRequestError(
-                f"approval {approval_id} waits on another effectd server (its effect's owner): answer it there"
-            )
         effect = await self._effect(approval["effect_id"])
+        if approval_id not in self._answers:
+            if forward and self.forward is not None and effect is not None and not effect.local:
+                answer: dict[str, Any] = {
+                    "approval_id": approval_id,
+                    "decision": decision,
+                    "message": message,
+                    "decided_by": by,
+                }
+                if updated_input is not None:
+                    answer["updated_input"] = updated_input
+                return await self.forward(effect, answer)  # its server answers: the sub-agent waits there
+            raise InvalidRequestError(
+                f"approval {approval_id} is pending, but no sub-agent waits for it on this server (the server "
+                "that ran its effect is gone); it is denied when effectd next starts"
+            )
         status = "allowed" if decision == "allow" else "denied"
         await self._answer(effect, approval, status, by, message, updated_input)
         self._answers[approval_id].set()
