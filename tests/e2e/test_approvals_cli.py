@@ -21,7 +21,7 @@ from mcp import Client
 
 from tests.e2e.test_approvals import pending_of, serve
 from tests.helpers.mcp import call, call_error
-from tests.helpers.processes import effectd_bin
+from tests.helpers.processes import effectd_bin, wait_gone
 
 pytestmark = pytest.mark.anyio
 
@@ -177,3 +177,32 @@ async def test_an_answer_its_owner_does_not_take_in_time_is_withdrawn_and_never_
     assert (denied["status"], denied["decided_by"], denied["message"]) == ("denied", "client", "no")
     assert not target.exists() and "denied: no" in record["output_tail"]
     assert control_rows(db) == [("approve", "withdrawn"), ("approve", "accepted")]
+
+
+async def test_a_killed_servers_pending_approval_is_denied_by_the_server_that_takes_it_over(tmp_path: Path) -> None:
+    target, db = tmp_path / "out.txt", tmp_path / "journal.db"
+    params = serve(tmp_path)
+    killed = False
+    async with Client(params, read_timeout_seconds=70) as b:
+        await call(b, "list_harnesses")
+        try:
+            async with Client(params, read_timeout_seconds=70) as a:
+                started, approval = await asking(a, target)
+                await pending_of(b, started["effect_id"])
+                server = server_pid(db, started["owner"])
+                leader = (await call(a, "poll_effect", effect_id=started["effect_id"]))["pid"]
+                os.kill(server, signal.SIGKILL)  # the sub-agent dies with it: nobody waits for the answer
+                killed = True
+                await wait_gone([server, leader])
+        except (Exception, BaseExceptionGroup):
+            if not killed:
+                raise
+        with anyio.fail_after(20):  # B sees A gone within seconds (peer_check_s), and takes its effects over
+            while (listed := (await call(b, "list_approvals"))["approvals"])[0]["status"] == "pending":  # noqa: ASYNC110 - polled with a bound
+                await anyio.sleep(0.05)
+        record = await call(b, "poll_effect", effect_id=started["effect_id"])
+    assert [(a["approval_id"], a["status"], a["decided_by"]) for a in listed] == [
+        (approval["approval_id"], "denied", None)
+    ]
+    assert "effectd stopped before it was answered" in listed[0]["message"]
+    assert record["status"] == "failed" and not target.exists()

@@ -9,7 +9,9 @@ answer as soon as it is journaled.
 
 Every approval is journaled once when asked (`APPROVAL_REQUESTED`) and once when answered
 (`APPROVAL_ANSWERED`); `load` reads them back at start, and closes, denied, those a stopped server
-left unanswered (their sub-agent died with it: nobody waits for the answer).
+left unanswered (their sub-agent died with it: nobody waits for the answer), as `settle` does when this
+server takes over one that died. The approvals of other live servers on the journal are listed here
+too (`seen`), and answered through the server whose sub-agent waits (`forward`).
 """
 
 from __future__ import annotations
@@ -80,9 +82,15 @@ class Approvals:
         for approval_id, (seq, approval) in fold(await approval_events(self._supervisor.journal)).items():
             self._all[approval_id] = approval
             self._seqs[approval_id] = seq
-        for approval in [a for a in self._all.values() if a["status"] == "pending"]:
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Denies each pending approval that a server that is gone left (at start, or once this server took
+        it over): its sub-agent died with that server, so nobody waits for the answer."""
+        owners = self._supervisor.owners
+        for approval in [a for a in self.pending() if a["approval_id"] not in self._answers]:
             effect = await self._effect(approval["effect_id"])
-            if effect is None or effect.terminal:
+            if effect is None or (effect.terminal and (owners is None or effect.state.owner in owners)):
                 why = "effectd stopped before it was answered; the sub-agent asking ended with it"
                 await self._answer(effect, approval, "denied", None, why)
 

@@ -310,6 +310,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             check_s=settings.peer_check_s,
             answer_s=settings.peer_answer_s,
             on_approval=approvals.seen,  # other servers' approvals are listed here too
+            on_taken=approvals.settle,  # a dead server's sub-agents died with it: nobody waits for an answer
         )
         engine = cls(settings, journal, supervisor, flows, sessions)
         engine.approvals = approvals

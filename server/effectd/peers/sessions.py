@@ -18,7 +18,7 @@ are told to `on_approval` (the engine's Approvals), whichever effects this serve
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +121,11 @@ class Sessions:
         check_s: float = CHECK_S,
         answer_s: float = ANSWER_S,
         on_approval: Callable[[Event], None] | None = None,
+        on_taken: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.me = me
         self._on_approval = on_approval  # told every approval event of another server's effect
+        self._on_taken = on_taken  # once a take-over settled the effects: their approvals are settled too
         self._peers = peers
         self._sup = supervisor
         self._flows = flows
@@ -262,6 +264,8 @@ class Sessions:
                 for effect in waiting:
                     sup._spawn_driver(effect)  # as at start: each waiting effect gets its driver here
                 await self._flows.recover()
+                if self._on_taken is not None:
+                    await self._on_taken()
             log.warning("took over the effects of server(s) %s, which are gone", ", ".join(sorted(taken)))
             return taken
 
