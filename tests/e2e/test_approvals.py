@@ -1,7 +1,7 @@
 """Approvals (issue 25) over real stdio: a harness sub-agent dispatched with `approvals: "ask"` asks
 effectd before it writes, through the permission gate effectd gives it, and waits for the answer.
 
-The sub-agent here is `tests/fixtures/fake_claude.py`, which takes Claude Code's options
+The sub-agent here is `effectd.demo.asker`, which takes Claude Code's options
 (`--permission-prompt-tool`, `--mcp-config`) and calls the gate as Claude Code does; the real Claude
 Code runs the same path in tests/real.
 """
@@ -20,12 +20,13 @@ import anyio
 import pytest
 from mcp import Client
 
+import effectd.demo.asker as asker
 from tests.helpers.mcp import call, call_error
 from tests.helpers.processes import stdio_params, wait_gone
 
 pytestmark = pytest.mark.anyio
 
-FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_claude.py"
+FAKE = Path(asker.__file__)  # run by path, as a profile's command names a program
 
 
 def serve(tmp_path: Path) -> Any:

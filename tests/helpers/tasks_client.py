@@ -2,8 +2,8 @@
 
 `TasksClient` declares `io.modelcontextprotocol/tasks` on every request and claims the `resultType:
 "task"` shape, so `client.call_tool` of a task-backed tool settles the task by polling `tasks/get`, as a
-task-aware client would. `tasks_get`, `tasks_cancel` send the raw requests (with `Mcp-Name` = the task
-id over HTTP, as SEP-2663 wants).
+task-aware client would. `tasks_get`, `tasks_cancel` and `tasks_update` send the raw requests (with
+`Mcp-Name` = the task id over HTTP, as SEP-2663 wants).
 """
 
 from __future__ import annotations
@@ -78,6 +78,22 @@ class GetTask(Request[TaskIdParams, Literal["tasks/get"]]):
 class CancelTask(Request[TaskIdParams, Literal["tasks/cancel"]]):
     method: Literal["tasks/cancel"] = "tasks/cancel"
     name_param = "taskId"
+
+
+class UpdateParams(RequestParams):
+    task_id: str
+    input_responses: dict[str, Any]
+
+
+class UpdateTask(Request[UpdateParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
+    name_param = "taskId"
+
+
+async def tasks_update(session: ClientSession, task_id: str, input_responses: dict[str, Any]) -> Ack:
+    """`tasks/update` with these `inputResponses` (one elicitation result per input request key)."""
+    params = UpdateParams(task_id=task_id, input_responses=input_responses)
+    return await session.send_request(UpdateTask(params=params), Ack)
 
 
 async def tasks_get(session: ClientSession, task_id: str) -> TaskState:

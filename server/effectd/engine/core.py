@@ -316,6 +316,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         engine.approvals = approvals
         approvals.forward = sessions.forward_approval  # another server's sub-agent waits there: answered there
         supervisor.attempts.gate = approvals.wire
+        supervisor.attempts.ask_start = approvals.ask_start
         control = ControlChannel(
             journal,
             supervisor,
@@ -327,6 +328,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
 
         async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
             await loading()
+            await approvals.load()  # before a waiting step asks its start again
             joined.release()
 
         async with (
@@ -337,7 +339,6 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             anyio.create_task_group() as tg,
         ):
             await flows.recover()
-            await approvals.load()
             await sessions.start()
             tg.start_soon(control.run)
             tg.start_soon(sessions.run)

@@ -104,6 +104,8 @@ def terminal_event(
         data["attempt"] = attempt
     if status == "cancelled":
         data.update(cancel_reason=cancel_reason or "user", cancel_message=cancel_message)
+    elif status == "skipped" and cancel_message is not None:  # a flow step whose start was denied: the message
+        data["cancel_message"] = cancel_message
     if progress is not None:
         data["progress"] = progress
     if workspace is not None:
@@ -177,7 +179,7 @@ class EffectState:
             run_id=event.run_id,
             spec=spec,
             created_at=event.data["created_at"],
-            status="pending" if spec.get("depends_on") else "queued",
+            status="pending" if spec.get("depends_on") or spec.get("start_approval") else "queued",  # waits first
             command=list(spec["command"]),
             owner=event.data.get("owner"),
         )

@@ -11,8 +11,10 @@ One more front-end beside the tools, on the SDK's public `Extension` (mcp 2.3 ha
   so they are the same tool error and nothing is written;
 - `tasks/get` answers from the engine (so from the journal after a restart); `tasks/cancel` answers at
   once and cancels as `cancel_effect` (or, for a flow, `cancel_group`) does, reason `user`, message
-  `tasks/cancel`, in the extension's own task group; `tasks/update` is acknowledged (effectd's tasks
-  never ask for input);
+  `tasks/cancel`, in the extension's own task group; a task is `input_required` while an approval of
+  its effect (or of a step of its flow) waits, and `tasks/update` answers it (`decided_by: "client"`):
+  an elicitation accepted with `decision` allow or deny answers so, declined denies, cancelled leaves
+  it pending; any other update is acknowledged and ignored, as SEP-2663 asks;
 - `subscriptions/listen` with `taskIds` gets `notifications/tasks` (see `task_listen`);
 - the 2025-11-25 form (`params.task`) is served on legacy connections by `task_legacy.LegacyTasks`;
 - these tasks methods are bound to the 2026-07-28 protocol only (on legacy connections the middleware
@@ -49,7 +51,7 @@ from effectd.model.arguments import DispatchArguments
 from effectd.model.records import EffectRecord
 from effectd.protocol.compat import lowlevel, tool_result, validated_arguments
 from effectd.protocol.tasks.listen import TaskListen
-from effectd.protocol.tasks.views import TaskView, view_task
+from effectd.protocol.tasks.views import TaskView, answer_inputs, view_task
 
 TASKS = "io.modelcontextprotocol/tasks"
 TASK_TOOLS = ("dispatch_effect", "dispatch_flow")
@@ -213,7 +215,8 @@ class TasksExtension(Extension):
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> HandlerResult:
         _check(ctx, params)
-        return {"resultType": "complete"}  # effectd's tasks never ask for input; SEP-2663 acks any update
+        await answer_inputs(self._engine, params.task_id, params.input_responses or {})
+        return {"resultType": "complete"}  # SEP-2663: any update is acknowledged
 
 
 async def _shielded(cancel: Callable[[], Awaitable[object]]) -> None:

@@ -10,16 +10,23 @@ shapes (a nested `task`, `ttl`), so these are plain dicts.
 Statuses: an effect pending, queued or running is `working`; cancelled is `cancelled`; any other end
 (succeeded, failed, skipped) is `completed`: a failed command is a tool result, not a protocol error.
 A flow maps the same way from the flow's own status.
+
+A task whose effect (or, for a flow, one of its steps) waits for an approval (issue 25) is
+`input_required`, with one `elicitation/create` form per pending approval in `inputRequests`, keyed by
+the approval id; `tasks/update` answers them (`answer_inputs`). The same approval can be answered
+with `answer_approval`, the dashboard or the command line: the task is `working` again once none waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any
 
 from effectd.engine.core import Engine
-from effectd.errors import UnknownEffectError
+from effectd.errors import EffectdError, UnknownEffectError
 from effectd.flows.models import FlowRecord
 from effectd.model.records import EffectRecord
 
@@ -40,6 +47,7 @@ class TaskView:
     created_at: str
     last_updated_at: str
     result: dict[str, Any] | None = None
+    input_requests: dict[str, Any] | None = None  # input_required: the pending approvals, as elicitations
 
     def to_wire(self) -> dict[str, Any]:
         task: dict[str, Any] = {
@@ -53,6 +61,8 @@ class TaskView:
         }
         if self.result is not None:
             task["result"] = self.result
+        if self.input_requests is not None:
+            task["inputRequests"] = self.input_requests
         return task
 
 
@@ -65,8 +75,49 @@ async def view_task(engine: Engine, task_id: str, effect_result: ResultOf, flow_
             flow = await engine.poll_flow(task_id)
         except UnknownEffectError:
             raise UnknownEffectError(f"unknown task {task_id!r}: no effect or flow with this id") from None
-        return flow_view(flow, flow_result)
-    return effect_view(record, await queue_place(engine, record), effect_result)
+        return asking(flow_view(flow, flow_result), engine.approvals.list(group=task_id, status="pending"))
+    view = effect_view(record, await queue_place(engine, record), effect_result)
+    return asking(view, engine.approvals.list(effect_id=task_id, status="pending"))
+
+
+def asking(view: TaskView, pending: Sequence[Mapping[str, Any]]) -> TaskView:
+    """The view `input_required` while some approval of its task waits (and the task has not ended)."""
+    if not pending or view.status != "working":
+        return view
+    first = pending[0]
+    more = f" (and {len(pending) - 1} more)" if len(pending) > 1 else ""
+    return replace(
+        view,
+        status="input_required",
+        status_message=_line(f"waiting for approval: {first['tool']} {_summary(first['input'])}{more}"),
+        input_requests={approval["approval_id"]: elicitation(approval) for approval in pending},
+    )
+
+
+DECISION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"type": "string", "title": "Decision", "enum": ["allow", "deny"]},
+        "message": {"type": "string", "title": "Message", "description": "why (the sub-agent reads it on a denial)"},
+    },
+    "required": ["decision"],
+}
+
+
+def elicitation(approval: Mapping[str, Any]) -> dict[str, Any]:
+    """One pending approval as the `elicitation/create` form a tasks client shows its user."""
+    who = f"effect {approval['effect_id']}"
+    if approval["tool"] == "start":
+        text = f"Flow step {approval['input'].get('step_id')} ({who}) waits for its start. Allow it to start?"
+    else:
+        text = f"The sub-agent of {who} asks to use {approval['tool']}: {_summary(approval['input'], 500)}. Allow it?"
+    params = {"mode": "form", "message": text, "requestedSchema": DECISION_SCHEMA}
+    return {"method": "elicitation/create", "params": params}
+
+
+def _summary(tool_input: Any, limit: int = 120) -> str:
+    text = json.dumps(tool_input, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def queue_place(engine: Engine, record: EffectRecord) -> tuple[int, int] | None:
@@ -161,3 +212,31 @@ def flow_message(record: FlowRecord) -> str:
     if record.status == "running":
         return f"{counted}, {running} running"
     return f"{record.status}: {counted}"
+
+
+async def answer_inputs(engine: Engine, task_id: str, responses: Mapping[str, Any]) -> None:
+    """`tasks/update`: answers the task's pending approvals its `inputResponses` name (an elicitation
+    result each). A key that names no pending approval of this task, or a result of another shape, is
+    left alone: an update is acknowledged whatever it holds."""
+    pending = {
+        approval["approval_id"]: approval
+        for approval in [
+            *engine.approvals.list(effect_id=task_id, status="pending"),
+            *engine.approvals.list(group=task_id, status="pending"),
+        ]
+    }
+    for key, response in responses.items():
+        if key not in pending or not isinstance(response, Mapping):
+            continue
+        given = response.get("content")
+        content: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        message = content.get("message") if isinstance(content.get("message"), str) else None
+        match response.get("action"), content.get("decision"):
+            case "accept", "allow" | "deny" as decision:
+                pass
+            case "decline", _:
+                decision, message = "deny", message or "declined by the client"
+            case _:
+                continue  # cancelled (dismissed) or malformed: still pending
+        with suppress(EffectdError):  # answered meanwhile elsewhere: the first answer stands
+            await engine.approvals.answer(key, decision, message=message, by="client")
