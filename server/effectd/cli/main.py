@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from effectd.cli.approvals import add_parsers as add_approvals_parsers
 from effectd.cli.common import add_database_options, complain
 from effectd.cli.prune import add_prune_parser
 from effectd.cli.worktrees import add_parser as add_worktrees_parser
@@ -148,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=_later("effectd.cli.cancel", "cmd_cancel"))
 
     add_prune_parser(sub)
+    add_approvals_parsers(sub)
 
     ls = sub.add_parser("ls", help="list effects, newest first")
     ls.add_argument("--run")

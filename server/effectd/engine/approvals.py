@@ -9,7 +9,9 @@ answer as soon as it is journaled.
 
 Every approval is journaled once when asked (`APPROVAL_REQUESTED`) and once when answered
 (`APPROVAL_ANSWERED`); `load` reads them back at start, and closes, denied, those a stopped server
-left unanswered (their sub-agent died with it: nobody waits for the answer).
+left unanswered (their sub-agent died with it: nobody waits for the answer), as `settle` does when this
+server takes over one that died. The approvals of other live servers on the journal are listed here
+too (`seen`), and answered through the server whose sub-agent waits (`forward`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from anyio.abc import ByteStream, SocketListener, TaskGroup
 
 from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
-from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events
+from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events, fold
 from effectd.journal.projection import Event
 from effectd.model.records import Approval, GroupWait, new_id, now_iso, seconds_between
 from effectd.model.specs import APPROVAL_TIMEOUT_S
@@ -61,6 +63,9 @@ class Approvals:
         self._tg: TaskGroup | None = None
         self._seqs: dict[str, int] = {}  # approval_id -> the seq of its APPROVAL_REQUESTED (await_group's cursor)
         self._asked = anyio.Event()  # set (and replaced) at every request that waits: await_group wakes
+        # Set by the engine: answers an approval of another server's effect through that server, and returns
+        # it answered (`effectd.peers.sessions.Sessions.forward_approval`).
+        self.forward: Callable[[Effect, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -81,24 +86,39 @@ class Approvals:
                 shutil.rmtree(self._folder, ignore_errors=True)
 
     async def load(self) -> None:
-        """Reads every approval back from the journal (run with every waiting effect loaded, none started).
+        """Reads every approval back from the journal (run with every waiting effect loaded, none started),
+        and settles those a stopped server left pending (`settle`)."""
+        for approval_id, (seq, approval) in fold(await approval_events(self._supervisor.journal)).items():
+            self._all[approval_id] = approval
+            self._seqs[approval_id] = seq
+        await self.settle()
 
-        A sub-agent's request a stopped server left pending is denied: the sub-agent died with it. A
-        flow step's start stays pending: its step asks it again (`ask_start`). A live peer's are its own.
-        """
-        rows = await approval_events(self._supervisor.journal)
-        for row in rows:
-            data = json.loads(row["data"])
-            if row["type"] == REQUESTED:
-                self._all[data["approval_id"]] = data
-                self._seqs[data["approval_id"]] = row["seq"]
-            elif (approval := self._all.get(data["approval_id"])) is not None:
-                approval.update(data)
-        for approval in [a for a in self._all.values() if a["status"] == "pending"]:
+    async def settle(self) -> None:
+        """Denies each pending request that a server that is gone left (at start, or once this server took
+        it over): the sub-agent asking died with that server, so nobody waits for the answer. A flow step's
+        start stays pending: its step asks it again (`ask_start`). A live peer's are its own."""
+        owners = self._supervisor.owners
+        for approval in [a for a in self.pending() if a["approval_id"] not in self._answers]:
             effect = await self._effect(approval["effect_id"])
-            if effect is None or effect.terminal or (effect.local and approval["tool"] != START):
+            ended = effect is not None and effect.terminal and (owners is None or effect.state.owner in owners)
+            if effect is None or ended or (effect.local and approval["tool"] != START):
                 why = "effectd stopped before it was answered; the sub-agent asking ended with it"
                 await self._answer(effect, approval, "denied", None, why)
+
+    def seen(self, event: Event) -> None:
+        """An approval event another server journaled (`effectd.peers.sessions` follows them): its approvals
+        are listed here too, and a request wakes `await_group` as this server's own do. Applying one twice
+        (this server's own, read back) changes nothing."""
+        data = event.data
+        if event.type == REQUESTED and data["approval_id"] not in self._all:
+            self._all[data["approval_id"]] = dict(data)
+            self._seqs[data["approval_id"]] = event.seq or 0
+            if data["status"] == "pending":
+                self._asked.set()
+                self._asked = anyio.Event()
+        elif event.type == ANSWERED and (approval := self._all.get(data["approval_id"])) is not None:
+            if approval["status"] == "pending":
+                approval.update(data)
 
     # --- the sub-agent's side ---------------------------------------------------------------------
 
@@ -302,8 +322,11 @@ class Approvals:
         message: str | None = None,
         updated_input: dict[str, Any] | None = None,
         by: str = "client",
+        forward: bool = True,
     ) -> dict[str, Any]:
-        """Answers a pending approval: the sub-agent has it once it is journaled."""
+        """Answers a pending approval: the sub-agent has it once it is journaled. One that another live server's
+        sub-agent asked is forwarded to that server (`forward`, unless told not to: the request came from
+        another process, `effectd approve` or a server forwarding it, and this is the server it was meant for)."""
         approval = self._all.get(approval_id)
         if approval is None:
             raise UnknownEffectError(f"unknown approval {approval_id!r} (list_approvals lists them)")
@@ -312,11 +335,22 @@ class Approvals:
                 f"approval {approval_id} is already answered: {approval['status']} by {approval['decided_by']} "
                 f"at {approval['answered_at']}"
             )
-        if approval_id not in self._answers:
-            raise InvalidRequestError(
-                f"approval {approval_id} waits on another effectd server (its effect's owner): answer it there"
-            )
         effect = await self._effect(approval["effect_id"])
+        if approval_id not in self._answers:
+            if forward and self.forward is not None and effect is not None and not effect.local:
+                answer: dict[str, Any] = {
+                    "approval_id": approval_id,
+                    "decision": decision,
+                    "message": message,
+                    "decided_by": by,
+                }
+                if updated_input is not None:
+                    answer["updated_input"] = updated_input
+                return await self.forward(effect, answer)  # its server answers: the sub-agent waits there
+            raise InvalidRequestError(
+                f"approval {approval_id} is pending, but no sub-agent waits for it on this server (the server "
+                "that ran its effect is gone); it is denied when effectd next starts"
+            )
         status = "allowed" if decision == "allow" else "denied"
         await self._answer(effect, approval, status, by, message, updated_input)
         self._answers[approval_id].set()

@@ -8,7 +8,8 @@ when the caller abandons), group waits, output reads, cancels, queries, and the 
 
 `Engine.open` joins the servers on the journal (see `effectd.peers.sessions`), recovers what the servers that
 are gone left, and runs its components, each in its own task group: the supervisor (every running
-effect), the flow manager, the control channel (`effectd cancel`, and cancels other servers forward)
+effect), the flow manager, the control channel (`effectd cancel`, `effectd approve`, and the cancels and
+approvals' answers other servers forward)
 and the watch on the other servers' events. Closing stops the effects (reason `shutdown`).
 """
 
@@ -301,6 +302,7 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         budgets = Budgets(journal, live_effects=supervisor.live_effects, request_cancel=supervisor.request_cancel)
         flows = FlowManager(settings, journal, supervisor, budgets=budgets)
         budgets, loading = _attach(supervisor, flows, flows.budgets)
+        approvals = Approvals(supervisor)
         sessions = Sessions(
             joined.me,
             joined.peers,
@@ -308,12 +310,22 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             flows,
             check_s=settings.peer_check_s,
             answer_s=settings.peer_answer_s,
+            on_approval=approvals.seen,  # other servers' approvals are listed here too
+            on_taken=approvals.settle,  # a dead server's sub-agents died with it: nobody waits for an answer
         )
         engine = cls(settings, journal, supervisor, flows, sessions)
-        engine.approvals = approvals = Approvals(supervisor)
+        engine.approvals = approvals
+        approvals.forward = sessions.forward_approval  # another server's sub-agent waits there: answered there
         supervisor.attempts.gate = approvals.wire
         supervisor.attempts.ask_start = approvals.ask_start
-        control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
+        control = ControlChannel(
+            journal,
+            supervisor,
+            engine.prune,
+            settings.poll_control_s,
+            joined.me.server_id,
+            on_approve=partial(_answer_here, approvals),
+        )
 
         async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
             await loading()
@@ -338,6 +350,21 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
                 flows.closing = True
                 journal.give_up(within_s=GIVE_UP_S)
                 tg.cancel_scope.cancel()
+
+
+async def _answer_here(
+    approvals: Approvals,
+    approval_id: str,
+    decision: str,
+    message: str | None,
+    updated_input: dict[str, Any] | None,
+    by: str,
+) -> dict[str, Any]:
+    """An approval's answer another process sent (`effectd approve`, a server forwarding `answer_approval`):
+    this server's sub-agent waits for it, so it is never forwarded on."""
+    return await approvals.answer(
+        approval_id, decision, message=message, updated_input=updated_input, by=by, forward=False
+    )
 
 
 def _supervisor(

@@ -1,5 +1,5 @@
 """The other servers on a journal, as one server sees them: the `servers` table, the journal's change
-counter, the events written since a seq, and cancel requests forwarded to another server.
+counter, the events written since a seq, and cancels and approvals' answers forwarded to another server.
 
 All of it runs on a connection of its own, so watching the journal (every 0.1 s) never waits behind
 the writer's batches or the tools' reads.
@@ -121,7 +121,7 @@ class Peers:
         ]
         return (rows[-1]["seq"] if rows else seq), len(rows), events
 
-    # --- cancels forwarded to another server -------------------------------------------------------
+    # --- requests forwarded to another server -------------------------------------------------------
 
     async def request_cancel(
         self, effect_id: str, message: str | None, grace_s: float | None, reason: str, by: str
@@ -137,6 +137,22 @@ class Peers:
         )
         await self._db.commit()
         return int(cursor.lastrowid or 0)
+
+    async def request_approval(self, effect_id: str, answer: dict[str, Any], by: str) -> int:
+        """Asks the server whose sub-agent asked for an approval to give it `answer` (its `approval_id`,
+        `decision`, `message`, `decided_by`, and any `updated_input`), for the server `by`, which waits for
+        it; returns the request id. The approval comes back in the request's `result`."""
+        cursor = await self._db.execute(
+            "INSERT INTO control (effect_id, action, requested_at, args) VALUES (?, 'approve', ?, ?)",
+            (effect_id, now_iso(), json.dumps({**answer, "by": by})),
+        )
+        await self._db.commit()
+        return int(cursor.lastrowid or 0)
+
+    async def result(self, request_id: int) -> dict[str, Any] | None:
+        """What an answered request came to (an approval's answer), or None while there is none."""
+        rows = await self._rows("SELECT result FROM control WHERE id = ?", (request_id,))
+        return json.loads(rows[0]["result"]) if rows and rows[0]["result"] else None
 
     async def answer(self, request_id: int) -> str | None:
         rows = await self._rows("SELECT answer FROM control WHERE id = ?", (request_id,))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from effectd.journal.approvals import ANSWERED, APPROVAL_EVENTS, REQUESTED, fold
 from effectd.journal.usable import opening_error
 from effectd.model.records import format_iso, now_iso
 
@@ -22,7 +23,8 @@ _BUSY_TIMEOUT_S = 10.0
 
 
 class JournalReader:
-    """Queries on the journal at `path`: effect and flow rows, events, control answers (and control requests)."""
+    """Queries on the journal at `path`: effect and flow rows, events, approvals, control answers (and control
+    requests)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -81,6 +83,28 @@ class JournalReader:
         rows = self._rows("SELECT COUNT(*) AS n FROM events")
         return int(rows[0]["n"]) if rows else 0
 
+    def approvals(
+        self,
+        *,
+        run_id: str | None = None,
+        group: str | None = None,
+        effect_id: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The approvals (issue 25) that match, oldest first, as the server lists them (`list_approvals`)."""
+        return [
+            approval
+            for _, approval in fold(self._rows(APPROVAL_EVENTS, REQUESTED, ANSWERED)).values()
+            if (run_id is None or approval["run_id"] == run_id)
+            and (group is None or approval["group"] == group)
+            and (effect_id is None or approval["effect_id"] == effect_id)
+            and (status is None or approval["status"] == status)
+        ]
+
+    def approval(self, approval_id: str) -> dict[str, Any] | None:
+        """The approval as the journal has it now, or None when the journal has no such approval."""
+        return next((a for a in self.approvals() if a["approval_id"] == approval_id), None)
+
     def servers(self) -> dict[str, dict[str, Any]]:
         """The servers that ever ran on the journal, by id (none for a journal from before sessions)."""
         try:
@@ -102,8 +126,9 @@ class JournalReader:
         window_s: float = 10.0,
         args: dict[str, Any] | None = None,
     ) -> int:
-        """Asks the live server that owns the journal to act on an effect (`cancel`), or on the journal
-        (`prune`, with `args`); returns the request's id.
+        """Asks the live server that owns the journal to act on an effect (`cancel`; `approve`, with `args`:
+        answer an approval its sub-agent asked for), or on the journal (`prune`, with `args`); returns the
+        request's id.
 
         The server polls the `control` table and answers each request (see `control_answer`) within
         `window_s`; past it the request expires and is never carried out (see `expire_request`)."""

@@ -9,13 +9,16 @@ counts the completion, the change feed tells the resources and the dashboard. Th
 server's running effect is followed through its log file in the shared output directory.
 
 A cancel of another live server's effect is forwarded to it through the journal's `control` table,
-as `effectd cancel` is, and answered once the owner journaled the effect's end.
+as `effectd cancel` is, and answered once the owner journaled the effect's end. So is the answer to an
+approval another server's sub-agent asked for (issue 25): that sub-agent waits on its own server, which
+answers it and hands the approval back in the request's result. The approvals other servers journal
+are told to `on_approval` (the engine's Approvals), whichever effects this server holds.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from effectd.errors import PeerUnansweredError
+from effectd.errors import InvalidRequestError, PeerUnansweredError, UnknownEffectError
 from effectd.flows.manager import FlowManager
 from effectd.flows.models import Flow
+from effectd.journal.approvals import ANSWERED, REQUESTED
 from effectd.journal.peers import Peers
 from effectd.journal.projection import TERMINAL_EVENTS, Event
 from effectd.journal.store import Journal
@@ -42,6 +46,7 @@ log = logging.getLogger("effectd")
 WATCH_S = 0.1
 CHECK_S = 1.0  # a live server sees a dead peer within 5 s (CONTRACT.md); the look is one query and a /proc read
 ANSWER_S = 10.0  # as `effectd cancel` waits for a server's answer
+APPROVAL_EVENTS = (REQUESTED, ANSWERED)
 _BATCH = 2000
 
 
@@ -115,8 +120,12 @@ class Sessions:
         watch_s: float = WATCH_S,
         check_s: float = CHECK_S,
         answer_s: float = ANSWER_S,
+        on_approval: Callable[[Event], None] | None = None,
+        on_taken: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.me = me
+        self._on_approval = on_approval  # told every approval event of another server's effect
+        self._on_taken = on_taken  # once a take-over settled the effects: their approvals are settled too
         self._peers = peers
         self._sup = supervisor
         self._flows = flows
@@ -188,12 +197,16 @@ class Sessions:
         if effect_id is None:
             return False
         effect = self._sup.registry.peek(effect_id)
+        if event_type in APPROVAL_EVENTS:
+            return effect is None or not effect.local
         return effect is None or (not effect.local and not effect.terminal and event_type != "EFFECT_REQUESTED")
 
     def _take(self, event: Event) -> None:
         """An event committed by any server: applied to its effect if this server holds it and another
         server drives it (this server's own events are applied as they commit); told to the change feed."""
         effect = self._sup.registry.peek(event.effect_id or "")
+        if event.type in APPROVAL_EVENTS and self._on_approval is not None and (effect is None or not effect.local):
+            self._on_approval(event)
         if effect is None:
             self._sup.feed.publish(event.effect_id or "")
         elif not effect.local and not effect.terminal and event.type != "EFFECT_REQUESTED":
@@ -251,6 +264,8 @@ class Sessions:
                 for effect in waiting:
                     sup._spawn_driver(effect)  # as at start: each waiting effect gets its driver here
                 await self._flows.recover()
+                if self._on_taken is not None:
+                    await self._on_taken()
             log.warning("took over the effects of server(s) %s, which are gone", ", ".join(sorted(taken)))
             return taken
 
@@ -325,12 +340,51 @@ class Sessions:
                     return effect.terminal
         return True
 
-    async def _answer(self, effect: Effect, request_id: int) -> str | None:
-        """The owner's answer to a cancel request, polled; None (unanswered) once the effect ended or
-        its owner is gone."""
+    async def forward_approval(self, effect: Effect, answer: dict[str, Any]) -> dict[str, Any]:
+        """Has the live server that runs `effect`, whose sub-agent waits for the approval, give it `answer`
+        (`approval_id`, `decision`, `message`, `decided_by`, and any `updated_input`); returns the approval
+        as that server answered it. That server must answer within `answer_s`; one that does not (stopped,
+        hung) has the request withdrawn, so it never carries it out later, and PeerUnansweredError says so.
+        Its refusal (the approval was answered meanwhile) is raised here as it was raised there."""
+        owner, approval_id = effect.state.owner, answer["approval_id"]
+        if not await self.runs_alive(owner):
+            raise InvalidRequestError(
+                f"approval {approval_id} cannot be answered: the server {owner} whose sub-agent asked for it is "
+                "gone, and the sub-agent with it (the approval is denied when the servers settle its effect)"
+            )
+        with anyio.CancelScope(shield=True):
+            request_id = await self._peers.request_approval(effect.effect_id, answer, self.me.server_id)
+        replied = result = None
+        try:
+            with anyio.move_on_after(self._answer_s):
+                replied = await self._answer(effect, request_id, ended=False)
+                while replied == "accepted" and (result := await self._peers.result(request_id)) is None:  # noqa: ASYNC110 - another process writes it
+                    await anyio.sleep(self._watch_s)
+        finally:
+            if replied is None:  # also when the caller went away: a request nobody waits for is never carried out
+                with anyio.CancelScope(shield=True):
+                    replied = None if await self._peers.withdraw(request_id) else await self._peers.answer(request_id)
+        if replied is None:
+            raise PeerUnansweredError(
+                f"the server {owner} whose sub-agent asked for approval {approval_id} did not answer within "
+                f"{self._answer_s:g} s (it may be stopped or hung); the request was withdrawn and will not be "
+                "carried out later. Answer again once that server answers"
+            )
+        if replied != "accepted" or result is None:
+            raise PeerUnansweredError(
+                f"the server {owner} took the answer to approval {approval_id} but said nothing of it within "
+                f"{self._answer_s:g} s; list_approvals shows whether it was answered"
+            )
+        if "error" in result:
+            raise (UnknownEffectError if result.get("unknown") else InvalidRequestError)(str(result["error"]))
+        return dict(result["approval"])
+
+    async def _answer(self, effect: Effect, request_id: int, *, ended: bool = True) -> str | None:
+        """The owner's answer to a request, polled; None (unanswered) once its owner is gone, or (`ended`:
+        a cancel) once the effect ended."""
         while (answer := await self._peers.answer(request_id)) is None:
-            if effect.terminal or not await self.runs_alive(effect.state.owner):
+            if (ended and effect.terminal) or not await self.runs_alive(effect.state.owner):
                 return None
             with anyio.move_on_after(self._watch_s):
-                await effect.done.wait()
+                await (effect.done.wait() if ended else anyio.sleep(self._watch_s))
         return answer
