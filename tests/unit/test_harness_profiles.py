@@ -115,6 +115,7 @@ def test_to_json_shows_env_names_but_not_their_values() -> None:
         "executable": sys.executable,
         "available": True,
         "path": sys.executable,
+        "approvals": False,  # no permission hook declared: `approvals: "ask"` is refused
     }
     assert "s3cr3t" not in repr(profile.to_json())
 

@@ -35,7 +35,8 @@ from effectd.errors import InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
 from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events
 from effectd.journal.projection import Event
-from effectd.model.records import Approval, GroupWait, new_id, now_iso
+from effectd.model.records import Approval, GroupWait, new_id, now_iso, seconds_between
+from effectd.model.specs import APPROVAL_TIMEOUT_S
 from effectd.supervisor.completions import ended_after
 from effectd.supervisor.core import Supervisor
 from effectd.supervisor.effect import Effect
@@ -43,6 +44,7 @@ from effectd.supervisor.effect import Effect
 log = logging.getLogger("effectd")
 
 DECIDERS = ("rule", "client", "dashboard", "cli", "timeout")
+START = "start"  # the tool of a flow step's start gate (`approval: true`)
 MAX_REQUEST = 4 << 20  # a tool input (a file to write) can be large
 
 
@@ -73,7 +75,11 @@ class Approvals:
                     shutil.rmtree(self._folder, ignore_errors=True)
 
     async def load(self) -> None:
-        """Reads every approval back from the journal; one a stopped server left pending is denied."""
+        """Reads every approval back from the journal (run with every waiting effect loaded, none started).
+
+        A sub-agent's request a stopped server left pending is denied: the sub-agent died with it. A
+        flow step's start stays pending: its step asks it again (`ask_start`). A live peer's are its own.
+        """
         rows = await approval_events(self._supervisor.journal)
         for row in rows:
             data = json.loads(row["data"])
@@ -84,7 +90,7 @@ class Approvals:
                 approval.update(data)
         for approval in [a for a in self._all.values() if a["status"] == "pending"]:
             effect = await self._effect(approval["effect_id"])
-            if effect is None or effect.terminal:
+            if effect is None or effect.terminal or (effect.local and approval["tool"] != START):
                 why = "effectd stopped before it was answered; the sub-agent asking ended with it"
                 await self._answer(effect, approval, "denied", None, why)
 
@@ -156,9 +162,29 @@ class Approvals:
 
     async def ask(self, effect: Effect, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
         """One request: decided by a rule, or pending until answered, the effect ends, or its timeout."""
-        approval_id = new_id("apr_")
+        approval = await self._request(effect, tool, tool_input)
+        return await self._decide(effect, approval)
+
+    async def ask_start(self, effect: Effect) -> tuple[bool, str]:
+        """A flow step's start gate (`approval: true`): whether its start is allowed, and the answer's message.
+
+        A request a stopped server left pending is asked again, not anew: the orchestrator's answer to
+        the approval it already listed still counts (and its timeout runs from when it was first asked).
+        """
+        approval = next((a for a in self.pending() if a["effect_id"] == effect.effect_id and a["tool"] == START), None)
+        if approval is None:
+            approval = await self._request(
+                effect,
+                START,
+                {"flow_id": effect.spec.flow_id, "step_id": effect.spec.step_id, "command": list(effect.spec.command)},
+            )
+        approval = await self._decide(effect, approval)
+        allowed = approval["status"] == "allowed"
+        return allowed, approval["message"] or f"step {effect.spec.step_id} was {approval['status']}"
+
+    async def _request(self, effect: Effect, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
         approval: dict[str, Any] = {
-            "approval_id": approval_id,
+            "approval_id": new_id("apr_"),
             "effect_id": effect.effect_id,
             "run_id": effect.run_id,
             "group": effect.spec.group,
@@ -174,20 +200,34 @@ class Approvals:
             Event(REQUESTED, effect.run_id, effect.effect_id, dict(approval))
         )
         self._supervisor.apply(effect, stamped)
-        self._all[approval_id] = approval
-        self._seqs[approval_id] = stamped.seq or 0
-        rule = _first_match(effect.spec.approval_rules or [], tool, tool_input)
+        self._all[approval["approval_id"]] = approval
+        self._seqs[approval["approval_id"]] = stamped.seq or 0
+        return approval
+
+    async def _decide(self, effect: Effect, approval: dict[str, Any]) -> dict[str, Any]:
+        """Decides a pending approval by the first rule that matches, else waits for its answer.
+
+        Unanswered, it is denied at the effect's `approval_timeout_s` (`timed_out`), or when the effect
+        ends or is cancelled first. A server that stops leaves it pending (nobody decided it): the next
+        start asks a step's start again, and denies a sub-agent's request (the sub-agent died with this
+        server).
+        """
+        approval_id, tool = approval["approval_id"], approval["tool"]
+        rule = _first_match(effect.spec.approval_rules or [], tool, approval["input"])
         if rule is not None:
             status = "allowed" if rule["decision"] == "allow" else "denied"
             await self._answer(effect, approval, status, "rule", None if status == "allowed" else _rule_says(rule))
             return approval
+        timeout = effect.spec.approval_timeout_s or APPROVAL_TIMEOUT_S
+        left = timeout - max(0.0, seconds_between(approval["requested_at"], now_iso()) or 0.0)
         answered = self._answers[approval_id] = anyio.Event()
         effect.waiting_for = "approval"
         effect.notify()
         self._asked.set()
         self._asked = anyio.Event()
+        timed_out = False
         try:
-            with anyio.move_on_after(effect.spec.approval_timeout_s or 600.0):
+            with anyio.move_on_after(left) as waited:
                 async with anyio.create_task_group() as tg:
 
                     async def ended() -> None:
@@ -197,17 +237,17 @@ class Approvals:
                     tg.start_soon(ended)
                     await answered.wait()
                     tg.cancel_scope.cancel()
+            timed_out = waited.cancelled_caught
         finally:
             with anyio.CancelScope(shield=True):
                 if approval["status"] == "pending":
-                    timeout = effect.spec.approval_timeout_s or 600.0
-                    if effect.terminal:
-                        await self._answer(effect, approval, "denied", None, "the effect ended before an answer")
-                    else:
+                    if timed_out:
                         message = f"no answer within approval_timeout_s ({timeout:g} s)"
                         await self._answer(effect, approval, "timed_out", "timeout", message)
+                    elif effect.terminal or effect.cancel is not None:
+                        await self._answer(effect, approval, "denied", None, "the effect ended before an answer")
                 self._answers.pop(approval_id, None)
-                if not any(a["effect_id"] == effect.effect_id for a in self.pending()):
+                if not any(self._all[waiting]["effect_id"] == effect.effect_id for waiting in self._answers):
                     effect.waiting_for = None
                     effect.notify()
         return approval

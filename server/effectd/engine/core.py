@@ -311,10 +311,12 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         engine = cls(settings, journal, supervisor, flows, sessions)
         engine.approvals = approvals = Approvals(supervisor)
         supervisor.attempts.gate = approvals.wire
+        supervisor.attempts.ask_start = approvals.ask_start
         control = ControlChannel(journal, supervisor, engine.prune, settings.poll_control_s, joined.me.server_id)
 
         async def loaded() -> None:  # every waiting effect loaded, none started: recovery is done
             await loading()
+            await approvals.load()  # before a waiting step asks its start again
             joined.release()
 
         async with (
@@ -325,7 +327,6 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
             anyio.create_task_group() as tg,
         ):
             await flows.recover()
-            await approvals.load()
             await sessions.start()
             tg.start_soon(control.run)
             tg.start_soon(sessions.run)

@@ -106,6 +106,7 @@ def child_spec(harnesses: Mapping[str, HarnessProfile], parent: EffectSpec, inde
             "key": None,
             "depends_on": [],
             "for_each": None,
+            "start_approval": False,  # the step's start was allowed once, for all of its items
             "item_index": index,
         }
     )

@@ -72,6 +72,13 @@ class Step(EffectArguments):
             "this step starts when that one starts, its output fed to this step's stdin",
         ),
     ] = []
+    approval: Annotated[
+        bool,
+        Field(
+            description="true: the step waits, before it starts, until its start is allowed (an approval with tool "
+            '"start"; answer_approval); denied, it is skipped with the message'
+        ),
+    ] = False
     for_each: Annotated[
         list[Any] | str | None,
         Field(

@@ -34,6 +34,7 @@ def plan_steps(settings: Settings, steps: Sequence[Step], flow_id: str) -> tuple
             "group": flow_id,
             "flow_id": flow_id,
             "step_id": step.id,
+            "approval": step.approval,
             "depends_on": [effect_ids[need] for need in dict.fromkeys(step.need_ids)],
         }
         try:

@@ -104,6 +104,8 @@ def terminal_event(
         data["attempt"] = attempt
     if status == "cancelled":
         data.update(cancel_reason=cancel_reason or "user", cancel_message=cancel_message)
+    elif status == "skipped" and cancel_message is not None:  # a flow step whose start was denied: the message
+        data["cancel_message"] = cancel_message
     if progress is not None:
         data["progress"] = progress
     if workspace is not None:

@@ -103,6 +103,7 @@ class EffectSpec(BaseModel):
     approvals: Literal["ask"] | None = None
     approval_rules: list[dict[str, Any]] | None = None
     approval_timeout_s: float | None = None
+    start_approval: bool = False  # a flow step with `approval: true`: it waits for an allowed "start" first
 
     def identity(self) -> dict[str, Any]:
         """The arguments that make two dispatches with the same key the same request."""

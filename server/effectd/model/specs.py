@@ -140,13 +140,33 @@ APPROVAL_TIMEOUT_S = 600.0
 
 
 def _approvals(settings: Settings, request: Mapping[str, Any], fields: dict[str, Any], hook: str | None) -> None:
-    """`approvals: "ask"` (issue 25): only for a harness whose CLI has a permission hook, on this machine."""
-    ask = request.get("approvals") == "ask"
-    if not ask:
+    """`approvals: "ask"` (issue 25): only for a harness whose CLI has a permission hook, on this machine;
+    a flow step's `approval: true` (its start gate, which effectd itself asks) for any step."""
+    ask, start = request.get("approvals") == "ask", bool(request.get("approval"))
+    if not ask and not start:
         given = [name for name in ("approval_rules", "approval_timeout_s") if request.get(name) is not None]
         if given:
-            raise InvalidRequestError(f'`{given[0]}` goes with `approvals: "ask"`, which this dispatch does not set')
+            raise InvalidRequestError(
+                f'`{given[0]}` goes with `approvals: "ask"` (or a flow step\'s `approval: true`), which this '
+                "dispatch does not set"
+            )
         return
+    if ask:
+        _check_gate(settings, fields, hook)
+        fields["approvals"] = "ask"
+    if start:
+        fields["start_approval"] = True
+    rules = request.get("approval_rules") or []
+    fields["approval_rules"] = [
+        {name: value for name, value in dict(rule).items() if value is not None}
+        for rule in (rule.model_dump() if hasattr(rule, "model_dump") else rule for rule in rules)
+    ]
+    timeout = request.get("approval_timeout_s")
+    fields["approval_timeout_s"] = float(APPROVAL_TIMEOUT_S if timeout is None else timeout)
+
+
+def _check_gate(settings: Settings, fields: Mapping[str, Any], hook: str | None) -> None:
+    """Whether this effect's sub-agent can be given a permission gate; InvalidRequestError says why not."""
     supported = sorted(name for name, profile in settings.harnesses.items() if profile.approvals is not None)
     if fields.get("kind") != "harness":
         raise InvalidRequestError(
@@ -168,14 +188,6 @@ def _approvals(settings: Settings, request: Mapping[str, Any], fields: dict[str,
             '`approvals: "ask"` and `sandbox` together are not supported yet (the sandbox hides the socket the '
             "sub-agent asks through): dispatch with one of them"
         )
-    fields["approvals"] = "ask"
-    rules = request.get("approval_rules") or []
-    fields["approval_rules"] = [
-        {name: value for name, value in dict(rule).items() if value is not None}
-        for rule in (rule.model_dump() if hasattr(rule, "model_dump") else rule for rule in rules)
-    ]
-    timeout = request.get("approval_timeout_s")
-    fields["approval_timeout_s"] = float(APPROVAL_TIMEOUT_S if timeout is None else timeout)
 
 
 def _sandbox(settings: Settings, request: Mapping[str, Any], fields: dict[str, Any], default: Any) -> None:

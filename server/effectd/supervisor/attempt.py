@@ -103,6 +103,8 @@ class Attempts:
         self.sandbox_hides: tuple[str, ...] = ()
         # `approvals: "ask"` (issue 25): the argv with the sub-agent's permission gate (the engine's Approvals).
         self.gate: Callable[[Effect, list[str], dict[str, str]], Awaitable[list[str]]] | None = None
+        # A flow step's `approval: true`: waits for its start to be answered; (allowed, the answer's message).
+        self.ask_start: Callable[[Effect], Awaitable[tuple[bool, str]]] | None = None
 
     async def run(self, effect: Effect) -> Outcome:
         """Runs the effect's next attempt to its end; returns how it ended (its process group is gone)."""

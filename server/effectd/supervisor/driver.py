@@ -90,6 +90,14 @@ class Driver:
             if blocked is not None:
                 why = f"dependency {blocked.effect_id} {blocked.status}"
                 return await self._finish(effect, Outcome("skipped", error=why))
+            if effect.spec.start_approval and effect.attempt == 0:
+                denied = await self._start_allowed(effect)
+                if effect.cancel is not None:
+                    return await self._finish(effect, self._cancelled_outcome(effect))
+                if self._detached(effect):
+                    return
+                if denied is not None:
+                    return await self._finish(effect, denied)
             effect.check_transition("queued")
             await self._record(effect, events.queued(effect))
         instead = self._attempts.instead
@@ -103,6 +111,20 @@ class Driver:
                     await anyio.sleep(effect.spec.retry_backoff_s * 2 ** (effect.attempt - 1))
                 if effect.cancel is not None:
                     return await self._finish(effect, self._cancelled_outcome(effect))
+
+    async def _start_allowed(self, effect: Effect) -> Outcome | None:
+        """A flow step with `approval: true` waits here, pending, until its start is answered: None when it
+        is allowed, else its `skipped` outcome with the answer's message. A cancel or a stop ends the wait."""
+        ask = self._attempts.ask_start
+        if ask is None:
+            return Outcome("skipped", error="this server asks nobody, so a step with `approval: true` cannot start")
+        answer: tuple[bool, str] | None = None
+        with self._interruptible(effect):
+            answer = await ask(effect)
+        if answer is None or answer[0]:
+            return None  # allowed, or interrupted (the caller sees the cancel or the stop)
+        message = answer[1]
+        return Outcome("skipped", error=f"its start was denied: {message}", cancel=CancelRequest("user", message, None))
 
     def _detached(self, effect: Effect) -> bool:
         return self._closing() and self._keep_queued and effect.cancel is None
