@@ -114,3 +114,17 @@ async def test_a_start_asked_before_the_server_was_killed_is_still_answerable_af
         every = (await call(client, "list_approvals"))["approvals"]
     assert done["status"] == "succeeded", done
     assert [(a["approval_id"], a["status"]) for a in every] == [(approval["approval_id"], "allowed")]
+
+
+async def test_a_first_step_that_needs_nothing_asks_before_it_starts_too(tmp_path: Path) -> None:
+    ran = tmp_path / "first.ran"
+    steps = [{"id": "first", "approval": True, "command": ["touch", str(ran)]}]
+    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+        flow = await call(client, "dispatch_flow", steps=steps, background=True)
+        approval = await start_asked(client, flow["flow_id"])
+        waiting = await call(client, "poll_effect", effect_id=approval["effect_id"])
+        assert waiting["status"] == "pending" and waiting["waiting_for"] == "approval" and not ran.exists()
+        await call(client, "answer_approval", approval_id=approval["approval_id"], decision="allow")
+        done = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=30)
+    assert approval["tool"] == "start" and approval["input"]["step_id"] == "first"
+    assert done["status"] == "succeeded" and ran.exists()

@@ -179,7 +179,8 @@ class EffectState:
             run_id=event.run_id,
             spec=spec,
             created_at=event.data["created_at"],
-            status="pending" if spec.get("depends_on") else "queued",
+            # Pending: it waits for its dependencies, or for its start to be allowed (a flow step's `approval`).
+            status="pending" if spec.get("depends_on") or spec.get("start_approval") else "queued",
             command=list(spec["command"]),
             owner=event.data.get("owner"),
         )
