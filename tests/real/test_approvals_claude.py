@@ -203,3 +203,41 @@ async def test_claude_as_the_orchestrator_allows_its_sub_agents_write_from_await
     assert record["status"] == "succeeded" and record["approvals"] == "ask", record
     assert record["result"]["answer"] == WROTE
     assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
+
+
+async def test_a_flow_step_with_approval_true_starts_its_real_claude_only_once_allowed(
+    tmp_path: Path, claude: Path
+) -> None:
+    target = tmp_path / "work" / "flow.txt"
+    with ModelServer(Script([writer("APR-FLOW", target, "after the start was allowed")])) as model:
+        step = dispatch(
+            model, tmp_path, "APR-FLOW: write flow.txt", approval_rules=[{"tool": "Write", "decision": "allow"}]
+        )
+        del step["background"]
+        async with Client(serve(tmp_path, claude), read_timeout_seconds=70) as client:
+            flow = await call(
+                client, "dispatch_flow", steps=[{"id": "write", "approval": True, **step}], background=True
+            )
+            with anyio.fail_after(60):
+                woke = await call(client, "await_group", group=flow["flow_id"], timeout_s=55)
+            assert woke["approvals"], woke
+            (start,) = woke["approvals"]
+            waiting = await call(client, "poll_effect", effect_id=start["effect_id"])
+            asked_model = model.recorded(match="APR-FLOW")
+            await call(client, "answer_approval", approval_id=start["approval_id"], decision="allow")
+            record = await finished(client, start["effect_id"])
+            done = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=30)
+            listed = (await call(client, "list_approvals", group=flow["flow_id"]))["approvals"]
+    # Before the answer: the step waited to start (a rule for Write does not allow a start), its Claude
+    # Code not even launched.
+    assert start["tool"] == "start" and start["input"]["step_id"] == "write"
+    assert waiting["status"] == "pending" and waiting["waiting_for"] == "approval" and waiting["started_at"] is None
+    assert asked_model == []
+    # After it: the real Claude Code ran the step, and its own Write was allowed by the rule.
+    assert record["status"] == "succeeded", (record["error"], record["output_tail"][-2000:])
+    assert done["status"] == "succeeded" and record["result"]["answer"] == WROTE
+    assert target.read_text() == "after the start was allowed"
+    assert [(a["tool"], a["status"], a["decided_by"]) for a in listed] == [
+        ("start", "allowed", "client"),
+        ("Write", "allowed", "rule"),
+    ]
