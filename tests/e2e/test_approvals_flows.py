@@ -127,3 +127,17 @@ async def test_a_fan_out_step_asks_once_for_all_of_its_items(tmp_path: Path) -> 
     assert done["status"] == "succeeded", done
     assert [child["status"] for child in step(done, "each")["children"]] == ["succeeded"] * 3
     assert [a["approval_id"] for a in listed] == [approval["approval_id"]]
+
+
+async def test_a_first_step_that_needs_nothing_asks_before_it_starts_too(tmp_path: Path) -> None:
+    ran = tmp_path / "first.ran"
+    steps = [{"id": "first", "approval": True, "command": ["touch", str(ran)]}]
+    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+        flow = await call(client, "dispatch_flow", steps=steps, background=True)
+        approval = await start_asked(client, flow["flow_id"])
+        waiting = await call(client, "poll_effect", effect_id=approval["effect_id"])
+        assert waiting["status"] == "pending" and waiting["waiting_for"] == "approval" and not ran.exists()
+        await call(client, "answer_approval", approval_id=approval["approval_id"], decision="allow")
+        done = await call(client, "poll_flow", flow_id=flow["flow_id"], wait_s=30)
+    assert approval["tool"] == "start" and approval["input"]["step_id"] == "first"
+    assert done["status"] == "succeeded" and ran.exists()

@@ -21,12 +21,10 @@ from typing import Any
 
 from tests.helpers.processes import SESSION_VARIABLE
 from tests.model_server.clis import claude_env
-from tests.model_server.mission import MCP, TOOLS, mission_script
+from tests.model_server.mission import MCP, PROMPT, TOOLS, mission_script
 from tests.model_server.script import Script
 from tests.model_server.server import ModelServer
 from tests.model_server.wire import read_wire
-
-PROMPT = "MISSION: run three sub-agents through effectd, keep the first answers, cancel the slow one"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ FINAL_ANSWER = "Mission done: the first sub-agent answered; the slow one was can
 TOOLS = ("dispatch_effect", "await_group", "cancel_effect")
 MCP = "mcp__effectd__"
 SLOW_TOOL = "echo waiting; sleep 300"
+PROMPT = "MISSION: run three sub-agents through effectd, keep the first answers, cancel the slow one"
 ORCHESTRATOR_TIMEOUT_S = 600
 
 
@@ -134,11 +135,16 @@ def run_mission(
     on_event: Callable[[dict[str, Any]], None] = lambda event: None,
     extra_env: dict[str, str] | None = None,
     wire: Path | None = None,
+    prompt: str = PROMPT,
+    tools: Sequence[str] = TOOLS,
+    script: Callable[[list[ModelServer], dict[str, str]], Script] = mission_script,
 ) -> MissionRun:
     """Runs the orchestrating ``claude -p`` with effectd as its MCP server; returns what happened.
 
     With ``wire``, effectd runs behind the tee of ``tests/model_server/wire.py``, which records there
-    every JSON-RPC message between Claude Code and effectd.
+    every JSON-RPC message between Claude Code and effectd. Another orchestration is another ``prompt``,
+    the effectd ``tools`` it may call, and the ``script`` made from the server and the sub-agents'
+    environment (tests/model_server/approving.py).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     journal = workdir / "journal.db"
@@ -146,7 +152,7 @@ def run_mission(
     with ModelServer(Script()) as server:
         server_ref.append(server)
         sub_env = claude_env(server, workdir / "sub-agents-config")
-        server.script = mission_script(server_ref, sub_env)
+        server.script = script(server_ref, sub_env)
         path = f"{claude.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
         serve_env = {"PATH": path, **(extra_env or {})}
         if SESSION_VARIABLE in os.environ:  # the test session's leftover check sees the sub-agents
@@ -159,7 +165,7 @@ def run_mission(
         argv = [
             str(claude),
             "-p",
-            "MISSION: run three sub-agents through effectd, keep the first answers, cancel the slow one",
+            prompt,
             "--output-format",
             "stream-json",
             "--verbose",
@@ -167,7 +173,7 @@ def run_mission(
             str(workdir / "mcp.json"),
             "--strict-mcp-config",
             "--allowedTools",
-            ",".join(MCP + tool for tool in TOOLS),
+            ",".join(MCP + tool for tool in tools),
         ]
         env = {**os.environ, **claude_env(server, workdir / "orchestrator-config"), **(extra_env or {})}
         started = time.monotonic()

@@ -127,24 +127,8 @@ class Approvals:
         `--mcp-config` file, written now, that starts the gate with this effect's token)."""
         socket_path = await self._listen()
         token = self._tokens.setdefault(effect.effect_id, secrets.token_hex(16))
-        config = {
-            "mcpServers": {
-                SERVER: {
-                    "type": "stdio",
-                    "command": sys.executable,
-                    "args": ["-m", MODULE],
-                    "env": {
-                        "EFFECTD_GATE_SOCKET": socket_path,
-                        "EFFECTD_GATE_TOKEN": token,
-                        "EFFECTD_EFFECT_ID": effect.effect_id,
-                    },
-                }
-            }
-        }
         path = self._supervisor.output_dir / f"{effect.effect_id}.gate.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # it holds the token
-        with os.fdopen(fd, "w") as file:
-            json.dump(config, file)
+        write_gate_config(path, socket_path, token, effect.effect_id)
         return [*argv, "--permission-prompt-tool", PROMPT_TOOL, "--mcp-config", str(path)]
 
     async def _listen(self) -> str:
@@ -209,19 +193,7 @@ class Approvals:
         return allowed, approval["message"] or f"step {effect.spec.step_id} was {approval['status']}"
 
     async def _request(self, effect: Effect, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
-        approval: dict[str, Any] = {
-            "approval_id": new_id("apr_"),
-            "effect_id": effect.effect_id,
-            "run_id": effect.run_id,
-            "group": effect.spec.group,
-            "tool": tool,
-            "input": tool_input,
-            "status": "pending",
-            "decided_by": None,
-            "message": None,
-            "requested_at": now_iso(),
-            "answered_at": None,
-        }
+        approval = new_approval(effect, tool, tool_input)
         (stamped,) = await self._supervisor.journal.append(
             Event(REQUESTED, effect.run_id, effect.effect_id, dict(approval))
         )
@@ -296,23 +268,10 @@ class Approvals:
     def pending(self) -> list[dict[str, Any]]:
         return [approval for approval in self._all.values() if approval["status"] == "pending"]
 
-    def list(
-        self,
-        *,
-        run_id: str | None = None,
-        group: str | None = None,
-        effect_id: str | None = None,
-        status: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """The approvals that match, oldest first."""
-        return [
-            dict(approval)
-            for approval in self._all.values()
-            if (run_id is None or approval["run_id"] == run_id)
-            and (group is None or approval["group"] == group)
-            and (effect_id is None or approval["effect_id"] == effect_id)
-            and (status is None or approval["status"] == status)
-        ]
+    def list(self, **only: str | None) -> list[dict[str, Any]]:
+        """The approvals whose `run_id`, `group`, `effect_id` and `status` are those given, oldest first."""
+        wanted = {name: value for name, value in only.items() if value is not None}
+        return [dict(a) for a in self._all.values() if all(a[name] == value for name, value in wanted.items())]
 
     async def answer(
         self,
@@ -386,6 +345,36 @@ class Approvals:
             return await self._supervisor.get(effect_id)
         except UnknownEffectError:
             return None
+
+
+def write_gate_config(path: Path, socket_path: str, token: str, effect_id: str) -> None:
+    """The `--mcp-config` file that starts the effect's gate (mode 0600: it holds the token)."""
+    gate = {
+        "type": "stdio",
+        "command": sys.executable,
+        "args": ["-m", MODULE],
+        "env": {"EFFECTD_GATE_SOCKET": socket_path, "EFFECTD_GATE_TOKEN": token, "EFFECTD_EFFECT_ID": effect_id},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"mcpServers": {SERVER: gate}}, file)
+
+
+def new_approval(effect: Effect, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """A pending approval of this effect's request to use `tool`."""
+    return {
+        "approval_id": new_id("apr_"),
+        "effect_id": effect.effect_id,
+        "run_id": effect.run_id,
+        "group": effect.spec.group,
+        "tool": tool,
+        "input": tool_input,
+        "status": "pending",
+        "decided_by": None,
+        "message": None,
+        "requested_at": now_iso(),
+        "answered_at": None,
+    }
 
 
 def _first_match(rules: list[dict[str, Any]], tool: str, tool_input: dict[str, Any]) -> dict[str, Any] | None:
