@@ -95,6 +95,8 @@ async def test_a_request_left_by_a_command_that_died_expires_with_its_window(set
     await anyio.sleep(0.5)
     async with connected(settings, max_concurrency=1) as (engine, client):
         await wait_until(lambda: engine.stats()["active_effects"] == 0, within_s=30)
+        # The control channel's first poll may come after the effect's end (a loaded machine): wait for it.
+        await wait_until(lambda: control_rows(settings.db)[0][1] is not None, within_s=30)
         record = await call(client, "poll_effect", effect_id=queued["effect_id"])
     assert (record["status"], record["cancel_message"]) == ("succeeded", None)
     assert control_rows(settings.db) == [("cancel", "expired")]

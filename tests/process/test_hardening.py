@@ -28,7 +28,7 @@ from mcp import Client
 
 from effectd.config.settings import Settings, build_settings
 from effectd.harness.profiles import HarnessProfile
-from effectd.journal.projection import TERMINAL_EVENTS
+from effectd.journal.projection import TERMINAL_EVENTS, command_of
 from effectd.journal.store import replay_projection
 from effectd.runner.procfs import process_start_time
 from tests.helpers.mcp import call, connected, read_until
@@ -570,7 +570,9 @@ def assert_record_is_row(record: dict, row: dict) -> None:
         field = RECORD_NAMES.get(column, column)
         if field not in record or column == "pid":  # pid: shown only while the effect runs
             continue
-        if column in JSON_COLUMNS and stored is not None:
+        if column == "command":  # null: the effect ran its spec's argv (the journal keeps it once)
+            stored = command_of(stored, json.loads(row["spec"]))
+        elif column in JSON_COLUMNS and stored is not None:
             stored = json.loads(stored)
         elif column == "output_truncated":
             stored = bool(stored)
