@@ -209,3 +209,12 @@ def test_the_worktree_subagents_example_keeps_each_agents_edit_on_its_own_branch
         assert re.search(rf"^\s+{branch}: - .* \(agent-{number}\)$", out, re.M), out
     assert "main's IDEAS.md is untouched: True" in out and "git worktree list: 4 (main and 3 kept)" in out
     assert out.count(" pruned ") == 3 and "after --prune: git worktree list: 1; effectd/* branches: 3" in out
+
+
+def test_the_approvals_example_answers_its_sub_agents_from_await_group(tmp_path: Path) -> None:
+    result, _ = run_program([sys.executable, str(REPO / "client_examples" / "approvals.py")], tmp_path, timeout=120)
+    out = succeeded(result)
+    assert "note    written" in out and "code    written" in out and "escape  not written" in out, out
+    assert "flow succeeded, released: True" in out
+    assert "Write  allowed  by rule" in out and "Write  denied   by client" in out
+    assert "start  allowed  by client" in out
