@@ -544,13 +544,15 @@ function fillRow(tr, row) {
     durationText = `waiting ${fmtSeconds((nowMs() - parseTime(row.created_at)) / 1000)}`;
   }
   const exit = row.exit_code !== null ? String(row.exit_code) : row.signal ? `sig ${row.signal}` : '';
-  const why = row.status === 'cancelled' ? row.cancel_reason : row.status !== 'running' ? null
-    : row.waiting_for === 'approval' ? 'waiting for approval' : row.stalled ? 'stalled' : null;
+  // A sub-agent asking runs; a flow step waiting for its start is pending: both show what they wait for.
+  const asking = ACTIVE.has(row.status) && row.waiting_for === 'approval';
+  const why = row.status === 'cancelled' ? row.cancel_reason : asking ? 'waiting for approval'
+    : row.status === 'running' && row.stalled ? 'stalled' : null;
   const pillKey = `${row.status}|${why}`;
   if (c.status.dataset.key !== pillKey) {
     c.status.dataset.key = pillKey;
     const pill = statusPill(row.status, why);
-    pill.classList.toggle('asking', row.status === 'running' && row.waiting_for === 'approval');
+    pill.classList.toggle('asking', asking);
     c.status.replaceChildren(pill);
   }
   setText(c.name, nameOf(row));
