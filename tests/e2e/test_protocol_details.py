@@ -45,13 +45,15 @@ async def test_prompts_are_not_advertised_and_an_unknown_prompt_is_invalid_param
 
 
 READ_ONLY_TOOLS = {"poll_effect", "list_effects", "list_harnesses", "await_group", "stream_effect", "poll_flow"}
+READ_ONLY_TOOLS |= {"list_approvals"}
+ANSWERING_TOOLS = {"answer_approval"}  # lets a waiting sub-agent go on: not destructive, and answered only once
 STOPPING_TOOLS = {"cancel_effect", "cancel_group", "set_budget"}  # set_budget: a spent limit stops effects
 STARTING_TOOLS = {"dispatch_effect", "dispatch_flow"}
 
 
 async def test_every_tool_has_a_title_and_hints_saying_what_a_call_may_change(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == READ_ONLY_TOOLS | STOPPING_TOOLS | STARTING_TOOLS
+    assert set(tools) == READ_ONLY_TOOLS | STOPPING_TOOLS | STARTING_TOOLS | ANSWERING_TOOLS
     for name, tool in tools.items():
         hints = tool.annotations
         assert tool.title and tool.title[0].isupper() and hints is not None and hints.title == tool.title, name
@@ -59,7 +61,7 @@ async def test_every_tool_has_a_title_and_hints_saying_what_a_call_may_change(cl
         assert hints.open_world_hint is (name in STARTING_TOOLS), name
         if name in STOPPING_TOOLS:
             assert (hints.destructive_hint, hints.idempotent_hint) == (True, True), name
-        if name in STARTING_TOOLS:
+        if name in STARTING_TOOLS | ANSWERING_TOOLS:
             assert (hints.destructive_hint, hints.idempotent_hint) == (False, False), name
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, SocketListener, TaskGroup
 
-from effectd.errors import InvalidRequestError, UnknownEffectError
+from effectd.errors import EffectdError, InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
 from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events, fold
 from effectd.journal.projection import Event
@@ -401,12 +401,16 @@ async def wait_or_asked(
     (the ends up to that seq are in `done`, the later ones come with the next call)."""
     ids = {effect.effect_id for effect in effects}
     result: GroupWait | None = None
+    refused: EffectdError | None = None  # raised here, not inside the task group (a tool error, not a crash)
     if not approvals.asked_after(ids, cursor):
         async with anyio.create_task_group() as tg:
 
             async def group() -> None:
-                nonlocal result
-                result = await waiting()
+                nonlocal result, refused
+                try:
+                    result = await waiting()
+                except EffectdError as exc:
+                    refused = exc
                 tg.cancel_scope.cancel()
 
             async def asked() -> None:
@@ -415,6 +419,8 @@ async def wait_or_asked(
 
             tg.start_soon(group)
             tg.start_soon(asked)
+    if refused is not None:
+        raise refused
     if result is not None:
         return result
     found = approvals.asked_after(ids, cursor)
