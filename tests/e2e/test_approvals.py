@@ -8,53 +8,29 @@ Code runs the same path in tests/real.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
-import effectd.demo.asker as asker
+from tests.helpers.approvals import asker_params, pending_approval
 from tests.helpers.mcp import call, call_error
-from tests.helpers.processes import stdio_params, wait_gone
+from tests.helpers.processes import wait_gone
 
 pytestmark = pytest.mark.anyio
-
-FAKE = Path(asker.__file__)  # run by path, as a profile's command names a program
-
-
-def serve(tmp_path: Path) -> Any:
-    config = tmp_path / "effectd.toml"
-    command = json.dumps([sys.executable, str(FAKE), "-p", "{prompt}"])
-    config.write_text(
-        f'[harness.asker]\ncommand = {command}\nparser = "lines"\napprovals = "claude"\n'
-        f"[harness.plain]\ncommand = {command}\n"  # the same CLI, its hook not declared
-    )
-    return stdio_params(tmp_path / "journal.db", "--config", str(config), "--allow-any-command")
-
-
-async def pending_of(client: Client, effect_id: str, within_s: float = 30) -> dict[str, Any]:
-    with anyio.fail_after(within_s):
-        while True:
-            found = (await call(client, "list_approvals", effect_id=effect_id, status="pending"))["approvals"]
-            if found:
-                return found[0]  # type: ignore[no-any-return]
-            await anyio.sleep(0.05)
 
 
 async def test_a_denied_write_is_not_done_and_the_message_reaches_the_sub_agent(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         started = await call(
             client, "dispatch_effect", harness="asker", prompt=f"write {target} hello", approvals="ask", background=True
         )
-        approval = await pending_of(client, started["effect_id"])
+        approval = await pending_approval(client, started["effect_id"])
         assert approval["tool"] == "Write" and approval["input"] == {"file_path": str(target), "content": "hello"}
         assert approval["run_id"] == started["run_id"] and approval["decided_by"] is None
         waiting = await call(client, "poll_effect", effect_id=started["effect_id"])
@@ -77,11 +53,11 @@ async def test_a_denied_write_is_not_done_and_the_message_reaches_the_sub_agent(
 
 async def test_an_allowed_write_is_done_within_half_a_second_of_the_answer(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         started = await call(
             client, "dispatch_effect", harness="asker", prompt=f"write {target} hello", approvals="ask", background=True
         )
-        approval = await pending_of(client, started["effect_id"])
+        approval = await pending_approval(client, started["effect_id"])
         answered_at = time.monotonic()
         await call(client, "answer_approval", approval_id=approval["approval_id"], decision="allow")
         with anyio.fail_after(30):
@@ -100,7 +76,7 @@ async def test_a_rule_decides_without_asking_and_a_timeout_denies(tmp_path: Path
         {"tool": "Write", "input_matches": "refused", "decision": "deny"},
         {"tool": "Write", "input_matches": r"allowed\.txt", "decision": "allow"},
     ]
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         records = []
         for target in (allowed, refused):
             records.append(
@@ -131,7 +107,7 @@ async def test_a_rule_decides_without_asking_and_a_timeout_denies(tmp_path: Path
 
 
 async def test_approvals_that_cannot_work_are_refused_and_nothing_runs(tmp_path: Path) -> None:
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         command = await call_error(client, "dispatch_effect", command=["true"], approvals="ask")
         no_hook = await call_error(client, "dispatch_effect", harness="plain", prompt="p", approvals="ask")
         alone = await call_error(
@@ -151,7 +127,7 @@ async def test_approvals_that_cannot_work_are_refused_and_nothing_runs(tmp_path:
 
 async def test_await_group_wakes_once_per_request_and_the_orchestrator_answers_from_it(tmp_path: Path) -> None:
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         ids = []
         for target in (first, second):
             started = await call(
@@ -176,7 +152,7 @@ async def test_await_group_wakes_once_per_request_and_the_orchestrator_answers_f
 
 async def test_a_request_left_pending_by_a_killed_server_is_denied_at_the_next_start(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    params = serve(tmp_path)
+    params = asker_params(tmp_path)
     killed = False
     try:
         async with Client(params, read_timeout_seconds=70) as client:
@@ -184,7 +160,7 @@ async def test_a_request_left_pending_by_a_killed_server_is_denied_at_the_next_s
                 client, "dispatch_effect", harness="asker", prompt=f"write {target} x", approvals="ask",
                 background=True,
             )  # fmt: skip
-            approval = await pending_of(client, started["effect_id"])
+            approval = await pending_approval(client, started["effect_id"])
             leader = (await call(client, "poll_effect", effect_id=started["effect_id"]))["pid"]
             status = await anyio.Path(f"/proc/{leader}/status").read_text()
             server = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))

@@ -1,6 +1,6 @@
 """Approvals (issue 25) answered from outside the server whose sub-agent asks: `effectd approvals`,
 `effectd approve` and `effectd deny` on the command line, and `answer_approval` on another server that
-shares the journal. Real `effectd serve` processes over stdio, with `tests/fixtures/fake_claude.py` as
+shares the journal. Real `effectd serve` processes over stdio, with `effectd.demo.asker` as
 the sub-agent; each answer reaches that sub-agent through its own server's control channel.
 """
 
@@ -19,7 +19,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.e2e.test_approvals import pending_of, serve
+from tests.helpers.approvals import asker_params, pending_approval
 from tests.helpers.mcp import call, call_error
 from tests.helpers.processes import effectd_bin, wait_gone
 
@@ -38,7 +38,7 @@ async def asking(client: Client, target: Path) -> tuple[dict[str, Any], dict[str
     started = await call(
         client, "dispatch_effect", harness="asker", prompt=f"write {target} hello", approvals="ask", background=True
     )
-    return started, await pending_of(client, started["effect_id"])
+    return started, await pending_approval(client, started["effect_id"])
 
 
 async def ended(client: Client, effect_id: str) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def stopped(pid: int) -> Iterator[None]:
 @asynccontextmanager
 async def two_servers(tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
     """Two servers on one journal, with the sub-agent's profile; a forwarded answer waits 1 s for its owner."""
-    params = serve(tmp_path)
+    params = asker_params(tmp_path)
     config = anyio.Path(params.args[params.args.index("--config") + 1])
     await config.write_text("peer_answer_s = 1\n" + await config.read_text())
     async with AsyncExitStack() as stack:
@@ -84,7 +84,7 @@ async def two_servers(tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
 
 async def test_effectd_approve_lets_the_sub_agent_write(tmp_path: Path) -> None:
     target, db = tmp_path / "out.txt", tmp_path / "journal.db"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         started, approval = await asking(client, target)
         code, listed, _ = await effectd(db, "approvals")
         assert code == 0 and [a["approval_id"] for a in json.loads(listed)] == [approval["approval_id"]]
@@ -106,7 +106,7 @@ async def test_effectd_approve_lets_the_sub_agent_write(tmp_path: Path) -> None:
 
 async def test_effectd_deny_with_a_message_and_an_answer_given_twice(tmp_path: Path) -> None:
     target, db = tmp_path / "out.txt", tmp_path / "journal.db"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         started, approval = await asking(client, target)
         code, out, err = await effectd(db, "deny", approval["approval_id"], "--message", "not in this repo")
         assert (code, err) == (0, ""), err
@@ -130,7 +130,7 @@ async def test_effectd_deny_with_a_message_and_an_answer_given_twice(tmp_path: P
 
 async def test_no_live_server_answering_exits_2_and_the_answer_is_never_given_later(tmp_path: Path) -> None:
     target, db = tmp_path / "out.txt", tmp_path / "journal.db"
-    async with Client(serve(tmp_path), read_timeout_seconds=70) as client:
+    async with Client(asker_params(tmp_path), read_timeout_seconds=70) as client:
         started, approval = await asking(client, target)
         with stopped(server_pid(db, started["owner"])):
             code, out, err = await effectd(db, "approve", approval["approval_id"], "--wait", "0.5")
@@ -149,7 +149,7 @@ async def test_answer_approval_on_another_server_reaches_the_sub_agent_of_its_ow
     target = tmp_path / "out.txt"
     async with two_servers(tmp_path) as (a, b):
         started, approval = await asking(a, target)
-        seen = await pending_of(b, started["effect_id"])  # B follows A's approvals in the journal
+        seen = await pending_approval(b, started["effect_id"])  # B follows A's approvals in the journal
         answered = await call(b, "answer_approval", approval_id=approval["approval_id"], decision="allow")
         record = await ended(a, started["effect_id"])
         with anyio.fail_after(10):
@@ -168,7 +168,7 @@ async def test_an_answer_its_owner_does_not_take_in_time_is_withdrawn_and_never_
     target, db = tmp_path / "out.txt", tmp_path / "journal.db"
     async with two_servers(tmp_path) as (a, b):
         started, approval = await asking(a, target)
-        await pending_of(b, started["effect_id"])
+        await pending_approval(b, started["effect_id"])
         with stopped(server_pid(db, started["owner"])):
             refused = await call_error(b, "answer_approval", approval_id=approval["approval_id"], decision="allow")
         assert "did not answer within 1 s" in refused and "withdrawn and will not be carried out later" in refused
@@ -181,14 +181,14 @@ async def test_an_answer_its_owner_does_not_take_in_time_is_withdrawn_and_never_
 
 async def test_a_killed_servers_pending_approval_is_denied_by_the_server_that_takes_it_over(tmp_path: Path) -> None:
     target, db = tmp_path / "out.txt", tmp_path / "journal.db"
-    params = serve(tmp_path)
+    params = asker_params(tmp_path)
     killed = False
     async with Client(params, read_timeout_seconds=70) as b:
         await call(b, "list_harnesses")
         try:
             async with Client(params, read_timeout_seconds=70) as a:
                 started, approval = await asking(a, target)
-                await pending_of(b, started["effect_id"])
+                await pending_approval(b, started["effect_id"])
                 server = server_pid(db, started["owner"])
                 leader = (await call(a, "poll_effect", effect_id=started["effect_id"]))["pid"]
                 os.kill(server, signal.SIGKILL)  # the sub-agent dies with it: nobody waits for the answer

@@ -4,27 +4,17 @@ for an approval is `input_required`, its `inputRequests` one elicitation form pe
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 
-from tests.e2e.test_approvals import FAKE
+from tests.helpers.approvals import asker_params
 from tests.helpers.mcp import call
-from tests.helpers.processes import stdio_params
 from tests.helpers.tasks_client import TasksClient, TaskState, settle, start_task, tasks_update, until
 
 pytestmark = pytest.mark.anyio
-
-
-def serve(tmp_path: Path) -> Any:
-    config = tmp_path / "effectd.toml"
-    command = json.dumps([sys.executable, str(FAKE), "-p", "{prompt}"])
-    config.write_text(f'[harness.asker]\ncommand = {command}\nparser = "lines"\napprovals = "claude"\n')
-    return stdio_params(tmp_path / "journal.db", "--config", str(config), "--allow-any-command")
 
 
 def inputs(state: TaskState) -> dict[str, Any]:
@@ -32,7 +22,7 @@ def inputs(state: TaskState) -> dict[str, Any]:
 
 
 def connect(tmp_path: Path) -> Client:
-    return Client(serve(tmp_path), read_timeout_seconds=70, extensions=[TasksClient()])
+    return Client(asker_params(tmp_path), read_timeout_seconds=70, extensions=[TasksClient()])
 
 
 async def test_a_task_waiting_for_an_approval_is_input_required_and_tasks_update_answers_it(tmp_path: Path) -> None:

@@ -126,6 +126,26 @@ class MissionRun:
         results = [e for e in self.events if e.get("type") == "result"]
         return results[-1].get("result") if results else None
 
+    def tool_calls(self) -> list[tuple[str, dict[str, Any]]]:
+        """The orchestrator's calls of effectd's tools, in order: (tool name without the MCP prefix, input)."""
+        return [
+            (block["name"].removeprefix(MCP), block["input"])
+            for event in self.events
+            if event.get("type") == "assistant"
+            for block in event["message"]["content"]
+            if block.get("type") == "tool_use"
+        ]
+
+    def tool_errors(self) -> list[dict[str, Any]]:
+        """The tool results that came back as errors."""
+        return [
+            block
+            for event in self.events
+            if event.get("type") == "user"
+            for block in event["message"]["content"]
+            if isinstance(block, dict) and block.get("is_error")
+        ]
+
 
 def run_mission(
     workdir: Path,

@@ -18,13 +18,14 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
+from tests.helpers.approvals import pending_approval
 from tests.helpers.mcp import call
 from tests.helpers.processes import effectd_bin, pid_alive, stdio_params
 from tests.model_server import ModelServer, Script
 from tests.model_server.approving import FINAL_ANSWER, GROUP, PROMPT, TOOLS, WROTE, approving_script, writer
 from tests.model_server.clis import claude_env, require
 from tests.model_server.harness_runs import STARTUP_S
-from tests.model_server.mission import MCP, run_mission
+from tests.model_server.mission import run_mission
 from tests.model_server.processes import effect_tree, finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real, pytest.mark.timeout(300)]
@@ -56,16 +57,6 @@ def write_result(model: ModelServer, match: str) -> dict[str, Any]:
     return blocks[0]  # type: ignore[no-any-return]
 
 
-async def pending_of(client: Client, effect_id: str) -> dict[str, Any]:
-    """The effect's first pending approval, once its Claude Code has started and asked."""
-    with anyio.fail_after(STARTUP_S):
-        while True:
-            found = (await call(client, "list_approvals", effect_id=effect_id, status="pending"))["approvals"]
-            if found:
-                return found[0]  # type: ignore[no-any-return]
-            await anyio.sleep(0.1)
-
-
 def dispatch(model: ModelServer, tmp_path: Path, prompt: str, **options: Any) -> dict[str, Any]:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
@@ -85,7 +76,7 @@ async def test_a_denied_write_is_not_done_and_the_deny_message_reaches_the_model
     with ModelServer(Script([writer("APR-DENY", target, "hello")])) as model:
         async with Client(serve(tmp_path, claude), read_timeout_seconds=70) as client:
             started = await call(client, "dispatch_effect", **dispatch(model, tmp_path, "APR-DENY: write out.txt"))
-            approval = await pending_of(client, started["effect_id"])
+            approval = await pending_approval(client, started["effect_id"], within_s=STARTUP_S)
             waiting = await call(client, "poll_effect", effect_id=started["effect_id"])
             await call(client, "answer_approval", approval_id=approval["approval_id"], decision="deny", message=DENIAL)
             record = await finished(client, started["effect_id"])
@@ -107,7 +98,7 @@ async def test_an_allowed_write_is_done(tmp_path: Path, claude: Path) -> None:
     with ModelServer(Script([writer("APR-ALLOW", target, "hello from claude")])) as model:
         async with Client(serve(tmp_path, claude), read_timeout_seconds=70) as client:
             started = await call(client, "dispatch_effect", **dispatch(model, tmp_path, "APR-ALLOW: write out.txt"))
-            approval = await pending_of(client, started["effect_id"])
+            approval = await pending_approval(client, started["effect_id"], within_s=STARTUP_S)
             await call(client, "answer_approval", approval_id=approval["approval_id"], decision="allow")
             record = await finished(client, started["effect_id"])
             listed = (await call(client, "list_approvals", effect_id=started["effect_id"]))["approvals"]
@@ -173,22 +164,9 @@ async def test_claude_as_the_orchestrator_allows_its_sub_agents_write_from_await
         )
     )
     assert run.exit_code == 0, run.stderr[-2000:]
-    calls = [
-        (block["name"].removeprefix(MCP), block["input"])
-        for event in run.events
-        if event.get("type") == "assistant"
-        for block in event["message"]["content"]
-        if block.get("type") == "tool_use"
-    ]
+    calls = run.tool_calls()
     assert [name for name, _ in calls] == ["dispatch_effect", "await_group", "answer_approval", "await_group"]
-    errors = [
-        block
-        for event in run.events
-        if event.get("type") == "user"
-        for block in event["message"]["content"]
-        if isinstance(block, dict) and block.get("is_error")
-    ]
-    assert errors == [], "a tool call of the orchestrator failed"
+    assert run.tool_errors() == [], "a tool call of the orchestrator failed"
     assert run.answer == FINAL_ANSWER
     assert target.read_text() == "allowed by the orchestrator"
     # What the orchestrator's model read from its first await_group: the sub-agent's Write, asked.

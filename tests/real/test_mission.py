@@ -20,7 +20,7 @@ from tests.helpers.paths import REPO
 from tests.helpers.processes import effectd_bin, pid_alive
 from tests.model_server.clis import require
 from tests.model_server.interactive import run_interactive_mission
-from tests.model_server.mission import FINAL_ANSWER, GROUP, MCP, run_mission
+from tests.model_server.mission import FINAL_ANSWER, GROUP, run_mission
 from tests.model_server.processes import effect_tree
 from tests.model_server.wire import read_wire
 
@@ -35,22 +35,9 @@ def test_claude_as_the_client_runs_three_sub_agents_awaits_one_and_cancels_the_s
     # The orchestrator saw effectd connected and called its tools, in the scripted order.
     init = run.events[0]
     assert {"name": "effectd", "status": "connected"}.items() <= init["mcp_servers"][0].items()
-    calls = [
-        block["name"].removeprefix(MCP)
-        for event in run.events
-        if event.get("type") == "assistant"
-        for block in event["message"]["content"]
-        if block.get("type") == "tool_use"
-    ]
+    calls = [name for name, _ in run.tool_calls()]
     assert calls == ["dispatch_effect"] * 3 + ["await_group", "cancel_effect"]
-    errors = [
-        block
-        for event in run.events
-        if event.get("type") == "user"
-        for block in event["message"]["content"]
-        if isinstance(block, dict) and block.get("is_error")
-    ]
-    assert errors == [], "a tool call failed (MCP server still connecting?)"
+    assert run.tool_errors() == [], "a tool call failed (MCP server still connecting?)"
     assert run.answer == FINAL_ANSWER
 
     # The journal, read with effectd's own command line.
