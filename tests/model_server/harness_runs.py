@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from mcp import Client
 
 from tests.helpers.mcp import call, wait_until
@@ -37,6 +38,32 @@ async def sleeping(
     record = await call(client, "poll_effect", effect_id=effect_id)
     assert record["status"] == "running" and record["pid"] in tree
     return dict(record), tree
+
+
+async def sleeping_before_timeout(
+    client: Client, harness: str, prompt: str, needle: str, timeouts_s: list[float], **options: Any
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """`sleeping` for a run with a timeout: the timeout counts from the dispatch, and a CLI that starts slowly
+    on a loaded machine may reach it before its tool call runs. Such a run is cancelled by its timeout before
+    there is a tree to check, so it is tried again with the next, longer timeout."""
+    for timeout_s in timeouts_s:
+        record = await call(
+            client, "dispatch_effect", harness=harness, prompt=prompt, background=True, timeout_s=timeout_s, **options
+        )
+        effect_id = record["effect_id"]
+        with anyio.fail_after(STARTUP_S + timeout_s):
+            while needle not in running(effect_id, "sleep").values():
+                record = await call(client, "poll_effect", effect_id=effect_id)
+                if record["status"] in ("succeeded", "failed", "cancelled", "skipped"):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                tree = effect_tree(effect_id)
+                record = await call(client, "poll_effect", effect_id=effect_id)
+                assert record["status"] == "running" and record["pid"] in tree
+                return dict(record), tree
+        assert record["cancel_reason"] == "timeout", record
+    raise AssertionError(f"the CLI never reached its tool call within any of the timeouts {timeouts_s}")
 
 
 def tree_gone(effect_id: str, tree: dict[int, str]) -> None:
