@@ -15,6 +15,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,19 @@ class InteractiveRun:
     wire: list[dict[str, Any]]
     screen: str
 
+    def tool_calls(self) -> list[tuple[str, dict[str, Any]]]:
+        """The orchestrator's ``tools/call`` requests to effectd, in order, as effectd got them: (name, arguments)."""
+        return [(m["params"]["name"], m["params"].get("arguments", {})) for m in self._calls()]
+
+    def tool_errors(self) -> list[dict[str, Any]]:
+        """effectd's answers to those calls that are errors (a JSON-RPC error or a tool result with ``isError``)."""
+        ids = {m["id"] for m in self._calls()}
+        answers = [e["msg"] for e in self.wire if e["dir"] == "s2c" and e["msg"].get("id") in ids]
+        return [m for m in answers if "error" in m or m.get("result", {}).get("isError")]
+
+    def _calls(self) -> list[dict[str, Any]]:
+        return [e["msg"] for e in self.wire if e["dir"] == "c2s" and e["msg"].get("method") == "tools/call"]
+
 
 def _settings(workdir: Path, config_dir: Path) -> None:
     """Onboarding done, the scripted key approved, the folder trusted: no dialog stops the session."""
@@ -47,14 +61,31 @@ def _settings(workdir: Path, config_dir: Path) -> None:
     (config_dir / ".claude.json").write_text(json.dumps(state))
 
 
+def _foreground_mission(server_ref: list[ModelServer], sub_env: dict[str, str]) -> Script:
+    return mission_script(server_ref, sub_env, background=False)
+
+
 def run_interactive_mission(
-    workdir: Path, claude: Path, effectd: str, *, extra_env: dict[str, str], timeout_s: float = 300
+    workdir: Path,
+    claude: Path,
+    effectd: str,
+    *,
+    extra_env: dict[str, str],
+    timeout_s: float = 300,
+    prompt: str = PROMPT,
+    tools: Sequence[str] = TOOLS,
+    script: Callable[[list[ModelServer], dict[str, str]], Script] = _foreground_mission,
+    last_turn: tuple[str, int] = ("MISSION", 5),
 ) -> InteractiveRun:
+    """Runs the orchestrating interactive ``claude`` until the scripted model served ``last_turn`` (a
+    conversation's match and its turn index: the final answer). The default is the mission with foreground
+    dispatches; another orchestration is another ``prompt``, ``tools``, ``script`` and ``last_turn``, as for
+    ``run_mission`` (tests/model_server/approving.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     journal, wire = workdir / "journal.db", workdir / "wire.jsonl"
     screen = bytearray()
     with ModelServer(Script()) as server:
-        server.script = mission_script([server], claude_env(server, workdir / "sub-agents-config"), background=False)
+        server.script = script([server], claude_env(server, workdir / "sub-agents-config"))
         config_dir = workdir / "orchestrator-config"
         env = {**os.environ, **claude_env(server, config_dir), **extra_env, "TERM": "xterm-256color"}
         _settings(workdir, config_dir)
@@ -65,15 +96,15 @@ def run_interactive_mission(
         config = {"mcpServers": {"effectd": {"command": sys.executable, "args": tee, "env": serve_env}}}
         (workdir / "mcp.json").write_text(json.dumps(config))
         argv = [str(claude), "--mcp-config", str(workdir / "mcp.json"), "--strict-mcp-config"]
-        argv += ["--allowedTools", ",".join(MCP + tool for tool in TOOLS), "--", PROMPT]
+        argv += ["--allowedTools", ",".join(MCP + tool for tool in tools), "--", prompt]
         pid, fd = pty.fork()
         if pid == 0:  # the child: becomes claude, on the pty
             os.chdir(workdir)
             os.execve(argv[0], argv, env)
         deadline = time.monotonic() + timeout_s
         try:
-            # The script's last turn (the final answer) is MISSION's turn 5.
-            while time.monotonic() < deadline and 5 not in server.turns_served("MISSION"):
+            match, turn = last_turn
+            while time.monotonic() < deadline and turn not in server.turns_served(match):
                 if select.select([fd], [], [], 0.5)[0]:
                     try:
                         screen += os.read(fd, 65536)

@@ -25,6 +25,7 @@ from tests.model_server import ModelServer, Script
 from tests.model_server.approving import FINAL_ANSWER, GROUP, PROMPT, TOOLS, WROTE, approving_script, writer
 from tests.model_server.clis import claude_env, require
 from tests.model_server.harness_runs import STARTUP_S
+from tests.model_server.interactive import run_interactive_mission
 from tests.model_server.mission import run_mission
 from tests.model_server.processes import effect_tree, finished
 
@@ -180,6 +181,42 @@ async def test_claude_as_the_orchestrator_allows_its_sub_agents_write_from_await
     assert calls[2][1]["approval_id"] == listed[0]["approval_id"]
     assert record["status"] == "succeeded" and record["approvals"] == "ask", record
     assert record["result"]["answer"] == WROTE
+    assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
+
+
+async def test_an_interactive_claude_orchestrator_allows_its_sub_agents_write_from_await_group(
+    tmp_path: Path, claude: Path
+) -> None:
+    """The same orchestration in an interactive Claude Code session (in a pseudo-terminal), as a user runs it:
+    the scripted orchestrating model reads the sub-agent's request from await_group and answers it."""
+    target = tmp_path / "mission" / "work" / "report.txt"
+    target.parent.mkdir(parents=True)
+    run = await anyio.to_thread.run_sync(
+        lambda: run_interactive_mission(
+            tmp_path / "mission",
+            claude,
+            effectd_bin(),
+            extra_env={},
+            prompt=PROMPT,
+            tools=TOOLS,
+            script=approving_script(target, "allowed interactively"),
+            last_turn=("APR-ORCH", 4),
+        )
+    )
+    calls = run.tool_calls()
+    assert [name for name, _ in calls] == ["dispatch_effect", "await_group", "answer_approval", "await_group"], (
+        run.screen[-3000:]
+    )
+    assert run.tool_errors() == [], "a tool call of the orchestrator failed"
+    assert target.read_text() == "allowed interactively"
+    (woke,) = [r for r in run.server.recorded(match="APR-ORCH") if r.turn_index == 2][:1]
+    assert '\\"tool\\":\\"Write\\"' in json.dumps(woke.body["messages"][-1]), woke.body["messages"][-1]
+    async with Client(stdio_params(run.journal), read_timeout_seconds=70) as client:
+        listed = (await call(client, "list_approvals", group=GROUP))["approvals"]
+        (record,) = (await call(client, "list_effects", group=GROUP))["effects"]
+    assert [(a["tool"], a["status"], a["decided_by"]) for a in listed] == [("Write", "allowed", "client")]
+    assert calls[2][1]["approval_id"] == listed[0]["approval_id"]
+    assert record["status"] == "succeeded" and record["result"]["answer"] == WROTE, record
     assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
 
 
