@@ -150,6 +150,7 @@ async def test_answer_approval_on_another_server_reaches_the_sub_agent_of_its_ow
     async with two_servers(tmp_path) as (a, b):
         started, approval = await asking(a, target)
         seen = await pending_approval(b, started["effect_id"])  # B follows A's approvals in the journal
+        waiting_on_b = (await call(b, "poll_effect", effect_id=started["effect_id"]))["waiting_for"]
         answered = await call(b, "answer_approval", approval_id=approval["approval_id"], decision="allow")
         record = await ended(a, started["effect_id"])
         with anyio.fail_after(10):
@@ -158,6 +159,7 @@ async def test_answer_approval_on_another_server_reaches_the_sub_agent_of_its_ow
         on_a = (await call(a, "list_approvals"))["approvals"]
         again = await call_error(b, "answer_approval", approval_id=approval["approval_id"], decision="deny")
     assert seen == approval
+    assert waiting_on_b == "approval", "B's record of A's effect says what it waits for"
     assert (answered["status"], answered["decided_by"]) == ("allowed", "client")
     assert target.read_text() == "hello" and record["status"] == "succeeded"
     assert on_b == on_a == [answered]

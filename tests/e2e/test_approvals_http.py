@@ -14,6 +14,8 @@ import pytest
 from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.http.wire import INPUT_CHARS
+from effectd.journal.approvals import REQUESTED
+from effectd.journal.projection import Event
 from tests.helpers.approvals import pending_of, with_asker
 from tests.helpers.http import TOKEN, http_client, serving, sse_events
 from tests.helpers.mcp import call
@@ -142,3 +144,37 @@ async def test_the_event_stream_sends_the_pending_approvals_as_they_come_and_go(
     assert (approval["status"], approval["decided_by"], approval["message"]) == ("denied", "dashboard", "not now")
     assert record["status"] == "succeeded" and "denied: not now" in record["output_tail"]
     assert not target.exists()
+
+
+async def test_the_stream_offers_only_the_approvals_an_answer_from_here_reaches(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A request another server journaled for an effect no live server runs (its server is gone, not yet
+    # settled): list_approvals lists it, but no answer reaches its asker, so the dashboard offers no buttons.
+    orphan = {
+        "approval_id": "apr_orphan", "effect_id": "eff_gone", "run_id": "run_gone", "group": None, "tool": "Write",
+        "input": {"file_path": "x", "content": "y"}, "status": "pending", "decided_by": None, "message": None,
+        "requested_at": "2026-12-08T00:00:00Z", "answered_at": None,
+    }  # fmt: skip
+    target = tmp_path / "out.txt"
+    async with (
+        Engine.open(with_asker(settings)) as engine,
+        serving(engine) as url,
+        http_client(url) as client,
+        httpx2.AsyncClient(base_url=url, timeout=30, headers=AUTH) as http,
+    ):
+        engine.approvals.seen(Event(REQUESTED, "run_gone", "eff_gone", orphan, seq=1))
+        listed = await call(client, "list_approvals", status="pending")
+        assert [a["approval_id"] for a in listed["approvals"]] == ["apr_orphan"]
+        refused = await http.post("/api/approvals/apr_orphan/answer", json={"decision": "allow"})
+        assert refused.status_code in (400, 409) and "no sub-agent waits for it" in refused.text, refused.text
+        started = await call(
+            client, "dispatch_effect", harness="asker", prompt=f"write {target} hi", approvals="ask", background=True
+        )
+        await pending_of(engine, started["effect_id"])
+        async with http.stream("GET", "/api/events", timeout=httpx2.Timeout(10, read=60)) as response:
+            name, snapshot = await anext(sse_events(response))
+        assert name == "snapshot"
+        assert [a["effect_id"] for a in snapshot["approvals"]] == [started["effect_id"]], snapshot["approvals"]
+        await call(client, "cancel_effect", effect_id=started["effect_id"], grace_s=0.5)
+        await call(client, "await_group", effect_ids=[started["effect_id"]], timeout_s=30)

@@ -66,6 +66,8 @@ class Approvals:
         # Set by the engine: answers an approval of another server's effect through that server, and returns
         # it answered (`effectd.peers.sessions.Sessions.forward_approval`).
         self.forward: Callable[[Effect, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        # Set by the engine: whether a live server runs the effects of an owner (`Sessions.runs_alive`).
+        self.owner_alive: Callable[[str | None], Awaitable[bool]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -119,6 +121,17 @@ class Approvals:
         elif event.type == ANSWERED and (approval := self._all.get(data["approval_id"])) is not None:
             if approval["status"] == "pending":
                 approval.update(data)
+        effect = self._supervisor.registry.peek(event.effect_id or "")
+        if effect is not None and not effect.local and not effect.terminal:
+            waiting_for = self.peer_waiting_for(effect.effect_id)
+            if effect.waiting_for != waiting_for:
+                effect.waiting_for = waiting_for
+                effect.notify()
+
+    def peer_waiting_for(self, effect_id: str) -> str | None:
+        """Another server's effect's `waiting_for`, as its approvals in the journal say: "approval" while one
+        is pending (`Supervisor.peer_waiting_for`)."""
+        return "approval" if any(a["effect_id"] == effect_id for a in self.pending()) else None
 
     # --- the sub-agent's side ---------------------------------------------------------------------
 
@@ -267,6 +280,23 @@ class Approvals:
 
     def pending(self) -> list[dict[str, Any]]:
         return [approval for approval in self._all.values() if approval["status"] == "pending"]
+
+    async def answerable(self) -> list[dict[str, Any]]:
+        """The pending approvals an answer given here reaches, oldest first: those a sub-agent or a flow step
+        waits for on this server, and those of a live peer's effects (`answer` forwards them to it). What the
+        dashboard offers Allow and Deny for. Left out: a request whose asker is gone (a flow step's start that
+        a stopped server left pending until its flow runs again, or a peer's that is not settled yet), which
+        `answer` would refuse; `list` still lists it."""
+        found = []
+        for approval in self.pending():
+            if approval["approval_id"] not in self._answers:
+                effect = await self._effect(approval["effect_id"])
+                if effect is None or effect.local or effect.terminal or self.forward is None:
+                    continue
+                if self.owner_alive is None or not await self.owner_alive(effect.state.owner):
+                    continue
+            found.append(dict(approval))
+        return found
 
     def list(self, **only: str | None) -> list[dict[str, Any]]:
         """The approvals whose `run_id`, `group`, `effect_id` and `status` are those given, oldest first."""

@@ -316,6 +316,8 @@ async def _open(cls: type[Engine], settings: Settings, runner: Runner | None) ->
         engine = cls(settings, journal, supervisor, flows, sessions)
         engine.approvals = approvals
         approvals.forward = sessions.forward_approval  # another server's sub-agent waits there: answered there
+        approvals.owner_alive = sessions.runs_alive
+        supervisor.peer_waiting_for = approvals.peer_waiting_for
         supervisor.attempts.gate = approvals.wire
         supervisor.attempts.ask_start = approvals.ask_start
         control = ControlChannel(

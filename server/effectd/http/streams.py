@@ -50,7 +50,8 @@ class LiveStreams:
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: `snapshot` (the newest effects and the pending approvals) once, then `effects`
-        with the rows that changed, and `approvals` (all pending ones) when they changed."""
+        with the rows that changed, and `approvals` (all pending ones) when they changed. The approvals are
+        those an answer from here reaches (`Approvals.answerable`)."""
         limit = int_param(request, "limit", SNAPSHOT_LIMIT, 1, 5000)
         engine, stop = self.engine, self.stop
 
@@ -61,7 +62,7 @@ class LiveStreams:
                 with stop.closes(changes.close):
                     listed = await engine.list_effects(limit=limit, summary=False)
                     snapshot = [row_of(r) for r in listed.effects]
-                    pending = engine.approvals.list(status="pending")
+                    pending = await engine.approvals.answerable()
                     sent = [approval["approval_id"] for approval in pending]
                     approvals = [approval_row(approval) for approval in pending]
                     first = {"version": engine.version, "now": now_iso(), "effects": snapshot, "approvals": approvals}
@@ -78,7 +79,7 @@ class LiveStreams:
                             with suppress(UnknownEffectError):
                                 rows.append(row_of(await engine.poll(effect_id)))
                         message = {"version": engine.version, "now": now_iso(), "effects": rows}
-                        pending = engine.approvals.list(status="pending")
+                        pending = await engine.approvals.answerable()
                         if [approval["approval_id"] for approval in pending] != sent:
                             sent = [approval["approval_id"] for approval in pending]
                             message["approvals"] = [approval_row(approval) for approval in pending]

@@ -71,6 +71,9 @@ class Supervisor:
         self.feed = feed or ChangeFeed()
         self.output_dir = output_dir
         self.stall_after_s = stall_after_s
+        # Set by the engine: what another server's effect waits for, read from the approvals this server
+        # follows (its owner's live `waiting_for` is not journaled).
+        self.peer_waiting_for: Callable[[str], str | None] = lambda effect_id: None
         self.keep_queued = keep_queued
         self.default_run_id = new_id("run_")
         self.registry = Registry(journal, output_dir, output_limit_bytes, self._adopt)
@@ -165,6 +168,8 @@ class Supervisor:
     def _adopt(self, effect: Effect) -> Effect:
         effect.stall_after_s = self.stall_after_s
         effect.on_change = lambda changed: self.feed.publish(changed.effect_id)
+        if not effect.local and not effect.terminal:
+            effect.waiting_for = self.peer_waiting_for(effect.effect_id)
         return effect
 
     async def record(self, effect: Effect, event: Event) -> None:
