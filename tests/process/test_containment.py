@@ -99,14 +99,15 @@ async def test_a_finished_effects_setsid_daemon_is_killed_when_the_effect_ends(s
 
 @pytest.mark.parametrize("containment", MODES)
 async def test_orphans_adopted_by_the_server_are_reaped_while_the_effect_runs(settings, containment):
-    script = "(sleep 1 & echo orphan $!); sleep 100"
+    script = "(sleep 2 & echo orphan $!); sleep 100"
     async with client_with(settings, containment) as (_, client):
         record = await call(client, "dispatch_effect", command=["sh", "-c", script], background=True, grace_s=0.2)
         text = await read_until(client, record["effect_id"], "orphan")
         orphan = int(re.search(r"orphan (\d+)", text).group(1))  # type: ignore[union-attr]
-        # Its parent died: it was re-parented to this process (the subreaper), not to PID 1.
-        assert (fields := stat(orphan)) is not None and fields.ppid == os.getpid()
-        # It dies after a second; the server reaps it while the effect still runs: no zombie is left.
+        # Its parent (the subshell, which exits right after its echo) dies: it is re-parented to this
+        # process (the subreaper), not to PID 1.
+        await wait_until(lambda: (fields := stat(orphan)) is not None and fields.ppid == os.getpid(), within_s=5)
+        # It dies after two seconds; the server reaps it while the effect still runs: no zombie is left.
         await wait_until(lambda: stat(orphan) is None, within_s=10)
         still = await call(client, "poll_effect", effect_id=record["effect_id"])
         await call(client, "cancel_effect", effect_id=record["effect_id"])

@@ -16,7 +16,6 @@ import ctypes
 import errno
 import fcntl
 import logging
-import math
 import os
 import shutil
 import signal
@@ -41,7 +40,8 @@ from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_res
 from effectd.runner.keeper import KEEPER
 from effectd.runner.procfs import process_start_time
 from effectd.runner.proxy import Listening, Proxies
-from effectd.runner.reaper import REAPER
+from effectd.runner.readers import PipeReader, readable
+from effectd.runner.reaper import REAPER, ReapTicker
 from effectd.runner.sandbox import Prepared, Sandboxes
 from effectd.runner.spawn import spawn as posix_spawn
 
@@ -75,6 +75,7 @@ _SETPRIV = shutil.which("setpriv") if _prctl is not None else None
 _GATE = ["/bin/sh", "-c", 'read _ <&2; exec 2>&1; exec "$@"', "sh"]
 # How often a watcher reaps the effects' orphans that died while the effect runs.
 REAP_EVERY_S = 1.0
+REAP_TICKER = ReapTicker(REAPER, REAP_EVERY_S)
 
 SPAWNERS = 4
 SPAWNER = concurrent.futures.ThreadPoolExecutor(SPAWNERS, thread_name_prefix="effectd-spawn")
@@ -128,6 +129,7 @@ class LocalProcess(ProcessHandle):
         self.start_marker: int | None = None
         self.node = _HOST
         self._output_fd: int | None = output_fd
+        self._reader: PipeReader | None = None  # reads `_output_fd`, registered with the event loop once
         self._exit: ExitStatus | None = None
         self._watching = False
         self._watch_ended = anyio.Event()
@@ -144,12 +146,11 @@ class LocalProcess(ProcessHandle):
             self._pidfd = None
 
     async def read(self) -> bytes:
-        while self._output_fd is not None:
-            try:
-                return os.read(self._output_fd, _READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(self._output_fd)
-        return b""
+        if self._output_fd is None:
+            return b""
+        if self._reader is None:
+            self._reader = PipeReader(self._output_fd, _READ_SIZE, _READ_SIZE)
+        return await self._reader.read()
 
     def _reap(self) -> ExitStatus | None:
         if self._exit is None:
@@ -175,8 +176,8 @@ class LocalProcess(ProcessHandle):
             self._watching = True
             try:
                 if self._pidfd is not None:
-                    with anyio.move_on_after(REAP_EVERY_S if REAPER.subreaper else math.inf):
-                        await anyio.wait_readable(self._pidfd)
+                    with REAP_TICKER.waiting():  # the orphans that die meanwhile are reaped every REAP_EVERY_S
+                        await readable(self._pidfd)
                 else:
                     await anyio.sleep(0.01)
                 REAPER.reap(every_s=REAP_EVERY_S / 2)  # the orphans that died meanwhile
@@ -262,6 +263,9 @@ class LocalProcess(ProcessHandle):
                     removed.add_done_callback(partial(_removed, cgroup))
             else:
                 self.scope.close()
+        if self._reader is not None:
+            self._reader.close()  # unregistered before its fd closes
+            self._reader = None
         for fd in (self._output_fd, self._pidfd, self._stdin_fd):
             if fd is not None:
                 os.close(fd)

@@ -12,6 +12,7 @@ earlier as one of an effect's processes. `REAPER` is one per process, as the sub
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -196,6 +197,42 @@ class Reaper:
                 if line.startswith(b"0::"):
                     return any(line[3:].startswith(prefix) for prefix in self.cgroup_prefixes)
         return False
+
+
+class ReapTicker:
+    """Reaps the effects' orphans every `every_s` while any effect's watcher waits: one timer on the event loop
+    for the whole server. (A timeout per watcher woke each of 1,000 live effects every second, a thousand
+    cancel scopes a second, which left the loop no time for their output.)"""
+
+    def __init__(self, reaper: Reaper, every_s: float) -> None:
+        self._reaper = reaper
+        self.every_s = every_s
+        self._waiting = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a watcher's wait on the event loop: the orphans are reaped while it lasts."""
+        loop = asyncio.get_running_loop()
+        self._waiting += 1
+        if self._timer is None or self._loop is not loop:  # none yet, or one of an event loop that is gone
+            self._loop = loop
+            self._timer = loop.call_later(self.every_s, self._tick)
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._waiting <= 0 or self._loop is None:
+            return
+        try:
+            self._reaper.reap(every_s=self.every_s / 2)
+        except Exception:  # never the end of the ticks: the next one tries again
+            log.exception("reaping the effects' orphans failed")
+        self._timer = self._loop.call_later(self.every_s, self._tick)
 
 
 REAPER = Reaper()

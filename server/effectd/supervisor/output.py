@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio
 
 from effectd.model.records import TAIL_BYTES
+from effectd.support.flag import Flag
 
 log = logging.getLogger("effectd")
 
@@ -191,7 +192,7 @@ class OutputLog:
         self._tail = b""
         self._fd: int | None = None  # the writer's descriptor, while more output may come
         self.failed: str | None = None  # why capture stopped early (the disk refused a write)
-        self._grew = anyio.Event()
+        self._grew = Flag()  # an event only once someone waits: a chunk nobody waits for makes none
 
     @classmethod
     def existing(cls, path: Path, limit: int, *, closed: bool = True) -> OutputLog:
@@ -286,7 +287,7 @@ class OutputLog:
 
     def _wake(self) -> None:
         self._grew.set()
-        self._grew = anyio.Event()
+        self._grew = Flag()
 
     async def wait_beyond(self, cursor: int, within_s: float) -> None:
         """Waits up to `within_s` until there is output past `cursor` or the log is closed."""
