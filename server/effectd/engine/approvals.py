@@ -16,23 +16,19 @@ too (`seen`), and answered through the server whose sub-agent waits (`forward`).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, SocketListener, TaskGroup
 
+from effectd.engine.gate_socket import GateSocket
 from effectd.errors import EffectdError, InvalidRequestError, UnknownEffectError
 from effectd.harness.gate import MODULE, PROMPT_TOOL, SERVER
 from effectd.journal.approvals import ANSWERED, REQUESTED, approval_events, fold
@@ -47,7 +43,6 @@ log = logging.getLogger("effectd")
 
 DECIDERS = ("rule", "client", "dashboard", "cli", "timeout")
 START = "start"  # the tool of a flow step's start gate (`approval: true`)
-MAX_REQUEST = 4 << 20  # a tool input (a file to write) can be large
 
 
 class Approvals:
@@ -57,10 +52,7 @@ class Approvals:
         self._supervisor = supervisor
         self._all: dict[str, dict[str, Any]] = {}  # approval_id -> the approval, oldest first
         self._answers: dict[str, anyio.Event] = {}  # pending here: set once answered
-        self._tokens: dict[str, str] = {}  # effect_id -> the token its gate presents
-        self._folder: Path | None = None  # holds the socket (a path short enough for AF_UNIX)
-        self._listener: SocketListener | None = None
-        self._tg: TaskGroup | None = None
+        self._gates = GateSocket(self._from_gate)  # the sub-agents' gates reach this server by it
         self._seqs: dict[str, int] = {}  # approval_id -> the seq of its APPROVAL_REQUESTED (await_group's cursor)
         self._asked = anyio.Event()  # set (and replaced) at every request that waits: await_group wakes
         # Set by the engine: answers an approval of another server's effect through that server, and returns
@@ -73,19 +65,8 @@ class Approvals:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            if self._listener is not None:  # its serving task is gone; the socket is closed here, not by the GC
-                with anyio.CancelScope(shield=True):
-                    await self._listener.aclose()
-            if self._folder is not None:
-                shutil.rmtree(self._folder, ignore_errors=True)
+        async with self._gates.running():
+            yield
 
     async def load(self) -> None:
         """Reads every approval back from the journal (run with every waiting effect loaded, none started),
@@ -138,43 +119,14 @@ class Approvals:
     async def wire(self, effect: Effect, argv: list[str], env: dict[str, str]) -> list[str]:
         """The harness's argv with its permission gate (Claude Code's `--permission-prompt-tool` and an
         `--mcp-config` file, written now, that starts the gate with this effect's token)."""
-        socket_path = await self._listen()
-        token = self._tokens.setdefault(effect.effect_id, secrets.token_hex(16))
+        socket_path, token = await self._gates.path(), self._gates.token(effect.effect_id)
         path = self._supervisor.output_dir / f"{effect.effect_id}.gate.json"
         write_gate_config(path, socket_path, token, effect.effect_id)
         return [*argv, "--permission-prompt-tool", PROMPT_TOOL, "--mcp-config", str(path)]
 
-    async def _listen(self) -> str:
-        if self._folder is None:
-            assert self._tg is not None, "Approvals.running() is not entered"
-            folder = Path(tempfile.mkdtemp(prefix="effectd-gate-"))  # 0700: only this user reaches the socket
-            self._listener = listener = await anyio.create_unix_listener(folder / "s")
-            self._folder = folder
-            self._tg.start_soon(listener.serve, self._serve_one)
-        return str(self._folder / "s")
-
-    async def _serve_one(self, stream: ByteStream) -> None:
-        async with stream:
-            buffer = b""
-            try:
-                while not buffer.endswith(b"\n") and len(buffer) < MAX_REQUEST:
-                    buffer += await stream.receive()
-                request = json.loads(buffer)
-                reply = await self._from_gate(request)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                return
-            except Exception as exc:
-                log.warning("approvals: a request the gate sent could not be read: %s", exc)
-                reply = {"behavior": "deny", "message": f"effectd could not read the request: {exc}"}
-            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await stream.send(json.dumps(reply).encode() + b"\n")
-
     async def _from_gate(self, request: dict[str, Any]) -> dict[str, Any]:
-        effect_id = str(request.get("effect_id", ""))
-        expected = self._tokens.get(effect_id)
-        if expected is None or not hmac.compare_digest(expected, str(request.get("token", ""))):
-            return {"behavior": "deny", "message": "effectd does not know this gate (a wrong effect or token)"}
-        effect = await self._effect(effect_id)
+        """A request from an effect's gate (its token checked): the answer, in Claude Code's form."""
+        effect = await self._effect(str(request["effect_id"]))
         if effect is None or effect.terminal:
             return {"behavior": "deny", "message": "the effect has ended"}
         tool, tool_input = str(request.get("tool", "")), request.get("input")

@@ -71,9 +71,7 @@ class Supervisor:
         self.feed = feed or ChangeFeed()
         self.output_dir = output_dir
         self.stall_after_s = stall_after_s
-        # Set by the engine: what another server's effect waits for, read from the approvals this server
-        # follows (its owner's live `waiting_for` is not journaled).
-        self.peer_waiting_for: Callable[[str], str | None] = lambda effect_id: None
+        self.peer_waiting_for: Callable[[str], str | None] = lambda effect_id: None  # set by Approvals
         self.keep_queued = keep_queued
         self.default_run_id = new_id("run_")
         self.registry = Registry(journal, output_dir, output_limit_bytes, self._adopt)
@@ -168,8 +166,7 @@ class Supervisor:
     def _adopt(self, effect: Effect) -> Effect:
         effect.stall_after_s = self.stall_after_s
         effect.on_change = lambda changed: self.feed.publish(changed.effect_id)
-        if not effect.local and not effect.terminal:
-            effect.waiting_for = self.peer_waiting_for(effect.effect_id)
+        effect.waiting_for = None if effect.local or effect.terminal else self.peer_waiting_for(effect.effect_id)
         return effect
 
     async def record(self, effect: Effect, event: Event) -> None:
@@ -286,9 +283,8 @@ class Supervisor:
 
     def _born(self, requested: Event, spec: EffectSpec) -> Effect:
         """The live effect a committed EFFECT_REQUESTED starts."""
-        effect = self._adopt(
-            Effect(EffectState.requested(requested), spec, self.registry.new_output(requested.effect_id or ""))
-        )
+        output = self.registry.new_output(requested.effect_id or "")
+        effect = self._adopt(Effect(EffectState.requested(requested), spec, output))
         self.limits.apply_spec(spec)
         self.registry.add(effect)
         return effect
