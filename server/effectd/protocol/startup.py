@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import select
 import sys
-import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from effectd.config.locate import config_path
 
-log = logging.getLogger("effectd")
+# Imported where used, not here: logging, tempfile and dataclasses would double what the front loads
+# before its first answer (tests/e2e/test_startup_cache.py checks it loads neither the SDK nor pydantic).
 
 OPT_OUT = "EFFECTD_NO_STARTUP_CACHE"
 # The requests whose answers depend on nothing but the key: the two eras' handshakes and the static lists.
@@ -140,6 +138,8 @@ class Store:
 
     def write(self, key: str, method: str, result: dict[str, Any]) -> None:
         """Written atomically: a reader sees the old file or the new one, never part of one."""
+        import tempfile
+
         temporary = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -148,8 +148,8 @@ class Store:
                 json.dump({"key": key, "method": method, "result": result}, file, ensure_ascii=False)
             os.replace(temporary, self._file(key))
             temporary = None
-        except OSError as exc:
-            log.debug("the start-up cache could not be written (%s): ignored", exc)
+        except OSError:  # a read-only home, a full disk: the next spawn answers live again
+            pass
         finally:
             if temporary is not None:
                 try:
@@ -164,11 +164,13 @@ class Store:
             pass
 
 
-@dataclass
 class _Pending:
-    key: str
-    method: str
-    sent: dict[str, Any] | None  # the cached result the front answered with, if it did
+    __slots__ = ("key", "method", "sent")
+
+    def __init__(self, key: str, method: str, sent: dict[str, Any] | None) -> None:
+        self.key = key
+        self.method = method
+        self.sent = sent  # the cached result the front answered with, if it did
 
 
 class Tracker:
@@ -251,7 +253,9 @@ class Tracker:
                 self._store.write(pending.key, pending.method, live)
             return True
         if live != pending.sent:
-            log.warning(
+            import logging
+
+            logging.getLogger("effectd").warning(
                 "the start-up cache answered %s with what the server no longer answers; the client has the "
                 "cached answer for this session, and the cache now holds the live one",
                 pending.method,
