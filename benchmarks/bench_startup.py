@@ -1,5 +1,6 @@
-"""Start-up (issue 17): from spawning `effectd serve` (stdio) to its answer to `initialize`, beside the bare
-MCP SDK import and a bare python, in the same run, the cases taking turns.
+"""Start-up (issues 17 and 26): from spawning `effectd serve` (stdio) to its answer to `initialize`, beside
+the bare MCP SDK import and a bare python, in the same run, the cases taking turns; and with a warm
+start-up cache, to `tools/list` and to the first `tools/call`.
 
     .venv/bin/python benchmarks/bench_startup.py              # 7 rounds, ~1 min on 2 cores
     .venv/bin/python benchmarks/bench_startup.py --runs 3     # quicker
@@ -11,6 +12,10 @@ Rows (medians of the rounds):
 - the same with bytecode: PYTHONPYCACHEPREFIX set to a directory this run warmed once (and
   PYTHONDONTWRITEBYTECODE unset). An editable install under PYTHONDONTWRITEBYTECODE has no bytecode for
   effectd's own modules, so each start compiles them; a wheel install has it (pip compiles at install).
+- the same with a warm start-up cache (issue 26): to the answer to `tools/list` (from the cache, while the
+  SDK imports) and to the answer to a first `tools/call` (`list_effects`, by the real server), the client
+  sending each request on the answer before it. The rows above run with the cache off
+  (EFFECTD_NO_STARTUP_CACHE=1): the server's own start.
 - `python -c "import mcp.server.mcpserver"`: the SDK alone, the issue's yardstick.
 - `python -c "import mcp_types.methods"`: the protocol types, which every SDK server imports (the floor).
 - `python -c pass`.
@@ -108,6 +113,10 @@ GROUPS = [
 ]
 OTHER = "standard library and the rest"
 SDK = "python -c 'import mcp.server.mcpserver' (the SDK)"
+NO_CACHE = "EFFECTD_NO_STARTUP_CACHE"
+WARM = "effectd serve, with bytecode, warm start-up cache"
+WARM_LIST = f"{WARM}: tools/list answered"
+WARM_CALL = f"{WARM}: first tools/call answered"
 BARE = "python -c pass"
 
 
@@ -171,6 +180,42 @@ def serve_once(env: dict[str, str]) -> tuple[float, float, float]:
     return initialized, listed, cpu
 
 
+def warm_once(env: dict[str, str], workdir: str) -> tuple[float, float]:
+    """With a warm start-up cache (the same command line, working directory and XDG_CACHE_HOME as the
+    spawn that filled it): seconds from spawning `effectd serve` to its answer to `tools/list`, and to its
+    answer to a first `tools/call` (`list_effects`), the client writing each request as soon as it may
+    (`initialize`, then `tools/list` on its answer, then the call on that one's)."""
+    hello = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+    t0 = time.perf_counter()
+    with subprocess.Popen(
+        [effectd_bin(), "serve", "--db", f"{workdir}/journal-{time.monotonic_ns()}.db"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+        env=env,
+    ) as proc:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(_message(1, "initialize", hello))
+            proc.stdin.flush()
+            _read_answer(proc, 1)
+            proc.stdin.write(_message(0, "notifications/initialized") + _message(2, "tools/list", {}))
+            proc.stdin.flush()
+            _read_answer(proc, 2)
+            listed = time.perf_counter() - t0
+            proc.stdin.write(_message(3, "tools/call", {"name": "list_effects", "arguments": {}}))
+            proc.stdin.flush()
+            _read_answer(proc, 3)
+            called = time.perf_counter() - t0
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return listed, called
+
+
 def python_once(code: str, env: dict[str, str]) -> tuple[float, float]:
     """Seconds `python -c code` takes from spawn to exit, and the CPU seconds it used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -227,12 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': stdout)")
     options = args.parse_args(argv)
 
-    as_is = dict(os.environ)
-    with tempfile.TemporaryDirectory() as cache:
-        cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        tempfile.TemporaryDirectory() as startup_cache,
+        tempfile.TemporaryDirectory() as workdir,
+    ):
+        # The cold rows without the start-up cache (the server's own start, as before it), the warm rows
+        # with one this run filled: the same command line, working directory and cache directory.
+        as_is = {**os.environ, NO_CACHE: "1"}
+        cached = {k: v for k, v in as_is.items() if k != "PYTHONDONTWRITEBYTECODE"}
         cached["PYTHONPYCACHEPREFIX"] = cache
+        warm = {k: v for k, v in cached.items() if k != NO_CACHE}
+        warm["XDG_CACHE_HOME"] = startup_cache
         load = os.getloadavg()[0]
         serve_once(cached)  # warms the bytecode cache (every module of the serve path, the SDK's too)
+        warm_once(warm, workdir)  # fills the start-up cache
         samples: dict[str, list[float]] = {}  # wall seconds
         cpu: dict[str, list[float]] = {}  # CPU seconds of the same runs
         cases = {
@@ -243,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                 "import mcp_types.methods", as_is
             ),
             BARE: lambda: python_once("pass", as_is),
+            WARM: lambda: warm_once(warm, workdir),
         }
         for _ in range(options.runs):
             for name, run in cases.items():
                 value = run()
+                if name == WARM:  # two wall times: to tools/list and to the first tools/call
+                    samples.setdefault(WARM_LIST, []).append(value[0])
+                    samples.setdefault(WARM_CALL, []).append(value[1])
+                    continue
                 samples.setdefault(name, []).append(value[0])
                 cpu.setdefault(name, []).append(value[-1])
                 if len(value) == 3:
@@ -275,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:56} {medians[name]:.3f} s ({min(values):.2f}-{max(values):.2f})  {medians[name] / sdk:.2f}x{used}"
         )
+    print(
+        f"\n== issue 26's goals: tools/list {medians[WARM_LIST]:.3f} s after spawn (goal 0.15 s); the first tools/call "
+        f"{medians[WARM_CALL] - sdk:+.3f} s after the SDK import's time (goal +0.1 s)"
+    )
     print("\n== effectd serve in phases, inside one process, with bytecode (median)")
     for phase, values in phases.items():
         print(f"  {phase:60} {statistics.median(values):.3f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -26,6 +27,10 @@ from tests.helpers.processes import SESSION_VARIABLE, effect_processes, effectd_
 # Every effect started by this test session (in memory or through a server it launched) inherits this
 # mark, so the leftover check sees only this session's processes (under xdist: this worker's).
 os.environ[SESSION_VARIABLE] = str(os.getpid())
+# The servers this session spawns keep their start-up cache (effectd.protocol.startup) in the session's
+# own directory, never in the user's ~/.cache.
+_CACHE = tempfile.TemporaryDirectory(prefix="effectd-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE.name
 
 
 @pytest.fixture

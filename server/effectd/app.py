@@ -17,6 +17,7 @@ from effectd.config.http import HttpListen
 from effectd.config.settings import Settings
 from effectd.engine.core import Engine
 from effectd.protocol.compat import lowlevel
+from effectd.protocol.startup import Front, Tracker
 
 log = logging.getLogger("effectd")
 
@@ -105,11 +106,19 @@ class _Stdin:
     A line arriving in many reads costs time linear in its length: the buffer grows in place and only
     the bytes not yet searched are searched for the newline."""
 
-    def __init__(self, fd: int, on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        on_end: Callable[[], Awaitable[None]] | None = None,
+        *,
+        read_before: bytes = b"",
+        tracker: Tracker | None = None,
+    ) -> None:
         self._fd = fd
-        self._buffer = bytearray()
+        self._buffer = bytearray(read_before)  # what the start-up cache's front read first, read again
         self._searched = 0  # the first bytes of the buffer, known to hold no newline
         self._on_end = on_end
+        self._tracker = tracker if tracker is not None and tracker.watching else None
         os.set_blocking(fd, False)
 
     def __aiter__(self) -> _Stdin:
@@ -141,6 +150,10 @@ class _Stdin:
             line = str(view[:end], "utf-8", "replace")  # decoded in place, not copied first
         del self._buffer[: end + separator]  # a bytearray drops its front without moving the rest
         self._searched = 0
+        if self._tracker is not None:  # the first lines only: the start-up cache is filled from their answers
+            self._tracker.request(line, serve=False)
+            if not self._tracker.watching:
+                self._tracker = None
         return line
 
 
@@ -150,13 +163,22 @@ class _Stdout:
     When the client closes its end, `on_closed` is called once; what is written after that is dropped.
     A write finds out (EPIPE), and so does `watch` meanwhile, while nothing is written."""
 
-    def __init__(self, fd: int, on_closed: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self, fd: int, on_closed: Callable[[], object] | None = None, *, tracker: Tracker | None = None
+    ) -> None:
         self._fd = fd
         self._on_closed = on_closed
         self.closed = False
+        self._tracker = tracker  # the start-up cache's, while answers to its requests are still due
         os.set_blocking(fd, False)
 
     async def write(self, text: str) -> None:
+        if self._tracker is not None:
+            send = self._tracker.answer(text)
+            if self._tracker.done:
+                self._tracker = None
+            if not send:  # the front answered it from the cache
+                return
         data = memoryview(text.encode("utf-8"))
         while data and not self.closed:
             try:
@@ -192,12 +214,16 @@ class _Stdout:
         return None
 
 
-async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+async def serve_stdio(
+    server: MCPServer[Engine], on_end: Callable[[], Awaitable[None]] | None = None, front: Front | None = None
+) -> None:
     """Serves MCP on stdin/stdout until stdin ends or the client closes stdout (either way `on_end` runs,
     once, before the session ends). fd 1 is pointed at stderr meanwhile, so nothing but protocol
-    messages reaches the client."""
+    messages reaches the client. With the start-up cache's `front`, what it read is read first, and the
+    answers it gave from the cache are not given again."""
     from mcp.server.stdio import stdio_server
 
+    read_before, tracker = (front.handoff(), front.tracker) if front is not None else (b"", None)
     wire_out = os.dup(1)
     os.dup2(2, 1)
     wire_in = os.dup(0)
@@ -213,7 +239,8 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
                 await ending()  # as when stdin ends: effects stop as `shutdown`
                 tg.cancel_scope.cancel()  # nobody reads what the session would still say
 
-            stdin, stdout = _Stdin(wire_in, ending), _Stdout(wire_out, lambda: tg.start_soon(leave))
+            stdin = _Stdin(wire_in, ending, read_before=read_before, tracker=tracker)
+            stdout = _Stdout(wire_out, lambda: tg.start_soon(leave), tracker=tracker)
             tg.start_soon(stdout.watch)
             async with stdio_server(stdin, stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
                 await inner.run(read_stream, write_stream, inner.create_initialization_options())
@@ -223,9 +250,10 @@ async def serve_stdio(server: MCPServer[Engine], on_end: Callable[[], Awaitable[
         os.close(wire_out)
 
 
-async def serve(settings: Settings, http: HttpListen | None = None) -> None:
+async def serve(settings: Settings, http: HttpListen | None = None, front: Front | None = None) -> None:
     """Runs `effectd serve`: the engine, the transport (stdio, or HTTP as `http` says), and a graceful
-    stop on SIGTERM, SIGINT or EOF."""
+    stop on SIGTERM, SIGINT or EOF. `front`: the start-up cache's, answering on stdio until the server
+    is ready."""
     sock = None
     if http is not None:
         from effectd.http.security import open_listener
@@ -250,7 +278,7 @@ async def serve(settings: Settings, http: HttpListen | None = None) -> None:
 
                     await serve_http(server, engine, http, sock=sock)
                 else:
-                    await serve_stdio(server, on_end=engine.stop_effects)
+                    await serve_stdio(server, on_end=engine.stop_effects, front=front)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_on_signal)

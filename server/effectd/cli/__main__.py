@@ -2,6 +2,6 @@
 
 import sys
 
-from effectd.cli.main import main
+from effectd.cli.launch import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from effectd.cli.approvals import add_parsers as add_approvals_parsers
 from effectd.cli.common import add_database_options, complain
@@ -17,6 +17,9 @@ from effectd.cli.worktrees import add_parser as add_worktrees_parser
 from effectd.config.http import HttpListen, HttpSettings, resolve_token
 from effectd.errors import ConfigError, EffectdError
 from effectd.support import log_repeats
+
+if TYPE_CHECKING:
+    from effectd.protocol.startup import Front
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from effectd.app import serve
 
         http = _http_options(args, settings.http) if args.http else None
-        anyio.run(lambda: serve(settings, http))
+        front = None if http is not None else getattr(args, "startup_front", None)
+        anyio.run(lambda: serve(settings, http, front=front))
     except BaseException as exc:  # errors raised in the server's task group arrive grouped
         refusals = _effectd_errors(exc)
         if refusals:
@@ -190,8 +194,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, front: Front | None = None) -> int:
+    """Runs the command; `front`: the start-up cache's, already answering (cli.launch starts it)."""
     args = parser().parse_args(argv)
+    args.startup_front = front
     try:
         return int(args.func(args))
     except EffectdError as exc:  # a configuration the reading subcommands cannot use (serve reports its own)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from effectd.config.file import MAX_RESULT_LIMIT_BYTES, RUNNERS, ConfigFile, RunnerName, SandboxTable, parse_config
 from effectd.config.http import HttpSettings
+from effectd.config.locate import config_path
 from effectd.errors import ConfigError
 from effectd.harness.profiles import BUILTIN_PROFILES, HarnessProfile, profile_from_config
 from effectd.model.arguments import SandboxArguments
@@ -97,13 +98,9 @@ def allowed_program(
 
 def load_file(path: Path | None) -> ConfigFile:
     """The TOML configuration, checked: `path`, else $EFFECTD_CONFIG, else ./effectd.toml if present, else empty."""
-    if path is None and os.environ.get("EFFECTD_CONFIG"):
-        path = Path(os.environ["EFFECTD_CONFIG"])
+    path = config_path(path)
     if path is None:
-        default = Path("effectd.toml")
-        if not default.is_file():
-            return ConfigFile()
-        path = default
+        return ConfigFile()
     try:
         with open(path, "rb") as file:
             table = tomllib.load(file)
