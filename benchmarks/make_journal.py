@@ -93,6 +93,11 @@ def _templates(conn: sqlite3.Connection) -> list[tuple[dict[str, Any], list[dict
     return shapes
 
 
+def _with_group(spec: dict[str, Any], group: str | None) -> dict[str, Any]:
+    """The spec with this group (none: no `group` key, as the engine journals a field at its default)."""
+    return {**spec, "group": group} if group is not None else {k: v for k, v in spec.items() if k != "group"}
+
+
 def generate(out: Path, effects: int, *, batch: int = 20_000, leftovers: int = 0, seed: int = 26) -> None:
     """Writes a journal of `effects` finished effects (the `leftovers` newest ones left running) at `out`."""
     for name in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
@@ -136,7 +141,7 @@ def generate(out: Path, effects: int, *, batch: int = 20_000, leftovers: int = 0
             for event in template_events[: 2 if running else 3]:
                 data = dict(event["data"])
                 if event["type"] == "EFFECT_REQUESTED":
-                    data["spec"] = {**data["spec"], "group": group}
+                    data["spec"] = _with_group(data["spec"], group)
                     data["created_at"] = stamps["created_at"]
                 elif event["type"] == "EFFECT_STARTED":
                     data.update(started_at=stamps["started_at"], pid=pid, pid_start=pid * 7)
@@ -147,7 +152,7 @@ def generate(out: Path, effects: int, *, batch: int = 20_000, leftovers: int = 0
                 stamp = ("finished_at", "started_at", "created_at")
                 ts = next((data[k] for k in stamp if k in data), stamps["created_at"])
                 events.append((seq, ts, run_id, effect_id, event["type"], json.dumps(data, separators=(",", ":"))))
-            spec = dict(json.loads(row["spec"]), group=group)
+            spec = _with_group(json.loads(row["spec"]), group)
             values = dict(
                 row,
                 effect_id=effect_id,

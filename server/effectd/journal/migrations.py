@@ -248,23 +248,32 @@ def _spend(row: str) -> tuple[str, str, str]:
 
 
 def _count_in(row: str) -> str:
+    """Adds the effect `row` to its run's and group's counts, and to the totals (run and group `''`)."""
     cost, tokens_in, tokens_out = _spend(row)
-    return (
-        "INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens) "
-        f"VALUES ({row}.run_id, COALESCE({row}.group_name, ''), {row}.status, 1, {cost}, {tokens_in}, {tokens_out}) "
-        "ON CONFLICT (run_id, grp, status) DO UPDATE SET n = n + 1, cost_usd = cost_usd + excluded.cost_usd, "
-        "input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens;"
-    )
+    statements = []
+    for run, group in ((f"{row}.run_id", f"COALESCE({row}.group_name, '')"), ("''", "''")):
+        statements.append(
+            "INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens) "
+            f"VALUES ({run}, {group}, {row}.status, 1, {cost}, {tokens_in}, {tokens_out}) "
+            "ON CONFLICT (run_id, grp, status) DO UPDATE SET n = n + 1, cost_usd = cost_usd + excluded.cost_usd, "
+            "input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens;"
+        )
+    return " ".join(statements)
 
 
 def _count_out(row: str) -> str:
+    """Takes the effect `row` out of the counts `_count_in` added it to (a count that falls to 0 goes)."""
     cost, tokens_in, tokens_out = _spend(row)
-    key = f"run_id = {row}.run_id AND grp = COALESCE({row}.group_name, '') AND status = {row}.status"
-    return (
-        f"UPDATE effect_counts SET n = n - 1, cost_usd = cost_usd - {cost}, input_tokens = input_tokens - {tokens_in}, "
-        f"output_tokens = output_tokens - {tokens_out} WHERE {key}; "
-        f"DELETE FROM effect_counts WHERE {key} AND n <= 0;"
-    )
+    statements = []
+    for run, group in ((f"{row}.run_id", f"COALESCE({row}.group_name, '')"), ("''", "''")):
+        key = f"run_id = {run} AND grp = {group} AND status = {row}.status"
+        statements.append(
+            f"UPDATE effect_counts SET n = n - 1, cost_usd = cost_usd - {cost}, "
+            f"input_tokens = input_tokens - {tokens_in}, output_tokens = output_tokens - {tokens_out} WHERE {key}; "
+            f"DELETE FROM effect_counts WHERE {key} AND n <= 0;"
+        )
+    return " ".join(statements)
 
 
 @migration("m260_issue26_scale")
@@ -276,7 +285,8 @@ async def _scale(db: aiosqlite.Connection) -> None:
       effects, read in the index's order (no sort of the history); `effects_live` holds only the effects not
       yet ended, what a start reads.
     - `effect_counts`: per run, group (`''` for none) and status, how many effects there are and the cost
-      and tokens their results report, kept by triggers on `effects` through every insert, update and
+      and tokens their results report, and the same over every effect (run and group `''`: no run id or
+      group name is empty), kept by triggers on `effects` through every insert, update and
       delete (`effectd prune`); filled here from the effects already there.
     - `flows_unfinished`: the flows a start loads, without a scan of every flow; `events_approvals`: the
       approval events a start folds, without a scan of every event.
@@ -307,6 +317,9 @@ async def _scale(db: aiosqlite.Connection) -> None:
             SELECT run_id, COALESCE(group_name, ''), status, COUNT(*), TOTAL({cost}), SUM({tokens_in}),
                 SUM({tokens_out})
             FROM effects GROUP BY run_id, COALESCE(group_name, ''), status;
+        INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens)
+            SELECT '', '', status, SUM(n), TOTAL(cost_usd), SUM(input_tokens), SUM(output_tokens)
+            FROM effect_counts GROUP BY status;
         CREATE TRIGGER effect_counts_insert AFTER INSERT ON effects BEGIN {_count_in("new")} END;
         CREATE TRIGGER effect_counts_delete AFTER DELETE ON effects BEGIN {_count_out("old")} END;
         CREATE TRIGGER effect_counts_update AFTER UPDATE ON effects WHEN {changed}

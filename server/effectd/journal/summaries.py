@@ -3,7 +3,8 @@ status, and the cost and tokens the harness effects reported.
 
 It is read from `effect_counts`, which triggers on `effects` keep per run, group and status (migration
 `m260_issue26_scale`, which says which figures count), so its cost follows the number of runs and groups
-the filter matches, not the history: a journal of a million effects answers as one of a thousand."""
+the filter matches (for no run and no group: the totals, one row per status), not the history: a journal of
+a million effects answers as one of a thousand."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def _where(run_id: str | None, group: str | None, statuses: Sequence[str] | None
     if group is not None:
         where.append("grp = ?")
         params.append(group)
+    if run_id is None and group is None:  # the totals over every effect (run and group '')
+        where.append("run_id = '' AND grp = ''")
     if statuses:
         where.append(f"status IN ({', '.join('?' * len(statuses))})")
         params.extend(statuses)
