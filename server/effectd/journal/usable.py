@@ -140,6 +140,23 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+_passed: dict[Path, tuple[int, ...]] = {}
+"""The journals whose quick check passed in this process, with their files' state then: one not changed
+since (the same size and modification time, its WAL's too) is not checked again."""
+
+
+def _file_state(path: Path) -> tuple[int, ...]:
+    state: list[int] = []
+    for name in (path, path.with_name(path.name + "-wal")):
+        try:
+            info = os.stat(name)
+        except OSError:
+            state += [-1, -1]
+        else:
+            state += [info.st_size, info.st_mtime_ns]
+    return tuple(state)
+
+
 def _quick_check(uri: str, quick_check_s: float) -> tuple[str] | None:
     """SQLite's `quick_check` verdict, stopped after `quick_check_s` (a journal too big to check in time is
     checked in part, and SQLite checks what it reads as it reads it). SQLite checks a whole table in one step
@@ -165,9 +182,12 @@ def _content_problem(path: Path, quick_check_s: float) -> str | None:
 
     uri = f"{path.absolute().as_uri()}?mode=ro"
     try:
-        verdict = _quick_check(uri, quick_check_s)
-        if verdict is None or verdict[0] != "ok":
-            return f"it is corrupt or truncated ({verdict[0] if verdict else 'no verdict'})"
+        state = _file_state(path)
+        if _passed.get(path.absolute()) != state:  # `effectd serve` checks, then its engine does: once is enough
+            verdict = _quick_check(uri, quick_check_s)
+            if verdict is None or verdict[0] != "ok":
+                return f"it is corrupt or truncated ({verdict[0] if verdict else 'no verdict'})"
+            _passed[path.absolute()] = state
         with closing(sqlite3.connect(uri, uri=True, timeout=2.0)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "_migrations" not in tables:
