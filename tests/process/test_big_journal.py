@@ -21,7 +21,7 @@ from benchmarks.make_journal import generate
 from effectd.config.settings import build_settings
 from effectd.engine.core import Engine
 from effectd.harness.usage import MAX_RUN_COST_USD, MAX_RUN_TOKENS
-from effectd.journal import migrations
+from effectd.journal import migrations, usable
 from effectd.journal.approvals import approval_events
 from effectd.journal.store import Journal, replay_projection
 from effectd.journal.summaries import summarize_effects
@@ -226,3 +226,23 @@ async def test_a_start_on_a_long_history_ends_exactly_its_leftovers_and_kills_wh
     counts = {r["status"]: r["n"] for r in rows(db, "SELECT status, COUNT(*) AS n FROM effects GROUP BY status")}
     expected = {r["status"]: r["n"] for r in before if r["status"] != "running"}
     assert counts == {**expected, "failed": expected["failed"] + 3}
+
+
+async def test_a_journal_checked_once_is_not_quick_checked_again_until_its_files_change(tmp_path, monkeypatch):
+    db = tmp_path / "journal.db"
+    await make(db, 100)
+    checks: list[str] = []
+    quick_check = usable._quick_check
+
+    def counting(uri: str, bound: float) -> tuple[str] | None:
+        checks.append(uri)
+        return quick_check(uri, bound)
+
+    monkeypatch.setattr(usable, "_quick_check", counting)
+    usable.check_journal(db)
+    usable.check_journal(db)  # as `effectd serve` does, then its engine
+    assert len(checks) == 1
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET created_at = created_at || 'Z'")
+    usable.check_journal(db)
+    assert len(checks) == 2

@@ -182,12 +182,11 @@ def _content_problem(path: Path, quick_check_s: float) -> str | None:
 
     uri = f"{path.absolute().as_uri()}?mode=ro"
     try:
-        state = _file_state(path)
-        if _passed.get(path.absolute()) != state:  # `effectd serve` checks, then its engine does: once is enough
+        if _passed.get(path.absolute()) != _file_state(path):  # `effectd serve` checks, then its engine: once
             verdict = _quick_check(uri, quick_check_s)
             if verdict is None or verdict[0] != "ok":
                 return f"it is corrupt or truncated ({verdict[0] if verdict else 'no verdict'})"
-            _passed[path.absolute()] = state
+            _passed[path.absolute()] = _file_state(path)  # as the check left them (a reader may touch the WAL)
         with closing(sqlite3.connect(uri, uri=True, timeout=2.0)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "_migrations" not in tables:
