@@ -30,6 +30,7 @@ from effectd.config.settings import Settings, build_settings
 from effectd.harness.profiles import HarnessProfile
 from effectd.journal.projection import TERMINAL_EVENTS, command_of
 from effectd.journal.store import replay_projection
+from effectd.model.records import EffectSpec
 from effectd.runner.procfs import process_start_time
 from tests.helpers.mcp import call, connected, read_until
 from tests.helpers.processes import SLEEP, pid_alive, py, stdio_params, wait_gone
@@ -579,7 +580,7 @@ def assert_record_is_row(record: dict, row: dict) -> None:
         assert record[field] == stored, f"record {field}={record[field]!r} but the effects row has {stored!r}"
         compared.add(column)
     assert compared >= CORE_COLUMNS, f"not compared: {sorted(CORE_COLUMNS - compared)}"
-    assert record["max_attempts"] == json.loads(row["spec"])["max_attempts"]
+    assert record["max_attempts"] == EffectSpec.model_validate(json.loads(row["spec"])).max_attempts
 
 
 async def test_a_cancelled_effect_is_not_retried_whether_running_or_waiting_out_its_backoff(settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import anyio
@@ -101,3 +102,15 @@ async def test_an_older_journals_commands_fold_to_null_and_still_read_as_the_arg
         again = await call(client, "poll_effect", effect_id=ran["effect_id"])
     assert again["command"] == ran["command"] == py("print('x' * 10)")
     assert rows(settings.db, "select command from effects")[0]["command"] == "null"
+
+
+async def test_a_spec_is_journaled_without_its_defaults_and_its_record_comes_back_whole(settings):
+    async with connected(settings) as (_, client):
+        live = await call(client, "dispatch_effect", command=py("pass"), group="g", max_attempts=2)
+    (requested,) = rows(settings.db, "select data from events where type = 'EFFECT_REQUESTED'")
+    spec = json.loads(requested["data"])["spec"]
+    assert set(spec) == {"kind", "command", "group", "max_attempts", "grace_s"}  # grace_s: the settings' 0.5
+    assert json.loads(rows(settings.db, "select spec from effects")[0]["spec"]) == spec
+    async with connected(settings) as (_, client):  # a new server reads the record back from the row alone
+        again = await call(client, "poll_effect", effect_id=live["effect_id"])
+    assert again == live

@@ -226,3 +226,105 @@ async def _command_null(db: aiosqlite.Connection) -> None:
     argv twice). Older rows are folded the same way; an older effectd, which would read null as an argv,
     refuses the journal from now on, as for any migration it does not know."""
     await db.execute("UPDATE effects SET command = 'null' WHERE json(command) = json_extract(spec, '$.command')")
+
+
+def _spend(row: str) -> tuple[str, str, str]:
+    """The cost and tokens one effect row (`new` or `old`) adds to the summary of `list_effects`: what
+    `effectd.journal.summaries` sums, per row (0 for anything but a harness effect's sane figures)."""
+    from effectd.harness.usage import MAX_RUN_COST_USD, MAX_RUN_TOKENS
+
+    def part(path: str, cast: str, bound: float) -> str:
+        value = f"CAST(json_extract({row}.result, '{path}') AS {cast})"
+        return (
+            f"(CASE WHEN {row}.kind = 'harness' AND json_valid({row}.result) AND {value} BETWEEN 0 AND {bound} "
+            f"THEN {value} ELSE 0 END)"
+        )
+
+    return (
+        part("$.cost_usd", "REAL", MAX_RUN_COST_USD),
+        part("$.usage.input_tokens", "INTEGER", MAX_RUN_TOKENS),
+        part("$.usage.output_tokens", "INTEGER", MAX_RUN_TOKENS),
+    )
+
+
+def _count_in(row: str) -> str:
+    """Adds the effect `row` to its run's and group's counts, and to the totals (run and group `''`)."""
+    cost, tokens_in, tokens_out = _spend(row)
+    statements = []
+    for run, group in ((f"{row}.run_id", f"COALESCE({row}.group_name, '')"), ("''", "''")):
+        statements.append(
+            "INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens) "
+            f"VALUES ({run}, {group}, {row}.status, 1, {cost}, {tokens_in}, {tokens_out}) "
+            "ON CONFLICT (run_id, grp, status) DO UPDATE SET n = n + 1, cost_usd = cost_usd + excluded.cost_usd, "
+            "input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens;"
+        )
+    return " ".join(statements)
+
+
+def _count_out(row: str) -> str:
+    """Takes the effect `row` out of the counts `_count_in` added it to (a count that falls to 0 goes)."""
+    cost, tokens_in, tokens_out = _spend(row)
+    statements = []
+    for run, group in ((f"{row}.run_id", f"COALESCE({row}.group_name, '')"), ("''", "''")):
+        key = f"run_id = {run} AND grp = {group} AND status = {row}.status"
+        statements.append(
+            f"UPDATE effect_counts SET n = n - 1, cost_usd = cost_usd - {cost}, "
+            f"input_tokens = input_tokens - {tokens_in}, output_tokens = output_tokens - {tokens_out} WHERE {key}; "
+            f"DELETE FROM effect_counts WHERE {key} AND n <= 0;"
+        )
+    return " ".join(statements)
+
+
+@migration("m260_issue26_scale")
+async def _scale(db: aiosqlite.Connection) -> None:
+    """A journal of a million effects (issue 26): what start-up and `list_effects` read is indexed, and the
+    summary `list_effects` gives is read from counts the triggers keep, not summed over every effect.
+
+    - `effects_by_status` becomes `(status, effect_id)`: the live effects at start, and one status's newest
+      effects, read in the index's order (no sort of the history); `effects_live` holds only the effects not
+      yet ended, what a start reads.
+    - `effect_counts`: per run, group (`''` for none) and status, how many effects there are and the cost
+      and tokens their results report, and the same over every effect (run and group `''`: no run id or
+      group name is empty), kept by triggers on `effects` through every insert, update and
+      delete (`effectd prune`); filled here from the effects already there.
+    - `flows_unfinished`: the flows a start loads, without a scan of every flow; `events_approvals`: the
+      approval events a start folds, without a scan of every event.
+    - ANALYZE (bounded by `analysis_limit`), so that the planner knows a status from a group.
+    """
+    changed = "old.status IS NOT new.status OR old.run_id IS NOT new.run_id OR old.group_name IS NOT new.group_name"
+    changed += " OR old.kind IS NOT new.kind OR old.result IS NOT new.result"
+    cost, tokens_in, tokens_out = _spend("effects")
+    await db.executescript(
+        f"""
+        DROP INDEX IF EXISTS effects_by_status;
+        CREATE INDEX effects_by_status ON effects (status, effect_id);
+        CREATE TABLE effect_counts (
+            run_id TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            status TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            PRIMARY KEY (run_id, grp, status)
+        ) WITHOUT ROWID;
+        CREATE INDEX effects_live ON effects (effect_id) WHERE status IN ('pending', 'queued', 'running');
+        CREATE INDEX effect_counts_by_group ON effect_counts (grp, status);
+        CREATE INDEX flows_unfinished ON flows (flow_id) WHERE finished_at IS NULL;
+        CREATE INDEX events_approvals ON events (seq) WHERE type IN ('APPROVAL_REQUESTED', 'APPROVAL_ANSWERED');
+        INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens)
+            SELECT run_id, COALESCE(group_name, ''), status, COUNT(*), TOTAL({cost}), SUM({tokens_in}),
+                SUM({tokens_out})
+            FROM effects GROUP BY run_id, COALESCE(group_name, ''), status;
+        INSERT INTO effect_counts (run_id, grp, status, n, cost_usd, input_tokens, output_tokens)
+            SELECT '', '', status, SUM(n), TOTAL(cost_usd), SUM(input_tokens), SUM(output_tokens)
+            FROM effect_counts GROUP BY status;
+        CREATE TRIGGER effect_counts_insert AFTER INSERT ON effects BEGIN {_count_in("new")} END;
+        CREATE TRIGGER effect_counts_delete AFTER DELETE ON effects BEGIN {_count_out("old")} END;
+        CREATE TRIGGER effect_counts_update AFTER UPDATE ON effects WHEN {changed}
+            BEGIN {_count_out("old")} {_count_in("new")} END;
+        PRAGMA analysis_limit = 1000;
+        ANALYZE;
+        """
+    )

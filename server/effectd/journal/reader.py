@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from effectd.journal.approvals import ANSWERED, APPROVAL_EVENTS, REQUESTED, fold
+from effectd.journal.approvals import APPROVAL_EVENTS, fold
 from effectd.journal.usable import opening_error
 from effectd.model.records import format_iso, now_iso
 
@@ -94,7 +94,7 @@ class JournalReader:
         """The approvals (issue 25) that match, oldest first, as the server lists them (`list_approvals`)."""
         return [
             approval
-            for _, approval in fold(self._rows(APPROVAL_EVENTS, REQUESTED, ANSWERED)).values()
+            for _, approval in fold(self._rows(APPROVAL_EVENTS)).values()
             if (run_id is None or approval["run_id"] == run_id)
             and (group is None or approval["group"] == group)
             and (effect_id is None or approval["effect_id"] == effect_id)

@@ -37,6 +37,14 @@ async def _connect(path: Path, *, readonly: bool = False, busy_timeout_s: float 
     return db
 
 
+async def _optimize(db: aiosqlite.Connection) -> None:
+    """At close, SQLite's own upkeep of the planner's statistics (`PRAGMA optimize`, each ANALYZE bounded by
+    `analysis_limit`), so that a journal that grew keeps choosing the right index; a fault skips it."""
+    with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
+        await db.execute("PRAGMA analysis_limit = 1000")
+        await db.execute("PRAGMA optimize")
+
+
 def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
     """The WHERE clause (with its parameters) of a run, group and status filter on the `effects` table."""
     where: list[str] = []
@@ -97,6 +105,7 @@ class Journal:
                 await migrate(writer)
                 reader = await _connect(path, busy_timeout_s=busy_timeout_s)
                 stack.push_async_callback(reader.close)
+                stack.push_async_callback(_optimize, reader)
                 rows = await writer.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
             except (sqlite3.Error, OSError, JournalUnusableError) as exc:
                 raise opening_error(path, exc) from None
@@ -171,19 +180,44 @@ class Journal:
     async def list_effects(
         self, run_id: str | None, group: str | None, statuses: Sequence[str] | None, limit: int
     ) -> list[dict[str, Any]]:
+        """The newest `limit` effects that match. Several statuses are read one by one, each in the order of
+        its index (`(status, effect_id)`), and merged: one query over `status IN (...)` would sort every
+        matching effect of the history to return the newest few."""
+        if statuses and len(set(statuses)) > 1:
+            rows = [
+                row
+                for status in sorted(set(statuses))
+                for row in await self.list_effects(run_id, group, [status], limit)
+            ]
+            return sorted(rows, key=lambda row: str(row["effect_id"]), reverse=True)[:limit]
         clause, params = effect_filter(run_id, group, statuses)
-        return await self.fetch(f"SELECT * FROM effects {clause} ORDER BY effect_id DESC LIMIT ?", [*params, limit])
+        # A status alone: its index gives its newest effects in order (the statistics, which see mostly
+        # finished effects, would have SQLite walk the whole history for a rare one such as `running`).
+        hint = "INDEXED BY effects_by_status" if statuses and run_id is None and group is None else ""
+        return await self.fetch(
+            f"SELECT * FROM effects {hint} {clause} ORDER BY effect_id DESC LIMIT ?", [*params, limit]
+        )
 
     async def active_effects(self) -> list[dict[str, Any]]:
+        """The effects not yet ended, by id, through the partial index that holds only them (migration
+        `m260_issue26_scale`): a start reads what is live, not the history."""
         return await self.fetch(
-            "SELECT * FROM effects WHERE status IN ('pending', 'queued', 'running') ORDER BY effect_id"
+            "SELECT * FROM effects INDEXED BY effects_live WHERE status IN ('pending', 'queued', 'running') "
+            "ORDER BY effect_id"
         )
 
     async def effect_ids(self, owners: Collection[str] | None = None) -> list[str]:
-        """The id of every recorded effect, whatever its state (recovery kills what any of them left);
-        with `owners`, only those these servers dispatched ("" for effects from before sessions)."""
+        """The id of every recorded effect, whatever its state (recovery kills what any of them left, when
+        its runner cannot say which effects left something); with `owners`, only those these servers
+        dispatched ("" for effects from before sessions). Reads the whole history: see `known_effect_ids`."""
         rows = await self.fetch("SELECT effect_id, owner FROM effects")
         return [row["effect_id"] for row in rows if owners is None or (row["owner"] or "") in owners]
+
+    async def known_effect_ids(self, candidates: Iterable[str], owners: Collection[str] | None = None) -> list[str]:
+        """Those of `candidates` that are recorded effects (of `owners`, as `effect_ids`), by their primary
+        key: what recovery reads when the runner found which effects left something alive."""
+        rows = await self.effects(candidates)
+        return sorted(i for i, row in rows.items() if owners is None or (row["owner"] or "") in owners)
 
     async def active_flows(self) -> list[dict[str, Any]]:
         return await self.fetch("SELECT * FROM flows WHERE finished_at IS NULL ORDER BY flow_id")

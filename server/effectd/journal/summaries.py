@@ -1,30 +1,39 @@
-"""The summary of every effect a `list_effects` filter matches, computed in one SQL query (not only over
-the page returned): counts by status, and the cost and tokens the harness effects reported."""
+"""The summary of every effect a `list_effects` filter matches (not only of the page returned): counts by
+status, and the cost and tokens the harness effects reported.
+
+It is read from `effect_counts`, which triggers on `effects` keep per run, group and status (migration
+`m260_issue26_scale`, which says which figures count), so its cost follows the number of runs and groups
+the filter matches (for no run and no group: the totals, one row per status), not the history: a journal of
+a million effects answers as one of a thousand."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from effectd.harness.usage import MAX_RUN_COST_USD, MAX_RUN_TOKENS
-from effectd.journal.store import Journal, effect_filter
+from effectd.journal.store import Journal
 
 
-def _total(path: str, cast: str, bound: float) -> str:
-    """The sum, over harness effects, of the number at `path` in their result when it lies from 0 to `bound`
-    (anything else counts 0: a negative or absurd figure must not lower or swamp the sum). A result SQLite
-    cannot read as JSON (NaN written by an older effectd) counts 0 too, rather than failing the query."""
-    value = f"CAST(json_extract(result, '{path}') AS {cast})"
-    return (
-        f"TOTAL(CASE WHEN kind = 'harness' AND json_valid(result) AND {value} BETWEEN 0 AND {bound} THEN {value} END)"
-    )
+def _where(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if run_id is not None:
+        where.append("run_id = ?")
+        params.append(run_id)
+    if group is not None:
+        where.append("grp = ?")
+        params.append(group)
+    if run_id is None and group is None:  # the totals over every effect (run and group '')
+        where.append("run_id = '' AND grp = ''")
+    if statuses:
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(statuses)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
 _SUMMARY = (
-    f"SELECT status, COUNT(*) AS n, {_total('$.cost_usd', 'REAL', MAX_RUN_COST_USD)} AS cost_usd, "
-    f"{_total('$.usage.input_tokens', 'INTEGER', MAX_RUN_TOKENS)} AS input_tokens, "
-    f"{_total('$.usage.output_tokens', 'INTEGER', MAX_RUN_TOKENS)} AS output_tokens "
-    "FROM effects {where} GROUP BY status"
+    "SELECT status, SUM(n) AS n, TOTAL(cost_usd) AS cost_usd, SUM(input_tokens) AS input_tokens, "
+    "SUM(output_tokens) AS output_tokens FROM effect_counts {where} GROUP BY status HAVING SUM(n) > 0"
 )
 
 
@@ -33,12 +42,12 @@ async def summarize_effects(
 ) -> dict[str, Any]:
     """`{"count", "by_status": {status: n}, "cost_usd", "tokens": {"input_tokens", "output_tokens"}}` over
     every effect matching the filter."""
-    where, params = effect_filter(run_id, group, statuses)
+    where, params = _where(run_id, group, statuses)
     rows = await journal.fetch(_SUMMARY.format(where=where), params)
     return {
         "count": sum(int(row["n"]) for row in rows),
         "by_status": {row["status"]: int(row["n"]) for row in rows},
-        "cost_usd": round(sum(float(row["cost_usd"]) for row in rows), 6),
+        "cost_usd": round(max(0.0, sum(float(row["cost_usd"]) for row in rows)), 6),
         "tokens": {
             "input_tokens": sum(int(row["input_tokens"]) for row in rows),
             "output_tokens": sum(int(row["output_tokens"]) for row in rows),

@@ -142,6 +142,13 @@ class Runner(ABC):
     async def start(self, launch: Launch) -> ProcessHandle:
         """Starts the process and returns once it exists; raises SpawnError when it cannot."""
 
+    async def leftover_ids(self) -> set[str] | None:
+        """The ids of the effects that left something alive where this runner runs them (a cgroup, a process
+        whose environment names them), whatever journal they belong to; None when the runner cannot tell,
+        and recovery then asks `kill_leftovers` about every recorded effect. Recovery asks only about these,
+        so that a start reads what is live, not the whole history."""
+        return None
+
     @abstractmethod
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
         """Kills whatever is still alive of these effects (a server died, or a process escaped): the

@@ -166,6 +166,14 @@ def remove(cgroup: Path) -> bool:
     return True
 
 
+def names(root: Path) -> list[str]:
+    """The names of the effect cgroups under `root` (any effect's: a live server's too)."""
+    try:
+        return [name for name in os.listdir(root) if _SAFE_NAME.fullmatch(name)]
+    except OSError:
+        return []
+
+
 def leftovers(root: Path, names: Iterable[str]) -> list[Path]:
     """The effect cgroups under `root` whose names are among `names` (what a dead server left)."""
     try:

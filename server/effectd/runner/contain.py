@@ -103,6 +103,15 @@ class CgroupScope(GroupScope):
         super().close()
 
 
+def leftover_ids(root: Path | None, v1_roots: Sequence[Path] = ()) -> set[str]:
+    """The ids of the effects that left something here: a cgroup under `root` or a v1 root, a live process
+    whose environment names it (one pass over /proc). What `kill_leftovers` would find, for any effect."""
+    found = set(cgroups.names(root)) if root is not None else set()
+    found |= controllers.names(v1_roots)
+    found |= set(effect_processes(None))
+    return found
+
+
 def kill_leftovers(processes: list[RecordedProcess], root: Path | None, v1_roots: Sequence[Path] = ()) -> None:
     """SIGKILL to what these effects left: their cgroups, whatever is there (and their limits' v1
     cgroups, then removed); in one pass over /proc, every process whose environment names one of them,

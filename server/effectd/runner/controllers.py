@@ -380,6 +380,15 @@ def remove(cgroups: Iterable[Path], within_s: float = 1.0) -> None:
             break
 
 
+def names(roots: Iterable[Path]) -> set[str]:
+    """The names of the effects' v1 cgroups under these roots."""
+    found: set[str] = set()
+    for root in roots:
+        with suppress(OSError):
+            found |= {name for name in os.listdir(root) if _SAFE_NAME.fullmatch(name)}
+    return found
+
+
 def kill_leftovers(roots: Iterable[Path], names: Iterable[str], within_s: float = 3.0) -> None:
     """SIGKILL to whatever is left in these effects' v1 cgroups (v1 has no `cgroup.kill`: each pass
     kills what it lists, until a pass finds none), then removes the cgroups."""

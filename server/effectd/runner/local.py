@@ -34,7 +34,7 @@ import anyio
 from effectd.runner import cgroups, controllers
 from effectd.runner.base import ExitStatus, Launch, ProcessHandle, RecordedProcess, Runner, SpawnError, Usage
 from effectd.runner.cgroups import Cgroups
-from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope, kill_leftovers
+from effectd.runner.contain import MODES, CgroupScope, GroupScope, TreeScope, kill_leftovers, leftover_ids
 from effectd.runner.controllers import Controllers, Limited, LimitError
 from effectd.runner.files import RESULT_LIMIT_BYTES, clear_result_file, read_result_file
 from effectd.runner.keeper import KEEPER
@@ -436,6 +436,9 @@ class LocalRunner(Runner):
             raise
         wrapped = replace(launch, argv=prepared.argv, env=prepared.env, result_file=prepared.result_file)
         return wrapped, (prepared, listening)
+
+    async def leftover_ids(self) -> set[str] | None:
+        return await anyio.to_thread.run_sync(leftover_ids, self.cgroup_root, self.controllers.v1_roots)
 
     async def kill_leftovers(self, processes: Sequence[RecordedProcess]) -> None:
         if not processes:

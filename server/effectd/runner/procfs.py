@@ -164,18 +164,20 @@ def effect_tree(effect_id: str, leader: int, leader_alive: bool, others: set[int
     return {pid for pid in with_descendants(table, roots) if not table[pid].dead and pid != me}
 
 
-def effect_processes(effect_ids: set[str]) -> dict[str, list[int]]:
-    """Live processes whose environment names one of `effect_ids` (EFFECTD_EFFECT_ID=...), and their
-    descendants, by effect: how what an effect left behind is found after a crash, whatever its pid,
-    process group or session. One pass over /proc for all of them."""
+def effect_processes(effect_ids: set[str] | None) -> dict[str, list[int]]:
+    """Live processes whose environment names one of `effect_ids` (EFFECTD_EFFECT_ID=...; None: any
+    effect), and their descendants, by effect: how what an effect left behind is found after a crash,
+    whatever its pid, process group or session. One pass over /proc for all of them."""
     found: dict[str, list[int]] = {}
-    if not effect_ids:
+    if effect_ids is not None and not effect_ids:
         return found
     table = process_table()
     me = os.getpid()
     marked: dict[str, list[int]] = {}
     for pid, fields in table.items():
-        if pid != me and not fields.dead and (effect_id := marker_of(pid)) in effect_ids and effect_id is not None:
+        if pid == me or fields.dead or (effect_id := marker_of(pid)) is None:
+            continue
+        if effect_ids is None or effect_id in effect_ids:
             marked.setdefault(effect_id, []).append(pid)
     for effect_id, pids in marked.items():
         found[effect_id] = sorted(p for p in with_descendants(table, pids) if p != me and not table[p].dead)

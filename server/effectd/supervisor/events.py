@@ -29,7 +29,10 @@ class Outcome:
 
 
 def requested(effect_id: str, run_id: str, spec: EffectSpec, owner: str | None = None) -> Event:
-    data: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "created_at": now_iso()}
+    """The spec is journaled without the fields that hold their defaults (issue 26: they were most of an
+    effect's bytes, twice: here and in `effects.spec`); `EffectSpec.model_validate` gives them back, and the
+    journal's own reads (`kind`, `command`, which have none, and `.get` of the rest) need nothing more."""
+    data: dict[str, Any] = {"spec": spec.model_dump(mode="json", exclude_defaults=True), "created_at": now_iso()}
     if owner is not None:
         data["owner"] = owner
     return Event("EFFECT_REQUESTED", run_id, effect_id, data)

@@ -5,6 +5,9 @@ when a cancel had been asked for (journaled as EFFECT_CANCEL_REQUESTED). First t
 whatever is still alive of every recorded effect, whatever its state: a running effect's leader, and
 any process that escaped (a daemon of a finished effect, grandchildren of a killed server).
 `pending` and `queued` effects are loaded to be run.
+
+What a start reads does not grow with the history: the effects not yet ended (by the index on their
+status), and, of the effects whose ids the runner found something alive of, those the journal knows.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ async def recover(
     interrupted = [row for row in rows if row["status"] == "running"]
     leaders = [RecordedProcess(r["effect_id"], r["pid"], r["pid_start"]) for r in interrupted]
     running = {r["effect_id"] for r in interrupted}
-    others = [RecordedProcess(effect_id) for effect_id in await journal.effect_ids(owners) if effect_id not in running]
+    found = await runner.leftover_ids()  # what is alive of any effect: only those are looked up, not the history
+    recorded = await journal.effect_ids(owners) if found is None else await journal.known_effect_ids(found, owners)
+    others = [RecordedProcess(effect_id) for effect_id in recorded if effect_id not in running]
     await runner.kill_leftovers([*leaders, *others])
     ended = []
     endings = []
