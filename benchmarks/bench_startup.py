@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,37 +148,51 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+@contextmanager
+def _serving(env: dict[str, str], workdir: str, db: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`effectd serve` spawned as a client spawns it; stdin closed and the process ended afterwards."""
+    with subprocess.Popen(
+        [effectd_bin(), "serve", "--db", f"{workdir}/{db}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+        env=env,
+    ) as proc:
+        try:
+            yield proc
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _ask(proc: subprocess.Popen[bytes], id_: int, method: str, params: dict[str, Any], before: bytes = b"") -> None:
+    """Writes the request (after `before`, a notification) at once, as a client does, and reads to its answer."""
+    assert proc.stdin is not None
+    proc.stdin.write(before + _message(id_, method, params))
+    proc.stdin.flush()
+    _read_answer(proc, id_)
+
+
+HELLO = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+INITIALIZED = _message(0, "notifications/initialized")
+
+
 def serve_once(env: dict[str, str]) -> tuple[float, float, float]:
     """Seconds from spawning `effectd serve` to its answer to `initialize`, to its answer to `tools/list`,
     and the CPU seconds it had used when it answered `initialize` (other work on the machine stretches the
     wall time far more than the CPU time)."""
     with tempfile.TemporaryDirectory() as workdir:
-        hello = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
         t0 = time.perf_counter()
-        with subprocess.Popen(
-            [effectd_bin(), "serve", "--db", f"{workdir}/journal.db"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=workdir,
-            env=env,
-        ) as proc:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(_message(1, "initialize", hello))  # written at once, as a client does
-                proc.stdin.flush()
-                _read_answer(proc, 1)
-                initialized = time.perf_counter() - t0
-                cpu = cpu_of(proc.pid)
-                proc.stdin.write(_message(0, "notifications/initialized") + _message(2, "tools/list", {}))
-                proc.stdin.flush()
-                _read_answer(proc, 2)
-                listed = time.perf_counter() - t0
-                proc.stdin.close()
-                proc.wait(timeout=30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        with _serving(env, workdir, "journal.db") as proc:
+            _ask(proc, 1, "initialize", HELLO)
+            initialized = time.perf_counter() - t0
+            cpu = cpu_of(proc.pid)
+            _ask(proc, 2, "tools/list", {}, before=INITIALIZED)
+            listed = time.perf_counter() - t0
     return initialized, listed, cpu
 
 
@@ -185,34 +201,13 @@ def warm_once(env: dict[str, str], workdir: str) -> tuple[float, float]:
     spawn that filled it): seconds from spawning `effectd serve` to its answer to `tools/list`, and to its
     answer to a first `tools/call` (`list_effects`), the client writing each request as soon as it may
     (`initialize`, then `tools/list` on its answer, then the call on that one's)."""
-    hello = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
     t0 = time.perf_counter()
-    with subprocess.Popen(
-        [effectd_bin(), "serve", "--db", f"{workdir}/journal-{time.monotonic_ns()}.db"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=workdir,
-        env=env,
-    ) as proc:
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(_message(1, "initialize", hello))
-            proc.stdin.flush()
-            _read_answer(proc, 1)
-            proc.stdin.write(_message(0, "notifications/initialized") + _message(2, "tools/list", {}))
-            proc.stdin.flush()
-            _read_answer(proc, 2)
-            listed = time.perf_counter() - t0
-            proc.stdin.write(_message(3, "tools/call", {"name": "list_effects", "arguments": {}}))
-            proc.stdin.flush()
-            _read_answer(proc, 3)
-            called = time.perf_counter() - t0
-            proc.stdin.close()
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with _serving(env, workdir, f"journal-{time.monotonic_ns()}.db") as proc:
+        _ask(proc, 1, "initialize", HELLO)
+        _ask(proc, 2, "tools/list", {}, before=INITIALIZED)
+        listed = time.perf_counter() - t0
+        _ask(proc, 3, "tools/call", {"name": "list_effects", "arguments": {}})
+        called = time.perf_counter() - t0
     return listed, called
 
 

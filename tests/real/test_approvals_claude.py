@@ -149,6 +149,26 @@ async def test_an_unanswered_write_is_denied_at_the_approval_timeout(tmp_path: P
     assert result["is_error"] is True and "no answer within approval_timeout_s (2 s)" in str(result["content"])
 
 
+async def orchestrated(
+    calls: list[tuple[str, dict[str, Any]]], errors: list[Any], model: ModelServer, journal: Path, seen: str
+) -> None:
+    """What an orchestrating Claude Code did with approving_script: its four calls, none failed; its model read
+    the sub-agent's Write from the first await_group; the journal (read back through a new server) holds one
+    approval, allowed by the client with the id it read, and the sub-agent succeeded and left nothing."""
+    assert [name for name, _ in calls] == ["dispatch_effect", "await_group", "answer_approval", "await_group"], seen
+    assert errors == [], "a tool call of the orchestrator failed"
+    (woke,) = [r for r in model.recorded(match="APR-ORCH") if r.turn_index == 2][:1]
+    assert '\\"tool\\":\\"Write\\"' in json.dumps(woke.body["messages"][-1]), woke.body["messages"][-1]
+    async with Client(stdio_params(journal), read_timeout_seconds=70) as client:
+        listed = (await call(client, "list_approvals", group=GROUP))["approvals"]
+        (record,) = (await call(client, "list_effects", group=GROUP))["effects"]
+    assert [(a["tool"], a["status"], a["decided_by"]) for a in listed] == [("Write", "allowed", "client")]
+    assert calls[2][1]["approval_id"] == listed[0]["approval_id"]
+    assert record["status"] == "succeeded" and record["approvals"] == "ask", record
+    assert record["result"]["answer"] == WROTE
+    assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
+
+
 async def test_claude_as_the_orchestrator_allows_its_sub_agents_write_from_await_group(
     tmp_path: Path, claude: Path
 ) -> None:
@@ -165,23 +185,9 @@ async def test_claude_as_the_orchestrator_allows_its_sub_agents_write_from_await
         )
     )
     assert run.exit_code == 0, run.stderr[-2000:]
-    calls = run.tool_calls()
-    assert [name for name, _ in calls] == ["dispatch_effect", "await_group", "answer_approval", "await_group"]
-    assert run.tool_errors() == [], "a tool call of the orchestrator failed"
     assert run.answer == FINAL_ANSWER
+    await orchestrated(run.tool_calls(), run.tool_errors(), run.server, run.journal, "")
     assert target.read_text() == "allowed by the orchestrator"
-    # What the orchestrator's model read from its first await_group: the sub-agent's Write, asked.
-    (woke,) = [r for r in run.server.recorded(match="APR-ORCH") if r.turn_index == 2][:1]
-    assert '\\"tool\\":\\"Write\\"' in json.dumps(woke.body["messages"][-1]), woke.body["messages"][-1]
-    # The journal, read back through a new server on it: one approval, allowed by the client.
-    async with Client(stdio_params(run.journal), read_timeout_seconds=70) as client:
-        listed = (await call(client, "list_approvals", group=GROUP))["approvals"]
-        (record,) = (await call(client, "list_effects", group=GROUP))["effects"]
-    assert [(a["tool"], a["status"], a["decided_by"]) for a in listed] == [("Write", "allowed", "client")]
-    assert calls[2][1]["approval_id"] == listed[0]["approval_id"]
-    assert record["status"] == "succeeded" and record["approvals"] == "ask", record
-    assert record["result"]["answer"] == WROTE
-    assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
 
 
 async def test_an_interactive_claude_orchestrator_allows_its_sub_agents_write_from_await_group(
@@ -203,21 +209,8 @@ async def test_an_interactive_claude_orchestrator_allows_its_sub_agents_write_fr
             last_turn=("APR-ORCH", 4),
         )
     )
-    calls = run.tool_calls()
-    assert [name for name, _ in calls] == ["dispatch_effect", "await_group", "answer_approval", "await_group"], (
-        run.screen[-3000:]
-    )
-    assert run.tool_errors() == [], "a tool call of the orchestrator failed"
+    await orchestrated(run.tool_calls(), run.tool_errors(), run.server, run.journal, run.screen[-3000:])
     assert target.read_text() == "allowed interactively"
-    (woke,) = [r for r in run.server.recorded(match="APR-ORCH") if r.turn_index == 2][:1]
-    assert '\\"tool\\":\\"Write\\"' in json.dumps(woke.body["messages"][-1]), woke.body["messages"][-1]
-    async with Client(stdio_params(run.journal), read_timeout_seconds=70) as client:
-        listed = (await call(client, "list_approvals", group=GROUP))["approvals"]
-        (record,) = (await call(client, "list_effects", group=GROUP))["effects"]
-    assert [(a["tool"], a["status"], a["decided_by"]) for a in listed] == [("Write", "allowed", "client")]
-    assert calls[2][1]["approval_id"] == listed[0]["approval_id"]
-    assert record["status"] == "succeeded" and record["result"]["answer"] == WROTE, record
-    assert not pid_alive(record["pid"]) and effect_tree(record["effect_id"]) == {}
 
 
 async def test_a_flow_step_with_approval_true_starts_its_real_claude_only_once_allowed(
