@@ -55,6 +55,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=workdir,
+            env={**os.environ, "EFFECTD_NO_STARTUP_CACHE": "1"},  # the server's own start on this journal
         )
         self._next = 0
 
