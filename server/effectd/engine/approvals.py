@@ -239,13 +239,16 @@ class Approvals:
         dashboard offers Allow and Deny for. Left out: a request whose asker is gone (a flow step's start that
         a stopped server left pending until its flow runs again, or a peer's that is not settled yet), which
         `answer` would refuse; `list` still lists it."""
-        found = []
+        found, alive = [], {}  # each owner's liveness read once a call (it reads the journal's servers)
         for approval in self.pending():
             if approval["approval_id"] not in self._answers:
                 effect = await self._effect(approval["effect_id"])
                 if effect is None or effect.local or effect.terminal or self.forward is None:
                     continue
-                if self.owner_alive is None or not await self.owner_alive(effect.state.owner):
+                owner = effect.state.owner
+                if owner not in alive:
+                    alive[owner] = self.owner_alive is not None and await self.owner_alive(owner)
+                if not alive[owner]:
                     continue
             found.append(dict(approval))
         return found

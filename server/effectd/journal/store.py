@@ -45,19 +45,27 @@ async def _optimize(db: aiosqlite.Connection) -> None:
         await db.execute("PRAGMA optimize")
 
 
-def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (with its parameters) of a run, group and status filter on the `effects` table."""
+def filter_terms(
+    run_id: str | None, group: str | None, statuses: Sequence[str] | None, group_column: str = "group_name"
+) -> tuple[list[str], list[Any]]:
+    """The conditions (with their parameters) of a run, group and status filter, the group in `group_column`."""
     where: list[str] = []
     params: list[Any] = []
     if run_id is not None:
         where.append("run_id = ?")
         params.append(run_id)
     if group is not None:
-        where.append("group_name = ?")
+        where.append(f"{group_column} = ?")
         params.append(group)
     if statuses:
         where.append(f"status IN ({', '.join('?' * len(statuses))})")
         params.extend(statuses)
+    return where, params
+
+
+def effect_filter(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its parameters) of a run, group and status filter on the `effects` table."""
+    where, params = filter_terms(run_id, group, statuses)
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 

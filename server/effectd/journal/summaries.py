@@ -11,24 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from effectd.journal.store import Journal
+from effectd.journal.store import Journal, filter_terms
 
 
 def _where(run_id: str | None, group: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if run_id is not None:
-        where.append("run_id = ?")
-        params.append(run_id)
-    if group is not None:
-        where.append("grp = ?")
-        params.append(group)
+    where, params = filter_terms(run_id, group, statuses, group_column="grp")
     if run_id is None and group is None:  # the totals over every effect (run and group '')
-        where.append("run_id = '' AND grp = ''")
-    if statuses:
-        where.append(f"status IN ({', '.join('?' * len(statuses))})")
-        params.extend(statuses)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+        where.insert(0, "run_id = '' AND grp = ''")
+    return f"WHERE {' AND '.join(where)}", params
 
 
 _SUMMARY = (
